@@ -1,0 +1,3 @@
+from qcompute.cli import main
+
+main()

@@ -1,0 +1,266 @@
+"""The only module that talks HTTP: one ``requests.Session``, retries, idempotency, error mapping.
+
+Every REST call of the SDK goes through :meth:`HttpClient.request`. It
+
+* joins the path to the base URL (the dialect has no version prefix);
+* sends ``Authorization: <token>`` (the raw token, no ``Bearer``) and
+  ``User-Agent: qcompute-sdk-python/<version>``, with the configured timeout;
+* gives every POST and PATCH an ``Idempotency-Key`` (a fresh uuid4 per logical call; urllib3
+  resends the same prepared request, so every retry carries the same key and the server
+  replays its first answer instead of acting twice);
+* retries with urllib3's :class:`~urllib3.util.retry.Retry`: connection and read errors, and
+  429/500/502/503/504, with capped exponential backoff and ``Retry-After`` honoured;
+* maps an error reply once to the exception tree of :mod:`qcompute.exceptions`.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+import uuid
+from typing import Any, Callable, Mapping, Optional, Union
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from ._version import __version__
+from .exceptions import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    NotEnoughCreditsException,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnauthorizedException,
+)
+
+__all__ = ["HttpClient", "USER_AGENT", "error_from_response", "join_path"]
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"qcompute-sdk-python/{__version__}"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# POST and PATCH are retried because they always carry an Idempotency-Key.
+RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH"})
+_KEYED_METHODS = frozenset({"POST", "PATCH"})
+BACKOFF_MAX = 30.0  # seconds, cap of the exponential backoff
+RETRY_AFTER_MAX = 120.0  # seconds, cap of a server's Retry-After
+
+_STATUS_ERRORS: Mapping[int, type[APIError]] = {
+    400: BadRequestError,
+    401: UnauthorizedException,
+    402: NotEnoughCreditsException,
+    403: UnauthorizedException,
+    404: NotFoundError,
+    409: ConflictError,
+    422: BadRequestError,
+    429: RateLimitedError,
+}
+
+# Indirection so tests can patch the waits between retries.
+_sleep: Callable[[float], None] = time.sleep
+
+
+class _Retry(Retry):
+    """urllib3 Retry that logs each retry and sleeps through the patchable :data:`_sleep`."""
+
+    def increment(self, method=None, url=None, response=None, error=None, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        new = super().increment(method, url, response, error, *args, **kwargs)
+        logger.debug(
+            "retrying %s %s after %s (%d tries left)",
+            method, url, error or (response.status if response is not None else "?"),
+            new.total if isinstance(new.total, int) else -1,
+        )
+        return new
+
+    def sleep(self, response=None):  # type: ignore[no-untyped-def,override]
+        seconds: Optional[float] = None
+        if self.respect_retry_after_header and response is not None:
+            seconds = self.get_retry_after(response)
+            if seconds is not None:
+                seconds = min(seconds, RETRY_AFTER_MAX)
+        if seconds is None:
+            seconds = self.get_backoff_time()
+        if seconds > 0:
+            _sleep(seconds)
+
+
+def join_path(*segments: Any) -> str:
+    """``join_path("tasks", uuid, "stdout")`` → ``/tasks/<uuid>/stdout``, each segment quoted."""
+    return "".join("/" + quote(str(segment), safe="") for segment in segments)
+
+
+def _message_and_code(response: requests.Response) -> tuple[str, Any]:
+    """Read the error body: ``{"message","code"}``, ``{"error": ...}``, ASP.NET ``errors``, text."""
+    message: Any = None
+    code: Any = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("code")
+        message = body.get("message")
+        error = body.get("error")
+        if not message and isinstance(error, dict):
+            message = error.get("message")
+            code = code if code is not None else error.get("code")
+        elif not message and error:
+            message = error
+        if not message and isinstance(body.get("errors"), dict):
+            message = "; ".join(f"{field}: {', '.join(map(str, problems))}"
+                                for field, problems in body["errors"].items())
+    elif body is None:
+        message = response.text.strip()
+    if not message:
+        message = response.reason or http.client.responses.get(response.status_code, "Error")
+    return str(message), code
+
+
+def error_from_response(
+    response: requests.Response, not_found: Optional[type[NotFoundError]] = None
+) -> APIError:
+    """Build the exception for an error reply.
+
+    Args:
+        response: a reply with a status of 400 or more.
+        not_found: the :class:`NotFoundError` subclass to use for a 404.
+    """
+    status = response.status_code
+    if status == 404 and not_found is not None:
+        cls: type[APIError] = not_found
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = _STATUS_ERRORS.get(status, APIError)
+    message, code = _message_and_code(response)
+    return cls(
+        message,
+        status_code=status,
+        code=code,
+        request_id=response.headers.get("X-Request-ID"),
+    )
+
+
+class HttpClient:
+    """One ``requests.Session`` bound to one API base URL and token.
+
+    Args:
+        base_url: the API URL, without a trailing slash.
+        token: the API token, sent raw in ``Authorization``.
+        timeout: seconds for connect and for each read.
+        retry_count: how many times a failed request is retried (0: never).
+        retry_wait: the backoff factor in seconds (waits 0, 2w, 4w, ... capped at 30 s).
+        verify: TLS verification: True, False, or a CA bundle path.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        retry_count: int = 5,
+        retry_wait: float = 1.0,
+        verify: Union[bool, str] = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": token, "User-Agent": USER_AGENT})
+        self.session.verify = verify
+        retry = _Retry(
+            total=retry_count,
+            connect=retry_count,
+            read=retry_count,
+            status=retry_count,
+            other=0,
+            allowed_methods=RETRY_METHODS,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=retry_wait,
+            backoff_max=BACKOFF_MAX,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=16)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        json: Any = None,
+        headers: Optional[Mapping[str, str]] = None,
+        expect_json: bool = True,
+        not_found: Optional[type[NotFoundError]] = None,
+    ) -> Any:
+        """Send one logical request (retried as configured) and decode the reply.
+
+        Args:
+            method: the HTTP method.
+            path: the path after the base URL, starting with ``/`` (see :func:`join_path`).
+            params: query parameters.
+            json: a JSON body (object or array); ``None`` sends no body.
+            headers: extra headers. POST and PATCH get an ``Idempotency-Key`` unless one is given.
+            expect_json: decode the reply as JSON (``None`` for an empty body); False returns text.
+            not_found: the exception class for a 404 (default :class:`NotFoundError`).
+
+        Returns:
+            The decoded JSON, or the text when ``expect_json`` is False.
+
+        Raises:
+            APIError: the server answered with an error status (a subclass chosen by status).
+            TransportError: no answer (connection, timeout, TLS).
+        """
+        method = method.upper()
+        all_headers = dict(headers or {})
+        if method in _KEYED_METHODS and "Idempotency-Key" not in all_headers:
+            all_headers["Idempotency-Key"] = str(uuid.uuid4())
+        url = self.base_url + path
+        logger.debug("%s %s", method, url)
+        try:
+            response = self.session.request(
+                method, url, params=params, json=json, headers=all_headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise TransportError(f"{method} {url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_from_response(response, not_found)
+        if not expect_json:
+            return response.text
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise APIError(
+                f"{method} {url}: expected JSON, got {response.text[:200]!r}",
+                status_code=response.status_code,
+                request_id=response.headers.get("X-Request-ID"),
+            ) from exc
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()

@@ -1,0 +1,24 @@
+"""The ``qcompute`` command: the embedded cluster (up, down, status, server) and users."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from qcompute._version import __version__
+
+from .cluster import down, server, status, up
+from .users import user
+
+
+@click.group()
+@click.version_option(__version__, prog_name="qcompute")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def main(verbose: bool) -> None:
+    """qcompute: a Qarnot-dialect compute cluster and its SDK."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for command in (up, down, status, server, user):
+    main.add_command(command)

@@ -1,0 +1,183 @@
+"""``qcompute up | down | status | server``: run the embedded cluster."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import click
+import platformdirs
+
+DEFAULT_CONFIG = Path(platformdirs.user_config_dir("qcompute")) / "qcompute.conf"
+
+
+def _data_dir(value: Optional[str]) -> Path:
+    if value:
+        return Path(value).expanduser().resolve()
+    from qcompute.server.settings import default_data_dir
+
+    return default_data_dir()
+
+
+def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[int],
+              workers: Optional[int]):
+    try:
+        from qcompute.server.settings import ServerSettings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the server needs the [server] extra: pip install 'qcompute[server]' ({exc})")
+    overrides = {"data_dir": _data_dir(data_dir), "port": port, "s3_port": s3_port,
+                 "max_concurrent_instances": workers}
+    return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _pid_file(data_dir: Path) -> Path:
+    return data_dir / "server.pid"
+
+
+def _running_pid(data_dir: Path) -> Optional[int]:
+    try:
+        pid = int(_pid_file(data_dir).read_text().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _health(url: str, timeout: float = 2.0) -> Optional[dict]:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _recorded_url(data_dir: Path) -> Optional[str]:
+    parts = _pid_file(data_dir).read_text().split() if _pid_file(data_dir).exists() else []
+    return parts[1] if len(parts) > 1 else None
+
+
+_options = [
+    click.option("--data-dir", help="Where the cluster keeps its state [platformdirs data dir]."),
+    click.option("--port", type=int, help="API port on 127.0.0.1 [8801]."),
+    click.option("--s3-port", type=int, help="Embedded S3 port on 127.0.0.1 [18333]."),
+    click.option("--workers", type=int, help="Instances run at once [CPU count]."),
+]
+
+
+def _with_options(func):
+    for option in reversed(_options):
+        func = option(func)
+    return func
+
+
+@click.command()
+@_with_options
+def server(data_dir, port, s3_port, workers) -> None:
+    """Run the cluster in the foreground (for services and debugging)."""
+    import uvicorn
+
+    from qcompute.server.app import create_app
+
+    settings = _settings(data_dir, port, s3_port, workers)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="info", timeout_graceful_shutdown=10)
+
+
+@click.command()
+@_with_options
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for health.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              default=str(DEFAULT_CONFIG), show_default=True,
+              help="Where to write the client config.")
+def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
+    """Start the cluster in the background and write the client config."""
+    settings = _settings(data_dir, port, s3_port, workers)
+    data = settings.data_dir
+    pid = _running_pid(data)
+    if pid is not None:
+        url = _recorded_url(data) or settings.api_url
+        if _health(url):
+            click.echo(f"qcompute is already up at {url} (pid {pid})")
+            return
+        raise click.ClickException(f"a server (pid {pid}) runs but does not answer at {url}; "
+                                   "see qcompute status, or qcompute down")
+    data.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "qcompute", "server", "--data-dir", str(data),
+               "--port", str(settings.port), "--s3-port", str(settings.s3_port),
+               "--workers", str(settings.max_concurrent_instances)]
+    with (data / "server.log").open("ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+    _pid_file(data).write_text(f"{process.pid} {settings.api_url}\n")
+    deadline = time.monotonic() + timeout
+    while not _health(settings.api_url, timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.terminate()
+            _pid_file(data).unlink(missing_ok=True)
+            raise click.ClickException(
+                f"the server did not become healthy; last log lines:\n{_tail(data / 'server.log')}")
+        time.sleep(0.1)
+    target = Path(config_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data / "qcompute.conf", target)
+    target.chmod(0o600)
+    click.echo(f"qcompute is up at {settings.api_url} (pid {process.pid}); "
+               f"client config written to {target}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@click.command()
+@click.option("--data-dir", help="The cluster's data dir [platformdirs data dir].")
+@click.option("--timeout", default=30.0, show_default=True,
+              help="Seconds to wait before killing the server.")
+def down(data_dir, timeout) -> None:
+    """Stop the background cluster (server and storage); leaves no process behind."""
+    data = _data_dir(data_dir)
+    pid = _running_pid(data)
+    if pid is None:
+        _pid_file(data).unlink(missing_ok=True)
+        click.echo("qcompute is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _running_pid(data) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running_pid(data) == pid:
+        os.killpg(pid, signal.SIGKILL)  # the server's session: SeaweedFS and runners with it
+        click.echo(f"the server did not stop within {timeout:.0f} s: killed")
+    _pid_file(data).unlink(missing_ok=True)
+    click.echo(f"qcompute stopped (pid {pid})")
+
+
+@click.command()
+@click.option("--data-dir", help="The cluster's data dir [platformdirs data dir].")
+def status(data_dir) -> None:
+    """Report what runs where."""
+    data = _data_dir(data_dir)
+    pid = _running_pid(data)
+    if pid is None:
+        click.echo(f"qcompute is down (data dir {data})")
+        raise SystemExit(1)
+    url = _recorded_url(data) or "?"
+    health = _health(url) if url != "?" else None
+    click.echo(f"server:   pid {pid}, API {url} ({'healthy' if health else 'not answering'})")
+    if health:
+        click.echo(f"storage:  {health['storage']}")
+        click.echo(f"executor: {health['executor']}, {health['running']} of "
+                   f"{health['capacity']} slots busy")
+    click.echo(f"data dir: {data}")

@@ -1,0 +1,83 @@
+"""``Idempotency-Key`` on POST: a repeat with the same key replays the first response.
+
+The stored response is written in the same transaction as the work it describes, so a request
+either did its work and left its record, or did neither. A concurrent duplicate loses the race on
+the unique (user, key) constraint, rolls back, and replays the winner.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Optional
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..db.models import IdempotencyRecord, User
+from ..errors import Conflict
+
+HEADER = "Idempotency-Key"
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    response = Response(record.body, record.status_code, media_type=record.media_type)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _find(session: Session, user: User, key: str) -> Optional[IdempotencyRecord]:
+    return session.scalar(select(IdempotencyRecord).where(
+        IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key))
+
+
+def _render(status: int, content: Any) -> Response:
+    if isinstance(content, str):
+        return PlainTextResponse(content, status)
+    return JSONResponse(content, status)
+
+
+def run_once(request: Request, session: Session, user: User, body: bytes,
+             work: Callable[[], tuple[int, Any]]) -> Response:
+    """Run ``work`` (which writes to ``session`` without committing) at most once per key,
+    commit, and return its ``(status, content)`` as a response."""
+    key = request.headers.get(HEADER)
+    if not key:
+        status, content = work()
+        session.commit()
+        return _render(status, content)
+    if len(key) > 255:
+        raise Conflict(f"{HEADER} is longer than 255 characters", code="invalid_idempotency_key")
+    route = f"{request.method} {request.url.path}"
+    digest = hashlib.sha256(body).hexdigest()
+    record = _find(session, user, key)
+    if record is None:
+        status, content = work()
+        response = _render(status, content)
+        session.add(IdempotencyRecord(
+            user_id=user.id, key=key, route=route, request_hash=digest, status_code=status,
+            media_type=response.media_type or "application/json",
+            body=response.body.decode()))
+        try:
+            session.commit()
+            return response
+        except IntegrityError:  # a concurrent request with this key committed first
+            session.rollback()
+            record = _find(session, user, key)
+            assert record is not None
+    if record.route != route or record.request_hash != digest:
+        raise Conflict(f"{HEADER} {key!r} was already used for a different request",
+                       code="idempotency_key_reused")
+    return _replay(record)
+
+
+def loads(body: bytes) -> Any:
+    from ..errors import BadRequest
+
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}",
+                         code="invalid_json") from None

@@ -1,0 +1,216 @@
+"""Task routes: thin wrappers that validate, call one service, and answer in the dialect."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from qcompute.states import InstanceState as I
+
+from ..db.models import Instance, OutputCursor, Task, utcnow
+from ..errors import BadRequest, DomainError
+from ..executors.base import InstanceKey
+from ..schemas import PageRequest, TaskSubmit
+from ..services import tasks as service
+from ..services.output import TASK_LEVEL
+from ..services.wire import task_summary_to_json, task_to_json
+from .deps import ContextDep, CurrentUser, RawBody, SessionDep
+from .idempotency import loads, run_once
+
+router = APIRouter(tags=["tasks"])
+Stream = Literal["stdout", "stderr"]
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors())
+
+
+def _parse_submit(item: Any) -> TaskSubmit:
+    if not isinstance(item, dict):
+        raise BadRequest("a task must be a JSON object")
+    try:
+        return TaskSubmit.model_validate(item)
+    except ValidationError as exc:
+        raise BadRequest(_validation_message(exc), code="invalid_task") from None
+
+
+@router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)")
+def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+                 ctx: ContextDep) -> Response:
+    payload = loads(body)
+
+    def work() -> tuple[int, Any]:
+        if not isinstance(payload, list):
+            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload))
+            return 201, {"uuid": task.uuid}
+        results = []
+        for item in payload:  # each item stands alone: one bad task does not sink the rest
+            try:
+                with session.begin_nested():
+                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item))
+                results.append({"statusCode": 201, "uuid": task.uuid, "message": "created"})
+            except DomainError as exc:
+                results.append({"statusCode": exc.status_code, "uuid": None,
+                                "message": exc.message})
+        return 200, results
+
+    response = run_once(request, session, user, body, work)
+    ctx.scheduler.wake()
+    return response
+
+
+def _full(session, task: Task) -> dict[str, Any]:
+    return task_to_json(task, service.task_instances(session, task), utcnow())
+
+
+def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
+    counts = service.instance_counts(session, [t.id for t in tasks])
+    now = utcnow()
+    return [task_summary_to_json(t, counts[t.id], 0.0, now) for t in tasks]
+
+
+def _tag_filter(tag: list[str] | None) -> PageRequest:
+    leaves = [{"operator": "Equal", "field": "Tags", "value": t} for t in tag or ()]
+    return PageRequest(filter={"operator": "Or", "filters": leaves} if leaves else None,
+                       maximumResults=1000)
+
+
+@router.get("/tasks", summary="All tasks (older clients); ?tag= filters")
+def list_tasks(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] | None, Query()] = None):
+    tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
+    return [_full(session, t) for t in tasks]
+
+
+@router.get("/tasks/summaries", summary="Task summaries (older clients); ?tag= filters")
+def list_summaries(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] | None, Query()] = None):
+    tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
+    return _summaries(session, tasks)
+
+
+def _page(request: Request, body: bytes, session, user, summary: bool) -> Response:
+    payload = loads(body) or {}
+    try:
+        page = PageRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequest(_validation_message(exc), code="invalid_page_request") from None
+
+    def work() -> tuple[int, Any]:
+        tasks, next_token = service.page_tasks(session, user, page)
+        data = _summaries(session, tasks) if summary else [_full(session, t) for t in tasks]
+        return 200, {"data": data, "token": page.token, "nextToken": next_token,
+                     "isTruncated": next_token is not None}
+
+    return run_once(request, session, user, body, work)
+
+
+@router.post("/tasks/paginate", summary="A page of tasks, with filters")
+def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+    return _page(request, body, session, user, summary=False)
+
+
+@router.post("/tasks/summaries/paginate", summary="A page of task summaries, with filters")
+def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+    return _page(request, body, session, user, summary=True)
+
+
+@router.get("/tasks/{uuid}", summary="One task")
+def get_task(uuid: str, session: SessionDep, user: CurrentUser):
+    return _full(session, service.get_task(session, user, uuid))
+
+
+@router.put("/tasks/{uuid}", summary="Update a task's mutable fields (name, tags, labels)")
+def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser):
+    payload = loads(body)
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a task document (a JSON object)")
+    try:
+        task = service.update_task(session, user, uuid, payload)
+    except ValidationError as exc:
+        raise BadRequest(_validation_message(exc), code="invalid_task") from None
+    session.commit()
+    return _full(session, task)
+
+
+@router.patch("/tasks/{uuid}", summary="Pull new resource files into running instances")
+def update_resources(uuid: str, session: SessionDep, user: CurrentUser):
+    service.get_task(session, user, uuid)
+    raise BadRequest("updating the resources of a running task is not supported yet",
+                     code="unsupported")
+
+
+@router.delete("/tasks/{uuid}", summary="Delete a task, stopping what still runs")
+def delete_task(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    task = service.get_task(session, user, uuid)
+    running = [InstanceKey(task.uuid, i.instance_id, i.attempt)
+               for i in service.task_instances(session, task) if I(i.state).is_active()]
+    service.delete_task(session, user, uuid)
+    session.commit()
+    ctx.scheduler.forget(running)
+    ctx.outputs.delete(uuid)
+    return {"uuid": uuid, "message": "deleted"}
+
+
+@router.post("/tasks/{uuid}/abort", summary="Cancel a task")
+def abort_task(uuid: str, request: Request, body: RawBody, session: SessionDep,
+               user: CurrentUser, ctx: ContextDep):
+    holder: dict[str, int] = {}
+
+    def work() -> tuple[int, Any]:
+        task = service.request_abort(session, user, uuid)
+        holder["id"] = task.id
+        return 200, {"uuid": uuid, "state": task.state}
+
+    response = run_once(request, session, user, body, work)
+    if "id" in holder:
+        ctx.scheduler.abort(holder["id"])
+    return response
+
+
+def _read(session, ctx, user, uuid: str, stream: str, instance_id: int, fresh: bool) -> str:
+    task = service.get_task(session, user, uuid)
+    if instance_id != TASK_LEVEL:
+        service.check_instance(session, task, instance_id)
+    if not fresh:
+        return ctx.outputs.read(uuid, instance_id, stream)[0]
+    cursor = session.get(OutputCursor, (task.id, instance_id, stream))
+    if cursor is None:
+        cursor = OutputCursor(task_id=task.id, instance_id=instance_id, stream=stream, offset=0)
+        session.add(cursor)
+    text, cursor.offset = ctx.outputs.read(uuid, instance_id, stream, since=cursor.offset)
+    return text
+
+
+def _output_routes(stream: Stream) -> None:
+    @router.get(f"/tasks/{{uuid}}/{stream}", response_class=PlainTextResponse,
+                summary=f"The task's {stream} so far")
+    def whole(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+        return _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=False)
+
+    @router.post(f"/tasks/{{uuid}}/{stream}", response_class=PlainTextResponse,
+                 summary=f"The task's {stream} since the last fresh read")
+    def fresh(uuid: str, request: Request, body: RawBody, session: SessionDep,
+              user: CurrentUser, ctx: ContextDep):
+        return run_once(request, session, user, body, lambda: (
+            200, _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=True)))
+
+    @router.get(f"/tasks/{{uuid}}/{stream}/{{instance_id}}", response_class=PlainTextResponse,
+                summary=f"One instance's {stream} so far")
+    def instance(uuid: str, instance_id: int, session: SessionDep, user: CurrentUser,
+                 ctx: ContextDep):
+        return _read(session, ctx, user, uuid, stream, instance_id, fresh=False)
+
+    @router.post(f"/tasks/{{uuid}}/{stream}/{{instance_id}}", response_class=PlainTextResponse,
+                 summary=f"One instance's {stream} since the last fresh read")
+    def instance_fresh(uuid: str, instance_id: int, request: Request, body: RawBody,
+                       session: SessionDep, user: CurrentUser, ctx: ContextDep):
+        return run_once(request, session, user, body, lambda: (
+            200, _read(session, ctx, user, uuid, stream, instance_id, fresh=True)))
+
+
+_output_routes("stdout")
+_output_routes("stderr")

@@ -1,0 +1,64 @@
+"""First start: the owner account, and the client config file that `qcompute up` hands out."""
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from .services.users import create_user, get_owner, hash_token, rotate_token
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+CLIENT_CONFIG_NAME = "qcompute.conf"
+
+
+def client_config_path(settings: ServerSettings) -> Path:
+    return settings.data_dir / CLIENT_CONFIG_NAME
+
+
+def read_token(path: Path) -> Optional[str]:
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    return parser.get("client", "token", fallback=None)
+
+
+def write_client_config(path: Path, *, cluster_url: str, token: str,
+                        storage_url: Optional[str]) -> None:
+    """Write an INI file in Qarnot's format, readable by the official SDK too (mode 0600)."""
+    parser = configparser.ConfigParser()
+    parser["cluster"] = {"url": cluster_url}
+    parser["client"] = {"token": token}
+    if storage_url:
+        parser["storage"] = {"url": storage_url}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        parser.write(fh)
+    os.replace(tmp, path)
+
+
+def ensure_owner(sessions: sessionmaker[Session], settings: ServerSettings, storage) -> str:
+    """The owner's token: created on first start, read back from the client config after.
+
+    If the config file was lost, the owner's token is rotated (only its hash is stored)."""
+    path = client_config_path(settings)
+    with sessions() as session:
+        owner = get_owner(session)
+        token = read_token(path) if path.exists() else None
+        if owner is None:
+            owner, token = create_user(session, settings.default_user_email, owner=True)
+            log.info("created the owner account %s", owner.email)
+        elif token is None or hash_token(token) != owner.token_hash:
+            owner, token = rotate_token(session, owner.email)
+            log.warning("the owner's token was not found in %s: issued a new one", path)
+        storage.provision_user(owner.email, token, None)  # idempotent; survives S3 data loss
+        session.commit()
+        write_client_config(path, cluster_url=settings.api_url, token=token,
+                            storage_url=storage.endpoint_url)
+        return token

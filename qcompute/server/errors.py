@@ -1,0 +1,90 @@
+"""Domain errors raised by services, and the handlers that turn every error into
+``{"message", "code"}`` with a 4xx (or, for a bug, a 500 that still names the request id)."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class BadRequest(DomainError):
+    pass
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(DomainError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(DomainError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    code = "conflict"
+
+
+def error_body(message: str, code: str) -> dict[str, str]:
+    return {"message": message, "code": code}
+
+
+def _format_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request.state.request_id = rid
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: log it with the id the client sees
+            log.exception("unhandled error in %s %s (request %s)", request.method,
+                          request.url.path, rid)
+            response = JSONResponse(
+                error_body(f"internal error (request id {rid})", "internal_error"), 500)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.exception_handler(DomainError)
+    async def _domain(_request: Request, exc: DomainError):
+        return JSONResponse(error_body(exc.message, exc.code), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(_format_validation(exc), "invalid_request"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(str(exc.detail), f"http_{exc.status_code}"),
+                            exc.status_code)

@@ -1,0 +1,5 @@
+"""Pydantic wire models of the Qarnot dialect (camelCase on the wire)."""
+from .tasks import AdvancedBucket, Constant, PageRequest, TaskSubmit, TaskUpdate
+from .users import UserCreate
+
+__all__ = ["AdvancedBucket", "Constant", "PageRequest", "TaskSubmit", "TaskUpdate", "UserCreate"]

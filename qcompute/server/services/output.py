@@ -1,0 +1,68 @@
+"""Task output: per-instance stdout/stderr files, bounded like a circular buffer.
+
+Each stream of each instance is appended to ``<root>/<task>/<instance>.<stream>``, and to
+``<root>/<task>/task.<stream>`` for the whole task in arrival order. When a file passes its bound
+the oldest bytes are dropped; ``<file>.dropped`` counts them so that read cursors (logical byte
+offsets, kept in SQL by the caller) stay valid.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["OutputStore", "STREAMS"]
+
+STREAMS = ("stdout", "stderr")
+TASK_LEVEL = -1  # instance id used for the whole task's stream
+
+
+class OutputStore:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def _path(self, task_uuid: str, instance_id: int, stream: str) -> Path:
+        name = "task" if instance_id == TASK_LEVEL else str(instance_id)
+        return self.root / task_uuid / f"{name}.{stream}"
+
+    def append(self, task_uuid: str, instance_id: int, stream: str, text: str) -> None:
+        data = text.encode()
+        with self._lock:
+            for target in (instance_id, TASK_LEVEL):
+                path = self._path(task_uuid, target, stream)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("ab") as fh:
+                    fh.write(data)
+                    size = fh.tell()
+                if size > self.max_bytes * 3 // 2:  # trim rarely: amortised O(1) per byte
+                    self._trim(path, size)
+
+    def _trim(self, path: Path, size: int) -> None:
+        drop = size - self.max_bytes
+        with path.open("rb") as fh:
+            fh.seek(drop)
+            tail = fh.read()
+        path.write_bytes(tail)
+        counter = path.with_name(path.name + ".dropped")
+        previous = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(previous + drop))
+
+    def read(self, task_uuid: str, instance_id: int, stream: str,
+             since: Optional[int] = None) -> tuple[str, int]:
+        """Text from logical offset ``since`` (None: all that is kept); and the end offset."""
+        path = self._path(task_uuid, instance_id, stream)
+        with self._lock:
+            if not path.exists():
+                return "", since or 0
+            counter = path.with_name(path.name + ".dropped")
+            dropped = int(counter.read_text()) if counter.exists() else 0
+            data = path.read_bytes()
+        start = 0 if since is None else max(0, since - dropped)
+        return data[start:].decode(errors="replace"), dropped + len(data)
+
+    def delete(self, task_uuid: str) -> None:
+        with self._lock:
+            shutil.rmtree(self.root / task_uuid, ignore_errors=True)

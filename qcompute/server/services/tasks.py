@@ -1,0 +1,245 @@
+"""Tasks: submit, read, update, abort, delete and list. Every query is scoped by owner.
+
+Services validate and write; they never commit (the caller does, once) and never call the
+executor: the scheduler acts on what was committed.
+"""
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import and_, delete, exists, func, insert, not_, or_, select
+from sqlalchemy.orm import Session
+
+from qcompute.states import InstanceState as I
+from qcompute.states import TaskState as T
+
+from ..db.models import Instance, Task, TaskTag, User, utcnow
+from ..errors import BadRequest, Forbidden, NotFound
+from ..schemas import PageRequest, TaskSubmit, TaskUpdate
+from ..settings import ServerSettings
+from .lifecycle import derive_task_state, parse_ranges
+
+__all__ = ["submit_task", "get_task", "task_instances", "update_task", "request_abort",
+           "delete_task", "page_tasks", "refresh_task_state", "instance_counts"]
+
+DEFAULT_PAGE_SIZE = 50
+
+
+def _instance_ids(doc: TaskSubmit, limit: int) -> list[int]:
+    if doc.advanced_ranges:
+        if doc.instance_count:
+            raise BadRequest("give either instanceCount or advancedRanges, not both")
+        try:
+            return parse_ranges(doc.advanced_ranges, limit=limit)
+        except ValueError as exc:
+            raise BadRequest(f"advancedRanges: {exc}", code="invalid_range") from None
+    count = 1 if doc.instance_count is None else doc.instance_count
+    if count < 1:
+        raise BadRequest("instanceCount must be at least 1 (or give advancedRanges)")
+    if count > limit:
+        raise BadRequest(f"instanceCount {count} is above this server's limit of {limit}")
+    return list(range(count))
+
+
+def _bucket_names(doc: TaskSubmit) -> list[str]:
+    names = [b.bucket_name for b in doc.advanced_resource_buckets or ()]
+    names += list(doc.resource_buckets or ())
+    return names + ([doc.result_bucket] if doc.result_bucket else [])
+
+
+def submit_task(session: Session, settings: ServerSettings, user: User,
+                doc: TaskSubmit) -> Task:
+    """Validate a task document and store the task with its queued instances."""
+    if doc.pool_uuid or doc.job_uuid:
+        raise BadRequest("pools and jobs are not available on this server yet",
+                         code="unsupported")
+    if not doc.profile:
+        raise BadRequest("profile is required: name one of GET /profiles")
+    profile = settings.profile(doc.profile)
+    if profile is None:
+        known = ", ".join(p.name for p in settings.profiles)
+        raise BadRequest(f"unknown profile {doc.profile!r}; available: {known}",
+                         code="unknown_profile")
+    constants = {**profile.constants, **{c.key: c.value or "" for c in doc.constants or ()}}
+    if not constants.get(profile.command_constant, "").strip():
+        raise BadRequest(f"constant {profile.command_constant} is empty: set the command to run",
+                         code="missing_command")
+    for name in _bucket_names(doc):
+        if user.bucket_prefix and not name.startswith(user.bucket_prefix):
+            raise Forbidden(f"bucket {name!r} is outside your bucket prefix "
+                            f"{user.bucket_prefix!r}", code="bucket_forbidden")
+    ids = _instance_ids(doc, settings.max_instances_per_task)
+
+    now = utcnow()
+    task_uuid = str(uuidlib.uuid4())
+    task = Task(
+        uuid=task_uuid, owner_id=user.id, name=doc.name, shortname=doc.shortname or task_uuid,
+        profile=doc.profile, document=doc.model_dump(mode="json", by_alias=True,
+                                                     exclude_none=True),
+        instance_count=len(ids), state=T.SUBMITTED.value, state_transition_time=now,
+        created_at=now, updated_at=now, errors=[],
+        tags=[TaskTag(tag=t, position=n) for n, t in enumerate(dict.fromkeys(doc.tags or ()))],
+    )
+    session.add(task)
+    session.flush()
+    session.execute(insert(Instance), [
+        {"task_id": task.id, "instance_id": iid, "rank": rank, "state": I.QUEUED.value}
+        for rank, iid in enumerate(ids)])
+    return task
+
+
+def get_task(session: Session, user: User, task_uuid: str) -> Task:
+    task = session.scalar(select(Task).where(Task.uuid == task_uuid, Task.owner_id == user.id))
+    if task is None:
+        raise NotFound(f"task {task_uuid} not found", code="task_not_found")
+    return task
+
+
+def task_instances(session: Session, task: Task) -> list[Instance]:
+    return list(session.scalars(
+        select(Instance).where(Instance.task_id == task.id).order_by(Instance.rank)))
+
+
+def check_instance(session: Session, task: Task, instance_id: int) -> None:
+    found = session.scalar(select(Instance.id).where(
+        Instance.task_id == task.id, Instance.instance_id == instance_id))
+    if found is None:
+        raise NotFound(f"task {task.uuid} has no instance {instance_id}",
+                       code="instance_not_found")
+
+
+_MUTABLE = {"name", "shortname", "tags", "labels"}
+
+
+def update_task(session: Session, user: User, task_uuid: str, body: dict[str, Any]) -> Task:
+    """Apply a ``PUT`` document. Fields fixed at submit must be absent, null or unchanged."""
+    task = get_task(session, user, task_uuid)
+    changes = TaskUpdate.model_validate(body)
+    for key, value in body.items():
+        if key in _MUTABLE or value is None or key not in task.document:
+            continue
+        if value != task.document[key]:
+            raise BadRequest(f"{key} cannot change after submit", code="field_fixed")
+    updates = changes.model_dump(exclude_unset=True, exclude_none=True)
+    document = dict(task.document)
+    if "name" in updates:
+        task.name = document["name"] = updates["name"]
+    if "shortname" in updates:
+        task.shortname = document["shortname"] = updates["shortname"] or task.uuid
+    if "labels" in updates:
+        document["labels"] = updates["labels"]
+    if "tags" in updates:
+        tags = list(dict.fromkeys(updates["tags"]))
+        document["tags"] = tags
+        task.tags = [TaskTag(tag=t, position=n) for n, t in enumerate(tags)]
+    task.document = document
+    task.updated_at = utcnow()
+    return task
+
+
+def request_abort(session: Session, user: User, task_uuid: str) -> Task:
+    """Mark a task for cancelling; the scheduler stops its instances once this is committed."""
+    task = get_task(session, user, task_uuid)
+    if T(task.state).is_final():
+        raise Forbidden(f"task {task_uuid} is already {task.state}: it is not running",
+                        code="task_not_running")
+    task.abort_requested = True
+    refresh_task_state(session, task)
+    return task
+
+
+def delete_task(session: Session, user: User, task_uuid: str) -> Task:
+    task = get_task(session, user, task_uuid)
+    session.execute(delete(Instance).where(Instance.task_id == task.id))
+    session.delete(task)
+    return task
+
+
+def instance_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    if task_ids:
+        rows = session.execute(
+            select(Instance.task_id, Instance.state, func.count())
+            .where(Instance.task_id.in_(task_ids)).group_by(Instance.task_id, Instance.state))
+        for task_id, state, n in rows:
+            counts[task_id][state] = n
+    return counts
+
+
+def refresh_task_state(session: Session, task: Task, now: Optional[datetime] = None) -> bool:
+    """Store the state derived from the instances; True if it changed."""
+    now = now or utcnow()
+    counts = {I(s): n for s, n in instance_counts(session, [task.id])[task.id].items()}
+    state = derive_task_state(counts, abort_requested=task.abort_requested).value
+    task.updated_at = now
+    if state == task.state:
+        return False
+    task.previous_state, task.previous_state_transition_time = task.state, task.state_transition_time
+    task.state, task.state_transition_time = state, now
+    if T(state).is_final():
+        task.ended_at = now
+    return True
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+_COLUMNS = {"name": Task.name, "shortname": Task.shortname, "state": Task.state,
+            "uuid": Task.uuid, "profile": Task.profile, "creationdate": Task.created_at}
+_COMPARE = {"Equal": "__eq__", "NotEqual": "__ne__", "LessThan": "__lt__",
+            "LessThanOrEqual": "__le__", "GreaterThan": "__gt__", "GreaterThanOrEqual": "__ge__"}
+
+
+def _leaf(node: dict[str, Any]):
+    operator, field, value = node.get("operator"), str(node.get("field", "")), node.get("value")
+    if field.lower() == "tags":
+        has = lambda cond: exists().where(TaskTag.task_id == Task.id, cond)  # noqa: E731
+        if operator in ("Equal", "NotEqual"):
+            cond = has(TaskTag.tag == value)
+            return cond if operator == "Equal" else not_(cond)
+        if operator in ("In", "NotIn"):
+            cond = has(TaskTag.tag.in_(list(value or ())))
+            return cond if operator == "In" else not_(cond)
+        raise BadRequest(f"operator {operator!r} is not supported on Tags")
+    column = _COLUMNS.get(field.lower())
+    if column is None:
+        raise BadRequest(f"cannot filter on field {field!r}; use one of Tags, "
+                         + ", ".join(c.capitalize() for c in _COLUMNS))
+    if operator in _COMPARE:
+        return getattr(column, _COMPARE[operator])(value)
+    if operator in ("In", "NotIn"):
+        cond = column.in_(list(value or ()))
+        return cond if operator == "In" else not_(cond)
+    if operator == "Like":
+        return column.like(str(value))
+    raise BadRequest(f"unknown filter operator {operator!r}")
+
+
+def _compile(node: Any):
+    if not isinstance(node, dict):
+        raise BadRequest("a filter must be an object with an operator")
+    operator = node.get("operator")
+    if operator in ("And", "Or"):
+        children = [_compile(child) for child in node.get("filters") or ()]
+        if not children:
+            raise BadRequest(f"{operator} filter needs a non-empty 'filters' list")
+        return and_(*children) if operator == "And" else or_(*children)
+    return _leaf(node)
+
+
+def page_tasks(session: Session, user: User, request: PageRequest) -> tuple[list[Task], Optional[str]]:
+    """One page of tasks, oldest first, and the token of the next page (None at the end)."""
+    query = select(Task).where(Task.owner_id == user.id)
+    if request.filter:
+        query = query.where(_compile(request.filter))
+    if request.token:
+        if not request.token.isdigit():
+            raise BadRequest(f"invalid page token {request.token!r}", code="invalid_token")
+        query = query.where(Task.id > int(request.token))
+    size = request.maximum_results or DEFAULT_PAGE_SIZE
+    tasks = list(session.scalars(query.order_by(Task.id).limit(size + 1)))
+    if len(tasks) > size:
+        return tasks[:size], str(tasks[size - 1].id)
+    return tasks, None

@@ -1,0 +1,81 @@
+"""Server settings: one pydantic-settings class, read from ``QCOMPUTE_SERVER_*`` variables.
+
+``create_app(settings)`` takes an instance; nothing reads settings at import time.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import platformdirs
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Profile", "ServerSettings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("qcompute"))
+
+
+class Profile(BaseModel):
+    """A profile: a name, its default constants, and what its slots must offer."""
+
+    name: str
+    constants: dict[str, str] = Field(default_factory=dict)
+    command_constant: str = "DOCKER_CMD"  # the constant holding the command to run
+    description: str = ""
+
+
+def _default_profiles() -> list[Profile]:
+    return [
+        Profile(
+            name="docker-batch",
+            constants={"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
+            description="Runs DOCKER_CMD through sh -c on the host (no container runtime).",
+        ),
+    ]
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QCOMPUTE_SERVER_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8801
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/qcompute.db.
+    database_url: str = ""
+
+    # Storage: "embedded" starts SeaweedFS `weed mini` under <data_dir>/s3; "external" uses s3_url.
+    storage: Literal["embedded", "external"] = "embedded"
+    s3_url: str = ""  # external only; for embedded it is http://127.0.0.1:<s3_port>
+    s3_port: int = 18333
+    s3_admin_access_key: str = ""  # generated and kept in <data_dir> for embedded
+    s3_admin_secret_key: str = ""
+    s3_region: str = "us-east-1"
+
+    # Executor
+    executor: Literal["local"] = "local"
+    max_concurrent_instances: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    kill_grace_seconds: float = Field(default=5.0, ge=0)
+    max_instances_per_task: int = Field(default=100_000, ge=1)
+    max_infra_retries: int = Field(default=2, ge=0)  # re-queues after a lost runner or a restart
+
+    # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
+    output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+
+    profiles: list[Profile] = Field(default_factory=_default_profiles)
+    default_user_email: str = "owner@qcompute.local"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'qcompute.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def profile(self, name: str) -> Optional[Profile]:
+        return next((p for p in self.profiles if p.name == name), None)

@@ -1,0 +1,70 @@
+"""State names of the Qarnot dialect, shared by the SDK and the server.
+
+Both enums are ``str`` enums, so ``TaskState.SUCCESS == "Success"`` holds and values go on the
+wire unchanged.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["TaskState", "InstanceState"]
+
+
+class TaskState(str, Enum):
+    """The state of a task, as the API reports it (``task.state``)."""
+
+    UNSUBMITTED = "UnSubmitted"  # local only: the task was never sent
+    SUBMITTED = "Submitted"
+    PARTIALLY_DISPATCHED = "PartiallyDispatched"
+    FULLY_DISPATCHED = "FullyDispatched"
+    PARTIALLY_EXECUTING = "PartiallyExecuting"
+    FULLY_EXECUTING = "FullyExecuting"
+    UPLOADING_RESULTS = "UploadingResults"
+    DOWNLOADING_RESULTS = "DownloadingResults"  # legacy name of UploadingResults
+    PENDING_CANCEL = "PendingCancel"
+    PENDING_DELETE = "PendingDelete"
+    SUCCESS = "Success"
+    FAILURE = "Failure"
+    CANCELLED = "Cancelled"
+
+    def is_final(self) -> bool:
+        """True for Success, Failure and Cancelled: the task will not change any more."""
+        return self in _FINAL_TASK_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL_TASK_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.CANCELLED})
+
+
+class InstanceState(str, Enum):
+    """The state of one instance of a task: what the scheduler and the executor really track."""
+
+    QUEUED = "Queued"
+    DISPATCHED = "Dispatched"
+    DOWNLOADING = "Downloading"
+    RUNNING = "Running"
+    UPLOADING = "Uploading"
+    SUCCEEDED = "Success"
+    FAILED = "Failure"
+    CANCELLED = "Cancelled"
+
+    def is_final(self) -> bool:
+        return self in _FINAL_INSTANCE_STATES
+
+    def is_active(self) -> bool:
+        """Handed to an executor and not finished yet."""
+        return self in _ACTIVE_INSTANCE_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL_INSTANCE_STATES = frozenset(
+    {InstanceState.SUCCEEDED, InstanceState.FAILED, InstanceState.CANCELLED}
+)
+_ACTIVE_INSTANCE_STATES = frozenset(
+    {InstanceState.DISPATCHED, InstanceState.DOWNLOADING, InstanceState.RUNNING,
+     InstanceState.UPLOADING}
+)

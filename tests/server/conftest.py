@@ -1,0 +1,150 @@
+"""API tests: TestClient on a temporary SQLite database.
+
+The executor is a controllable fake so each lifecycle step can be asserted; real processes and
+real S3 are exercised by tests/server/test_runner*.py and tests/e2e.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from qcompute.server.app import create_app
+from qcompute.server.bootstrap import client_config_path, read_token
+from qcompute.server.executors.base import (Executor, Finished, InstanceKey, InstanceSpec, Output,
+                                            Phase)
+from qcompute.server.settings import ServerSettings
+
+
+class StubStorage:
+    """Storage without S3: records the identities the server provisions."""
+
+    endpoint_url = "http://127.0.0.1:9"
+    admin_access = None
+
+    def __init__(self) -> None:
+        self.identities: dict[str, tuple[str, str | None]] = {}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
+        self.identities[email] = (token, bucket_prefix)
+
+
+class FakeExecutor(Executor):
+    """Records submitted specs; tests drive the events."""
+
+    def __init__(self, on_event, capacity: int = 2) -> None:
+        super().__init__(on_event)
+        self._capacity = capacity
+        self.specs: dict[InstanceKey, InstanceSpec] = {}
+        self.cancelled: list[InstanceKey] = []
+        self.submitted = threading.Event()
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def submit(self, spec: InstanceSpec) -> None:
+        self.specs[spec.key] = spec
+        self.submitted.set()
+
+    def cancel(self, key: InstanceKey) -> None:
+        self.cancelled.append(key)
+        self.specs.pop(key, None)
+        self.on_event(Finished(key, exit_code=-15, cancelled=True))
+
+    def running(self) -> set[InstanceKey]:
+        return set(self.specs)
+
+    def shutdown(self) -> None:
+        self.specs.clear()
+
+    # test helpers
+    def keys_of(self, task_uuid: str) -> list[InstanceKey]:
+        return sorted((k for k in self.specs if k.task_uuid == task_uuid),
+                      key=lambda k: k.instance_id)
+
+    def run(self, key: InstanceKey, *, exit_code: int = 0, stdout: str = "",
+            error: str | None = None) -> None:
+        self.on_event(Phase(key, "running"))
+        if stdout:
+            self.on_event(Output(key, "stdout", stdout))
+        self.specs.pop(key, None)
+        self.on_event(Finished(key, exit_code=exit_code, error=error, exec_time_sec=0.5))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+class Cluster:
+    def __init__(self, client: TestClient, executor: FakeExecutor, storage: StubStorage,
+                 token: str) -> None:
+        self.client, self.executor, self.storage = client, executor, storage
+        self.headers = {"Authorization": token}
+
+    def get(self, path: str, **kw):
+        return self.client.get(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def post(self, path: str, **kw):
+        return self.client.post(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def put(self, path: str, **kw):
+        return self.client.put(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def delete(self, path: str, **kw):
+        return self.client.delete(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def submit(self, command: str = "echo hi", **fields) -> str:
+        doc = {"name": "t", "profile": "docker-batch",
+               "constants": [{"key": "DOCKER_CMD", "value": command}], **fields}
+        response = self.post("/tasks", json=doc)
+        assert response.status_code == 201, response.text
+        return response.json()["uuid"]
+
+    def task(self, uuid: str) -> dict:
+        response = self.get(f"/tasks/{uuid}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_state(self, uuid: str, state: str) -> dict:
+        return wait_for(lambda: (t := self.task(uuid))["state"] == state and t)
+
+    def wait_dispatched(self, uuid: str, count: int) -> list[InstanceKey]:
+        return wait_for(lambda: len(keys := self.executor.keys_of(uuid)) >= count and keys)
+
+
+def make_cluster(tmp_path, capacity: int = 2, **settings_kw):
+    settings = ServerSettings(data_dir=tmp_path, storage="external", **settings_kw)
+    storage = StubStorage()
+    holder: dict[str, FakeExecutor] = {}
+
+    def factory(on_event):
+        holder["executor"] = FakeExecutor(on_event, capacity)
+        return holder["executor"]
+
+    app = create_app(settings, storage=storage, executor_factory=factory)
+    return settings, app, storage, holder
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    settings, app, storage, holder = make_cluster(tmp_path)
+    with TestClient(app) as client:
+        token = read_token(client_config_path(settings))
+        yield Cluster(client, holder["executor"], storage, token)
