@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import click
-import platformdirs
 
-DEFAULT_CONFIG = Path(platformdirs.user_config_dir("qcompute")) / "qcompute.conf"
+from qcompute.config import default_config_path
+
+DEFAULT_CONFIG = default_config_path()
 
 
 def _data_dir(value: Optional[str]) -> Path:

@@ -96,7 +96,8 @@ class _InstanceRun:
         try:
             whitelist = _compile("results_whitelist", self.spec.results_whitelist)
             blacklist = _compile("results_blacklist", self.spec.results_blacklist)
-            created = self._make_workdir()
+            self._make_workdir()
+            created = True
             if self.spec.resources and not self.cancel.is_set():
                 self.emit(Phase(self.spec.key, "downloading"))
                 self._download()
@@ -113,7 +114,6 @@ class _InstanceRun:
             log.exception("runner failure for %s", self.spec.key)
             error = f"runner failure: {exc!r}"
         finally:
-            self._signal_group(signal.SIGKILL)
             if created:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         return Finished(self.spec.key, exit_code=self.exit_code, error=error,
@@ -121,14 +121,13 @@ class _InstanceRun:
                         wall_time_sec=round(time.monotonic() - started, 3),
                         peak_memory_mb=round(self.peak_kb / 1024), results_uploaded=self.uploaded)
 
-    def _make_workdir(self) -> bool:
+    def _make_workdir(self) -> None:
         try:
             os.makedirs(self.workdir, exist_ok=True)
             if os.listdir(self.workdir):
                 raise _InfraError(f"working directory {self.workdir} exists and is not empty")
         except OSError as exc:
             raise _InfraError(f"cannot create working directory {self.workdir}: {exc}") from exc
-        return True
 
     # -- the command ------------------------------------------------------------------------
 
@@ -156,6 +155,7 @@ class _InstanceRun:
             self._wait(proc, pump)
         finally:
             self._signal_group(signal.SIGKILL)  # nothing of the command outlives it
+            self._pgid = None
             pump.drain(time.monotonic() + _DRAIN_SECONDS)
             pump.close()
             self.exec_time = time.monotonic() - started
@@ -221,6 +221,7 @@ class _InstanceRun:
         return self._client
 
     def _download(self) -> None:
+        client = self._s3()
         files: dict[str, tuple[str, str]] = {}  # local path -> (bucket, key); later buckets win
         for res in self.spec.resources:
             for key in self._list_keys(res.bucket, res.prefix):
@@ -237,7 +238,7 @@ class _InstanceRun:
                 return
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                self._s3().download_file(bucket, key, path)
+                client.download_file(bucket, key, path)
             except Exception as exc:
                 raise _InfraError(f"download of s3://{bucket}/{key} failed: {exc}") from exc
             st = os.stat(path)
@@ -260,7 +261,7 @@ class _InstanceRun:
         return os.path.join(self.workdir, *parts) if parts else None
 
     def _upload(self, whitelist: Optional[re.Pattern], blacklist: Optional[re.Pattern]) -> None:
-        bucket = self.spec.result_bucket
+        bucket, client = self.spec.result_bucket, self._s3()
         stop_on_cancel = not self.spec.upload_results_on_cancel
 
         def put(item: tuple[str, str]) -> bool:
@@ -269,7 +270,7 @@ class _InstanceRun:
                 return False
             key = self.spec.results_prefix + rel
             try:
-                self._s3().upload_file(path, bucket, key)
+                client.upload_file(path, bucket, key)
             except Exception as exc:
                 raise _InfraError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
             return True

@@ -112,16 +112,26 @@ def check_instance(session: Session, task: Task, instance_id: int) -> None:
 
 
 _MUTABLE = {"name", "shortname", "tags", "labels"}
+_INPUTS = {f.alias or n for n, f in TaskSubmit.model_fields.items()} - _MUTABLE
+_EMPTY = (None, "", [], {})
+
+
+def _current_input(task: Task, key: str) -> Any:
+    if key == "instanceCount":
+        return None if task.document.get("advancedRanges") else task.instance_count
+    return task.document.get(key)
 
 
 def update_task(session: Session, user: User, task_uuid: str, body: dict[str, Any]) -> Task:
-    """Apply a ``PUT`` document. Fields fixed at submit must be absent, null or unchanged."""
+    """Apply a ``PUT`` document. Inputs fixed at submit must be absent, empty or unchanged;
+    server-owned fields (state, status, ...) in the body are ignored."""
     task = get_task(session, user, task_uuid)
     changes = TaskUpdate.model_validate(body)
-    for key, value in body.items():
-        if key in _MUTABLE or value is None or key not in task.document:
+    for key in _INPUTS & body.keys():
+        value, current = body[key], _current_input(task, key)
+        if value in _EMPTY or (key == "instanceCount" and current is None and value == 0):
             continue
-        if value != task.document[key]:
+        if value != current:
             raise BadRequest(f"{key} cannot change after submit", code="field_fixed")
     updates = changes.model_dump(exclude_unset=True, exclude_none=True)
     document = dict(task.document)

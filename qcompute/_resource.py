@@ -1,0 +1,160 @@
+"""Base class of the server-side objects (Task; later Pool and Job).
+
+A resource keeps the last server document and the local edits (see :mod:`qcompute._fields`),
+refreshes it with :meth:`Resource.update` and writes edits back with :meth:`Resource.commit`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypeVar
+
+from ._fields import Field, FieldHolder
+from ._http import join_path
+from .exceptions import NotFoundError, ReadOnlyFieldError, ResourceStateError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Resource"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="Resource")
+
+# Indirection so tests can drive the cache clock.
+_clock: Callable[[], float] = time.monotonic
+
+
+class Resource(FieldHolder):
+    """A server object with a uuid, cached fields, ``update()`` and ``commit()``.
+
+    Attributes:
+        auto_update: reading a volatile field refreshes stale data (default True).
+        update_cache_time: seconds a fetched document stays fresh (default 5; 0 = always
+            refetch; ``None`` = never refresh by itself).
+    """
+
+    __slots__ = ("_conn", "auto_update", "update_cache_time")
+
+    _path: ClassVar[str] = ""  # collection path segment, e.g. "tasks"
+    _not_found: ClassVar[type[NotFoundError]] = NotFoundError
+    _repr_fields: ClassVar[tuple[str, ...]] = ("uuid",)
+
+    uuid: Field[Optional[str]] = Field("uuid", read_only=True)
+
+    def __init__(self, connection: "Connection") -> None:
+        self._conn = connection
+        self._init_fields()
+        self.auto_update = True
+        self.update_cache_time: Optional[float] = 5.0
+
+    @classmethod
+    def _from_json(
+        cls: type[R], connection: "Connection", doc: dict[str, Any], *, partial: bool = False
+    ) -> R:
+        """Build an object from a server document (``partial`` for a summary)."""
+        obj = cls.__new__(cls)
+        Resource.__init__(obj, connection)
+        obj._load(doc, partial=partial, now=_clock(), keep_changes=False)
+        return obj
+
+    # -- hooks used by the fields
+    def _is_submitted(self) -> bool:
+        return bool(self._data.get("uuid"))
+
+    def _auto_refresh(self) -> None:
+        if self.auto_update:
+            self.update()
+
+    def _complete(self) -> None:
+        if self._is_submitted():
+            self.update(flushcache=True)
+        self._partial = False
+
+    # -- helpers for subclasses
+    def _url(self, *extra: Any) -> str:
+        return join_path(self._path, self._data["uuid"], *extra)
+
+    def _require_submitted(self, action: str) -> None:
+        if not self._is_submitted():
+            kind = type(self).__name__.lower()
+            raise ResourceStateError(f"cannot {action}: the {kind} was not submitted")
+
+    def _fetch(self) -> None:
+        doc = self._conn._http.get(self._url(), not_found=self._not_found)
+        self._load(doc, now=_clock())
+
+    @property
+    def fetched_at(self) -> Optional[float]:
+        """``time.monotonic()`` of the last fetch, ``None`` if never fetched."""
+        return self._fetched_at
+
+    def update(self, flushcache: bool = False) -> bool:
+        """Refresh from the server if the data is stale (or always with ``flushcache``).
+
+        Calls ``GET /<kind>/{uuid}``. Local edits are kept (and stay pending for ``commit()``).
+        Does nothing for an object that was never submitted.
+
+        Args:
+            flushcache: fetch even if the data is younger than ``update_cache_time``.
+
+        Returns:
+            True if a request was sent.
+        """
+        if not self._is_submitted():
+            return False
+        if not flushcache and self._fetched_at is not None:
+            ttl = self.update_cache_time
+            if ttl is None or _clock() - self._fetched_at < ttl:
+                return False
+        self._fetch()
+        return True
+
+    def commit(self: R) -> R:
+        """Send the local edits: ``PUT /<kind>/{uuid}`` with the whole document.
+
+        The document is the last server state with the changed fields over it (assigned or
+        mutated in place). Nothing changed: no request.
+
+        Raises:
+            ResourceStateError: the object was never submitted.
+            ReadOnlyFieldError: a field fixed after submit was mutated in place.
+        """
+        self._require_submitted("commit")
+        changed = self._changed_fields()
+        if not changed:
+            return self
+        kind = type(self).__name__
+        fixed = sorted(name for name in changed if self._fields[name].fixed_after_submit)
+        if fixed:
+            raise ReadOnlyFieldError(
+                f"{', '.join(f'{kind}.{name}' for name in fixed)} cannot change once the "
+                f"{kind.lower()} is submitted"
+            )
+        doc = self._document()
+        logger.debug("commit %s %s: %s", kind, self._data["uuid"], sorted(changed))
+        self._conn._http.put(self._url(), json=doc, not_found=self._not_found)
+        self._mark_committed(doc)
+        return self
+
+    def __repr__(self) -> str:  # never fetches
+        parts = []
+        for name in self._repr_fields:
+            field = self._fields[name]
+            value = self._cache.get(name, field.from_wire(self, self._data.get(field.wire_name)))
+            if isinstance(value, Enum):
+                value = value.value
+            parts.append(f"{name}={value!r}")
+        return f"<{type(self).__name__} {' '.join(parts)}>"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        mine = self._data.get("uuid")
+        return self is other or (mine is not None and mine == other._data.get("uuid"))  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        mine = self._data.get("uuid")
+        return hash((type(self), mine)) if mine else id(self)

@@ -1,0 +1,176 @@
+"""Where files live: an S3 endpoint, and the S3 identity of each user on it.
+
+* :class:`EmbeddedStorage` (default): a SeaweedFS ``weed mini`` supervised by the server, data
+  under ``<data_dir>/s3``. Each user gets an S3 identity at run time: access key = e-mail,
+  secret key = API token (the Qarnot convention), limited to buckets starting with the user's
+  bucket prefix (the owner is unrestricted).
+* :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
+  uses its admin keys; the operator provides each user's keys on that endpoint.
+
+``make_storage(settings)`` picks one from ``settings.storage``.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from qcompute.server.executors.base import S3Access
+from qcompute.server.settings import ServerSettings
+
+from .seaweed import SeaweedFS
+
+__all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
+
+log = logging.getLogger(__name__)
+
+
+class StorageBackend(abc.ABC):
+    """An S3 endpoint the server and the runners use, and its per-user identities."""
+
+    @property
+    @abc.abstractmethod
+    def endpoint_url(self) -> str:
+        """The S3 endpoint URL given to clients and runners."""
+
+    @property
+    @abc.abstractmethod
+    def admin_access(self) -> S3Access:
+        """The server's own credentials (every bucket)."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Make the endpoint usable; returns once it answers."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Release it (stop the embedded process)."""
+
+    @abc.abstractmethod
+    def is_running(self) -> bool:
+        """Whether the endpoint is usable."""
+
+    @abc.abstractmethod
+    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
+        """Give ``email`` the key pair (email, token), on buckets starting with ``bucket_prefix``
+        (None: every bucket). Idempotent: replaces an existing identity."""
+
+    @abc.abstractmethod
+    def remove_user(self, email: str) -> None:
+        """Revoke the user's keys. Unknown users are ignored."""
+
+
+class EmbeddedStorage(StorageBackend):
+    """SeaweedFS ``weed mini`` under ``<data_dir>/s3``, S3 on ``settings.s3_port``.
+
+    The admin keys come from the settings, or are generated on first use and kept in
+    ``<data_dir>/s3-admin.json`` (mode 0600).
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self._weed: Optional[SeaweedFS] = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._settings.s3_port}"
+
+    @property
+    def admin_access(self) -> S3Access:
+        weed = self._seaweed()
+        return S3Access(self.endpoint_url, weed.admin_access_key, weed.admin_secret_key,
+                        self._settings.s3_region)
+
+    @property
+    def seaweed(self) -> SeaweedFS:
+        """The supervised SeaweedFS (ports, pid, log)."""
+        return self._seaweed()
+
+    def start(self) -> None:
+        self._seaweed().start()
+
+    def stop(self) -> None:
+        if self._weed is not None:
+            self._weed.stop()
+
+    def is_running(self) -> bool:
+        return self._weed is not None and self._weed.is_running()
+
+    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
+        self._seaweed().configure_identity(email, email, token, bucket_prefix)
+
+    def remove_user(self, email: str) -> None:
+        self._seaweed().delete_identity(email)
+
+    def _seaweed(self) -> SeaweedFS:
+        if self._weed is None:
+            access, secret = self._admin_keys()
+            self._weed = SeaweedFS(self._settings.data_dir / "s3", self._settings.s3_port,
+                                   access, secret)
+        return self._weed
+
+    def _admin_keys(self) -> tuple[str, str]:
+        settings = self._settings
+        if settings.s3_admin_access_key or settings.s3_admin_secret_key:
+            if not (settings.s3_admin_access_key and settings.s3_admin_secret_key):
+                raise ValueError("set both s3_admin_access_key and s3_admin_secret_key, or neither")
+            return settings.s3_admin_access_key, settings.s3_admin_secret_key
+        path = Path(settings.data_dir) / "s3-admin.json"
+        if path.exists():
+            keys = json.loads(path.read_text())
+            return keys["access_key"], keys["secret_key"]
+        access, secret = "qcompute-admin-" + secrets.token_hex(6), secrets.token_urlsafe(30)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"access_key": access, "secret_key": secret}, handle)
+        return access, secret
+
+
+class ExternalStorage(StorageBackend):
+    """An S3 endpoint run by someone else, at ``settings.s3_url`` with the admin keys given.
+
+    The server creates no identities there: the operator gives each user keys on that endpoint
+    (their e-mail and token are not S3 keys there); ``provision_user``/``remove_user`` only log.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        if not settings.s3_url:
+            raise ValueError("external storage needs s3_url (QCOMPUTE_SERVER_S3_URL)")
+        self._settings = settings
+
+    @property
+    def endpoint_url(self) -> str:
+        return self._settings.s3_url
+
+    @property
+    def admin_access(self) -> S3Access:
+        return S3Access(self._settings.s3_url, self._settings.s3_admin_access_key,
+                        self._settings.s3_admin_secret_key, self._settings.s3_region)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def is_running(self) -> bool:
+        return True
+
+    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
+        log.info("external S3: the operator provides the keys of %s (buckets %s*)", email,
+                 bucket_prefix or "")
+
+    def remove_user(self, email: str) -> None:
+        log.info("external S3: the operator revokes the keys of %s", email)
+
+
+def make_storage(settings: ServerSettings) -> StorageBackend:
+    """The storage backend ``settings.storage`` names."""
+    if settings.storage == "external":
+        return ExternalStorage(settings)
+    return EmbeddedStorage(settings)

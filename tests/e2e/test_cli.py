@@ -1,0 +1,67 @@
+"""The `qcompute` command as a user runs it: up, the hello-world sample, users, status, down."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import free_port, pid_alive
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_up_sample_users_status_down(tmp_path):
+    data, config = tmp_path / "data", tmp_path / "client.conf"
+    env = {**os.environ, "QCOMPUTE_CONFIG": str(config)}
+    where = ["--data-dir", str(data)]
+
+    def qcompute(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "qcompute", *args], env=env, text=True,
+                              capture_output=True, timeout=180)
+
+    ports = ["--port", str(free_port()), "--s3-port", str(free_port())]
+    up = qcompute("up", *where, *ports, "--config", str(config))
+    assert up.returncode == 0, up.stderr
+    server_pid = int((data / "server.pid").read_text().split()[0])
+    children = _children(server_pid)
+    try:
+        assert "is up at" in up.stdout and config.exists()
+        again = qcompute("up", *where, *ports, "--config", str(config))
+        assert again.returncode == 0 and "already up" in again.stdout
+        assert int((data / "server.pid").read_text().split()[0]) == server_pid
+
+        sample = subprocess.run([sys.executable, "samples/hello_world.py"], cwd=REPO, env=env,
+                                text=True, capture_output=True, timeout=120)
+        assert sample.returncode == 0, sample.stderr
+        assert sample.stdout == "hello world from 0!\n"
+
+        added = qcompute("user", "add", "bob@example.com", "--config", str(config))
+        assert added.returncode == 0, added.stderr
+        assert "token:" in added.stdout and "bob-" in added.stdout
+        duplicate = qcompute("user", "add", "bob@example.com", "--config", str(config))
+        assert duplicate.returncode != 0 and "already exists" in duplicate.stderr
+        listed = qcompute("user", "list", "--config", str(config))
+        assert "owner@qcompute.local" in listed.stdout and "bob@example.com" in listed.stdout
+
+        status = qcompute("status", *where)
+        assert status.returncode == 0 and "healthy" in status.stdout
+        assert children, "the server should supervise SeaweedFS"
+    finally:
+        down = qcompute("down", *where)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not pid_alive(server_pid)
+    assert not [pid for pid in children if pid_alive(pid)], "down left processes behind"
+    assert qcompute("status", *where).returncode == 1

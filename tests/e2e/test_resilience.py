@@ -1,0 +1,105 @@
+"""Retries that must not duplicate work, and a server crash in the middle of a run."""
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+
+import qcompute
+from qcompute import TaskState
+
+from .conftest import ClusterProcess, pid_alive
+
+
+class DropFirstResponseProxy:
+    """A loopback TCP proxy that forwards the first ``POST /tasks`` to the server, then drops
+    the connection before the reply reaches the client: the request was done, the client saw a
+    network error. Everything else passes through."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.dropped = 0
+        self.posts_seen = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with client, upstream:
+            while True:
+                request = client.recv(1 << 20)
+                if not request:
+                    return
+                upstream.sendall(request)
+                is_submit = request.startswith(b"POST /tasks ")
+                self.posts_seen += is_submit
+                reply = upstream.recv(1 << 20)
+                if is_submit and self.dropped == 0:
+                    self.dropped += 1
+                    return  # the server created the task; the client never hears of it
+                client.sendall(reply)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_retried_post_creates_exactly_one_task(cluster):
+    proxy = DropFirstResponseProxy(cluster.port)
+    try:
+        conn = qcompute.Connection(fileconf=str(cluster.config),
+                                   cluster_url=f"http://127.0.0.1:{proxy.port}", retry_wait=0.05)
+        tag = f"retry-{time.monotonic_ns()}"
+        task = conn.create_task("retried", "docker-batch")
+        task.constants["DOCKER_CMD"] = "true"
+        task.tags = [tag]
+        task.submit()
+        assert proxy.dropped == 1 and proxy.posts_seen == 2  # it really was sent twice
+        direct = cluster.connection()
+        assert [t.uuid for t in direct.tasks(tags=[tag])] == [task.uuid]
+        assert task.wait(timeout=30) and task.state == TaskState.SUCCESS
+    finally:
+        proxy.close()
+
+
+def test_server_crash_mid_run_is_reconciled(tmp_path):
+    running = ClusterProcess(tmp_path / "crash", workers=2)
+    running.start()
+    try:
+        conn = running.connection()
+        marker = tmp_path / "first-attempt-ran"
+        task = conn.create_task("survivor", "docker-batch")
+        # The first attempt leaves a long sleeper behind the shell; the second one just finishes.
+        task.constants["DOCKER_CMD"] = (
+            f"if [ -e {marker} ]; then echo finished; else touch {marker}; echo started $$; "
+            "sleep 300 & echo sleeper $!; wait; fi")
+        task.submit()
+        out, deadline = "", time.monotonic() + 20
+        while "sleeper" not in out and time.monotonic() < deadline:
+            out += task.fresh_stdout()
+            time.sleep(0.05)
+        pids = [int(p) for p in re.findall(r"(?:started|sleeper) (\d+)", out)]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        running.kill()  # SIGKILL: no cleanup code runs in the server
+        running.start()  # same data dir and ports
+        conn = running.connection()
+        task = conn.retrieve_task(task.uuid)
+        assert task.wait(timeout=60)
+        assert task.state == TaskState.SUCCESS, task.errors
+        assert task.completed_instances[0].execution_attempt_count == 2
+        assert "finished" in task.stdout()
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(pid_alive(p) for p in pids), "the first run's processes outlived the crash"
+    finally:
+        running.stop()

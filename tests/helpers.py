@@ -1,0 +1,30 @@
+"""Helpers shared by the test suites: free ports, a real SeaweedFS, S3 clients."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from qcompute.server.storage.seaweed import SeaweedFS, pick_free_port
+
+__all__ = ["free_port", "start_seaweed", "s3_client", "ADMIN_ACCESS_KEY"]
+
+ADMIN_ACCESS_KEY = "test-admin"
+
+
+def free_port() -> int:
+    """A free loopback port whose +10000 neighbour (SeaweedFS gRPC) is free too."""
+    return pick_free_port()
+
+
+def start_seaweed(data_dir: Path, timeout: float = 30.0) -> SeaweedFS:
+    """A started ``weed mini`` on free ports under ``data_dir``; call ``.stop()`` when done."""
+    weed = SeaweedFS(data_dir, free_port(), ADMIN_ACCESS_KEY, secrets.token_urlsafe(24))
+    weed.start(timeout=timeout)
+    return weed
+
+
+def s3_client(weed: SeaweedFS, access_key: str | None = None,
+              secret_key: str | None = None) -> Any:
+    """A boto3 S3 client on ``weed``: the admin's unless keys are given."""
+    return weed.client(access_key or weed.admin_access_key, secret_key or weed.admin_secret_key)
