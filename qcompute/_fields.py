@@ -135,7 +135,10 @@ class Field(Generic[T]):
     def from_wire(self, owner: Any, raw: Any) -> Any:
         if raw is _MISSING or raw is None:
             return self.default() if callable(self.default) else self.default
-        return self.parse(raw) if self.parse else raw
+        if self.parse:
+            return self.parse(raw)
+        # a private copy: in-place edits must not reach the server document (or the caller's)
+        return copy.deepcopy(raw) if isinstance(raw, (dict, list)) else raw
 
     def to_wire(self, owner: Any, value: Any) -> Any:
         if value is None:

@@ -110,14 +110,31 @@ def compute_etag(path: Union[str, "os.PathLike[str]"], part_size: int = MULTIPAR
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One object of a listing. ``etag`` has no quotes."""
+class ObjectInfo(str):
+    """One object of a listing: the key itself (a ``str``), with its metadata as attributes.
 
-    key: str
+    Because it is the key, ``sorted(bucket.list_files())`` or ``"a.txt" in bucket.list_files()``
+    work on keys; ``.key``, ``.etag`` (no quotes), ``.size`` and ``.last_modified`` give the rest.
+    """
+
     etag: str
     size: int
-    last_modified: Optional[datetime] = None
+    last_modified: Optional[datetime]
+
+    def __new__(cls, key: str, etag: str = "", size: int = 0,
+                last_modified: Optional[datetime] = None) -> "ObjectInfo":
+        obj = super().__new__(cls, key)
+        obj.etag = etag
+        obj.size = int(size)
+        obj.last_modified = last_modified
+        return obj
+
+    @property
+    def key(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"ObjectInfo({str(self)!r}, etag={self.etag!r}, size={self.size})"
 
 
 @dataclass(frozen=True)
@@ -313,6 +330,14 @@ class Storage:
                         size=int(entry.get("Size", 0)),
                         last_modified=entry.get("LastModified"),
                     )
+
+    def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        """HeadObject: size and ETag of one object."""
+        with _errors("HeadObject", bucket, key):
+            reply = self.client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(key=key, etag=str(reply.get("ETag", "")).strip('"'),
+                          size=int(reply.get("ContentLength", 0)),
+                          last_modified=reply.get("LastModified"))
 
     def upload_file(self, bucket: str, key: str, path: str, callback: Optional[Callback] = None) -> None:
         """Upload a file (multipart from 8 MiB, parts in parallel)."""

@@ -305,7 +305,7 @@ class Bucket:
         if target.is_dir():
             target = target / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        size = next((o.size for o in self._storage.list_objects(self._name, key) if o.key == key), 0)
+        size = self._storage.head_object(self._name, key).size if progress else 0
         with _Progress(progress, size, f"download {key}") as tracker:
             self._storage.download_file(self._name, key, str(target), tracker.callback(key))
         return str(target)

@@ -14,12 +14,17 @@ from typing import Optional
 
 import click
 
-from qcompute.config import default_config_path
+from qcompute.config import CONFIG_ENV, default_config_path
 
-DEFAULT_CONFIG = default_config_path()
+
+def client_config_default() -> str:
+    """Where the client config goes: ``$QCOMPUTE_CONFIG``, else the SDK's default path."""
+    return os.environ.get(CONFIG_ENV) or str(default_config_path())
 
 
 def _data_dir(value: Optional[str]) -> Path:
+    """``--data-dir``, else ``$QCOMPUTE_SERVER_DATA_DIR``, else the platformdirs data dir."""
+    value = value or os.environ.get("QCOMPUTE_SERVER_DATA_DIR")
     if value:
         return Path(value).expanduser().resolve()
     from qcompute.server.settings import default_data_dir
@@ -96,7 +101,7 @@ def server(data_dir, port, s3_port, workers) -> None:
 @_with_options
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for health.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              default=str(DEFAULT_CONFIG), show_default=True,
+              default=client_config_default, show_default="$QCOMPUTE_CONFIG or the SDK default",
               help="Where to write the client config.")
 def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
     """Start the cluster in the background and write the client config."""

@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from .cluster import DEFAULT_CONFIG
+from .cluster import client_config_default
 
 
 def _call(config: str, method: str, path: str, body: Optional[dict] = None):
@@ -36,7 +36,8 @@ def _call(config: str, method: str, path: str, body: Optional[dict] = None):
         raise click.ClickException(f"cannot reach the cluster at {url}: {exc.reason}") from None
 
 
-_config_option = click.option("--config", default=str(DEFAULT_CONFIG), show_default=True,
+_config_option = click.option("--config", default=client_config_default,
+                              show_default="$QCOMPUTE_CONFIG or the SDK default",
                               help="The owner's client config.")
 
 

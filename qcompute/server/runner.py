@@ -34,7 +34,8 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceSpec, Output, Phase,
                                             event_to_json)
 
-__all__ = ["run_instance", "pdeathsig_preexec", "main"]
+__all__ = ["run_instance", "pdeathsig_preexec", "process_table", "no_continue_for_empty_body",
+           "main"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,32 @@ def pdeathsig_preexec() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+def process_table() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, ppid, pgid) of every process, from /proc (state "Z": a zombie)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat_file:
+                    state, ppid, pgid = stat_file.read().rsplit(")", 1)[1].split()[:3]
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            yield int(entry), state, int(ppid), int(pgid)
+
+
+def no_continue_for_empty_body(params: dict, **_: Any) -> None:
+    """botocore ``before-call.s3`` hook: no ``Expect: 100-continue`` on an empty body.
+
+    botocore sends it on every PutObject; when the server answers at once (no body to wait
+    for, as SeaweedFS does), the *next* request on that pooled connection stalls until the read
+    timeout (60 s). See boto/boto3#3757 and botocore's BOTO_EXPERIMENTAL__NO_EMPTY_CONTINUE.
+    """
+    from botocore.utils import determine_content_length
+
+    body = params.get("body")
+    if body is not None and "Expect" in params["headers"] and determine_content_length(body) == 0:
+        del params["headers"]["Expect"]
 
 
 class _InfraError(Exception):
@@ -197,11 +224,13 @@ class _InstanceRun:
                 pass
 
     def _group_alive(self) -> bool:
+        """Whether a process of the group still runs. Zombies do not count: orphans wait for
+        init to reap them, and some inits are slow to."""
         try:
             os.killpg(self._pgid, 0)  # type: ignore[arg-type]
         except ProcessLookupError:
             return False
-        return True
+        return any(pgid == self._pgid and state != "Z" for _, state, _, pgid in process_table())
 
     # -- S3 ---------------------------------------------------------------------------------
 
@@ -218,6 +247,7 @@ class _InstanceRun:
                 aws_secret_access_key=access.secret_key, region_name=access.region,
                 config=Config(max_pool_connections=4 * _TRANSFER_THREADS,
                               retries={"mode": "standard", "max_attempts": 3}))
+            pass  # TEMP
         return self._client
 
     def _download(self) -> None:
@@ -306,11 +336,11 @@ class _OutputPump:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             self._selector.register(pipe, selectors.EVENT_READ, (name, decoder))
 
-    def pump(self, timeout: float) -> bool:
-        """Read what arrives within ``timeout``; False once every pipe is closed."""
+    def pump(self, timeout: float) -> None:
+        """Read what arrives within ``timeout`` (just wait if every pipe is closed)."""
         if not self._selector.get_map():
             time.sleep(timeout)
-            return False
+            return
         for key, _ in self._selector.select(timeout):
             name, decoder = key.data
             data = os.read(key.fd, _READ_BYTES)
@@ -320,11 +350,11 @@ class _OutputPump:
             if not data:
                 self._selector.unregister(key.fileobj)
                 key.fileobj.close()  # type: ignore[union-attr]
-        return bool(self._selector.get_map())
 
     def drain(self, deadline: float) -> None:
-        while (remaining := deadline - time.monotonic()) > 0 and self.pump(remaining):
-            pass
+        """Read until every pipe is closed, or the deadline."""
+        while self._selector.get_map() and (remaining := deadline - time.monotonic()) > 0:
+            self.pump(remaining)
 
     def close(self) -> None:
         for key in list(self._selector.get_map().values()):

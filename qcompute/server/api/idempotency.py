@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any, Callable, Optional
 
 from fastapi import Request
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..db.models import IdempotencyRecord, User
+from ..db.models import IdempotencyRecord, User, utcnow
 from ..errors import Conflict
 
 HEADER = "Idempotency-Key"
@@ -28,9 +29,15 @@ def _replay(record: IdempotencyRecord) -> Response:
     return response
 
 
-def _find(session: Session, user: User, key: str) -> Optional[IdempotencyRecord]:
-    return session.scalar(select(IdempotencyRecord).where(
+def _find(session: Session, user: User, key: str,
+          ttl_seconds: int) -> Optional[IdempotencyRecord]:
+    record = session.scalar(select(IdempotencyRecord).where(
         IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key))
+    if record is not None and record.created_at < utcnow() - timedelta(seconds=ttl_seconds):
+        session.delete(record)  # expired: the key may be used afresh
+        session.flush()
+        return None
+    return record
 
 
 def _render(status: int, content: Any) -> Response:
@@ -52,7 +59,8 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
         raise Conflict(f"{HEADER} is longer than 255 characters", code="invalid_idempotency_key")
     route = f"{request.method} {request.url.path}"
     digest = hashlib.sha256(body).hexdigest()
-    record = _find(session, user, key)
+    ttl = request.app.state.ctx.settings.idempotency_ttl_seconds
+    record = _find(session, user, key, ttl)
     if record is None:
         status, content = work()
         response = _render(status, content)
@@ -65,7 +73,7 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
             return response
         except IntegrityError:  # a concurrent request with this key committed first
             session.rollback()
-            record = _find(session, user, key)
+            record = _find(session, user, key, ttl)
             assert record is not None
     if record.route != route or record.request_hash != digest:
         raise Conflict(f"{HEADER} {key!r} was already used for a different request",

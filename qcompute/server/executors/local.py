@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qcompute.server.runner import pdeathsig_preexec
+from qcompute.server.runner import pdeathsig_preexec, process_table
 
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                    event_from_json)
@@ -242,24 +242,10 @@ class LocalExecutor(Executor):
         if proc is None or proc.poll() is not None:
             return
         log.warning("runner of %s did not stop in time: killing it", runner.spec.key)
-        for pgid in _child_process_groups(proc.pid) | {proc.pid}:
+        groups = {pgid for _, _, ppid, pgid in process_table() if ppid == proc.pid}
+        for pgid in groups | {proc.pid}:
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
-
-def _child_process_groups(pid: int) -> set[int]:
-    """Process groups of the direct children of ``pid`` (from /proc)."""
-    groups = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat_file:
-                fields = stat_file.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:  # fields: state, ppid, pgrp, ...
-            groups.add(int(fields[2]))
-    return groups

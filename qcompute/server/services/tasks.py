@@ -116,6 +116,15 @@ _INPUTS = {f.alias or n for n, f in TaskSubmit.model_fields.items()} - _MUTABLE
 _EMPTY = (None, "", [], {})
 
 
+def _without_nulls(value: Any) -> Any:
+    """Compare documents as values: ``{"a": 1, "b": None}`` equals ``{"a": 1}``."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _current_input(task: Task, key: str) -> Any:
     if key == "instanceCount":
         return None if task.document.get("advancedRanges") else task.instance_count
@@ -131,7 +140,7 @@ def update_task(session: Session, user: User, task_uuid: str, body: dict[str, An
         value, current = body[key], _current_input(task, key)
         if value in _EMPTY or (key == "instanceCount" and current is None and value == 0):
             continue
-        if value != current:
+        if _without_nulls(value) != _without_nulls(current):
             raise BadRequest(f"{key} cannot change after submit", code="field_fixed")
     updates = changes.model_dump(exclude_unset=True, exclude_none=True)
     document = dict(task.document)

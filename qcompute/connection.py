@@ -1,0 +1,356 @@
+"""The :class:`Connection`: configuration, the REST client, the S3 client, and list/create helpers."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+
+from ._http import HttpClient, join_path
+from ._storage import Storage
+from .bucket import Bucket
+from .config import Config, FileConf, load_config
+from .exceptions import (
+    APIError,
+    MissingBucketException,
+    MissingProfileException,
+    MissingTaskException,
+    ResourceStateError,
+    StorageError,
+)
+from .task import Task
+
+__all__ = ["Connection", "UserInfo", "Profile"]
+
+logger = logging.getLogger(__name__)
+
+TagsArg = Union[str, Iterable[str], None]
+
+_USER_INFO_FIELDS = (
+    ("email", "email"), ("max_bucket", "maxBucket"), ("bucket_count", "bucketCount"),
+    ("quota_bytes_bucket", "quotaBytesBucket"), ("used_quota_bytes_bucket", "usedQuotaBytesBucket"),
+    ("task_count", "taskCount"), ("max_task", "maxTask"), ("running_task_count", "runningTaskCount"),
+    ("max_running_task", "maxRunningTask"), ("pool_count", "poolCount"), ("max_pool", "maxPool"),
+    ("running_pool_count", "runningPoolCount"), ("max_running_pool", "maxRunningPool"),
+    ("max_instances", "maxInstances"), ("max_cores", "maxCores"),
+    ("running_instance_count", "runningInstanceCount"), ("running_core_count", "runningCoreCount"),
+)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """The account as ``GET /info`` describes it. ``info["anyWireKey"]`` reads the raw document."""
+
+    email: Optional[str] = None
+    max_bucket: Optional[int] = None
+    bucket_count: Optional[int] = None
+    quota_bytes_bucket: Optional[int] = None
+    used_quota_bytes_bucket: Optional[int] = None
+    task_count: Optional[int] = None
+    max_task: Optional[int] = None
+    running_task_count: Optional[int] = None
+    max_running_task: Optional[int] = None
+    pool_count: Optional[int] = None
+    max_pool: Optional[int] = None
+    running_pool_count: Optional[int] = None
+    max_running_pool: Optional[int] = None
+    max_instances: Optional[int] = None
+    max_cores: Optional[int] = None
+    running_instance_count: Optional[int] = None
+    running_core_count: Optional[int] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "UserInfo":
+        values = {attr: doc.get(wire) for attr, wire in _USER_INFO_FIELDS}
+        if values["max_cores"] is None:  # legacy name
+            values["max_cores"] = doc.get("maxFlexCores")
+        return cls(**values, raw=dict(doc))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile (``GET /profiles/{name}``): a name and its default constants."""
+
+    name: str
+    constants: Mapping[str, Optional[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "Profile":
+        constants = {c.get("name", c.get("key")): c.get("value") for c in doc.get("constants") or ()}
+        return cls(name=doc["name"], constants=constants)
+
+
+def _tag_filter(tags: TagsArg, tags_intersect: TagsArg) -> Optional[dict[str, Any]]:
+    """The pagination filter: Or of ``Tags == t`` for ``tags``, And for ``tags_intersect``."""
+    chosen, operator = (tags_intersect, "And") if tags_intersect else (tags, "Or")
+    if not chosen:
+        return None
+    values = [chosen] if isinstance(chosen, str) else list(chosen)
+    leaves = [{"operator": "Equal", "field": "Tags", "value": tag} for tag in values]
+    return leaves[0] if len(leaves) == 1 else {"operator": operator, "filters": leaves}
+
+
+class Connection:
+    """A session with a qcompute (or Qarnot) cluster and its S3 storage.
+
+    Building one reads the configuration (see :mod:`qcompute.config`) and sends nothing. The
+    storage URL (``GET /settings``, when not configured) and the S3 access key (the email of
+    ``GET /info``) are fetched on first S3 use and cached.
+
+    Args:
+        fileconf: an INI file path or a dict of settings.
+        client_token: the API token.
+        cluster_url: the API URL.
+        cluster_timeout: seconds per request (default 30).
+        storage_url: the S3 URL (default: asked from the server).
+        retry_count: retries of a failed request (default 5).
+        retry_wait: backoff factor in seconds (default 1).
+        cluster_unsafe: do not verify the API's TLS certificate (False = not set here).
+        storage_unsafe: do not verify the storage's TLS certificate (False = not set here).
+        cluster_custom_certificate: CA bundle for the API.
+        storage_custom_certificate: CA bundle for the storage.
+
+    Raises:
+        ConfigError: no token anywhere, or an invalid setting.
+    """
+
+    def __init__(
+        self,
+        fileconf: FileConf = None,
+        client_token: Optional[str] = None,
+        cluster_url: Optional[str] = None,
+        cluster_timeout: Optional[float] = None,
+        storage_url: Optional[str] = None,
+        retry_count: Optional[int] = None,
+        retry_wait: Optional[float] = None,
+        cluster_unsafe: Optional[bool] = None,
+        storage_unsafe: Optional[bool] = None,
+        cluster_custom_certificate: Optional[str] = None,
+        storage_custom_certificate: Optional[str] = None,
+    ) -> None:
+        self.config: Config = load_config(
+            fileconf,
+            client_token=client_token,
+            cluster_url=cluster_url,
+            cluster_timeout=cluster_timeout,
+            storage_url=storage_url,
+            retry_count=retry_count,
+            retry_wait=retry_wait,
+            cluster_unsafe=cluster_unsafe or None,
+            storage_unsafe=storage_unsafe or None,
+            cluster_custom_certificate=cluster_custom_certificate,
+            storage_custom_certificate=storage_custom_certificate,
+        )
+        cfg = self.config
+        self._http = HttpClient(
+            cfg.cluster_url, cfg.client_token, timeout=cfg.cluster_timeout,
+            retry_count=cfg.retry_count, retry_wait=cfg.retry_wait, verify=cfg.cluster_verify,
+        )
+        self._storage_url = cfg.storage_url
+        self._email: Optional[str] = None
+        self._storage_client: Optional[Storage] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Connection cluster_url={self.cluster_url!r}>"
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session and the S3 client's connections."""
+        self._http.close()
+        if self._storage_client is not None:
+            self._storage_client.client.close()
+
+    # -- account -------------------------------------------------------------------------
+    @property
+    def cluster_url(self) -> str:
+        return self.config.cluster_url
+
+    @property
+    def storage_url(self) -> str:
+        """The S3 URL: configured, or read once from ``GET /settings``.
+
+        Raises:
+            StorageError: the server advertises no storage.
+        """
+        if self._storage_url is None:
+            settings = self._http.get("/settings") or {}
+            url = settings.get("storage") if isinstance(settings, dict) else None
+            if not url:
+                raise StorageError("the cluster advertises no storage (GET /settings has no "
+                                   "'storage' URL); set storage_url")
+            self._storage_url = str(url).rstrip("/")
+        return self._storage_url
+
+    @property
+    def user_info(self) -> UserInfo:
+        """The account, fresh from ``GET /info`` on every read (the email is cached for S3)."""
+        info = UserInfo.from_json(self._http.get("/info") or {})
+        if info.email:
+            self._email = info.email
+        return info
+
+    def _user_email(self) -> str:
+        if self._email is None:
+            self._email = self.user_info.email
+        if not self._email:
+            raise StorageError("GET /info gave no email: cannot build the S3 credentials")
+        return self._email
+
+    # -- profiles ------------------------------------------------------------------------
+    def profiles_names(self) -> list[str]:
+        """The profile names: ``GET /profiles``."""
+        return list(self._http.get("/profiles") or [])
+
+    def retrieve_profile(self, name: str) -> Profile:
+        """One profile: ``GET /profiles/{name}``.
+
+        Raises:
+            MissingProfileException: no such profile.
+        """
+        return Profile.from_json(
+            self._http.get(join_path("profiles", name), not_found=MissingProfileException)
+        )
+
+    def profiles(self) -> list[Profile]:
+        """Every profile: ``GET /profiles``, then ``GET /profiles/{name}`` for each."""
+        return [self.retrieve_profile(name) for name in self.profiles_names()]
+
+    # -- tasks -----------------------------------------------------------------------------
+    def create_task(self, name: str, profile_or_pool: Any = None,
+                    instancecount_or_range: Union[int, str] = 1,
+                    shortname: Optional[str] = None, job: Any = None) -> Task:
+        """A new, unsubmitted :class:`Task` (no request). An int sets ``instanceCount``, a
+        string sets ``advancedRanges``."""
+        return Task(self, name, profile_or_pool, instancecount_or_range, shortname, job)
+
+    def retrieve_task(self, uuid: str) -> Task:
+        """An existing task: ``GET /tasks/{uuid}``.
+
+        Raises:
+            MissingTaskException: no such task.
+        """
+        doc = self._http.get(join_path("tasks", uuid), not_found=MissingTaskException)
+        return Task._from_json(self, doc)
+
+    def _paginate(self, path: str, filter_: Optional[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        token: Optional[str] = None
+        while True:
+            page = self._http.post(path, json={"filter": filter_, "token": token,
+                                               "maximumResults": None})
+            if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+                raise APIError(f"POST {path} answered without a 'data' list: {page!r}")
+            yield from page["data"]
+            next_token = page.get("nextToken")
+            if not page.get("isTruncated") or not next_token:
+                return
+            if next_token == token:
+                raise APIError(f"POST {path} returned the same nextToken twice: {token!r}")
+            token = next_token
+
+    def all_tasks(self, tags: TagsArg = None, tags_intersect: TagsArg = None) -> Iterator[Task]:
+        """Iterate over the tasks, page by page: ``POST /tasks/paginate``.
+
+        Args:
+            tags: tasks with any of these tags.
+            tags_intersect: tasks with all of these tags (wins over ``tags``).
+        """
+        for doc in self._paginate("/tasks/paginate", _tag_filter(tags, tags_intersect)):
+            yield Task._from_json(self, doc)
+
+    def tasks(self, tags: TagsArg = None, tags_intersect: TagsArg = None,
+              summary: bool = False) -> list[Task]:
+        """The tasks, as a list: ``POST /tasks/paginate`` (``/tasks/summaries/paginate`` with
+        ``summary``; a summary task loads its full document when a missing field is read)."""
+        if not summary:
+            return list(self.all_tasks(tags, tags_intersect))
+        docs = self._paginate("/tasks/summaries/paginate", _tag_filter(tags, tags_intersect))
+        return [Task._from_json(self, doc, partial=True) for doc in docs]
+
+    def submit_tasks(self, tasks: Iterable[Task]) -> None:
+        """Submit many tasks in one ``POST /tasks`` with an array.
+
+        The reply lists ``{"statusCode", "uuid", "message"}`` in order. Accepted tasks get their
+        uuid and are loaded (``GET /tasks/{uuid}`` each).
+
+        Raises:
+            ResourceStateError: a task was already submitted (nothing is sent).
+            APIError: some tasks were refused; ``details`` lists them (the others are submitted).
+        """
+        tasks = list(tasks)
+        for task in tasks:
+            if task._is_submitted():
+                raise ResourceStateError(f"task {task.uuid} is already submitted")
+        if not tasks:
+            return
+        replies = self._http.post("/tasks", json=[t._submit_document() for t in tasks],
+                                  not_found=MissingBucketException)
+        if not isinstance(replies, list) or len(replies) != len(tasks):
+            raise APIError(f"POST /tasks with {len(tasks)} tasks got a reply of another shape: "
+                           f"{replies!r}")
+        failures = []
+        for task, reply in zip(tasks, replies):
+            status = reply.get("statusCode")
+            if isinstance(status, int) and 200 <= status < 300 and reply.get("uuid"):
+                task._submitted(reply["uuid"])
+            else:
+                failures.append({"name": task.name, "statusCode": status,
+                                 "message": reply.get("message")})
+        if failures:
+            listed = "; ".join(f"{f['name']!r} ({f['statusCode']}): {f['message']}"
+                               for f in failures)
+            raise APIError(f"{len(failures)} of {len(tasks)} tasks were not submitted: {listed}",
+                           status_code=failures[0]["statusCode"], code="BulkSubmitFailed",
+                           details=failures)
+
+    # -- storage ---------------------------------------------------------------------------
+    @property
+    def _storage(self) -> Storage:
+        """The S3 adapter, built on first use (may call ``GET /settings`` and ``GET /info``)."""
+        with self._lock:
+            if self._storage_client is None:
+                self._storage_client = Storage(
+                    self.storage_url, self._user_email(), self.config.client_token,
+                    verify=self.config.storage_verify, retry_count=self.config.retry_count,
+                )
+            return self._storage_client
+
+    @property
+    def s3client(self) -> Any:
+        """The boto3 S3 client (built on first use)."""
+        return self._storage.client
+
+    @property
+    def s3resource(self) -> Any:
+        """The boto3 S3 resource (built on first use)."""
+        return self._storage.resource
+
+    def create_bucket(self, name: str) -> Bucket:
+        """Create a bucket (CreateBucket; one this user owns already is fine)."""
+        return Bucket(self, name, create=True)
+
+    def retrieve_bucket(self, name: str) -> Bucket:
+        """An existing bucket (HeadBucket).
+
+        Raises:
+            MissingBucketException: no such bucket.
+        """
+        self._storage.head_bucket(name)
+        return Bucket(self, name, create=False)
+
+    def retrieve_or_create_bucket(self, name: str) -> Bucket:
+        """The bucket ``name``, created if needed (CreateBucket)."""
+        return self.create_bucket(name)
+
+    def buckets(self) -> list[Bucket]:
+        """Every bucket of this user (ListBuckets)."""
+        return [Bucket(self, name, create=False) for name in self._storage.list_buckets()]

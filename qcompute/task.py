@@ -1,0 +1,447 @@
+"""Tasks: a command run as one or many instances, with resource and result buckets."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
+
+from . import _resource
+from ._fields import Field, parse_datetime, parse_enum
+from ._resource import Resource
+from .bucket import Bucket, Progress
+from .exceptions import (
+    FieldError,
+    MissingBucketException,
+    MissingTaskException,
+    MissingTaskInstanceException,
+    ResourceStateError,
+)
+from .states import TaskState
+from .status import CompletedInstance, Error, Status
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Task"]
+
+logger = logging.getLogger(__name__)
+
+# wait(): poll GET /tasks/{uuid} every 0.05 s, then 1.5 times longer each time, at most 1 s.
+POLL_START = 0.05
+POLL_FACTOR = 1.5
+POLL_MAX = 1.0
+_sleep: Callable[[float], None] = time.sleep  # patched by tests
+
+
+# -- wire conversions ------------------------------------------------------------------------
+def _parse_constants(raw: list[Mapping[str, Any]]) -> dict[str, Optional[str]]:
+    return {c.get("key", c.get("name")): c.get("value") for c in raw}
+
+
+def _dump_constants(value: Mapping[str, Any]) -> list[dict[str, Optional[str]]]:
+    return [{"key": str(k), "value": None if v is None else str(v)} for k, v in value.items()]
+
+
+def _str_list(owner: Any, value: Any) -> list[str]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise FieldError(f"expected a list of strings, got {value!r}")
+    items = list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise FieldError(f"expected a list of strings, got {value!r}")
+    return items
+
+
+def _str_dict(owner: Any, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise FieldError(f"expected a dict, got {value!r}")
+    return dict(value)
+
+
+def _optional_str(owner: Any, value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise FieldError(f"expected a string or None, got {value!r}")
+    return value
+
+
+def _check_instancecount(owner: "Task", value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FieldError(f"instancecount must be an int >= 0, got {value!r}")
+    if value and owner.advanced_range is not None:
+        raise FieldError("instancecount cannot be set while advanced_range is set")
+    return value
+
+
+def _check_advanced_range(owner: "Task", value: Any) -> Optional[str]:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise FieldError(f"advanced_range must be a range string like '0-9,12', got {value!r}")
+    if value is not None and owner.instancecount != 0:
+        raise FieldError("advanced_range can only be set while instancecount is 0")
+    return value
+
+
+def _as_bucket(owner: "Task", value: Union[Bucket, str]) -> Bucket:
+    if isinstance(value, Bucket):
+        return value
+    if isinstance(value, str):
+        return Bucket(owner._conn, value, create=False)
+    raise FieldError(f"expected a Bucket or a bucket name, got {value!r}")
+
+
+class _ResourcesField(Field[list[Bucket]]):
+    """``advancedResourceBuckets`` ↔ a list of :class:`Bucket` bound to the task's connection."""
+
+    def from_wire(self, owner: Any, raw: Any) -> list[Bucket]:
+        if raw is None or not isinstance(raw, list):
+            return []
+        return [Bucket.from_resource_json(owner._conn, doc) for doc in raw]
+
+    def to_wire(self, owner: Any, value: Any) -> Any:
+        return [bucket.to_resource_json() for bucket in value or ()]
+
+
+class _ResultsField(Field[Optional[Bucket]]):
+    """``resultBucket`` (a name) ↔ a :class:`Bucket` or None. Never sends CreateBucket."""
+
+    def from_wire(self, owner: Any, raw: Any) -> Optional[Bucket]:
+        return Bucket(owner._conn, raw, create=False) if isinstance(raw, str) and raw else None
+
+    def to_wire(self, owner: Any, value: Any) -> Any:
+        return value.name if value is not None else None
+
+
+# Keys always present in the POST /tasks document, even when null or empty.
+_ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants", "tags",
+                          "labels", "advancedResourceBuckets"})
+
+
+class Task(Resource):
+    """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile.
+
+    Before :meth:`submit` every writable field can be set. Once submitted, ``name``, ``tags``,
+    ``labels`` and ``constants`` stay writable and are sent by :meth:`commit`; the other fields
+    are fixed and setting one raises :class:`~qcompute.ReadOnlyFieldError` naming it.
+
+    Cached fields come from the last ``GET /tasks/{uuid}``. Volatile fields (``state``,
+    ``previous_state``, ``status``, ``progress``, ``completed_instances``, ``errors``,
+    ``end_date``, ``execution_time``, ``wall_time``, ``running_*``, ``results_count``) refresh
+    the task when its data is older than ``update_cache_time`` (5 s) while ``auto_update`` is
+    on. Refreshes keep local edits.
+
+    Args:
+        connection: the owning connection.
+        name: a display name.
+        profile_or_pool: a profile name, or a pool (an object with ``uuid``) to run in.
+        instancecount_or_range: an instance count, or a range string such as ``"0-9,12"``.
+        shortname: a unique DNS-compliant name (the server uses the uuid otherwise).
+        job: a job (an object with ``uuid``) or a job uuid.
+    """
+
+    __slots__ = ()
+    _path = "tasks"
+    _not_found = MissingTaskException
+    _repr_fields = ("uuid", "name", "state")
+
+    name: Field[str] = Field("name", validate=lambda o, v: _nonempty_name(v))
+    shortname: Field[Optional[str]] = Field("shortname", fixed_after_submit=True,
+                                            validate=_optional_str)
+    profile: Field[Optional[str]] = Field("profile", fixed_after_submit=True,
+                                          validate=_optional_str)
+    pool_uuid: Field[Optional[str]] = Field("poolUuid", fixed_after_submit=True,
+                                            validate=_optional_str)
+    job_uuid: Field[Optional[str]] = Field("jobUuid", fixed_after_submit=True,
+                                           validate=_optional_str)
+    instancecount: Field[int] = Field("instanceCount", fixed_after_submit=True, default=0,
+                                      validate=_check_instancecount)
+    advanced_range: Field[Optional[str]] = Field("advancedRanges", fixed_after_submit=True,
+                                                 validate=_check_advanced_range)
+    constants: Field[dict[str, Optional[str]]] = Field(
+        "constants", parse=_parse_constants, dump=_dump_constants, default=dict,
+        validate=_str_dict)
+    tags: Field[list[str]] = Field("tags", default=list, validate=_str_list)
+    labels: Field[dict[str, str]] = Field("labels", default=dict, validate=_str_dict)
+    resources: Field[list[Bucket]] = _ResourcesField(
+        "advancedResourceBuckets", fixed_after_submit=True,
+        validate=lambda o, v: [_as_bucket(o, b) for b in _iterable(v)])
+    results: Field[Optional[Bucket]] = _ResultsField(
+        "resultBucket", fixed_after_submit=True,
+        validate=lambda o, v: None if v is None else _as_bucket(o, v))
+    results_whitelist: Field[Optional[str]] = Field("resultsWhitelist", fixed_after_submit=True,
+                                                    validate=_optional_str)
+    results_blacklist: Field[Optional[str]] = Field("resultsBlacklist", fixed_after_submit=True,
+                                                    validate=_optional_str)
+
+    state: Field[Union[TaskState, str]] = Field(
+        "state", volatile=True, parse=parse_enum(TaskState), default=TaskState.UNSUBMITTED)
+    previous_state: Field[Union[TaskState, str, None]] = Field(
+        "previousState", volatile=True, parse=parse_enum(TaskState))
+    status: Field[Optional[Status]] = Field("status", volatile=True, parse=Status.from_json)
+    progress: Field[Optional[float]] = Field("progress", volatile=True, parse=float)
+    completed_instances: Field[list[CompletedInstance]] = Field(
+        "completedInstances", volatile=True, default=list,
+        parse=lambda raw: [CompletedInstance.from_json(doc) for doc in raw])
+    errors: Field[list[Error]] = Field(
+        "errors", volatile=True, default=list,
+        parse=lambda raw: [e for e in (Error.from_json(doc) for doc in raw) if e is not None])
+    creation_date = Field("creationDate", read_only=True, parse=parse_datetime)
+    end_date = Field("endDate", volatile=True, parse=parse_datetime)
+    execution_time: Field[Optional[str]] = Field("executionTime", volatile=True)
+    wall_time: Field[Optional[str]] = Field("wallTime", volatile=True)
+    running_instance_count: Field[Optional[int]] = Field("runningInstanceCount", volatile=True)
+    running_core_count: Field[Optional[int]] = Field("runningCoreCount", volatile=True)
+    results_count: Field[Optional[int]] = Field("resultsCount", volatile=True)
+
+    def __init__(
+        self,
+        connection: "Connection",
+        name: str,
+        profile_or_pool: Any = None,
+        instancecount_or_range: Union[int, str] = 1,
+        shortname: Optional[str] = None,
+        job: Any = None,
+    ) -> None:
+        super().__init__(connection)
+        data: dict[str, Any] = {"name": _nonempty_name(name), "profile": None,
+                                "poolUuid": None, "jobUuid": None}
+        if profile_or_pool is None or isinstance(profile_or_pool, str):
+            data["profile"] = profile_or_pool
+        else:
+            data["poolUuid"] = _uuid_of(profile_or_pool, "profile_or_pool")
+        if isinstance(instancecount_or_range, bool) or not isinstance(
+                instancecount_or_range, (int, str)):
+            raise TypeError("instancecount_or_range must be an int or a range string, got "
+                            f"{instancecount_or_range!r}")
+        if isinstance(instancecount_or_range, int):
+            if instancecount_or_range < 0:
+                raise ValueError(f"instance count must be >= 0, got {instancecount_or_range}")
+            data["instanceCount"] = instancecount_or_range
+        else:
+            data["instanceCount"] = 0
+            data["advancedRanges"] = instancecount_or_range
+        if shortname is not None:
+            data["shortname"] = _optional_str(self, shortname)
+        if job is not None:
+            data["jobUuid"] = job if isinstance(job, str) else _uuid_of(job, "job")
+        self._data.update(data)
+
+    # -- submission ------------------------------------------------------------------------
+    def _submit_document(self) -> dict[str, Any]:
+        """The ``POST /tasks`` document (reference §1.5)."""
+        doc: dict[str, Any] = {}
+        for name, field in self._fields.items():
+            if field.read_only:
+                continue
+            value = field.to_wire(self, getattr(self, name))
+            if value is not None or field.wire_name in _ALWAYS_SENT:
+                doc[field.wire_name] = value
+        if doc.get("advancedRanges"):
+            doc.pop("instanceCount", None)
+        results = self.results
+        if results is not None and results.cache_ttl_sec is not None:
+            doc["ResultsCacheTTLSec"] = results.cache_ttl_sec
+        return doc
+
+    def _submitted(self, uuid: str) -> None:
+        """The server accepted the task under ``uuid``: load its document."""
+        self._data["uuid"] = uuid
+        doc = self._conn._http.get(self._url(), not_found=MissingTaskException)
+        self._load(doc, now=_resource._clock(), keep_changes=False)
+
+    def submit(self) -> "Task":
+        """Submit the task: ``POST /tasks``, then ``GET /tasks/{uuid}``.
+
+        Returns:
+            self, loaded with the server's document.
+
+        Raises:
+            ResourceStateError: already submitted.
+            MissingBucketException: the server answered 404 (a bucket it needs is missing).
+            BadRequestError: the server refused the document (its message says why).
+        """
+        if self._is_submitted():
+            raise ResourceStateError(f"task {self._data['uuid']} is already submitted")
+        reply = self._conn._http.post("/tasks", json=self._submit_document(),
+                                      not_found=MissingBucketException)
+        if not isinstance(reply, dict) or not reply.get("uuid"):
+            raise ResourceStateError(f"POST /tasks answered without a uuid: {reply!r}")
+        self._submitted(reply["uuid"])
+        return self
+
+    # -- waiting -----------------------------------------------------------------------------
+    def _state_now(self) -> Union[TaskState, str]:
+        """The cached state, without a refresh."""
+        return self._fields["state"].from_wire(self, self._data.get("state"))
+
+    def _is_final(self) -> bool:
+        state = self._state_now()
+        return isinstance(state, TaskState) and state.is_final()
+
+    def wait(self, timeout: Optional[float] = None, live_progress: bool = False) -> bool:
+        """Wait until the task reaches Success, Failure or Cancelled.
+
+        Polls ``GET /tasks/{uuid}``, first after 0.05 s, then 1.5 times later each time, at
+        most every second, so a task that ends is seen promptly.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits for ever.
+            live_progress: draw a tqdm bar of ``status.execution_progress``.
+
+        Returns:
+            True when the task is final, False on timeout (or if it was never submitted).
+        """
+        if not self._is_submitted():
+            return False
+        deadline = None if timeout is None else _resource._clock() + timeout
+        interval = POLL_START
+        bar = None
+        if live_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=100, unit="%", desc=self.name)
+        try:
+            while True:
+                self.update(flushcache=True)
+                if bar is not None:
+                    status = self._fields["status"].from_wire(self, self._data.get("status"))
+                    bar.n = (status.execution_progress or 0) if status else 0
+                    bar.refresh()
+                if self._is_final():
+                    return True
+                now = _resource._clock()
+                if deadline is not None and now >= deadline:
+                    return False
+                _sleep(interval if deadline is None else min(interval, deadline - now))
+                interval = min(interval * POLL_FACTOR, POLL_MAX)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def run(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
+            live_progress: bool = False, results_progress: Progress = None) -> "Task":
+        """Submit, wait, abort if ``job_timeout`` passed first, then download the results.
+
+        Args:
+            output_dir: where to download the result bucket; ``None`` downloads nothing.
+            job_timeout: seconds to wait before aborting; ``None`` waits for ever.
+            live_progress: see :meth:`wait`.
+            results_progress: progress of the download (see :mod:`qcompute.bucket`).
+        """
+        self.submit()
+        return self.resume(output_dir, job_timeout, live_progress, results_progress,
+                           abort_on_timeout=True)
+
+    def resume(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
+               live_progress: bool = False, results_progress: Progress = None,
+               *, abort_on_timeout: bool = False) -> "Task":
+        """Wait for a submitted task (e.g. from ``retrieve_task``), then download its results.
+
+        Args:
+            output_dir: where to download the result bucket; ``None`` downloads nothing.
+            job_timeout: seconds to wait at most.
+            live_progress: see :meth:`wait`.
+            results_progress: progress of the download.
+            abort_on_timeout: abort the task if it is not final when the time is up.
+        """
+        self._require_submitted("resume")
+        finished = self.wait(timeout=job_timeout, live_progress=live_progress)
+        if not finished and abort_on_timeout:
+            logger.info("task %s not finished after %s s: aborting", self.uuid, job_timeout)
+            self.abort()
+        if output_dir is not None:
+            self.download_results(output_dir, progress=results_progress)
+        return self
+
+    # -- actions -----------------------------------------------------------------------------
+    def abort(self) -> "Task":
+        """Cancel the task: ``POST /tasks/{uuid}/abort``, then refresh."""
+        self._require_submitted("abort")
+        self._conn._http.post(self._url("abort"), not_found=MissingTaskException)
+        self.update(flushcache=True)
+        return self
+
+    def update_resources(self) -> "Task":
+        """Make running instances pull their resource buckets again: ``PATCH /tasks/{uuid}``."""
+        self._require_submitted("update resources")
+        self._conn._http.patch(self._url(), not_found=MissingTaskException)
+        self.update(flushcache=True)
+        return self
+
+    def delete(self, purge_resources: bool = False, purge_results: bool = False) -> None:
+        """Delete the task (``DELETE /tasks/{uuid}``), then its buckets if asked.
+
+        Purging deletes every object of the bucket, then the bucket. The task object stays
+        usable for its cached fields; ``auto_update`` is turned off.
+        """
+        self._require_submitted("delete")
+        resources = list(self.resources) if purge_resources else []
+        results = self.results if purge_results else None
+        self._conn._http.delete(self._url(), not_found=MissingTaskException)
+        self.auto_update = False
+        self._data["state"] = TaskState.PENDING_DELETE.value
+        self._cache.pop("state", None)
+        for bucket in resources + ([results] if results is not None else []):
+            try:
+                bucket.delete()
+            except MissingBucketException:
+                logger.debug("bucket %s was already gone", bucket.name)
+
+    def _output(self, method: str, stream: str, instance_id: Optional[int]) -> str:
+        self._require_submitted(f"read {stream}")
+        extra = (stream,) if instance_id is None else (stream, instance_id)
+        missing = MissingTaskException if instance_id is None else MissingTaskInstanceException
+        return self._conn._http.request(method, self._url(*extra), expect_json=False,
+                                        not_found=missing)
+
+    def stdout(self, instance_id: Optional[int] = None) -> str:
+        """All standard output so far: ``GET /tasks/{uuid}/stdout[/{instanceId}]``."""
+        return self._output("GET", "stdout", instance_id)
+
+    def stderr(self, instance_id: Optional[int] = None) -> str:
+        """All standard error so far: ``GET /tasks/{uuid}/stderr[/{instanceId}]``."""
+        return self._output("GET", "stderr", instance_id)
+
+    def fresh_stdout(self, instance_id: Optional[int] = None) -> str:
+        """Standard output since the last fresh read: ``POST /tasks/{uuid}/stdout[/{id}]``."""
+        return self._output("POST", "stdout", instance_id)
+
+    def fresh_stderr(self, instance_id: Optional[int] = None) -> str:
+        """Standard error since the last fresh read: ``POST /tasks/{uuid}/stderr[/{id}]``."""
+        return self._output("POST", "stderr", instance_id)
+
+    def download_results(self, output_dir: str, progress: Progress = None) -> str:
+        """Download the whole result bucket into ``output_dir`` (created if needed).
+
+        Refreshes the task first when it was submitted. A task without a result bucket
+        downloads nothing.
+
+        Returns:
+            ``output_dir``.
+        """
+        self.update(flushcache=True)
+        results = self.results
+        os.makedirs(output_dir, exist_ok=True)
+        if results is None:
+            logger.info("task %s has no result bucket: nothing to download", self.uuid)
+            return output_dir
+        results.get_all_files(output_dir, progress=progress)
+        return output_dir
+
+
+def _nonempty_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(f"a task name must be a non-empty string, got {value!r}")
+    return value
+
+
+def _iterable(value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes, Bucket)) or not hasattr(value, "__iter__"):
+        raise FieldError(f"expected a list of buckets, got {value!r}")
+    return list(value)
+
+
+def _uuid_of(obj: Any, what: str) -> str:
+    uuid = getattr(obj, "uuid", None)
+    if not isinstance(uuid, str) or not uuid:
+        raise TypeError(f"{what} must be a name or an object with a uuid, got {obj!r}")
+    return uuid
+

@@ -1,0 +1,301 @@
+"""The instance runner: in-process (run_instance) and as `python -m qcompute.server.runner`;
+resources and results against the session's real SeaweedFS."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from qcompute.server.executors.base import (Finished, InstanceSpec, Output, Phase, ResourceSpec,
+                                            S3Access, event_from_json)
+from qcompute.server.runner import _InstanceRun, run_instance
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_spec(tmp_path: Path, command: str, **kw) -> InstanceSpec:
+    kw.setdefault("env", {"INSTANCE_ID": "7"})
+    return InstanceSpec(task_uuid="t-" + uuid.uuid4().hex[:8], instance_id=7, attempt=1,
+                        command=command, workdir=str(tmp_path / "work"), **kw)
+
+
+class Recorder:
+    """Collects events with their arrival time."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, object]] = []
+        self.cancel = threading.Event()
+
+    def __call__(self, event) -> None:
+        self.events.append((time.monotonic(), event))
+
+    def run(self, spec: InstanceSpec) -> Finished:
+        return run_instance(spec, self, self.cancel)
+
+    def text(self, stream: str = "stdout") -> str:
+        return "".join(e.data for _, e in self.events
+                       if isinstance(e, Output) and e.stream == stream)
+
+    def phases(self) -> list[str]:
+        return [e.phase for _, e in self.events if isinstance(e, Phase)]
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a zombie may wait for an init that does not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_file(path: Path, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.01)
+    return path.read_text().strip()
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def test_env_output_exit_code_and_workdir_removed(tmp_path):
+    rec = Recorder()
+    spec = make_spec(tmp_path, 'echo "$INSTANCE_ID $QARNOT_RESOURCES_DIRECTORY '
+                               '$QARNOT_RESULTS_DIRECTORY $PWD"; echo oops >&2; exit 3')
+    finished = rec.run(spec)
+    workdir = spec.workdir
+    assert rec.text() == f"7 {workdir} {workdir} {workdir}\n"
+    assert rec.text("stderr") == "oops\n"
+    assert rec.phases() == ["running"]
+    assert rec.events[-1][1] is finished
+    assert (finished.exit_code, finished.error, finished.cancelled) == (3, None, False)
+    assert finished.key == spec.key and finished.peak_memory_mb > 0
+    assert not os.path.exists(workdir)
+
+
+def test_env_is_minimal(tmp_path, monkeypatch):
+    monkeypatch.setenv("QCOMPUTE_SECRET_OF_THE_SERVER", "x")
+    rec = Recorder()
+    rec.run(make_spec(tmp_path, "env", env={"A": "1"}))
+    names = {line.split("=", 1)[0] for line in rec.text().splitlines()}
+    assert {"A", "PATH", "QARNOT_RESOURCES_DIRECTORY"} <= names
+    assert "QCOMPUTE_SECRET_OF_THE_SERVER" not in names
+
+
+def test_output_is_streamed_as_it_is_printed(tmp_path):
+    rec = Recorder()
+    rec.run(make_spec(tmp_path, "echo a; sleep 0.5; echo b"))
+    outputs = [(t, e.data) for t, e in rec.events if isinstance(e, Output)]
+    assert [data for _, data in outputs] == ["a\n", "b\n"]
+    assert outputs[1][0] - outputs[0][0] > 0.3  # "a" arrived well before "b" was printed
+
+
+def test_multibyte_character_split_across_reads(tmp_path):
+    rec = Recorder()
+    rec.run(make_spec(tmp_path, r"printf '\303'; sleep 0.2; printf '\251\n'"))
+    assert rec.text() == "é\n"
+
+
+def test_killed_by_signal_gives_negative_exit_code(tmp_path):
+    finished = Recorder().run(make_spec(tmp_path, "kill -KILL $$"))
+    assert finished.exit_code == -signal.SIGKILL and not finished.cancelled
+
+
+def test_cancel_kills_the_whole_tree_within_the_grace_period(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    # the grandchild ignores SIGTERM: only the SIGKILL after the grace period stops it
+    spec = make_spec(tmp_path, '(trap "" TERM; exec sleep 30) & echo $! > "$PID_FILE"; wait',
+                     env={"PID_FILE": str(pid_file)}, kill_grace_seconds=0.5)
+    rec = Recorder()
+    result: dict[str, Finished] = {}
+    thread = threading.Thread(target=lambda: result.update(f=rec.run(spec)))
+    thread.start()
+    grandchild = int(wait_for_file(pid_file))
+    assert pid_alive(grandchild)
+    cancelled_at = time.monotonic()
+    rec.cancel.set()
+    thread.join(5)
+    elapsed = time.monotonic() - cancelled_at
+    finished = result["f"]
+    assert finished.cancelled and finished.exit_code == -signal.SIGTERM
+    assert 0.4 < elapsed < 2.0
+    assert not pid_alive(grandchild)
+    assert not os.path.exists(spec.workdir)
+
+
+def test_background_processes_die_when_the_command_ends(tmp_path):
+    pid_file = tmp_path / "bg.pid"
+    finished = Recorder().run(make_spec(tmp_path, 'sleep 30 & echo $! > "$PID_FILE"',
+                                        env={"PID_FILE": str(pid_file)}))
+    assert finished.exit_code == 0
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+def test_cancel_before_start_runs_nothing(tmp_path):
+    rec = Recorder()
+    rec.cancel.set()
+    finished = rec.run(make_spec(tmp_path, "echo never"))
+    assert finished.cancelled and finished.exit_code is None and rec.text() == ""
+
+
+def test_non_empty_workdir_is_an_infra_error_and_is_kept(tmp_path):
+    spec = make_spec(tmp_path, "echo never")
+    Path(spec.workdir).mkdir()
+    (Path(spec.workdir) / "stale").write_text("x")
+    finished = Recorder().run(spec)
+    assert finished.exit_code is None and "not empty" in finished.error
+    assert (Path(spec.workdir) / "stale").exists()
+
+
+def test_invalid_results_regex_fails_before_running(tmp_path):
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "echo never", results_whitelist="("))
+    assert finished.exit_code is None and "results_whitelist" in finished.error
+    assert rec.text() == ""
+
+
+def test_resource_key_escaping_the_workdir_is_refused(tmp_path):
+    class Paginator:  # SeaweedFS refuses such keys; other S3 stores accept them
+        def paginate(self, **kw):
+            return [{"Contents": [{"Key": "in/../../etc/evil"}]}]
+
+    class Client:
+        def get_paginator(self, name):
+            return Paginator()
+
+    spec = make_spec(tmp_path, "echo never", s3=S3Access("http://127.0.0.1:9", "k", "s"),
+                     resources=(ResourceSpec("b", prefix="in/"),))
+    run = _InstanceRun(spec, Recorder(), threading.Event())
+    run._client = Client()
+    finished = run.execute()
+    assert finished.exit_code is None and "s3://b/in/../../etc/evil" in finished.error
+
+
+# -- the process entry point ------------------------------------------------------------------
+
+def start_runner(spec: InstanceSpec) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "qcompute.server.runner"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc.stdin.write(spec.to_json())
+    proc.stdin.close()
+    return proc
+
+
+def test_module_entry_writes_json_lines(tmp_path):
+    proc = start_runner(make_spec(tmp_path, 'echo "hello $INSTANCE_ID"'))
+    events = [event_from_json(line) for line in proc.stdout]
+    assert proc.wait(10) == 0
+    assert [e.kind for e in events] == ["phase", "output", "finished"]
+    assert events[1].data == "hello 7\n" and events[2].exit_code == 0
+
+
+def test_module_entry_sigterm_cancels(tmp_path):
+    proc = start_runner(make_spec(tmp_path, "echo started; sleep 30", kill_grace_seconds=1))
+    assert json.loads(proc.stdout.readline())["phase"] == "running"
+    assert json.loads(proc.stdout.readline())["data"] == "started\n"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    finished = event_from_json(proc.stdout.readline())
+    assert proc.wait(5) == 0 and time.monotonic() - sent < 1.0
+    assert isinstance(finished, Finished) and finished.cancelled
+    assert finished.exit_code == -signal.SIGTERM
+
+
+# -- S3: resources in, results out ------------------------------------------------------------
+
+@pytest.fixture
+def buckets(seaweed, s3_admin):
+    """A resource bucket with a few keys and an empty result bucket."""
+    tag = uuid.uuid4().hex[:8]
+    resources, results = f"res-{tag}", f"out-{tag}"
+    s3_admin.create_bucket(Bucket=resources)
+    s3_admin.create_bucket(Bucket=results)
+    for key, body in [("in/a.txt", b"A"), ("in/sub/b.txt", b"B"), ("in/dir/", b""),
+                      ("other/c.txt", b"C")]:
+        s3_admin.put_object(Bucket=resources, Key=key, Body=body)
+    access = S3Access(seaweed.endpoint_url, seaweed.admin_access_key, seaweed.admin_secret_key)
+    return access, resources, results
+
+
+def result_keys(s3_admin, bucket: str) -> dict[str, bytes]:
+    contents = s3_admin.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for o in contents}
+
+
+def test_resources_are_filtered_and_stripped(tmp_path, buckets):
+    access, resources, _ = buckets
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "find . -type f | sort; cat sub/b.txt", s3=access,
+                                 resources=(ResourceSpec(resources, "in/", "in/"),)))
+    assert finished.exit_code == 0 and finished.error is None
+    assert rec.text() == "./a.txt\n./sub/b.txt\nB"
+    assert rec.phases() == ["downloading", "running"]
+
+
+def test_results_uploaded_with_filters_and_unchanged_resources_skipped(tmp_path, buckets,
+                                                                       s3_admin):
+    access, resources, results = buckets
+    command = ("mkdir -p out && echo r > out/r1.txt && echo l > out/skip.log && echo x > top.txt"
+               " && echo more >> in/sub/b.txt")
+    rec = Recorder()
+    finished = rec.run(make_spec(
+        tmp_path, command, s3=access, resources=(ResourceSpec(resources, "in/"),),
+        result_bucket=results, results_prefix="run1/", results_whitelist=r"^(out|in)/",
+        results_blacklist=r"\.log$"))
+    assert finished.error is None and finished.results_uploaded == 2
+    assert result_keys(s3_admin, results) == {"run1/out/r1.txt": b"r\n",
+                                              "run1/in/sub/b.txt": b"Bmore\n"}
+    assert rec.phases() == ["downloading", "running", "uploading"]
+
+
+def test_results_uploaded_on_cancel_only_when_asked(tmp_path, buckets, s3_admin):
+    access, _, results = buckets
+    for upload, expected in [(False, {}), (True, {"c/partial.txt": b"p\n"})]:
+        rec = Recorder()
+        spec = make_spec(tmp_path, "echo p > partial.txt; echo go; sleep 30", s3=access,
+                         result_bucket=results, results_prefix="c/", kill_grace_seconds=0.5,
+                         upload_results_on_cancel=upload)
+        threading.Timer(0.3, rec.cancel.set).start()
+        finished = rec.run(spec)
+        assert finished.cancelled and finished.error is None
+        assert result_keys(s3_admin, results) == expected
+
+
+def test_missing_resource_bucket_is_an_infra_error(tmp_path, buckets):
+    access, _, _ = buckets
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "echo never", s3=access,
+                                 resources=(ResourceSpec("no-such-bucket-qc"),)))
+    assert finished.exit_code is None
+    assert "s3://no-such-bucket-qc/" in finished.error and "NoSuchBucket" in finished.error
+    assert rec.text() == "" and not os.path.exists(tmp_path / "work")
+
+
+def test_upload_failure_is_an_infra_error_with_the_exit_code(tmp_path, buckets):
+    access, _, results = buckets
+    wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
+    finished = Recorder().run(make_spec(tmp_path, "echo r > r.txt", s3=wrong,
+                                        result_bucket=results))
+    assert finished.exit_code == 0
+    assert f"s3://{results}/r.txt" in finished.error and "SignatureDoesNotMatch" in finished.error
+
+
+def test_empty_result_files_do_not_stall_uploads(tmp_path, buckets, s3_admin):
+    """botocore + SeaweedFS: an empty PutObject with Expect: 100-continue stalled the next
+    request on that connection for the read timeout (60 s)."""
+    access, _, results = buckets
+    command = "for i in $(seq 1 12); do : > empty$i; echo $i > full$i; done"
+    finished = Recorder().run(make_spec(tmp_path, command, s3=access, result_bucket=results))
+    assert finished.error is None and finished.results_uploaded == 24
+    assert finished.wall_time_sec < 10
+    assert result_keys(s3_admin, results)["empty3"] == b""
