@@ -118,9 +118,10 @@ _ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants",
 class Task(Resource):
     """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile.
 
-    Before :meth:`submit` every writable field can be set. Once submitted, ``name``, ``tags``,
-    ``labels`` and ``constants`` stay writable and are sent by :meth:`commit`; the other fields
-    are fixed and setting one raises :class:`~qcompute.ReadOnlyFieldError` naming it.
+    Before :meth:`submit` every writable field can be set. Once submitted, ``name``, ``tags``
+    and ``labels`` stay writable and are sent by :meth:`commit`; the other fields (``constants``
+    among them: the instances already run with them) are fixed, and setting one raises
+    :class:`~qcompute.ReadOnlyFieldError` naming it.
 
     Cached fields come from the last ``GET /tasks/{uuid}``. Volatile fields (``state``,
     ``previous_state``, ``status``, ``progress``, ``completed_instances``, ``errors``,
@@ -156,8 +157,8 @@ class Task(Resource):
     advanced_range: Field[Optional[str]] = Field("advancedRanges", fixed_after_submit=True,
                                                  validate=_check_advanced_range)
     constants: Field[dict[str, Optional[str]]] = Field(
-        "constants", parse=_parse_constants, dump=_dump_constants, default=dict,
-        validate=_str_dict)
+        "constants", fixed_after_submit=True, parse=_parse_constants, dump=_dump_constants,
+        default=dict, validate=_str_dict)
     tags: Field[list[str]] = Field("tags", default=list, validate=_str_list)
     labels: Field[dict[str, str]] = Field("labels", default=dict, validate=_str_dict)
     resources: Field[list[Bucket]] = _ResourcesField(

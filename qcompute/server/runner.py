@@ -9,9 +9,9 @@ HTTP server, so the local executor and a Ray task run the same code:
   cancels the instance.
 
 The command runs as ``sh -c <command>`` in a new session (its own process group), with
-PR_SET_PDEATHSIG so it dies with the thread that started it. On cancel the group gets SIGTERM,
-then SIGKILL after ``kill_grace_seconds``; once the command ends, whatever is left of its group
-is killed.
+PR_SET_PDEATHSIG so it dies with the thread that started it, and a watchdog process that kills
+the whole group if the runner dies first. On cancel the group gets SIGTERM, then SIGKILL after
+``kill_grace_seconds``; once the command ends, whatever is left of its group is killed.
 """
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceSpec, Output, Phase,
                                             event_to_json)
 
-__all__ = ["run_instance", "pdeathsig_preexec", "process_table", "no_continue_for_empty_body",
-           "main"]
+__all__ = ["run_instance", "pdeathsig_preexec", "no_continue_for_empty_body", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,6 @@ def pdeathsig_preexec() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-def process_table() -> Iterator[tuple[int, str, int, int]]:
-    """(pid, state, ppid, pgid) of every process, from /proc (state "Z": a zombie)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat_file:
-                    state, ppid, pgid = stat_file.read().rsplit(")", 1)[1].split()[:3]
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            yield int(entry), state, int(ppid), int(pgid)
 
 
 def no_continue_for_empty_body(params: dict, **_: Any) -> None:
@@ -166,6 +153,15 @@ class _InstanceRun:
         return env
 
     def _run_command(self) -> None:
+        watchdog, lifeline = _start_watchdog()
+        try:
+            self._run_watched(lifeline)
+        finally:
+            watchdog.kill()  # first: with its lifeline closed it would signal a stale group id
+            watchdog.wait()
+            os.close(lifeline)
+
+    def _run_watched(self, lifeline: int) -> None:
         try:
             proc = subprocess.Popen(
                 ["sh", "-c", self.spec.command], cwd=self.workdir, env=self._env(),
@@ -174,6 +170,7 @@ class _InstanceRun:
         except OSError as exc:
             raise _InfraError(f"cannot start the command: {exc}") from exc
         self._pgid = proc.pid  # a new session: the group id is the pid
+        os.write(lifeline, b"%d\n" % proc.pid)
         started = time.monotonic()
         pump = _OutputPump({"stdout": proc.stdout, "stderr": proc.stderr},
                            lambda stream, text: self.emit(Output(self.spec.key, stream, text)))
@@ -230,7 +227,15 @@ class _InstanceRun:
             os.killpg(self._pgid, 0)  # type: ignore[arg-type]
         except ProcessLookupError:
             return False
-        return any(pgid == self._pgid and state != "Z" for _, state, _, pgid in process_table())
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat_file:  # pid (comm) state ppid pgrp ...
+                    state, _ppid, pgrp = stat_file.read().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):  # not a process, or gone meanwhile
+                continue
+            if int(pgrp) == self._pgid and state != "Z":
+                return True
+        return False
 
     # -- S3 ---------------------------------------------------------------------------------
 
@@ -247,7 +252,7 @@ class _InstanceRun:
                 aws_secret_access_key=access.secret_key, region_name=access.region,
                 config=Config(max_pool_connections=4 * _TRANSFER_THREADS,
                               retries={"mode": "standard", "max_attempts": 3}))
-            pass  # TEMP
+            self._client.meta.events.register("before-call.s3", no_continue_for_empty_body)
         return self._client
 
     def _download(self) -> None:
@@ -363,6 +368,26 @@ class _OutputPump:
         self._selector.close()
 
 
+def _start_watchdog() -> tuple[subprocess.Popen, int]:
+    """A tiny process that SIGKILLs the command's group if this process dies first.
+
+    PR_SET_PDEATHSIG reaches only the group leader (``sh``): without this, its children would
+    outlive a SIGKILLed runner or a crashed server. The watchdog reads the group id from a pipe
+    whose write end (returned) only this process holds, then waits for its EOF.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        watchdog = subprocess.Popen(["sh", "-c", 'read pgid; read _; kill -KILL "-$pgid"'],
+                                    stdin=read_end, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        os.close(write_end)
+        raise _InfraError(f"cannot start the watchdog process: {exc}") from exc
+    finally:
+        os.close(read_end)
+    return watchdog, write_end
+
+
 def _compile(name: str, pattern: Optional[str]) -> Optional[re.Pattern]:
     try:
         return re.compile(pattern) if pattern else None
@@ -371,7 +396,7 @@ def _compile(name: str, pattern: Optional[str]) -> Optional[re.Pattern]:
 
 
 def _parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """``fn`` over ``items`` on a small thread pool; the first error cancels what has not started."""
+    """``fn`` over ``items`` on a thread pool; the first error cancels what has not started."""
     items = list(items)
     if not items:
         return []
@@ -393,6 +418,7 @@ def main() -> int:
     cancel = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: cancel.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the LocalExecutor blocks it
     spec = InstanceSpec.from_json(sys.stdin.read())
 
     def emit(event: ExecutorEvent) -> None:

@@ -49,8 +49,8 @@ class ClusterProcess:
         return self.data_dir / "qcompute.conf"
 
     def start(self, timeout: float = 60) -> None:
-        log = (self.data_dir / "server.log").open("ab")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "server.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "qcompute", "server", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--s3-port", str(self.s3_port),

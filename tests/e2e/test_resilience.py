@@ -43,11 +43,23 @@ class DropFirstResponseProxy:
                 upstream.sendall(request)
                 is_submit = request.startswith(b"POST /tasks ")
                 self.posts_seen += is_submit
-                reply = upstream.recv(1 << 20)
+                reply = self._read_reply(upstream)
                 if is_submit and self.dropped == 0:
                     self.dropped += 1
                     return  # the server created the task; the client never hears of it
                 client.sendall(reply)
+
+    @staticmethod
+    def _read_reply(upstream: socket.socket) -> bytes:
+        """One whole HTTP reply: the headers, then Content-Length bytes of body."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += upstream.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+        while len(body) < length:
+            body += upstream.recv(65536)
+        return head + b"\r\n\r\n" + body
 
     def close(self) -> None:
         self._server.close()

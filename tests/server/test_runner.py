@@ -299,3 +299,17 @@ def test_empty_result_files_do_not_stall_uploads(tmp_path, buckets, s3_admin):
     assert finished.error is None and finished.results_uploaded == 24
     assert finished.wall_time_sec < 10
     assert result_keys(s3_admin, results)["empty3"] == b""
+
+
+def test_runner_killed_takes_the_command_tree_with_it(tmp_path):
+    """SIGKILL of the runner (or a server crash) leaves no process of the command behind."""
+    pid_file = tmp_path / "bg.pid"
+    proc = start_runner(make_spec(tmp_path, 'sleep 300 & echo $! > "$PID_FILE"; wait',
+                                  env={"PID_FILE": str(pid_file)}))
+    grandchild = int(wait_for_file(pid_file))
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 3
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(grandchild)

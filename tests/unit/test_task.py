@@ -143,6 +143,7 @@ def test_submit_twice_is_refused(api: responses.RequestsMock, conn: Connection) 
 @pytest.mark.parametrize("field, value", [
     ("profile", "other"), ("instancecount", 5), ("shortname", "x"), ("resources", []),
     ("results", None), ("results_whitelist", "x"), ("advanced_range", None),
+    ("constants", {"DOCKER_CMD": "other"}),
 ])
 def test_fields_fixed_after_submit_name_themselves(api: responses.RequestsMock, conn: Connection,
                                                    field: str, value: Any) -> None:
@@ -151,8 +152,8 @@ def test_fields_fixed_after_submit_name_themselves(api: responses.RequestsMock, 
         setattr(task, field, value)
 
 
-def test_tags_labels_name_constants_commit_after_submit(api: responses.RequestsMock,
-                                                       conn: Connection) -> None:
+def test_tags_labels_name_commit_after_submit(api: responses.RequestsMock,
+                                             conn: Connection) -> None:
     task = submitted(api, conn)
     task.tags = ["a", "b"]
     task.labels["k"] = "v"

@@ -7,7 +7,7 @@ stdout into events. Runner stderr (its own logs) goes to this module's logger.
 
 ``cancel`` sends SIGTERM to the runner, which kills the command's process group and reports
 ``Finished(cancelled=True)``. As a backstop, a runner still alive ``kill_grace_seconds + 5`` s
-later is SIGKILLed with its process group and its children's groups.
+later is SIGKILLed with its process group (its watchdog then kills the command's group).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qcompute.server.runner import pdeathsig_preexec, process_table
+from qcompute.server.runner import pdeathsig_preexec
 
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                    event_from_json)
@@ -127,7 +127,7 @@ class LocalExecutor(Executor):
             proc = subprocess.Popen(
                 [self._python, "-m", "qcompute.server.runner"], env=self._env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=pdeathsig_preexec())
+                start_new_session=True, preexec_fn=_runner_preexec())
         except OSError as exc:
             self._finish(runner, Finished(key, exit_code=None,
                                           error=f"cannot start the runner: {exc}"))
@@ -236,16 +236,26 @@ class LocalExecutor(Executor):
         timer.start()
 
     def _force_kill(self, runner: _Runner) -> None:
-        """SIGKILL a runner that did not stop: its group, and the groups of its children (the
-        command runs in a session of its own)."""
+        """SIGKILL a runner that did not stop, with its process group. The command (a session
+        of its own) follows: the runner's watchdog kills its group when the runner dies."""
         proc = runner.proc
         if proc is None or proc.poll() is not None:
             return
         log.warning("runner of %s did not stop in time: killing it", runner.spec.key)
-        groups = {pgid for _, _, ppid, pgid in process_table() if ppid == proc.pid}
-        for pgid in groups | {proc.pid}:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
+
+def _runner_preexec() -> Callable[[], None]:
+    """Die with the spawning thread; start with SIGTERM blocked, so a cancel that arrives while
+    Python starts waits for the runner's handler (runner.main unblocks it) instead of killing
+    the runner before it can report."""
+    die_with_parent = pdeathsig_preexec()
+
+    def preexec() -> None:
+        die_with_parent()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    return preexec
