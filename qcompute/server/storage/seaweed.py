@@ -104,6 +104,7 @@ class SeaweedFS:
         self.ports: dict[str, int] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._release = threading.Event()  # ends the keeper thread (see _spawn)
+        self._shell_lock = threading.Lock()  # one identity change at a time (delete + add)
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._env["GOMEMLIMIT"] = "512MiB"
 
@@ -322,10 +323,14 @@ class SeaweedFS:
         """Run commands in one ``weed shell``; "user not found" errors are not failures."""
         if not self.is_running():
             raise SeaweedError("SeaweedFS is not running")
-        result = subprocess.run(
-            [self._binary, "shell", f"-master={self.master_address}"],  # type: ignore[list-item]
-            input="\n".join(commands) + "\n", capture_output=True, text=True, env=self._env,
-            timeout=60)
+        with self._shell_lock:
+            try:
+                result = subprocess.run(
+                    [str(self._binary), "shell", f"-master={self.master_address}"],
+                    input="\n".join(commands) + "\n", capture_output=True, text=True,
+                    env=self._env, timeout=60)
+            except subprocess.TimeoutExpired as exc:
+                raise SeaweedError(f"weed shell timed out for {missing_user!r}") from exc
         output = (result.stdout + "\n" + result.stderr).splitlines()
         errors = [line for line in output
                   if line.startswith(("error", "unknown command"))
