@@ -14,10 +14,10 @@ Importing the package does no I/O and does not import boto3 (it is loaded on fir
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .bucket import Bucket, ObjectInfo
-from .config import Config
-from .connection import Connection, Profile, UserInfo
 from .exceptions import (
     APIError,
     BadRequestError,
@@ -45,8 +45,33 @@ from .exceptions import (
     WaitTimeout,
 )
 from .states import InstanceState, TaskState
-from .status import CompletedInstance, Error, Status
-from .task import Task
+
+# The client classes are imported on first use (PEP 562): ``python -m qcompute...`` entry
+# points (the CLI, the cluster's instance runner) then start without loading requests.
+_LAZY = {
+    "Bucket": ".bucket", "ObjectInfo": ".bucket", "Config": ".config",
+    "Connection": ".connection", "Profile": ".connection", "UserInfo": ".connection",
+    "CompletedInstance": ".status", "Error": ".status", "Status": ".status", "Task": ".task",
+}
+
+if TYPE_CHECKING:
+    from .bucket import Bucket, ObjectInfo
+    from .config import Config
+    from .connection import Connection, Profile, UserInfo
+    from .status import CompletedInstance, Error, Status
+    from .task import Task
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qcompute' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "__version__",

@@ -36,6 +36,7 @@ __all__ = [
     "compute_etag",
     "plan_sync",
     "MULTIPART_SIZE",
+    "no_continue_for_empty_body",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,20 @@ Callback = Callable[[int], None]
 
 
 # ----------------------------------------------------------------------------- pure helpers
+def no_continue_for_empty_body(params: dict, **_: Any) -> None:
+    """botocore ``before-call.s3`` hook: no ``Expect: 100-continue`` on an empty body.
+
+    botocore sends it on every PutObject; when the server answers at once (no body to wait
+    for, as SeaweedFS does), the *next* request on that pooled connection stalls until the read
+    timeout (60 s). See boto/boto3#3757 and botocore's BOTO_EXPERIMENTAL__NO_EMPTY_CONTINUE.
+    """
+    from botocore.utils import determine_content_length
+
+    body = params.get("body")
+    if body is not None and "Expect" in params["headers"] and determine_content_length(body) == 0:
+        del params["headers"]["Expect"]
+
+
 def normalize_key(key: Union[str, "os.PathLike[str]"]) -> str:
     """An object key as a POSIX path: ``\\`` → ``/``, repeated ``/`` collapsed, no leading ``/``.
 
@@ -273,6 +288,7 @@ class Storage:
         self.client = self._session.client(
             "s3", endpoint_url=endpoint_url, config=self._config, verify=verify
         )
+        self.client.meta.events.register("before-call.s3", no_continue_for_empty_body)
         self._resource: Any = None
         self._lock = threading.Lock()
 
@@ -284,6 +300,8 @@ class Storage:
                 self._resource = self._session.resource(
                     "s3", endpoint_url=self.endpoint_url, config=self._config, verify=self._verify
                 )
+                self._resource.meta.client.meta.events.register(
+                    "before-call.s3", no_continue_for_empty_body)
             return self._resource
 
     # -- buckets

@@ -34,7 +34,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceSpec, Output, Phase,
                                             event_to_json)
 
-__all__ = ["run_instance", "pdeathsig_preexec", "no_continue_for_empty_body", "main"]
+__all__ = ["run_instance", "pdeathsig_preexec", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +62,6 @@ def pdeathsig_preexec() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-def no_continue_for_empty_body(params: dict, **_: Any) -> None:
-    """botocore ``before-call.s3`` hook: no ``Expect: 100-continue`` on an empty body.
-
-    botocore sends it on every PutObject; when the server answers at once (no body to wait
-    for, as SeaweedFS does), the *next* request on that pooled connection stalls until the read
-    timeout (60 s). See boto/boto3#3757 and botocore's BOTO_EXPERIMENTAL__NO_EMPTY_CONTINUE.
-    """
-    from botocore.utils import determine_content_length
-
-    body = params.get("body")
-    if body is not None and "Expect" in params["headers"] and determine_content_length(body) == 0:
-        del params["headers"]["Expect"]
 
 
 class _InfraError(Exception):
@@ -246,6 +232,8 @@ class _InstanceRun:
                 raise _InfraError("the instance uses S3 but its spec has no S3 access")
             import boto3
             from botocore.config import Config
+
+            from qcompute._storage import no_continue_for_empty_body
 
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from qcompute.server.runner import no_continue_for_empty_body, pdeathsig_preexec
+from qcompute._storage import no_continue_for_empty_body
+from qcompute.server.runner import pdeathsig_preexec
 
 __all__ = ["SeaweedFS", "SeaweedError", "pick_free_port", "port_is_free"]
 
