@@ -118,9 +118,17 @@ class Scheduler:
                 log.exception("scheduler round failed")
                 continue
             for spec in specs:
-                self.executor.submit(spec)
+                self._hand_over(spec)
             with self.changed:
                 self.changed.notify_all()
+
+    def _hand_over(self, spec: InstanceSpec) -> None:
+        try:
+            self.executor.submit(spec)
+        except Exception as exc:  # an infrastructure failure: re-queued within the bound
+            log.exception("the executor refused %s", spec.key)
+            self._events.put(Finished(spec.key, exit_code=None,
+                                      error=f"the executor could not start it: {exc}"))
 
     def _round(self, events: list) -> list[InstanceSpec]:
         with self.sessions() as session:

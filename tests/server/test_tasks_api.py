@@ -264,3 +264,22 @@ def test_restart_reconciles_running_work(tmp_path):
         task = wait_for(lambda: (t := client.get(f"/tasks/{uuid}", headers=headers).json())[
             "state"] == "Success" and t)
         assert sorted(c["executionAttemptCount"] for c in task["completedInstances"]) == [1, 2, 2]
+
+
+def test_executor_refusal_is_an_infrastructure_failure(tmp_path):
+    settings, app, _, holder = make_cluster(tmp_path)
+    with TestClient(app) as client:
+        headers = {"Authorization": read_token(client_config_path(settings))}
+        executor = holder["executor"]
+        executor.submit = lambda spec: (_ for _ in ()).throw(RuntimeError("no room"))
+        doc = {"name": "t", "profile": "docker-batch",
+               "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
+        uuid = client.post("/tasks", json=doc, headers=headers).json()["uuid"]
+        task = wait_for(lambda: (t := client.get(f"/tasks/{uuid}", headers=headers).json())[
+            "state"] == "Failure" and t)
+        assert "could not start it: no room" in task["errors"][0]["message"]
+        assert task["completedInstances"][0]["executionAttemptCount"] == 3  # 1 + 2 re-queues
+        # the loop survived: a later task still gets dispatched
+        del executor.submit
+        uuid2 = client.post("/tasks", json=doc, headers=headers).json()["uuid"]
+        wait_for(lambda: executor.keys_of(uuid2))
