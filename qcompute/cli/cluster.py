@@ -24,7 +24,6 @@ def client_config_default() -> str:
 
 def _data_dir(value: Optional[str]) -> Path:
     """``--data-dir``, else ``$QCOMPUTE_SERVER_DATA_DIR``, else the platformdirs data dir."""
-    value = value or os.environ.get("QCOMPUTE_SERVER_DATA_DIR")
     if value:
         return Path(value).expanduser().resolve()
     from qcompute.server.settings import default_data_dir

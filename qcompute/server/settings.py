@@ -16,7 +16,8 @@ __all__ = ["Profile", "ServerSettings", "default_data_dir"]
 
 
 def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("qcompute"))
+    """``$QCOMPUTE_SERVER_DATA_DIR``, else the platformdirs user data dir."""
+    return Path(os.environ.get("QCOMPUTE_SERVER_DATA_DIR") or platformdirs.user_data_dir("qcompute"))
 
 
 class Profile(BaseModel):
