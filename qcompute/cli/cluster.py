@@ -182,7 +182,7 @@ def status(data_dir) -> None:
     health = _health(url) if url != "?" else None
     click.echo(f"server:   pid {pid}, API {url} ({'healthy' if health else 'not answering'})")
     if health:
-        click.echo(f"storage:  {health['storage']}")
+        click.echo(f"storage:  {health.get('storageProcess', health['storage'])}")
         click.echo(f"executor: {health['executor']}, {health['running']} of "
                    f"{health['capacity']} slots busy")
     click.echo(f"data dir: {data}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,7 @@ import pytest
 
 import qcompute
 
-
-def free_port() -> int:
-    """A free loopback port whose +10000 neighbour (SeaweedFS gRPC) is free too."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + 10000 < 65536:
-            with socket.socket() as other:
-                try:
-                    other.bind(("127.0.0.1", port + 10000))
-                    return port
-                except OSError:
-                    continue
+from ..helpers import free_port
 
 
 class ClusterProcess:

@@ -58,6 +58,7 @@ def test_up_sample_users_status_down(tmp_path):
 
         status = qcompute("status", *where)
         assert status.returncode == 0 and "healthy" in status.stdout
+        assert f"SeaweedFS (pid {children[0]})" in status.stdout
         assert children, "the server should supervise SeaweedFS"
     finally:
         down = qcompute("down", *where)

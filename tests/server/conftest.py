@@ -34,6 +34,9 @@ class StubStorage:
     def stop(self) -> None:
         pass
 
+    def describe(self) -> str:
+        return "stub storage"
+
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)
 

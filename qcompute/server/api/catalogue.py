@@ -17,6 +17,7 @@ router = APIRouter(tags=["catalogue"])
 @router.get("/health", summary="Liveness and what the cluster runs")
 def health(ctx: ContextDep):
     return {"status": "ok", "version": __version__, "storage": ctx.storage.endpoint_url,
+            "storageProcess": ctx.storage.describe(),
             "executor": ctx.settings.executor,
             "capacity": ctx.scheduler.executor.capacity,
             "running": len(ctx.scheduler.executor.running())}

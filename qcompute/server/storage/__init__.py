@@ -42,6 +42,10 @@ class StorageBackend(abc.ABC):
     def admin_access(self) -> S3Access:
         """The server's own credentials (every bucket)."""
 
+    def describe(self) -> str:
+        """One line for ``qcompute status``: what serves S3, and where."""
+        return f"S3 at {self.endpoint_url}"
+
     @abc.abstractmethod
     def start(self) -> None:
         """Make the endpoint usable; returns once it answers."""
@@ -89,6 +93,11 @@ class EmbeddedStorage(StorageBackend):
     def seaweed(self) -> SeaweedFS:
         """The supervised SeaweedFS (ports, pid, log)."""
         return self._seaweed()
+
+    def describe(self) -> str:
+        weed = self._weed
+        state = f"pid {weed.pid}" if weed is not None and weed.is_running() else "not running"
+        return f"embedded SeaweedFS ({state}) at {self.endpoint_url}, data in {weed.data_dir if weed else '?'}"
 
     def start(self) -> None:
         self._seaweed().start()
