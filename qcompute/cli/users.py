@@ -1,39 +1,26 @@
 """``qcompute user add | list``: manage users of the running cluster (owner only)."""
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import click
 
 from .cluster import client_config_default
 
 
-def _call(config: str, method: str, path: str, body: Optional[dict] = None):
-    import configparser
+def _call(config: str, method: str, path: str, body: Optional[dict] = None) -> Any:
+    """One request to the cluster as the config's user, through the SDK's HTTP client."""
+    from qcompute.connection import Connection
+    from qcompute.exceptions import QComputeError
 
-    parser = configparser.ConfigParser()
-    if not parser.read(config):
+    if not Path(config).is_file():
         raise click.ClickException(f"no client config at {config}: run qcompute up first")
-    url, token = parser.get("cluster", "url"), parser.get("client", "token")
-    request = urllib.request.Request(
-        url.rstrip("/") + path, method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": token, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail)["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise click.ClickException(f"{exc.code}: {detail}") from None
-    except urllib.error.URLError as exc:
-        raise click.ClickException(f"cannot reach the cluster at {url}: {exc.reason}") from None
+        with Connection(fileconf=config) as conn:
+            return conn._http.request(method, path, json=body)
+    except QComputeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 _config_option = click.option("--config", default=client_config_default,

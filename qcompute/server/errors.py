@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any, Sequence, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,25 @@ def error_body(message: str, code: str) -> dict[str, str]:
     return {"message": message, "code": code}
 
 
-def _format_validation(exc: RequestValidationError) -> str:
+def describe_validation(errors: Sequence[Any]) -> str:
+    """pydantic errors as one line: ``instanceCount: Input should be ...; name: ...``."""
     parts = []
-    for err in exc.errors():
+    for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts) or "invalid request"
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate(model: type[Model], data: Any, *, code: str) -> Model:
+    """``model.model_validate(data)``, or a :class:`BadRequest` naming every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation(exc.errors()), code=code) from None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -82,7 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body(_format_validation(exc), "invalid_request"), 400)
+        return JSONResponse(error_body(describe_validation(exc.errors()), "invalid_request"), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException):

@@ -158,6 +158,9 @@ def test_idempotency_key_replays_and_creates_once(cluster):
     assert len(cluster.get("/tasks").json()) == 1
     other = cluster.post("/tasks", json={**doc, "name": "u"}, headers=headers)
     assert other.status_code == 409 and "different request" in other.json()["message"]
+    too_long = cluster.post("/tasks", json=doc, headers={"Idempotency-Key": "k" * 256})
+    assert too_long.status_code == 400 and "255" in too_long.json()["message"]
+    assert len(cluster.get("/tasks").json()) == 1
 
 
 def test_bulk_submit_reports_each_item(cluster):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import ValidationError
 
-from ..errors import BadRequest
+from ..errors import validate
 from ..schemas import UserCreate
 from ..services import users as service
+from ..services.wire import iso
 from .deps import ContextDep, OwnerUser, RawBody, SessionDep
 from .idempotency import loads
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 def _public(user) -> dict:
     return {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
-            "creationDate": user.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            "creationDate": iso(user.created_at)}
 
 
 @router.get("/users", summary="List users")
@@ -24,13 +24,8 @@ def list_users(session: SessionDep, _owner: OwnerUser):
 
 
 @router.post("/users", status_code=201, summary="Create a user; the reply holds its token")
-def add_user(body: RawBody, session: SessionDep, _owner: OwnerUser,
-             ctx: ContextDep):
-    try:
-        data = UserCreate.model_validate(loads(body))
-    except ValidationError:
-        raise BadRequest("body must be {\"email\": \"name@domain\"}", code="invalid_user") from None
-
+def add_user(body: RawBody, session: SessionDep, _owner: OwnerUser, ctx: ContextDep):
+    data = validate(UserCreate, loads(body), code="invalid_user")
     # Not replayed through Idempotency-Key: that would store the token in clear. A retry finds
     # the user already there and gets a 409.
     user, token = service.create_user(session, data.email)

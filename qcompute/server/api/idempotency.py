@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db.models import IdempotencyRecord, User, utcnow
-from ..errors import Conflict
+from ..errors import BadRequest, Conflict
 
 HEADER = "Idempotency-Key"
 
@@ -56,7 +56,7 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
         session.commit()
         return _render(status, content)
     if len(key) > 255:
-        raise Conflict(f"{HEADER} is longer than 255 characters", code="invalid_idempotency_key")
+        raise BadRequest(f"{HEADER} is longer than 255 characters", code="invalid_idempotency_key")
     route = f"{request.method} {request.url.path}"
     digest = hashlib.sha256(body).hexdigest()
     ttl = request.app.state.ctx.settings.idempotency_ttl_seconds
@@ -82,8 +82,6 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
 
 
 def loads(body: bytes) -> Any:
-    from ..errors import BadRequest
-
     try:
         return json.loads(body or b"null")
     except ValueError as exc:

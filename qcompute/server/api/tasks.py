@@ -5,13 +5,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from qcompute.states import InstanceState as I
 
 from ..db.models import Instance, OutputCursor, Task, utcnow
-from ..errors import BadRequest, DomainError
+from ..errors import BadRequest, DomainError, validate
 from ..executors.base import InstanceKey
 from ..schemas import PageRequest, TaskSubmit
 from ..services import tasks as service
@@ -24,19 +23,10 @@ router = APIRouter(tags=["tasks"])
 Stream = Literal["stdout", "stderr"]
 
 
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors())
-
-
 def _parse_submit(item: Any) -> TaskSubmit:
     if not isinstance(item, dict):
         raise BadRequest("a task must be a JSON object")
-    try:
-        return TaskSubmit.model_validate(item)
-    except ValidationError as exc:
-        raise BadRequest(_validation_message(exc), code="invalid_task") from None
+    return validate(TaskSubmit, item, code="invalid_task")
 
 
 @router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)")
@@ -93,11 +83,7 @@ def list_summaries(session: SessionDep, user: CurrentUser, tag: Annotated[list[s
 
 
 def _page(request: Request, body: bytes, session, user, summary: bool) -> Response:
-    payload = loads(body) or {}
-    try:
-        page = PageRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequest(_validation_message(exc), code="invalid_page_request") from None
+    page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
 
     def work() -> tuple[int, Any]:
         tasks, next_token = service.page_tasks(session, user, page)
@@ -128,10 +114,7 @@ def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser
     payload = loads(body)
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a task document (a JSON object)")
-    try:
-        task = service.update_task(session, user, uuid, payload)
-    except ValidationError as exc:
-        raise BadRequest(_validation_message(exc), code="invalid_task") from None
+    task = service.update_task(session, user, uuid, payload)
     session.commit()
     return _full(session, task)
 

@@ -17,7 +17,7 @@ from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
 from ..db.models import Instance, Task, TaskTag, User, utcnow
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden, NotFound, validate
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..settings import ServerSettings
 from .lifecycle import derive_task_state, parse_ranges
@@ -135,7 +135,7 @@ def update_task(session: Session, user: User, task_uuid: str, body: dict[str, An
     """Apply a ``PUT`` document. Inputs fixed at submit must be absent, empty or unchanged;
     server-owned fields (state, status, ...) in the body are ignored."""
     task = get_task(session, user, task_uuid)
-    changes = TaskUpdate.model_validate(body)
+    changes = validate(TaskUpdate, body, code="invalid_task")
     for key in _INPUTS & body.keys():
         value, current = body[key], _current_input(task, key)
         if value in _EMPTY or (key == "instanceCount" and current is None and value == 0):
