@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
-from .api import admin, catalogue, tasks
+from .api import admin, catalogue, openapi, tasks
 from .api.deps import AppContext
 from .bootstrap import ensure_owner
 from .db import make_engine, make_session_factory, migrate
@@ -86,4 +86,5 @@ def create_app(settings: ServerSettings, *, storage=None,
     app.add_middleware(_MergeSlashes)
     for module in (catalogue, tasks, admin):
         app.include_router(module.router)
+    openapi.install(app)
     return app

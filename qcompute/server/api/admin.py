@@ -7,6 +7,7 @@ from ..errors import validate
 from ..schemas import UserCreate
 from ..services import users as service
 from ..services.wire import iso
+from . import openapi
 from .deps import ContextDep, OwnerUser, RawBody, SessionDep
 from .idempotency import loads
 
@@ -23,7 +24,8 @@ def list_users(session: SessionDep, _owner: OwnerUser):
     return [_public(u) for u in service.list_users(session)]
 
 
-@router.post("/users", status_code=201, summary="Create a user; the reply holds its token")
+@router.post("/users", status_code=201, summary="Create a user; the reply holds its token",
+             openapi_extra=openapi.body(UserCreate))
 def add_user(body: RawBody, session: SessionDep, _owner: OwnerUser, ctx: ContextDep):
     data = validate(UserCreate, loads(body), code="invalid_user")
     # Not replayed through Idempotency-Key: that would store the token in clear. A retry finds

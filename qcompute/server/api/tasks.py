@@ -12,10 +12,11 @@ from qcompute.states import InstanceState as I
 from ..db.models import Instance, OutputCursor, Task, utcnow
 from ..errors import BadRequest, DomainError, validate
 from ..executors.base import InstanceKey
-from ..schemas import PageRequest, TaskSubmit
+from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
 from ..services.wire import task_summary_to_json, task_to_json
+from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 
@@ -29,7 +30,8 @@ def _parse_submit(item: Any) -> TaskSubmit:
     return validate(TaskSubmit, item, code="invalid_task")
 
 
-@router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)")
+@router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)",
+             openapi_extra=openapi.body(TaskSubmit, or_array=True))
 def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
                  ctx: ContextDep) -> Response:
     payload = loads(body)
@@ -94,12 +96,14 @@ def _page(request: Request, body: bytes, session, user, summary: bool) -> Respon
     return run_once(request, session, user, body, work)
 
 
-@router.post("/tasks/paginate", summary="A page of tasks, with filters")
+@router.post("/tasks/paginate", summary="A page of tasks, with filters",
+             openapi_extra=openapi.body(PageRequest))
 def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
     return _page(request, body, session, user, summary=False)
 
 
-@router.post("/tasks/summaries/paginate", summary="A page of task summaries, with filters")
+@router.post("/tasks/summaries/paginate", summary="A page of task summaries, with filters",
+             openapi_extra=openapi.body(PageRequest))
 def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
     return _page(request, body, session, user, summary=True)
 
@@ -109,7 +113,8 @@ def get_task(uuid: str, session: SessionDep, user: CurrentUser):
     return _full(session, service.get_task(session, user, uuid))
 
 
-@router.put("/tasks/{uuid}", summary="Update a task's mutable fields (name, tags, labels)")
+@router.put("/tasks/{uuid}", summary="Update a task's mutable fields (name, tags, labels)",
+            openapi_extra=openapi.body(TaskUpdate))
 def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser):
     payload = loads(body)
     if not isinstance(payload, dict):
