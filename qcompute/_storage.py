@@ -188,7 +188,7 @@ def plan_sync(
         if key in remote and remote[key].size == os.path.getsize(path)
     ]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        etags = dict(zip(same_size, pool.map(lambda key: etag_of(local[key]), same_size)))
+        etags = dict(zip(same_size, pool.map(lambda key: etag_of(local[key]), same_size), strict=True))
     upload, unchanged = [], []
     for key in sorted(local):
         if key in etags and etags[key] == remote[key].etag:

@@ -298,7 +298,7 @@ class Connection:
             raise APIError(f"POST /tasks with {len(tasks)} tasks got a reply of another shape: "
                            f"{replies!r}")
         failures = []
-        for task, reply in zip(tasks, replies):
+        for task, reply in zip(tasks, replies, strict=True):
             status = reply.get("statusCode")
             if isinstance(status, int) and 200 <= status < 300 and reply.get("uuid"):
                 task._submitted(reply["uuid"])

@@ -37,7 +37,8 @@ def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[in
         from qcompute.server.settings import ServerSettings
     except ImportError as exc:
         raise click.ClickException(
-            f"the server needs the [server] extra: pip install 'qcompute[server]' ({exc})")
+            f"the server needs the [server] extra: pip install 'qcompute[server]' ({exc})"
+        ) from None
     overrides = {"data_dir": _data_dir(data_dir), "port": port, "s3_port": s3_port,
                  "max_concurrent_instances": workers}
     return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})

@@ -5,11 +5,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import select
 
 from qcompute.states import InstanceState as I
 
-from ..db.models import Instance, OutputCursor, Task, utcnow
+from ..db.models import OutputCursor, Task, utcnow
 from ..errors import BadRequest, DomainError, validate
 from ..executors.base import InstanceKey
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
