@@ -51,13 +51,14 @@ from .states import InstanceState, TaskState
 _LAZY = {
     "Bucket": ".bucket", "ObjectInfo": ".bucket", "Config": ".config",
     "Connection": ".connection", "Profile": ".connection", "UserInfo": ".connection",
+    "ALL": ".connection", "ANY": ".connection",
     "CompletedInstance": ".status", "Error": ".status", "Status": ".status", "Task": ".task",
 }
 
 if TYPE_CHECKING:
     from .bucket import Bucket, ObjectInfo
     from .config import Config
-    from .connection import Connection, Profile, UserInfo
+    from .connection import ALL, ANY, Connection, Profile, UserInfo
     from .status import CompletedInstance, Error, Status
     from .task import Task
 
@@ -76,6 +77,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "Connection",
+    "ALL",
+    "ANY",
     "Config",
     "UserInfo",
     "Profile",

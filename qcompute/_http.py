@@ -200,6 +200,7 @@ class HttpClient:
         headers: Optional[Mapping[str, str]] = None,
         expect_json: bool = True,
         not_found: Optional[type[NotFoundError]] = None,
+        hold: float = 0.0,
     ) -> Any:
         """Send one logical request (retried as configured) and decode the reply.
 
@@ -211,6 +212,7 @@ class HttpClient:
             headers: extra headers. POST and PATCH get an ``Idempotency-Key`` unless one is given.
             expect_json: decode the reply as JSON (``None`` for an empty body); False returns text.
             not_found: the exception class for a 404 (default :class:`NotFoundError`).
+            hold: seconds the server may hold the reply (a long poll), added to the timeout.
 
         Returns:
             The decoded JSON, or the text when ``expect_json`` is False.
@@ -227,7 +229,8 @@ class HttpClient:
         logger.debug("%s %s", method, url)
         try:
             response = self.session.request(
-                method, url, params=params, json=json, headers=all_headers, timeout=self.timeout
+                method, url, params=params, json=json, headers=all_headers,
+                timeout=self.timeout + hold if self.timeout is not None and hold else self.timeout,
             )
         except requests.RequestException as exc:
             raise TransportError(f"{method} {url} failed: {exc}") from exc

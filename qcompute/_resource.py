@@ -82,8 +82,12 @@ class Resource(FieldHolder):
             kind = type(self).__name__.lower()
             raise ResourceStateError(f"cannot {action}: the {kind} was not submitted")
 
-    def _fetch(self) -> None:
-        doc = self._conn._http.get(self._url(), not_found=self._not_found)
+    def _fetch(self, hold: float = 0.0, known_state: Optional[str] = None) -> None:
+        """GET the document; with ``hold``, a long poll: the server replies when the state
+        differs from ``known_state`` or after ``hold`` seconds."""
+        params = {"wait": f"{round(hold, 3):g}", "knownState": known_state} if hold > 0 else None
+        doc = self._conn._http.get(self._url(), params=params, hold=hold,
+                                   not_found=self._not_found)
         self._load(doc, now=_clock())
 
     @property

@@ -18,13 +18,24 @@ from .exceptions import (
     ResourceStateError,
     StorageError,
 )
+from . import _resource
+from . import task as _task
+from .states import TaskState
 from .task import Task
 
-__all__ = ["Connection", "UserInfo", "Profile"]
+__all__ = ["Connection", "UserInfo", "Profile", "ALL", "ANY"]
+
+ALL = "ALL"  #: ``wait_tasks(..., return_when=ALL)``: until every task is final
+ANY = "ANY"  #: ``wait_tasks(..., return_when=ANY)``: until one task is final
 
 logger = logging.getLogger(__name__)
 
 TagsArg = Union[str, Iterable[str], None]
+_STATES = {s.value for s in TaskState}
+
+
+def _uuid_filter(uuids: list[str]) -> dict[str, Any]:
+    return {"operator": "In", "field": "Uuid", "value": uuids}
 
 _USER_INFO_FIELDS = (
     ("email", "email"), ("max_bucket", "maxBucket"), ("bucket_count", "bucketCount"),
@@ -151,6 +162,7 @@ class Connection:
             retry_count=cfg.retry_count, retry_wait=cfg.retry_wait, verify=cfg.cluster_verify,
         )
         self._storage_url = cfg.storage_url
+        self._settings_doc: Optional[dict[str, Any]] = None
         self._email: Optional[str] = None
         self._storage_client: Optional[Storage] = None
         self._lock = threading.Lock()
@@ -183,13 +195,26 @@ class Connection:
             StorageError: the server advertises no storage.
         """
         if self._storage_url is None:
-            settings = self._http.get("/settings") or {}
-            url = settings.get("storage") if isinstance(settings, dict) else None
+            url = self._server_settings().get("storage")
             if not url:
                 raise StorageError("the cluster advertises no storage (GET /settings has no "
                                    "'storage' URL); set storage_url")
             self._storage_url = str(url).rstrip("/")
         return self._storage_url
+
+    def _server_settings(self) -> dict[str, Any]:
+        """``GET /settings``, read once: the storage URL and the features the server offers."""
+        if self._settings_doc is None:
+            doc = self._http.get("/settings")
+            self._settings_doc = doc if isinstance(doc, dict) else {}
+        return self._settings_doc
+
+    def _long_poll_seconds(self) -> float:
+        """How long the server may hold a task wait (0: it has no long poll; poll instead)."""
+        try:
+            return max(0.0, float(self._server_settings().get("taskWaitMaxSeconds") or 0))
+        except (TypeError, ValueError):
+            return 0.0
 
     @property
     def user_info(self) -> UserInfo:
@@ -275,6 +300,58 @@ class Connection:
             return list(self.all_tasks(tags, tags_intersect))
         docs = self._paginate("/tasks/summaries/paginate", _tag_filter(tags, tags_intersect))
         return [Task._from_json(self, doc, partial=True) for doc in docs]
+
+    def wait_tasks(self, tasks: Iterable[Task], timeout: Optional[float] = None,
+                   return_when: str = ALL) -> bool:
+        """Wait until all (``ALL``) or any (``ANY``) of the submitted tasks are final.
+
+        With the server's long poll this is ``POST /tasks/wait``, held by the server until the
+        condition holds; otherwise the tasks are polled with a short growing interval. Each
+        task object is refreshed at the end (one ``POST /tasks/paginate`` for all).
+
+        Args:
+            tasks: submitted tasks.
+            timeout: seconds to wait at most; ``None`` waits for ever.
+            return_when: ``ALL`` or ``ANY``.
+
+        Returns:
+            True when the condition holds, False on timeout.
+        """
+        tasks = list(tasks)
+        if return_when not in (ALL, ANY):
+            raise ValueError(f"return_when must be ALL or ANY, not {return_when!r}")
+        for task in tasks:
+            task._require_submitted("wait for it")
+        if not tasks:
+            return True
+        uuids = list(dict.fromkeys(t.uuid for t in tasks))
+        deadline = None if timeout is None else _resource._clock() + timeout
+        hold = self._long_poll_seconds()
+        interval = _task.POLL_START
+        while True:
+            left = float("inf") if deadline is None else deadline - _resource._clock()
+            if hold:
+                wait = max(0.0, min(hold, left))
+                done = self._http.post("/tasks/wait", hold=wait, json={
+                    "uuids": uuids, "returnWhen": return_when, "timeout": wait})["done"]
+            else:
+                states = self._task_states(uuids)
+                final = [TaskState(s).is_final() for s in states.values() if s in _STATES]
+                done = all(final) and len(final) == len(uuids) if return_when == ALL else any(final)
+            if done or left <= 0:
+                break
+            if not hold:
+                _task._sleep(min(interval, left))
+                interval = min(interval * _task.POLL_FACTOR, _task.POLL_MAX)
+        docs = {doc["uuid"]: doc for doc in self._paginate("/tasks/paginate", _uuid_filter(uuids))}
+        for task in tasks:
+            if task.uuid in docs:
+                task._load(docs[task.uuid], now=_resource._clock())
+        return bool(done)
+
+    def _task_states(self, uuids: list[str]) -> dict[str, str]:
+        summaries = self._paginate("/tasks/summaries/paginate", _uuid_filter(uuids))
+        return {doc["uuid"]: doc.get("state") for doc in summaries}
 
     def submit_tasks(self, tasks: Iterable[Task]) -> None:
         """Submit many tasks in one ``POST /tasks`` with an array.

@@ -280,8 +280,10 @@ class Task(Resource):
     def wait(self, timeout: Optional[float] = None, live_progress: bool = False) -> bool:
         """Wait until the task reaches Success, Failure or Cancelled.
 
-        Polls ``GET /tasks/{uuid}``, first after 0.05 s, then 1.5 times later each time, at
-        most every second, so a task that ends is seen promptly.
+        When the server advertises a long poll (``taskWaitMaxSeconds`` in ``GET /settings``),
+        each ``GET /tasks/{uuid}?wait=...`` is held by the server until the state changes, so
+        the end is seen as soon as it happens. Otherwise it polls ``GET /tasks/{uuid}``, first
+        after 0.05 s, then 1.5 times later each time, at most every second.
 
         Args:
             timeout: seconds to wait at most; ``None`` waits for ever.
@@ -293,6 +295,7 @@ class Task(Resource):
         if not self._is_submitted():
             return False
         deadline = None if timeout is None else _resource._clock() + timeout
+        hold = self._conn._long_poll_seconds()
         interval = POLL_START
         bar = None
         if live_progress:
@@ -300,8 +303,8 @@ class Task(Resource):
 
             bar = tqdm(total=100, unit="%", desc=self.name)
         try:
+            self._fetch()
             while True:
-                self.update(flushcache=True)
                 if bar is not None:
                     status = self._fields["status"].from_wire(self, self._data.get("status"))
                     bar.n = (status.execution_progress or 0) if status else 0
@@ -311,8 +314,13 @@ class Task(Resource):
                 now = _resource._clock()
                 if deadline is not None and now >= deadline:
                     return False
-                _sleep(interval if deadline is None else min(interval, deadline - now))
+                left = float("inf") if deadline is None else deadline - now
+                if hold:
+                    self._fetch(hold=min(hold, left), known_state=str(self._data.get("state")))
+                    continue
+                _sleep(min(interval, left))
                 interval = min(interval * POLL_FACTOR, POLL_MAX)
+                self._fetch()
         finally:
             if bar is not None:
                 bar.close()

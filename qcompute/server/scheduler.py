@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qcompute.states import InstanceState as I
 
+from .changes import TaskChanges
 from .db.models import IdempotencyRecord, Instance, Task, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, ResourceSpec, S3Access)
@@ -68,7 +69,7 @@ class Scheduler:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
         self._thread = threading.Thread(target=self._loop, name="qcompute-scheduler", daemon=True)
-        self.changed = threading.Condition()  # notified after every committed round
+        self.changes = TaskChanges()  # long-polling requests wait on it
 
     # -- API side -----------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class Scheduler:
         self.wake()
 
     def stop(self) -> None:
+        self.changes.release_all()
         self._events.put(_STOP)
         self._thread.join(timeout=30)
         self.executor.shutdown()
@@ -113,14 +115,13 @@ class Scheduler:
             if _STOP in events:
                 return
             try:
-                specs = self._round(events)
+                specs, changed = self._round(events)
             except Exception:  # never let the loop die; the next event retries
                 log.exception("scheduler round failed")
                 continue
             for spec in specs:
                 self._hand_over(spec)
-            with self.changed:
-                self.changed.notify_all()
+            self.changes.publish(changed)
 
     def _hand_over(self, spec: InstanceSpec) -> None:
         try:
@@ -130,7 +131,9 @@ class Scheduler:
             self._events.put(Finished(spec.key, exit_code=None,
                                       error=f"the executor could not start it: {exc}"))
 
-    def _round(self, events: list) -> list[InstanceSpec]:
+    def _round(self, events: list) -> tuple[list[InstanceSpec], set[str]]:
+        """Apply the events, commit, dispatch, commit. Returns the specs to hand over and the
+        uuids of the tasks that changed."""
         with self.sessions() as session:
             touched: dict[int, Task] = {}
             for event in events:
@@ -141,7 +144,7 @@ class Scheduler:
             session.commit()
             specs = self._dispatch(session)
             session.commit()
-            return specs
+            return specs, {t.uuid for t in touched.values()} | {s.task_uuid for s in specs}
 
     def _instance(self, session: Session, key: InstanceKey) -> Optional[tuple[Instance, Task]]:
         row = session.execute(

@@ -66,6 +66,7 @@ class ServerSettings(BaseSettings):
     # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
     output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    long_poll_max_seconds: float = Field(default=60.0, ge=1, le=600)  # GET /tasks/{uuid}?wait=
 
     profiles: list[Profile] = Field(default_factory=_default_profiles)
     default_user_email: str = "owner@qcompute.local"

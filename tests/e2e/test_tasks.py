@@ -134,3 +134,16 @@ def test_tags_paging_and_bulk_submit(conn):
         assert task.wait(timeout=30) and task.state == TaskState.SUCCESS
         task.delete()
     assert conn.tasks(tags=[tag]) == []
+
+
+def test_wait_tasks_any_then_all(conn):
+    fast = conn.create_task("fast", "docker-batch")
+    fast.constants["DOCKER_CMD"] = "true"
+    slow = conn.create_task("slow", "docker-batch")
+    slow.constants["DOCKER_CMD"] = "sleep 3"
+    conn.submit_tasks([slow, fast])
+    assert conn.wait_tasks([slow, fast], timeout=30, return_when=qcompute.ANY)
+    assert fast.state == TaskState.SUCCESS
+    assert not slow.state.is_final(), "ANY must return before the slow task ends"
+    assert conn.wait_tasks([slow, fast], timeout=30, return_when=qcompute.ALL)
+    assert slow.state == TaskState.SUCCESS

@@ -56,7 +56,10 @@ def api() -> Any:
 
 @pytest.fixture
 def conn(api: responses.RequestsMock) -> Connection:
-    return Connection(client_token=TOKEN, cluster_url=API, storage_url=S3)
+    """A connection to a server without the long poll (as Qarnot's): its /settings is known."""
+    connection = Connection(client_token=TOKEN, cluster_url=API, storage_url=S3)
+    connection._settings_doc = {"storage": S3}
+    return connection
 
 
 @pytest.fixture

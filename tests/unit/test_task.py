@@ -243,6 +243,24 @@ def test_wait_times_out(api: responses.RequestsMock, conn: Connection, clock: Fa
     assert task.state == TaskState.FULLY_EXECUTING
 
 
+def test_wait_uses_the_long_poll_when_the_server_offers_it(
+        api: responses.RequestsMock, clock: FakeClock) -> None:
+    conn = Connection(client_token="tok", cluster_url=API, storage_url="http://s3.test")
+    api.add("GET", TASK_URL, json=task_doc())
+    task = conn.retrieve_task(TASK_UUID)
+    api.calls.reset()
+    api.add("GET", f"{API}/settings", json={"storage": "http://s3.test", "taskWaitMaxSeconds": 60})
+    api.add("GET", TASK_URL, json=task_doc(state="FullyExecuting"))
+    api.add("GET", TASK_URL, json=task_doc(state="UploadingResults"))
+    api.add("GET", TASK_URL, json=task_doc(state="Success"))
+    assert task.wait(timeout=100) is True
+    assert clock.sleeps == []  # the server holds the requests: the client never sleeps
+    urls = [c.request.url for c in api.calls]
+    assert urls[:2] == [f"{API}/settings", TASK_URL]
+    assert urls[2:] == [f"{TASK_URL}?wait=60&knownState=FullyExecuting",
+                        f"{TASK_URL}?wait=60&knownState=UploadingResults"]
+
+
 def test_wait_does_not_stop_on_pending_cancel(api: responses.RequestsMock, conn: Connection) -> None:
     task = submitted(api, conn)
     api.add("GET", TASK_URL, json=task_doc(state="PendingCancel"))

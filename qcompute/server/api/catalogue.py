@@ -25,7 +25,10 @@ def health(ctx: ContextDep):
 
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")
 def settings(ctx: ContextDep):
-    return {"storage": ctx.storage.endpoint_url}
+    """``storage`` is what every client reads; ``taskWaitMaxSeconds`` advertises the long poll
+    (``GET /tasks/{uuid}?wait=`` and ``POST /tasks/wait``) that qcompute's SDK uses."""
+    return {"storage": ctx.storage.endpoint_url,
+            "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds}
 
 
 @router.get("/versions", summary="API versions")

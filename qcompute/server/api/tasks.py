@@ -1,22 +1,27 @@
 """Task routes: thin wrappers that validate, call one service, and answer in the dialect."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import asyncio
+from functools import partial
+from typing import Annotated, Any, Literal, Optional
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from qcompute.states import InstanceState as I
+from qcompute.states import TaskState
 
 from ..db.models import OutputCursor, Task, utcnow
-from ..errors import BadRequest, DomainError, validate
+from ..errors import BadRequest, DomainError, NotFound, validate
 from ..executors.base import InstanceKey
-from ..schemas import PageRequest, TaskSubmit, TaskUpdate
+from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
-from .deps import ContextDep, CurrentUser, RawBody, SessionDep
+from ..services.users import authenticate
+from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 
 router = APIRouter(tags=["tasks"])
@@ -107,9 +112,77 @@ def paginate_summaries(request: Request, body: RawBody, session: SessionDep, use
     return _page(request, body, session, user, summary=True)
 
 
-@router.get("/tasks/{uuid}", summary="One task")
-def get_task(uuid: str, session: SessionDep, user: CurrentUser):
-    return _full(session, service.get_task(session, user, uuid))
+def _load(ctx: AppContext, authorization: Optional[str], uuid: str) -> dict[str, Any]:
+    """One task's document, in a session of its own (long polls hold no connection)."""
+    with ctx.sessions() as session:
+        user = authenticate(session, authorization)
+        return _full(session, service.get_task(session, user, uuid))
+
+
+@router.get("/tasks/{uuid}", summary="One task; with ?wait=S, hold until its state changes")
+async def get_task(
+    uuid: str, ctx: ContextDep, authorization: Annotated[Optional[str], Header()] = None,
+    wait: Annotated[float, Query(ge=0, description="Seconds to hold the request until the "
+                                 "state differs from knownState (or is final)")] = 0,
+    known_state: Annotated[Optional[str], Query(alias="knownState")] = None,
+):
+    load = partial(_load, ctx, authorization, uuid)
+    doc = await run_in_threadpool(load)
+    known = known_state or doc["state"]
+    deadline = asyncio.get_running_loop().time() + min(wait, ctx.settings.long_poll_max_seconds)
+    while doc["state"] == known and not TaskState(doc["state"]).is_final():
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        with ctx.scheduler.changes.watching([uuid]) as changed:
+            doc = await run_in_threadpool(load)  # a change may have landed before we watched
+            if doc["state"] != known:
+                break
+            try:
+                await asyncio.wait_for(changed, remaining)
+            except asyncio.TimeoutError:
+                break
+        doc = await run_in_threadpool(load)
+    return doc
+
+
+def _states(ctx: AppContext, authorization: Optional[str], uuids: list[str]) -> dict[str, str]:
+    with ctx.sessions() as session:
+        user = authenticate(session, authorization)
+        states = service.task_states(session, user, uuids)
+    missing = [u for u in uuids if u not in states]
+    if missing:
+        raise NotFound(f"tasks not found: {', '.join(missing[:10])}", code="task_not_found")
+    return states
+
+
+@router.post("/tasks/wait", summary="Hold until all (or any) of the tasks are final",
+             openapi_extra=openapi.body(WaitRequest))
+async def wait_tasks(body: RawBody, ctx: ContextDep,
+                     authorization: Annotated[Optional[str], Header()] = None):
+    request = validate(WaitRequest, loads(body), code="invalid_wait_request")
+    uuids = list(dict.fromkeys(request.uuids))
+    load = partial(_states, ctx, authorization, uuids)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(request.timeout, ctx.settings.long_poll_max_seconds)
+
+    def done(states: dict[str, str]) -> bool:
+        final = [TaskState(s).is_final() for s in states.values()]
+        return all(final) if request.return_when == "ALL" else any(final)
+
+    states = await run_in_threadpool(load)
+    while not done(states) and loop.time() < deadline:
+        pending = [u for u, s in states.items() if not TaskState(s).is_final()]
+        with ctx.scheduler.changes.watching(pending) as changed:
+            states = await run_in_threadpool(load)
+            if done(states):
+                break
+            try:
+                await asyncio.wait_for(changed, deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+        states = await run_in_threadpool(load)
+    return {"done": done(states), "states": states}
 
 
 @router.put("/tasks/{uuid}", summary="Update a task's mutable fields (name, tags, labels)",

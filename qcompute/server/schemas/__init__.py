@@ -1,5 +1,6 @@
 """Pydantic wire models of the Qarnot dialect (camelCase on the wire)."""
-from .tasks import AdvancedBucket, Constant, PageRequest, TaskSubmit, TaskUpdate
+from .tasks import AdvancedBucket, Constant, PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from .users import UserCreate
 
-__all__ = ["AdvancedBucket", "Constant", "PageRequest", "TaskSubmit", "TaskUpdate", "UserCreate"]
+__all__ = ["AdvancedBucket", "Constant", "PageRequest", "TaskSubmit", "TaskUpdate", "UserCreate",
+           "WaitRequest"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -121,3 +121,11 @@ class PageRequest(_Wire):
     filter: Optional[dict[str, Any]] = None
     token: Optional[str] = None
     maximum_results: Optional[int] = Field(default=None, ge=1, le=1000)
+
+
+class WaitRequest(_Wire):
+    """``POST /tasks/wait``: hold until all (or any) of these tasks are final, or the timeout."""
+
+    uuids: list[str] = Field(min_length=1, max_length=10_000)
+    return_when: Literal["ALL", "ANY"] = "ALL"
+    timeout: float = Field(default=30.0, ge=0)

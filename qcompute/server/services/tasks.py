@@ -22,7 +22,7 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..settings import ServerSettings
 from .lifecycle import derive_task_state, parse_ranges
 
-__all__ = ["submit_task", "get_task", "task_instances", "update_task", "request_abort",
+__all__ = ["submit_task", "get_task", "task_states", "task_instances", "update_task", "request_abort",
            "delete_task", "page_tasks", "refresh_task_state", "instance_counts"]
 
 DEFAULT_PAGE_SIZE = 50
@@ -96,6 +96,13 @@ def get_task(session: Session, user: User, task_uuid: str) -> Task:
     if task is None:
         raise NotFound(f"task {task_uuid} not found", code="task_not_found")
     return task
+
+
+def task_states(session: Session, user: User, uuids: list[str]) -> dict[str, str]:
+    """The state of each of these tasks the user owns (unknown uuids are left out)."""
+    rows = session.execute(select(Task.uuid, Task.state).where(
+        Task.owner_id == user.id, Task.uuid.in_(uuids)))
+    return dict(rows.all())
 
 
 def task_instances(session: Session, task: Task) -> list[Instance]:
