@@ -27,6 +27,7 @@ class StubStorage:
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[str, str | None]] = {}
+        self.removed: list[str] = []
 
     def start(self) -> None:
         pass
@@ -39,6 +40,10 @@ class StubStorage:
 
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)
+
+    def remove_user(self, email: str) -> None:
+        self.identities.pop(email, None)
+        self.removed.append(email)
 
 
 class FakeExecutor(Executor):

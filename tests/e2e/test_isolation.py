@@ -1,0 +1,241 @@
+"""Isolation on the real embedded cluster: each user's S3 identity (e-mail / token) reaches only
+that user's buckets; rotation and removal take effect at once, without a restart."""
+from __future__ import annotations
+
+import configparser
+import uuid
+
+import boto3
+import pytest
+import requests
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from click.testing import CliRunner
+
+import qcompute
+from qcompute._storage import no_continue_for_empty_body
+from qcompute.cli import main
+from qcompute.exceptions import (
+    MissingTaskException,
+    QComputeError,
+    UnauthorizedException,
+)
+
+
+def _storage_url(cluster) -> str:
+    parser = configparser.ConfigParser()
+    parser.read(cluster.config)
+    return parser.get("storage", "url")
+
+
+def s3(cluster, access_key: str, secret_key: str):
+    """A plain boto3 client as that identity (path-style, us-east-1, no retries)."""
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=_storage_url(cluster), aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                      connect_timeout=5, read_timeout=10))
+    client.meta.events.register("before-call.s3", no_continue_for_empty_body)
+    return client
+
+
+def refused(call, *codes: str) -> str:
+    with pytest.raises(ClientError) as caught:
+        call()
+    code = caught.value.response["Error"]["Code"]
+    assert code in (codes or ("AccessDenied",)), caught.value
+    return code
+
+
+class Account:
+    def __init__(self, cluster, created: dict) -> None:
+        self.cluster = cluster
+        self.email, self.token, self.prefix = (created["email"], created["token"],
+                                               created["bucketPrefix"])
+
+    @property
+    def s3(self):
+        return s3(self.cluster, self.email, self.token)
+
+    def connection(self) -> qcompute.Connection:
+        return qcompute.Connection(cluster_url=self.cluster.url, client_token=self.token,
+                                   storage_url=_storage_url(self.cluster), retry_count=0)
+
+    def api_status(self, path: str = "/info") -> int:
+        return requests.get(f"{self.cluster.url}{path}", headers={"Authorization": self.token},
+                            timeout=10).status_code
+
+
+@pytest.fixture(scope="module")
+def owner(cluster):
+    conn = cluster.connection()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def add_user(cluster, owner):
+    tag = uuid.uuid4().hex[:6]
+
+    def add(name: str) -> Account:
+        created = owner._http.post("/admin/users", json={"email": f"{name}.{tag}@example.com"})
+        return Account(cluster, created)
+
+    return add
+
+
+@pytest.fixture(scope="module")
+def alice(add_user):
+    return add_user("alice")
+
+
+@pytest.fixture(scope="module")
+def bob(add_user):
+    return add_user("bob")
+
+
+@pytest.fixture(scope="module")
+def alice_bucket(alice):
+    name = f"{alice.prefix}data"
+    alice.s3.create_bucket(Bucket=name)
+    alice.s3.put_object(Bucket=name, Key="secret.txt", Body=b"alice only")
+    return name
+
+
+def cli(cluster, *args: str) -> str:
+    result = CliRunner().invoke(main, ["user", *args, "--config", str(cluster.config)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def token_of(output: str) -> str:
+    return next(line.split()[-1] for line in output.splitlines() if line.startswith("token:"))
+
+
+def test_each_user_gets_a_distinct_prefix(alice, bob, owner):
+    assert alice.prefix.startswith("alice") and bob.prefix.startswith("bob")
+    assert not alice.prefix.startswith(bob.prefix) and not bob.prefix.startswith(alice.prefix)
+    with alice.connection() as conn:
+        assert conn.user_info["bucketPrefix"] == alice.prefix
+    assert owner.user_info["bucketPrefix"] == ""
+
+
+def test_a_user_works_inside_its_prefix(alice, alice_bucket):
+    client = alice.s3
+    assert client.get_object(Bucket=alice_bucket, Key="secret.txt")["Body"].read() == b"alice only"
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=alice_bucket)["Contents"]]
+    assert keys == ["secret.txt"]
+    client.put_object(Bucket=alice_bucket, Key="tmp.txt", Body=b"x")
+    client.delete_object(Bucket=alice_bucket, Key="tmp.txt")
+    assert [b["Name"] for b in client.list_buckets()["Buckets"]] == [alice_bucket]
+    refused(lambda: client.create_bucket(Bucket=f"x{alice.prefix}outside"))
+    refused(lambda: client.create_bucket(Bucket=alice.prefix.rstrip("-")))  # no trailing dash
+
+
+def test_another_user_is_denied_everything(alice, alice_bucket, bob):
+    client = bob.s3
+    refused(lambda: client.get_object(Bucket=alice_bucket, Key="secret.txt"))
+    refused(lambda: client.head_object(Bucket=alice_bucket, Key="secret.txt"), "403")
+    refused(lambda: client.list_objects_v2(Bucket=alice_bucket))
+    refused(lambda: client.put_object(Bucket=alice_bucket, Key="evil.txt", Body=b"x"))
+    refused(lambda: client.delete_object(Bucket=alice_bucket, Key="secret.txt"))
+    refused(lambda: client.delete_bucket(Bucket=alice_bucket))
+    refused(lambda: client.create_bucket(Bucket=f"{alice.prefix}mine-now"))
+    refused(lambda: client.create_bucket(Bucket="free-name-for-bob"))
+    assert alice_bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+    # nothing changed for alice
+    got = alice.s3.get_object(Bucket=alice_bucket, Key="secret.txt")["Body"].read()
+    assert got == b"alice only"
+    keys = [o["Key"] for o in alice.s3.list_objects_v2(Bucket=alice_bucket)["Contents"]]
+    assert keys == ["secret.txt"]
+
+
+def test_a_wrong_secret_or_key_is_refused(alice, alice_bucket):
+    refused(lambda: s3(alice.cluster, alice.email, "wrong-" + alice.token).list_buckets(),
+            "SignatureDoesNotMatch")
+    refused(lambda: s3(alice.cluster, "nobody@example.com", alice.token).list_buckets(),
+            "InvalidAccessKeyId")
+    anonymous = boto3.session.Session().client(
+        "s3", endpoint_url=_storage_url(alice.cluster), region_name="us-east-1",
+        config=Config(signature_version=UNSIGNED,
+                      retries={"max_attempts": 1}))
+    refused(lambda: anonymous.get_object(Bucket=alice_bucket, Key="secret.txt"))
+
+
+def test_sdk_tasks_and_buckets_are_scoped(alice, alice_bucket, bob, tmp_path):
+    with alice.connection() as as_alice, bob.connection() as as_bob:
+        task = as_alice.create_task("mine", "docker-batch")
+        task.constants["DOCKER_CMD"] = "echo from-alice > out.txt"
+        task.results = as_alice.create_bucket(f"{alice.prefix}results")
+        task.run(output_dir=str(tmp_path / "out"), job_timeout=60)
+        assert task.state == "Success", task.errors
+        assert (tmp_path / "out" / "out.txt").read_text() == "from-alice\n"
+
+        with pytest.raises(MissingTaskException):
+            as_bob.retrieve_task(task.uuid)
+        assert task.uuid not in [t.uuid for t in as_bob.tasks()]
+        with pytest.raises(QComputeError):
+            as_bob.create_bucket(f"{alice.prefix}results")
+        with pytest.raises(QComputeError):
+            qcompute.bucket.Bucket(as_bob, alice_bucket, create=False).list_files()
+        assert alice_bucket not in [b.name for b in as_bob.buckets()]
+        # the server refuses a task naming a bucket outside the prefix, naming the prefix
+        stolen = as_bob.create_task("steal", "docker-batch")
+        stolen.constants["DOCKER_CMD"] = "true"
+        stolen.results = qcompute.bucket.Bucket(as_bob, alice_bucket, create=False)
+        with pytest.raises(UnauthorizedException) as caught:
+            stolen.submit()
+        assert bob.prefix in str(caught.value)
+
+
+def test_the_owner_uses_free_bucket_names(owner, alice):
+    name = f"free-{uuid.uuid4().hex[:8]}"
+    bucket = owner.create_bucket(name)
+    bucket.add_string("owner data", "a.txt")
+    assert bucket.list_files() == ["a.txt"]
+    refused(lambda: alice.s3.get_object(Bucket=name, Key="a.txt"))
+    bucket.delete()
+
+
+def test_rotation_takes_effect_at_once(cluster, add_user):
+    carol = add_user("carol")
+    bucket = f"{carol.prefix}box"
+    carol.s3.create_bucket(Bucket=bucket)
+    old = carol.s3
+    new_token = token_of(cli(cluster, "rotate", carol.email))
+    assert new_token != carol.token
+    refused(lambda: old.list_objects_v2(Bucket=bucket), "SignatureDoesNotMatch")
+    assert carol.api_status() == 401
+    carol.token = new_token
+    assert carol.api_status() == 200
+    carol.s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    assert carol.s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_removal_takes_effect_at_once(cluster, add_user, owner):
+    dave = add_user("dave")
+    bucket = f"{dave.prefix}box"
+    dave.s3.create_bucket(Bucket=bucket)
+    dave.s3.put_object(Bucket=bucket, Key="k", Body=b"kept")
+    with dave.connection() as conn:
+        task = conn.create_task("done", "docker-batch")
+        task.constants["DOCKER_CMD"] = "echo bye"
+        task.run(job_timeout=60)
+    assert (cluster.data_dir / "output" / task.uuid).is_dir()
+    declined = CliRunner().invoke(main, ["user", "remove", dave.email, "--config",
+                                         str(cluster.config)], input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.output
+    assert dave.api_status() == 200
+    output = cli(cluster, "remove", dave.email, "--yes")
+    assert f"removed {dave.email}" in output and "1 task(s) deleted" in output
+    refused(lambda: dave.s3.list_objects_v2(Bucket=bucket), "InvalidAccessKeyId")
+    assert dave.api_status() == 401
+    assert not (cluster.data_dir / "output" / task.uuid).exists()  # the task is gone
+    # the buckets stay, for the owner; a new account with the same e-mail gets a new prefix
+    assert owner.s3client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"kept"
+    again = Account(cluster, owner._http.post("/admin/users", json={"email": dave.email}))
+    assert again.prefix != dave.prefix
+    refused(lambda: again.s3.get_object(Bucket=bucket, Key="k"))
+    owner.s3client.delete_object(Bucket=bucket, Key="k")
+    owner.s3client.delete_bucket(Bucket=bucket)
