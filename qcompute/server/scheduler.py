@@ -27,7 +27,7 @@ from .db.models import IdempotencyRecord, Instance, Task, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, ResourceSpec, S3Access)
 from .services.output import OutputStore
-from .services.tasks import refresh_task_state
+from .services.tasks import move_instance, refresh_task_state
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Scheduler:
         if isinstance(event, Phase):
             found = self._instance(session, event.key)
             if found and I(found[0].state).is_active():
-                found[0].state = _PHASE_STATES[event.phase].value
+                move_instance(found[1], found[0], _PHASE_STATES[event.phase])
                 if event.phase == "running":
                     found[0].started_at = utcnow()
                 touched[found[1].id] = found[1]
@@ -186,25 +186,25 @@ class Scheduler:
         instance.peak_memory_mb = event.peak_memory_mb
         task.results_count += event.results_uploaded
         if event.cancelled or task.abort_requested:
-            instance.state = I.CANCELLED.value
+            move_instance(task, instance, I.CANCELLED)
         elif event.error:  # infrastructure failure: re-queue within a bound, no user retry used
             instance.error = event.error
             if instance.infra_failures < self.settings.max_infra_retries:
                 instance.infra_failures += 1
-                instance.state = I.QUEUED.value
+                move_instance(task, instance, I.QUEUED)
                 log.warning("re-queueing %s after an infrastructure error: %s", event.key,
                             event.error)
             else:
-                instance.state = I.FAILED.value
+                move_instance(task, instance, I.FAILED)
         else:
             instance.error = None
-            instance.state = (I.SUCCEEDED if event.exit_code == 0 else I.FAILED).value
+            move_instance(task, instance, I.SUCCEEDED if event.exit_code == 0 else I.FAILED)
 
     def _cancel_task(self, session: Session, task: Task) -> None:
         instances = session.scalars(select(Instance).where(Instance.task_id == task.id))
         for instance in instances:
             if instance.state == I.QUEUED.value:
-                instance.state = I.CANCELLED.value
+                move_instance(task, instance, I.CANCELLED)
             elif I(instance.state).is_active():
                 self.executor.cancel(InstanceKey(task.uuid, instance.instance_id,
                                                  instance.attempt))
@@ -219,7 +219,7 @@ class Scheduler:
             .order_by(Instance.id).limit(free)).all()
         specs, touched = [], {}
         for instance, task in rows:
-            instance.state = I.DISPATCHED.value
+            move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
             specs.append(self._spec(task, instance))
             touched[task.id] = task

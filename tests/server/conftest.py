@@ -133,6 +133,19 @@ class Cluster:
     def wait_state(self, uuid: str, state: str) -> dict:
         return wait_for(lambda: (t := self.task(uuid))["state"] == state and t)
 
+    def assert_counts_match_instances(self, uuid: str) -> None:
+        """The task's kept per-state counts equal a recount of its instances."""
+        from collections import Counter
+
+        from sqlalchemy import select
+
+        from qcompute.server.db.models import Instance, Task
+
+        with self.client.app.state.ctx.sessions() as session:
+            task = session.scalar(select(Task).where(Task.uuid == uuid))
+            states = session.scalars(select(Instance.state).where(Instance.task_id == task.id))
+            assert task.instance_counts == dict(Counter(states))
+
     def wait_dispatched(self, uuid: str, count: int) -> list[InstanceKey]:
         return wait_for(lambda: len(keys := self.executor.keys_of(uuid)) >= count and keys)
 

@@ -91,6 +91,7 @@ def test_lifecycle_success_with_output(cluster):
     stdout = cluster.get(f"/tasks/{uuid}/stdout").text
     assert sorted(stdout.splitlines()) == [f"hello from {i}" for i in range(3)]
     assert cluster.get(f"/tasks/{uuid}/stdout/1").text == "hello from 1\n"
+    cluster.assert_counts_match_instances(uuid)
     assert cluster.get(f"/tasks/{uuid}/stdout/9").status_code == 404
 
 
@@ -112,6 +113,7 @@ def test_infrastructure_error_requeues_then_fails(cluster):
         cluster.executor.run(key, exit_code=None, error="bucket vanished")
     task = cluster.wait_state(uuid, "Failure")
     assert "bucket vanished" in task["errors"][0]["message"]
+    cluster.assert_counts_match_instances(uuid)
 
 
 def test_advanced_range(cluster):
@@ -130,6 +132,7 @@ def test_abort(cluster):
     task = cluster.wait_state(uuid, "Cancelled")
     assert len(cluster.executor.cancelled) == 2
     assert {c["state"] for c in task["completedInstances"]} == {"Cancelled"}
+    cluster.assert_counts_match_instances(uuid)
     again = cluster.post(f"/tasks/{uuid}/abort")
     assert again.status_code == 403 and "Cancelled" in again.json()["message"]
 

@@ -44,6 +44,9 @@ class Task(Base):
     previous_state: Mapped[Optional[str]] = mapped_column(String(32))
     state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    # How many instances are in each state: kept in step by services.tasks.move_instance, so
+    # that deriving the task's state costs the same for 1 instance or 100,000.
+    instance_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     results_count: Mapped[int] = mapped_column(Integer, default=0)

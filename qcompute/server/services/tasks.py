@@ -6,11 +6,10 @@ executor: the scheduler acts on what was committed.
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections import defaultdict
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import and_, delete, exists, func, insert, not_, or_, select
+from sqlalchemy import and_, delete, exists, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
@@ -23,7 +22,7 @@ from ..settings import ServerSettings
 from .lifecycle import derive_task_state, parse_ranges
 
 __all__ = ["submit_task", "get_task", "task_states", "task_instances", "update_task", "request_abort",
-           "delete_task", "page_tasks", "refresh_task_state", "instance_counts"]
+           "delete_task", "page_tasks", "move_instance", "refresh_task_state"]
 
 DEFAULT_PAGE_SIZE = 50
 
@@ -79,7 +78,8 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
         uuid=task_uuid, owner_id=user.id, name=doc.name, shortname=doc.shortname or task_uuid,
         profile=doc.profile, document=doc.model_dump(mode="json", by_alias=True,
                                                      exclude_none=True),
-        instance_count=len(ids), state=T.SUBMITTED.value, state_transition_time=now,
+        instance_count=len(ids), instance_counts={I.QUEUED.value: len(ids)},
+        state=T.SUBMITTED.value, state_transition_time=now,
         created_at=now, updated_at=now, errors=[],
         tags=[TaskTag(tag=t, position=n) for n, t in enumerate(dict.fromkeys(doc.tags or ()))],
     )
@@ -184,21 +184,24 @@ def delete_task(session: Session, user: User, task_uuid: str) -> Task:
     return task
 
 
-def instance_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
-    counts: dict[int, dict[str, int]] = defaultdict(dict)
-    if task_ids:
-        rows = session.execute(
-            select(Instance.task_id, Instance.state, func.count())
-            .where(Instance.task_id.in_(task_ids)).group_by(Instance.task_id, Instance.state))
-        for task_id, state, n in rows:
-            counts[task_id][state] = n
-    return counts
+def move_instance(task: Task, instance: Instance, state: I) -> None:
+    """The one way an instance changes state: the task's per-state counts follow."""
+    old = instance.state
+    if old == state.value:
+        return
+    counts = dict(task.instance_counts or {})
+    counts[old] = counts.get(old, 0) - 1
+    if counts[old] <= 0:
+        del counts[old]
+    counts[state.value] = counts.get(state.value, 0) + 1
+    task.instance_counts = counts  # a new dict, so the JSON column is written
+    instance.state = state.value
 
 
 def refresh_task_state(session: Session, task: Task, now: Optional[datetime] = None) -> bool:
-    """Store the state derived from the instances; True if it changed."""
+    """Store the state derived from the instance counts; True if it changed. O(1)."""
     now = now or utcnow()
-    counts = {I(s): n for s, n in instance_counts(session, [task.id])[task.id].items()}
+    counts = {I(s): n for s, n in (task.instance_counts or {}).items()}
     state = derive_task_state(counts, abort_requested=task.abort_requested).value
     task.updated_at = now
     if state == task.state:
