@@ -74,6 +74,8 @@ def _completed(instance: Instance) -> dict[str, Any]:
         "averageGHz": 0.0,
         "results": [],
         "executionAttemptCount": instance.attempt,
+        "startedAt": iso(instance.started_at),  # qcompute extras: when the command ran
+        "endedAt": iso(instance.ended_at),
         "error": instance.error,
         "cpuModel": "",
         "coreCount": 1,
