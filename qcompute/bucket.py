@@ -1,99 +1,50 @@
 """Buckets: S3 buckets holding a task's input files (resources) and output files (results).
 
-All S3 traffic goes through the connection's :class:`~qcompute._storage.Storage`. Keys are POSIX
-paths (see :func:`~qcompute._storage.normalize_key`).
+All S3 traffic goes through the connection's :class:`~qcompute._storage.Storage`; multi-file calls
+go through the sync engine of :mod:`qcompute._sync`. Keys are POSIX paths on every platform (see
+:func:`~qcompute._storage.normalize_key`).
 
-Progress: every transfer method takes ``progress``: ``True`` draws a tqdm bar, a callable is
-called as ``progress(read, total, filename)`` as bytes move (``read`` and ``total`` count the
-bytes of the whole call, ``filename`` is the file being moved), ``None``/``False`` shows nothing.
+Progress: every transfer method takes ``progress``: ``True`` draws tqdm bars (bytes, and files
+when the call moves several), a callable is called as ``progress(read, total, filename)`` as
+bytes move (``read`` and ``total`` count the bytes of the whole call, ``filename`` is the key of
+the file being moved), ``None``/``False`` shows nothing. Server-side copies and skipped files
+move no bytes, so they are not reported to the callable. An exception raised by the callable
+stops the call (the files already moved stay moved).
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from ._storage import (
-    ObjectInfo,
-    join_key,
-    normalize_key,
-    normalize_prefix,
-    plan_sync,
+from ._etags import EtagCache, Etags, default_cache_path, scan_directory, scan_files
+from ._objects import ObjectInfo, normalize_key, normalize_prefix
+from ._sync import (
+    TRANSFER_WORKERS,
+    Progress,
+    Tracker,
+    UploadPlan,
+    plan_download,
+    plan_upload,
+    run_download,
+    run_upload,
 )
 
 if TYPE_CHECKING:
     from ._storage import Storage
     from .connection import Connection
 
-__all__ = ["Bucket", "ObjectInfo"]
+__all__ = ["Bucket", "ObjectInfo", "Progress", "TRANSFER_WORKERS"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-Progress = Union[None, bool, Callable[[int, int, str], Any]]
-TRANSFER_WORKERS = 8  # files moved at the same time by multi-file calls
 
 
-class _Progress:
-    """Aggregates byte counts from transfer threads and reports them (tqdm bar or callable)."""
-
-    def __init__(self, progress: Progress, total: int, desc: str) -> None:
-        self._fn = progress if callable(progress) else None
-        self._bar = None
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
-        self.total = total
-        self.read = 0
-        self._lock = threading.Lock()
-
-    def callback(self, filename: str) -> Optional[Callable[[int], None]]:
-        if self._fn is None and self._bar is None:
-            return None
-
-        def moved(count: int) -> None:
-            with self._lock:
-                self.read += count
-                if self._bar is not None:
-                    self._bar.update(count)
-                if self._fn is not None:
-                    self._fn(self.read, self.total, filename)
-
-        return moved
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _local_files(directory: PathLike) -> dict[str, str]:
-    """relative POSIX path → file path, for every file under ``directory``."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a directory: {directory}")
-    return {
-        path.relative_to(root).as_posix(): str(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
-def _safe_target(output_dir: PathLike, key: str) -> Optional[Path]:
-    """Where ``key`` goes under ``output_dir``, or None if the key would escape it."""
-    parts = [part for part in key.split("/") if part]
-    if not parts or any(part in (".", "..") for part in parts):
-        return None
-    return Path(output_dir).joinpath(*parts)
+def _etags() -> Etags:
+    """The local ETags of one call, backed by the persistent cache."""
+    return Etags(EtagCache(default_cache_path()))
 
 
 class Bucket:
@@ -215,12 +166,15 @@ class Bucket:
         return list(self._storage.list_objects(self._name, normalize_key(prefix)))
 
     # -- uploads
-    def add_file(self, local: Union[PathLike, Any], remote: Optional[str] = None) -> str:
-        """Upload one file (PutObject, or multipart from 8 MiB).
+    def add_file(self, local: Union[PathLike, Any], remote: Optional[str] = None,
+                 progress: Progress = None) -> str:
+        """Upload one file (PutObject, or multipart from 8 MiB with parts in parallel, read part
+        by part).
 
         Args:
             local: a file path, or a binary file object (then ``remote`` is required).
             remote: the key; default the file's name; a key ending in ``/`` gets the file's name.
+            progress: see the module docstring.
 
         Returns:
             The key written.
@@ -229,7 +183,14 @@ class Bucket:
             if not remote:
                 raise ValueError("add_file(fileobj) needs a remote key")
             key = normalize_key(remote)
-            self._storage.upload_fileobj(self._name, key, local)
+            try:  # the size left to read, when the file object can tell
+                start = local.tell()
+                total = local.seek(0, os.SEEK_END) - start
+                local.seek(start)
+            except (AttributeError, OSError, ValueError):
+                total = 0
+            with Tracker(progress, total, 1, f"upload {key}") as tracker:
+                self._storage.upload_fileobj(self._name, key, local, tracker.callback(key))
             return key
         path = os.fspath(local)
         if not os.path.isfile(path):
@@ -238,27 +199,36 @@ class Bucket:
         key = normalize_key(remote) if remote else name
         if not key or key.endswith("/"):
             key = key + name
-        self._storage.upload_file(self._name, key, path)
+        with Tracker(progress, os.path.getsize(path), 1, f"upload {key}") as tracker:
+            self._storage.upload_file(self._name, key, path, tracker.callback(key))
         return key
 
     def add_directory(self, local: PathLike, remote: Optional[str] = None,
                       progress: Progress = None) -> list[str]:
-        """Upload every file under ``local`` to ``remote/<relative path>`` (no diffing).
+        """Upload every file under ``local`` to ``remote/<relative path>``, in parallel, without
+        comparing with the bucket (see :meth:`sync_directory` for that).
 
         Returns:
             The keys written.
         """
-        files = {join_key(remote, rel): path for rel, path in _local_files(local).items()}
-        self._upload(files, progress)
+        files = scan_directory(local, remote)
+        plan = UploadPlan(tuple(files.values()), (), (), ())
+        run_upload(self._storage, self._name, plan, _etags(), progress, first_alone=True,
+                   log=logger)
         return sorted(files)
 
-    def add_string(self, string: Union[str, bytes], remote: str) -> str:
+    def add_string(self, string: Union[str, bytes], remote: str,
+                   progress: Progress = None) -> str:
         """Write ``string`` (UTF-8 encoded if text) to the key ``remote``."""
         key = normalize_key(remote)
         if not key:
             raise ValueError("add_string needs a remote key")
         data = string.encode("utf-8") if isinstance(string, str) else bytes(string)
         self._storage.put_bytes(self._name, key, data)
+        with Tracker(progress, len(data), 1, f"upload {key}") as tracker:
+            callback = tracker.callback(key)
+            if callback is not None:
+                callback(len(data))
         return key
 
     def __setitem__(self, remote: str, local: PathLike) -> None:
@@ -268,22 +238,12 @@ class Bucket:
         else:
             self.add_file(local, remote)
 
-    def _upload(self, files: Mapping[str, str], progress: Progress, verbose: bool = False) -> None:
-        total = sum(os.path.getsize(path) for path in files.values())
-        level = logging.INFO if verbose else logging.DEBUG
-        with _Progress(progress, total, f"upload to {self._name}") as tracker:
-            def one(item: tuple[str, str]) -> None:
-                key, path = item
-                logger.log(level, "upload %s -> %s/%s", path, self._name, key)
-                self._storage.upload_file(self._name, key, path, tracker.callback(key))
-
-            self._run_parallel(one, files.items())
-
-    @staticmethod
-    def _run_parallel(work: Callable[[Any], None], items: Iterable[Any]) -> None:
-        with ThreadPoolExecutor(max_workers=TRANSFER_WORKERS) as pool:
-            for _ in pool.map(work, list(items)):  # re-raises the first failure
-                pass
+    def copy_file(self, source: str, dest: str) -> str:
+        """Copy the object ``source`` to the key ``dest`` on the server (CopyObject, no bytes
+        move through this machine). Returns ``dest``."""
+        key = normalize_key(dest)
+        self._storage.copy_object(self._name, normalize_key(source), key)
+        return key
 
     # -- downloads
     def get_file(self, remote: str, local: Optional[PathLike] = None,
@@ -306,41 +266,49 @@ class Bucket:
             target = target / name
         target.parent.mkdir(parents=True, exist_ok=True)
         size = self._storage.head_object(self._name, key).size if progress else 0
-        with _Progress(progress, size, f"download {key}") as tracker:
+        with Tracker(progress, size, 1, f"download {key}") as tracker:
             self._storage.download_file(self._name, key, str(target), tracker.callback(key))
         return str(target)
 
     def get_all_files(self, output_dir: PathLike, progress: Progress = None) -> list[str]:
         """Download the whole bucket under ``output_dir`` (keys become relative paths).
 
-        Keys that would leave ``output_dir`` (``..``) are skipped with a warning.
+        Local files that already hold an object's content (same size and ETag) are kept; objects
+        with the same content are downloaded once. Keys that would leave ``output_dir``
+        (``..``) are skipped with a warning. Local files with no object are left alone.
 
         Returns:
-            The local paths written.
+            The local paths of the bucket's files (downloaded or already there).
         """
-        return self._download(self._storage.list_objects(self._name), output_dir, progress)
+        return self._download(output_dir, "", strip=False, progress=progress)
 
-    def _download(self, objects: Iterable[ObjectInfo], output_dir: PathLike,
+    def sync_remote_to_local(self, local_dir: PathLike, remote: Optional[str] = None,
+                             progress: Progress = None) -> list[str]:
+        """Make ``local_dir`` hold the objects under the folder ``remote`` (default: the whole
+        bucket), with that prefix removed from their paths.
+
+        Only missing and different files are downloaded (compared by size, then ETag, with the
+        local ETag cache); duplicates are downloaded once. Local files with no object are kept.
+
+        Returns:
+            The local paths of the folder's files (downloaded or already there).
+        """
+        return self._download(local_dir, normalize_prefix(remote), strip=True, progress=progress)
+
+    def _download(self, output_dir: PathLike, prefix: str, *, strip: bool,
                   progress: Progress) -> list[str]:
-        jobs: list[tuple[ObjectInfo, Path]] = []
-        for obj in objects:
-            target = _safe_target(output_dir, obj.key)
-            if target is None:
-                logger.warning("skipping key %r of bucket %s: not a safe relative path",
-                               obj.key, self._name)
-            elif obj.key.endswith("/"):
-                target.mkdir(parents=True, exist_ok=True)
-            else:
-                jobs.append((obj, target))
-        with _Progress(progress, sum(o.size for o, _ in jobs), f"download {self._name}") as tracker:
-            def one(job: tuple[ObjectInfo, Path]) -> None:
-                obj, target = job
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._storage.download_file(self._name, obj.key, str(target),
-                                            tracker.callback(obj.key))
-
-            self._run_parallel(one, jobs)
-        return [str(target) for _, target in jobs]
+        objects = list(self._storage.list_objects(self._name, prefix))
+        etags = _etags()
+        plan = plan_download(objects, output_dir, etags, strip=prefix if strip else "")
+        for key in plan.refused:
+            logger.warning("skipping key %r of bucket %s: not a safe relative path", key,
+                           self._name)
+        logger.debug("download %s/%s: %d to get, %d local copies, %d already there", self._name,
+                     prefix, len(plan.download), len(plan.local_copy), len(plan.skip))
+        os.makedirs(output_dir, exist_ok=True)
+        run_download(self._storage, self._name, plan, etags, progress, log=logger)
+        paths = {f.obj.key: f.target for f in plan.download + plan.local_copy + plan.skip}
+        return [paths[obj.key] for obj in objects if obj.key in paths]
 
     # -- deletes and sync
     def delete_file(self, remote: str) -> None:
@@ -349,15 +317,16 @@ class Bucket:
 
     def delete(self) -> None:
         """Delete every object (DeleteObjects), then the bucket (DeleteBucket)."""
-        self._storage.delete_objects(self._name, [o.key for o in self._storage.list_objects(self._name)])
+        keys = [o.key for o in self._storage.list_objects(self._name)]
+        self._storage.delete_objects(self._name, keys)
         self._storage.delete_bucket(self._name)
 
     def sync_directory(self, local: PathLike, verbose: bool = False,
                        remote: Optional[str] = None, progress: Progress = None) -> None:
-        """Make ``remote/`` (or the whole bucket) mirror the directory ``local``.
+        """Make the folder ``remote`` (or the whole bucket) mirror the directory ``local``.
 
-        New and changed files are uploaded (compared by S3 ETag, computed locally only when
-        sizes match), and objects under the prefix that have no local file are deleted.
+        See :meth:`sync_files`; the keys are the files' relative paths, with ``/`` separators
+        on every platform.
 
         Args:
             local: the directory.
@@ -365,30 +334,49 @@ class Bucket:
             remote: the key prefix (a folder); ``None`` mirrors the whole bucket.
             progress: see the module docstring.
         """
-        files = {join_key(remote, rel): path for rel, path in _local_files(local).items()}
-        self.sync_files(files, verbose=verbose, remote=remote, progress=progress)
+        files = scan_directory(local, remote)
+        self._sync(files, verbose, normalize_prefix(remote), progress)
 
     def sync_files(self, files: Mapping[str, PathLike], verbose: bool = False,
                    remote: Optional[str] = None, progress: Progress = None) -> None:
-        """Make the bucket (or its ``remote/`` folder) hold exactly ``files`` (key → local path).
+        """Make the folder ``remote`` (or the whole bucket) hold exactly ``files``.
 
-        Objects under ``remote/`` (or anywhere, when ``remote`` is None) that are not keys of
-        ``files`` are deleted; new and changed files are uploaded in parallel.
+        ``files`` maps keys (relative to ``remote``) to local paths. Only one prefix is listed
+        (ListObjectsV2). A file is sent when its key is missing or its size or ETag differ; an
+        ETag is computed only when sizes match, and remembered in a local cache keyed on path,
+        size and modification time, so unchanged files are not read again. New content that the
+        folder already holds (a duplicate, a renamed file) is copied on the server, and files
+        sharing new content are uploaded once and copied. Transfers run 16 at a time. Objects of
+        the folder that are not keys of ``files`` are deleted, once everything is in place.
+
+        A sync that stopped halfway (an error, an interrupt) moves only what is still missing
+        when run again.
+
+        Args:
+            files: key (relative to ``remote``; ``\\`` counts as ``/``) → local file path.
+            verbose: log each transfer at INFO instead of DEBUG.
+            remote: the key prefix (a folder); ``None`` mirrors the whole bucket.
+            progress: see the module docstring.
+
+        Raises:
+            FileNotFoundError: a path is not a regular file (nothing is sent).
+            ValueError: a key is empty or ends with ``/``.
         """
-        wanted = {normalize_key(key): os.fspath(path) for key, path in files.items()}
-        for key, path in wanted.items():
-            if not key or key.endswith("/"):
-                raise ValueError(f"not a file key: {key!r}")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"no such file: {path}")
         prefix = normalize_prefix(remote)
+        self._sync(scan_files(files, prefix), verbose, prefix, progress)
+
+    def _sync(self, files: Mapping[str, Any], verbose: bool, prefix: str,
+              progress: Progress) -> None:
         listing = {o.key: o for o in self._storage.list_objects(self._name, prefix)}
-        plan = plan_sync(wanted, listing, delete_prefix=prefix)
-        logger.debug("sync %s/%s: %d to upload, %d to delete, %d unchanged", self._name, prefix,
-                     len(plan.upload), len(plan.delete), len(plan.unchanged))
-        self._upload(dict(plan.upload), progress, verbose)
-        if plan.delete:
-            for key in plan.delete:
-                logger.log(logging.INFO if verbose else logging.DEBUG, "delete %s/%s",
-                           self._name, key)
-            self._storage.delete_objects(self._name, plan.delete)
+        etags = _etags()
+        try:
+            plan = plan_upload(files, listing, etags, delete_prefix=prefix)
+        except BaseException:
+            etags.save()
+            raise
+        logger.debug("sync %s/%s: %d to upload, %d to copy, %d to delete, %d unchanged "
+                     "(%d files hashed)", self._name, prefix, len(plan.upload), len(plan.copy),
+                     len(plan.delete), len(plan.unchanged), etags.computed)
+        run_upload(self._storage, self._name, plan, etags, progress, verbose=verbose,
+                   first_alone=not listing, log=logger)
+

@@ -164,6 +164,7 @@ class Connection:
         self._storage_url = cfg.storage_url
         self._settings_doc: Optional[dict[str, Any]] = None
         self._email: Optional[str] = None
+        self._bucket_prefix: Optional[str] = None  # bucketPrefix of GET /info, once read
         self._storage_client: Optional[Storage] = None
         self._lock = threading.Lock()
 
@@ -180,7 +181,7 @@ class Connection:
         """Close the HTTP session and the S3 client's connections."""
         self._http.close()
         if self._storage_client is not None:
-            self._storage_client.client.close()
+            self._storage_client.close()
 
     # -- account -------------------------------------------------------------------------
     @property
@@ -222,7 +223,17 @@ class Connection:
         info = UserInfo.from_json(self._http.get("/info") or {})
         if info.email:
             self._email = info.email
+        if isinstance(info.raw.get("bucketPrefix"), str):
+            self._bucket_prefix = info.raw["bucketPrefix"]
         return info
+
+    def _user_bucket_prefix(self) -> Optional[str]:
+        """The prefix this user's bucket names must have (``bucketPrefix`` of ``GET /info``,
+        read with the email and cached; ``""``: any name; ``None``: the server does not say).
+        Used to explain an S3 AccessDenied."""
+        if self._bucket_prefix is None:
+            self.user_info  # noqa: B018 - reads and caches it
+        return self._bucket_prefix
 
     def _user_email(self) -> str:
         if self._email is None:
@@ -357,7 +368,8 @@ class Connection:
         """Submit many tasks in one ``POST /tasks`` with an array.
 
         The reply lists ``{"statusCode", "uuid", "message"}`` in order. Accepted tasks get their
-        uuid and are loaded (``GET /tasks/{uuid}`` each).
+        uuid and keep the document sent, with no further request: the first read of a server
+        field (``state``, ``status``, ...) fetches the task.
 
         Raises:
             ResourceStateError: a task was already submitted (nothing is sent).
@@ -369,16 +381,17 @@ class Connection:
                 raise ResourceStateError(f"task {task.uuid} is already submitted")
         if not tasks:
             return
-        replies = self._http.post("/tasks", json=[t._submit_document() for t in tasks],
+        documents = [t._submit_document() for t in tasks]
+        replies = self._http.post("/tasks", json=documents,
                                   not_found=MissingBucketException)
         if not isinstance(replies, list) or len(replies) != len(tasks):
             raise APIError(f"POST /tasks with {len(tasks)} tasks got a reply of another shape: "
                            f"{replies!r}")
         failures = []
-        for task, reply in zip(tasks, replies, strict=True):
+        for task, sent, reply in zip(tasks, documents, replies, strict=True):
             status = reply.get("statusCode")
             if isinstance(status, int) and 200 <= status < 300 and reply.get("uuid"):
-                task._submitted(reply["uuid"])
+                task._accepted(reply["uuid"], sent)
             else:
                 failures.append({"name": task.name, "statusCode": status,
                                  "message": reply.get("message")})
@@ -398,6 +411,7 @@ class Connection:
                 self._storage_client = Storage(
                     self.storage_url, self._user_email(), self.config.client_token,
                     verify=self.config.storage_verify, retry_count=self.config.retry_count,
+                    bucket_prefix=self._user_bucket_prefix,
                 )
             return self._storage_client
 

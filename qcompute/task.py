@@ -248,6 +248,12 @@ class Task(Resource):
         doc = self._conn._http.get(self._url(), not_found=MissingTaskException)
         self._load(doc, now=_resource._clock(), keep_changes=False)
 
+    def _accepted(self, uuid: str, sent: dict[str, Any]) -> None:
+        """Accepted in a bulk submit: keep the document sent, with no GET. It is partial and
+        stale, so the first read of a server field (state, status, ...) fetches the task."""
+        self._load({**sent, "uuid": uuid, "state": TaskState.SUBMITTED.value}, partial=True,
+                   now=None, keep_changes=False)
+
     def submit(self) -> "Task":
         """Submit the task: ``POST /tasks``, then ``GET /tasks/{uuid}``.
 
@@ -333,7 +339,8 @@ class Task(Resource):
             output_dir: where to download the result bucket; ``None`` downloads nothing.
             job_timeout: seconds to wait before aborting; ``None`` waits for ever.
             live_progress: see :meth:`wait`.
-            results_progress: progress of the download (see :mod:`qcompute.bucket`).
+            results_progress: progress of the results download: ``True`` for tqdm bars, or a
+                callable ``progress(read, total, filename)`` (see :meth:`download_results`).
         """
         self.submit()
         return self.resume(output_dir, job_timeout, live_progress, results_progress,
@@ -421,7 +428,14 @@ class Task(Resource):
         """Download the whole result bucket into ``output_dir`` (created if needed).
 
         Refreshes the task first when it was submitted. A task without a result bucket
-        downloads nothing.
+        downloads nothing. Files already in ``output_dir`` with the same content are kept, so
+        calling it again (or after :meth:`run`) moves only what changed; see
+        :meth:`~qcompute.bucket.Bucket.get_all_files`.
+
+        Args:
+            output_dir: the local directory.
+            progress: ``True`` for tqdm bars, or a callable ``progress(read, total, filename)``
+                called as bytes arrive (see :mod:`qcompute.bucket`).
 
         Returns:
             ``output_dir``.

@@ -7,6 +7,8 @@ HTTP server, so the local executor and a Ray task run the same code:
 * as a process: ``python -m qcompute.server.runner`` reads one InstanceSpec JSON on stdin, writes
   the events as JSON lines on stdout and exits 0 after the Finished event. SIGTERM (or SIGINT)
   cancels the instance.
+* as a warm worker: ``python -m qcompute.server.runner --serve`` (:func:`serve`) runs instances
+  one after another, one spec JSON line each, until EOF on stdin (see :func:`serve`).
 
 The command runs as ``sh -c <command>`` in a new session (its own process group), with
 PR_SET_PDEATHSIG so it dies with the thread that started it, and a watchdog process that kills
@@ -34,7 +36,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceSpec, Output, Phase,
                                             event_to_json)
 
-__all__ = ["run_instance", "pdeathsig_preexec", "main"]
+__all__ = ["run_instance", "pdeathsig_preexec", "main", "serve", "ACCEPTED"]
 
 log = logging.getLogger(__name__)
 
@@ -417,22 +419,70 @@ def _parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
             raise
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="qcompute-runner %(levelname)s %(name)s: %(message)s")
-    events = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # a stray print must not corrupt the event stream
-    cancel = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: cancel.set())
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the LocalExecutor blocks it
-    spec = InstanceSpec.from_json(sys.stdin.read())
+ACCEPTED = '{"kind": "accepted"}'  # serve(): a spec was read; SIGTERM now cancels it
+_CANCEL_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-    def emit(event: ExecutorEvent) -> None:
-        events.write(event_to_json(event) + "\n")
+
+def _event_writer() -> Callable[[str], None]:
+    """Write lines to the real stdout; fd 1 then points to stderr, so a stray print cannot
+    corrupt the event stream."""
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+
+    def write(line: str) -> None:
+        events.write(line + "\n")
         events.flush()
 
-    run_instance(spec, emit, cancel)
+    return write
+
+
+def serve(write: Callable[[str], None]) -> int:
+    """Run instances one after another: read a spec JSON line, answer :data:`ACCEPTED`, write
+    its events (Finished last), repeat; exit at EOF.
+
+    SIGTERM cancels the current instance. It stays blocked while the worker is idle, and one
+    left pending once an instance has ended (a cancel that crossed its Finished) is discarded
+    before the next spec is accepted; the executor signals an instance only after its ACCEPTED
+    line, so no cancel reaches the wrong instance. Each instance has its own cancel flag, workdir
+    and command environment (built from the spec); the worker's cwd and environment never change.
+    """
+    current = [threading.Event()]  # the cancel flag of the instance being run
+    for sig in _CANCEL_SIGNALS:
+        signal.signal(sig, lambda *_: current[0].set())
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
+    stdin = sys.stdin.buffer
+    while line := stdin.readline():
+        if not line.strip():
+            continue
+        spec = InstanceSpec.from_json(line.decode())
+        while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:
+            pass  # stale: meant for the previous instance
+        current[0] = cancel = threading.Event()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)
+        try:
+            write(ACCEPTED)
+            run_instance(spec, lambda event: write(event_to_json(event)), cancel)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="qcompute-runner %(levelname)s %(name)s: %(message)s")
+    write = _event_writer()
+    if argv == ["--serve"]:
+        return serve(write)
+    if argv:
+        log.error("usage: python -m qcompute.server.runner [--serve]")
+        return 2
+    cancel = threading.Event()
+    for sig in _CANCEL_SIGNALS:
+        signal.signal(sig, lambda *_: cancel.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)  # the LocalExecutor blocks it
+    spec = InstanceSpec.from_json(sys.stdin.read())
+    run_instance(spec, lambda event: write(event_to_json(event)), cancel)
     return 0
 
 

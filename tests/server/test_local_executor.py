@@ -1,17 +1,20 @@
-"""LocalExecutor: real runner processes on this host."""
+"""LocalExecutor: a warm pool of real runner worker processes on this host."""
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from qcompute.server.executors import local
 from qcompute.server.executors.base import Finished, InstanceSpec, Output, Phase
 from qcompute.server.executors.local import LocalExecutor
+from qcompute.server.runner import ACCEPTED
 
 
 class Events:
@@ -37,9 +40,11 @@ class Events:
                     return seen
 
 
-def make_spec(tmp_path: Path, command: str, **kw) -> InstanceSpec:
+def make_spec(tmp_path: Path, command: str, env: Optional[dict[str, str]] = None,
+              **kw) -> InstanceSpec:
     return InstanceSpec(task_uuid=uuid.uuid4().hex, instance_id=0, attempt=1, command=command,
-                        env={"INSTANCE_ID": "0"}, workdir=str(tmp_path / uuid.uuid4().hex), **kw)
+                        env={"INSTANCE_ID": "0", **(env or {})},
+                        workdir=str(tmp_path / uuid.uuid4().hex), **kw)
 
 
 @pytest.fixture
@@ -92,12 +97,23 @@ def test_cancel_reports_cancelled_finished(executor, events, tmp_path):
 
 
 def test_cancel_right_after_submit(executor, events, tmp_path):
-    """SIGTERM may reach the runner while Python starts: it still reports."""
+    """The cancel may come before the worker has read the spec: it still stops it."""
+    wait_for_workers(executor, 2)
     spec = make_spec(tmp_path, "sleep 30")
     executor.submit(spec)
     executor.cancel(spec.key)
     finished = events.until_finished(spec.key)[-1]
     assert finished.cancelled and finished.error is None
+
+
+def test_cancel_before_a_worker_is_up(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1)
+    spec = make_spec(tmp_path, "sleep 30")
+    executor.submit(spec)  # the worker may still be starting
+    executor.cancel(spec.key)
+    finished = events.until_finished(spec.key)[-1]
+    assert finished.cancelled and finished.error is None
+    executor.shutdown()
 
 
 def fake_python(tmp_path: Path, script: str) -> str:
@@ -107,8 +123,11 @@ def fake_python(tmp_path: Path, script: str) -> str:
     return str(path)
 
 
+ACCEPT = "echo '" + ACCEPTED + "'"
+
+
 def test_runner_dying_without_report_gives_a_synthetic_finished(events, tmp_path):
-    python = fake_python(tmp_path, "cat > /dev/null; echo 'boom' >&2; exit 3")
+    python = fake_python(tmp_path, "read spec; echo 'boom' >&2; exit 3")
     executor = LocalExecutor(events, capacity=1, python=python)
     spec = make_spec(tmp_path, "echo never")
     executor.submit(spec)
@@ -118,16 +137,28 @@ def test_runner_dying_without_report_gives_a_synthetic_finished(events, tmp_path
     executor.shutdown()
 
 
+def test_a_worker_that_cannot_start_fails_the_instance_without_spinning(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1, python=fake_python(tmp_path, "exit 5"))
+    for _ in range(3):
+        spec = make_spec(tmp_path, "echo never")
+        executor.submit(spec)
+        finished = events.until_finished(spec.key)[-1]
+        assert finished.error == "runner exited with code 5 without reporting"
+    executor.shutdown()
+
+
 def test_runner_ignoring_sigterm_is_killed_by_the_backstop(events, tmp_path, monkeypatch):
     monkeypatch.setattr(local, "_BACKSTOP_EXTRA_SECONDS", 0.5)
-    python = fake_python(tmp_path, "trap '' TERM; cat > /dev/null; sleep 30")
+    python = fake_python(tmp_path, f"trap '' TERM; read spec; {ACCEPT}; sleep 30")
     executor = LocalExecutor(events, capacity=1, python=python)
     spec = make_spec(tmp_path, "echo never", kill_grace_seconds=0.2)
+    wait_for_workers(executor, 1)
     executor.submit(spec)
-    time.sleep(0.2)  # let the fake runner install its trap
     executor.cancel(spec.key)
+    started = time.monotonic()
     finished = events.until_finished(spec.key, timeout=5)[-1]
     assert finished.cancelled and "code -9" in finished.error
+    assert time.monotonic() - started >= 0.7  # grace + backstop: SIGTERM did not stop it
     executor.shutdown()
 
 
@@ -136,6 +167,7 @@ def test_shutdown_cancels_everything_and_refuses_new_work(events, tmp_path):
     specs = [make_spec(tmp_path, "sleep 30", kill_grace_seconds=1) for _ in range(3)]
     for spec in specs:
         executor.submit(spec)
+    pids = wait_for_workers(executor, 3)
     started = time.monotonic()
     executor.shutdown()
     assert time.monotonic() - started < 3
@@ -146,6 +178,120 @@ def test_shutdown_cancels_everything_and_refuses_new_work(events, tmp_path):
             finished[event.key] = event
     assert set(finished) == {s.key for s in specs}
     assert all(f.cancelled for f in finished.values())
-    assert executor.running() == set()
+    assert executor.running() == set() and executor.worker_pids() == []
+    assert not any(pid_alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="shut down"):
         executor.submit(make_spec(tmp_path, "true"))
+
+
+# -- the warm pool ----------------------------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_workers(executor: LocalExecutor, count: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while len(pids := executor.worker_pids()) < count:
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.01)
+    return pids
+
+
+def run(executor: LocalExecutor, events: Events, tmp_path: Path, command: str, **kw) -> list:
+    spec = make_spec(tmp_path, command, **kw)
+    executor.submit(spec)
+    return events.until_finished(spec.key)
+
+
+def stdout_of(seen: list) -> str:
+    return "".join(e.data for e in seen if isinstance(e, Output) and e.stream == "stdout")
+
+
+def test_workers_are_started_at_construction_and_reused(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1)
+    [pid] = wait_for_workers(executor, 1)
+    parents = {stdout_of(run(executor, events, tmp_path, "echo $PPID")) for _ in range(3)}
+    assert parents == {f"{pid}\n"}  # the command's parent: the same worker every time
+    assert executor.worker_pids() == [pid]
+    executor.shutdown()
+
+
+def test_a_worker_killed_mid_instance_is_reported_and_replaced(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1)
+    [pid] = wait_for_workers(executor, 1)
+    finished = run(executor, events, tmp_path, "kill -KILL $PPID; sleep 30")[-1]
+    assert finished.exit_code is None and not finished.cancelled
+    assert finished.error.startswith("runner exited with code -9 without reporting")
+    seen = run(executor, events, tmp_path, "echo $PPID")
+    assert seen[-1].exit_code == 0 and seen[-1].error is None
+    [new_pid] = executor.worker_pids()
+    assert new_pid != pid and stdout_of(seen) == f"{new_pid}\n"
+    executor.shutdown()
+
+
+def test_an_idle_worker_that_dies_is_replaced(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1)
+    run(executor, events, tmp_path, "true")  # it served: replaced at once when it dies
+    [pid] = executor.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while executor.worker_pids() in ([pid], []):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert run(executor, events, tmp_path, "echo ok")[-1].exit_code == 0
+    executor.shutdown()
+
+
+def test_nothing_leaks_from_one_instance_to_the_next(events, tmp_path):
+    executor = LocalExecutor(events, capacity=1)
+    first = make_spec(tmp_path, 'echo "$SECRET"; cd /; export LEAK=1; sleep 30 &',
+                      env={"SECRET": "s3cr3t"})
+    executor.submit(first)
+    assert stdout_of(events.until_finished(first.key)) == "s3cr3t\n"
+    seen = run(executor, events, tmp_path, 'echo "[$SECRET$LEAK]"; pwd')
+    second_workdir = Path(stdout_of(seen).splitlines()[1])
+    assert stdout_of(seen).splitlines()[0] == "[]"
+    assert second_workdir.parent == tmp_path and not Path(first.workdir).exists()
+    executor.shutdown()
+
+
+def test_sigterm_to_an_idle_worker_is_ignored(executor, events, tmp_path):
+    run(executor, events, tmp_path, "true")
+    executor.cancel(make_spec(tmp_path, "true").key)  # an unknown key: nothing happens
+    pids = wait_for_workers(executor, 2)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)  # a cancel left pending must not reach the next instance either
+    for _ in range(2):
+        finished = run(executor, events, tmp_path, "sleep 0.1; echo done")
+        assert stdout_of(finished) == "done\n"
+        assert finished[-1].exit_code == 0 and not finished[-1].cancelled
+    assert sorted(executor.worker_pids()) == sorted(pids)
+
+
+def test_cancel_crossing_finished_does_not_reach_the_next_instance(events, tmp_path):
+    """A cancel sent while the worker reports Finished stays pending in the idle worker: it is
+    discarded before the next instance starts."""
+    executor = LocalExecutor(events, capacity=1)
+    for _ in range(5):
+        spec = make_spec(tmp_path, "true")
+        executor.submit(spec)
+        events.until_finished(spec.key)
+        for pid in executor.worker_pids():
+            os.kill(pid, signal.SIGTERM)  # as a cancel racing the Finished would
+        seen = run(executor, events, tmp_path, "sleep 0.2; echo ok")
+        assert seen[-1].exit_code == 0 and not seen[-1].cancelled
+    executor.shutdown()
+
+
+def test_workers_are_recycled(events, tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "_MAX_INSTANCES_PER_WORKER", 2)
+    executor = LocalExecutor(events, capacity=1)
+    parents = [stdout_of(run(executor, events, tmp_path, "echo $PPID")) for _ in range(4)]
+    assert parents[0] == parents[1] != parents[2] == parents[3]
+    executor.shutdown()

@@ -16,7 +16,7 @@ import pytest
 
 from qcompute.server.executors.base import (Finished, InstanceSpec, Output, Phase, ResourceSpec,
                                             S3Access, event_from_json)
-from qcompute.server.runner import _InstanceRun, run_instance
+from qcompute.server.runner import ACCEPTED, _InstanceRun, run_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,6 +208,55 @@ def test_module_entry_sigterm_cancels(tmp_path):
     assert proc.wait(5) == 0 and time.monotonic() - sent < 1.0
     assert isinstance(finished, Finished) and finished.cancelled
     assert finished.exit_code == -signal.SIGTERM
+
+
+def start_worker() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qcompute.server.runner", "--serve"],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def serve_one(proc: subprocess.Popen, spec: InstanceSpec) -> list:
+    """Send one spec; the events up to its Finished, after the ACCEPTED line."""
+    proc.stdin.write(spec.to_json() + "\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == ACCEPTED
+    events = [event_from_json(proc.stdout.readline())]
+    while not isinstance(events[-1], Finished):
+        events.append(event_from_json(proc.stdout.readline()))
+    return events
+
+
+def test_serve_runs_specs_one_after_another_until_eof(tmp_path):
+    proc = start_worker()
+    first = serve_one(proc, make_spec(tmp_path, 'echo "a $INSTANCE_ID"; exit 3'))
+    second = serve_one(proc, make_spec(tmp_path, "echo b $PPID"))
+    assert [e.kind for e in first] == ["phase", "output", "finished"]
+    assert first[1].data == "a 7\n" and first[2].exit_code == 3
+    assert second[1].data == f"b {proc.pid}\n" and second[2].exit_code == 0
+    proc.stdin.close()
+    assert proc.wait(5) == 0 and proc.stdout.read() == ""
+
+
+def test_serve_sigterm_cancels_the_instance_not_the_worker(tmp_path):
+    proc = start_worker()
+    assert serve_one(proc, make_spec(tmp_path, "true"))[-1].exit_code == 0
+    proc.send_signal(signal.SIGTERM)  # idle: ignored, and not kept for the next instance
+    time.sleep(0.1)
+    assert serve_one(proc, make_spec(tmp_path, "sleep 0.2"))[-1].exit_code == 0
+    proc.stdin.write(make_spec(tmp_path, "echo started; sleep 30",
+                               kill_grace_seconds=1).to_json() + "\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == ACCEPTED
+    assert json.loads(proc.stdout.readline())["phase"] == "running"
+    assert json.loads(proc.stdout.readline())["data"] == "started\n"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    finished = event_from_json(proc.stdout.readline())
+    assert time.monotonic() - sent < 1.0
+    assert finished.cancelled and finished.exit_code == -signal.SIGTERM
+    assert serve_one(proc, make_spec(tmp_path, "true"))[-1].exit_code == 0  # still serving
+    proc.stdin.close()
+    assert proc.wait(5) == 0
 
 
 # -- S3: resources in, results out ------------------------------------------------------------

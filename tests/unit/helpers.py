@@ -1,6 +1,7 @@
 """Shared constants, document builders and an in-memory S3 stand-in for the unit tests."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -102,28 +103,65 @@ class FakeStorage:
             for start in range(0, len(data), self.chunk):
                 callback(len(data[start:start + self.chunk]))
 
-    def upload_file(self, bucket: str, key: str, path: str, callback: Any = None) -> None:
+    @contextlib.contextmanager
+    def transfer_manager(self) -> Any:
+        yield None
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+    def upload_file(self, bucket: str, key: str, path: str, callback: Any = None,
+                    manager: Any = None) -> None:
         self.calls.append(("upload_file", bucket, key))
         with open(path, "rb") as handle:
             data = handle.read()
         self._bucket(bucket)[key] = data
         self._feed(data, callback)
 
+    def put_file(self, bucket: str, key: str, path: str, size: int, callback: Any = None) -> str:
+        self.calls.append(("put_file", bucket, key))
+        with open(path, "rb") as handle:
+            data = handle.read()
+        self._bucket(bucket)[key] = data
+        if callback is not None:
+            callback(len(data))
+        return _md5(data)
+
+    def copy_object(self, bucket: str, source: str, key: str, if_match: Any = None) -> str:
+        self.calls.append(("copy_object", bucket, source, key))
+        objects = self._bucket(bucket)
+        if source not in objects:
+            raise StorageError(f"no object {source!r}", code="NoSuchKey")
+        if if_match is not None and if_match != _md5(objects[source]):
+            raise StorageError("PreconditionFailed", code="PreconditionFailed")
+        objects[key] = objects[source]
+        return _md5(objects[key])
+
     def upload_fileobj(self, bucket: str, key: str, fileobj: io.BufferedIOBase,
                        callback: Any = None) -> None:
         self.calls.append(("upload_fileobj", bucket, key))
         self._bucket(bucket)[key] = fileobj.read()
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> str:
         self.calls.append(("put_bytes", bucket, key))
         self._bucket(bucket)[key] = data
+        return _md5(data)
 
-    def download_file(self, bucket: str, key: str, path: str, callback: Any = None) -> None:
+    def download_file(self, bucket: str, key: str, path: str, callback: Any = None,
+                      manager: Any = None) -> None:
         self.calls.append(("download_file", bucket, key))
         data = self._bucket(bucket)[key]
         with open(path, "wb") as handle:
             handle.write(data)
         self._feed(data, callback)
+
+    def get_to_file(self, bucket: str, key: str, path: str, callback: Any = None) -> str:
+        self.calls.append(("get_to_file", bucket, key))
+        data = self._bucket(bucket)[key]
+        with open(path, "wb") as handle:
+            handle.write(data)
+        self._feed(data, callback)
+        return _md5(data)
 
     def delete_object(self, bucket: str, key: str) -> None:
         self.calls.append(("delete_object", bucket, key))

@@ -66,7 +66,7 @@ def test_sync_directory_uploads_only_what_changed(bucket: Bucket, storage: FakeS
     (tree / "sub" / "b.txt").unlink()
     storage.calls.clear()
     bucket.sync_directory(tree)
-    assert storage.ops("upload_file") == [("upload_file", "data", "a.txt")]
+    assert storage.ops("upload_file", "put_file") == [("put_file", "data", "a.txt")]
     assert storage.ops("delete_objects") == [("delete_objects", "data", ("sub/b.txt",))]
     assert storage.buckets["data"]["a.txt"] == b"ALPHA"
 
@@ -168,14 +168,14 @@ def test_large_sync_runs_uploads_in_parallel(bucket: Bucket, storage: FakeStorag
     import threading
 
     threads: set[int] = set()
-    upload = storage.upload_file
+    upload = storage.put_file
 
-    def record(*args: Any, **kwargs: Any) -> None:
+    def record(*args: Any, **kwargs: Any) -> str:
         threads.add(threading.get_ident())
-        upload(*args, **kwargs)
         threading.Event().wait(0.01)
+        return upload(*args, **kwargs)
 
-    monkeypatch.setattr(storage, "upload_file", record)
+    monkeypatch.setattr(storage, "put_file", record)
     for i in range(20):
         write(tmp_path / "many" / f"f{i}", str(i).encode())
     bucket.sync_directory(tmp_path / "many")

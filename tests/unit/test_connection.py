@@ -139,15 +139,17 @@ def test_submit_tasks_in_one_post(api: responses.RequestsMock, conn: Connection)
     api.add("POST", f"{API}/tasks", json=[
         {"statusCode": 201, "uuid": "u0", "message": ""},
         {"statusCode": 201, "uuid": "u1", "message": ""}])
-    api.add("GET", f"{API}/tasks/u0", json=task_doc("u0", name="t0"))
-    api.add("GET", f"{API}/tasks/u1", json=task_doc("u1", name="t1"))
     conn.submit_tasks(tasks)
+    assert len(api.calls) == 1, "one request for the whole batch, no GET per task"
     sent = body(api.calls[0])
     assert [d["name"] for d in sent] == ["t0", "t1"]
     assert [d["instanceCount"] for d in sent] == [1, 2]
     assert "Idempotency-Key" in api.calls[0].request.headers
     assert [t.uuid for t in tasks] == ["u0", "u1"]
-    assert all(t.state == TaskState.SUBMITTED for t in tasks)
+    assert tasks[1].instancecount == 2 and len(api.calls) == 1  # what was sent is known
+    api.add("GET", f"{API}/tasks/u0", json=task_doc("u0", name="t0", state="FullyExecuting"))
+    assert tasks[0].state == TaskState.FULLY_EXECUTING  # a server field: fetched on first read
+    assert [c.request.url for c in api.calls[1:]] == [f"{API}/tasks/u0"]
 
 
 def test_submit_tasks_reports_every_failure(api: responses.RequestsMock,
@@ -157,7 +159,6 @@ def test_submit_tasks_reports_every_failure(api: responses.RequestsMock,
         {"statusCode": 201, "uuid": "u0", "message": ""},
         {"statusCode": 400, "uuid": None, "message": "unknown profile"},
         {"statusCode": 402, "uuid": None, "message": "no credits"}])
-    api.add("GET", f"{API}/tasks/u0", json=task_doc("u0", name="ok"))
     with pytest.raises(APIError) as caught:
         conn.submit_tasks(tasks)
     error = caught.value

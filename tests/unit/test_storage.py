@@ -14,12 +14,16 @@ from qcompute._storage import (
     MULTIPART_SIZE,
     ObjectInfo,
     Storage,
+    _fast_timestamp,
     compute_etag,
+    denied_message,
+    etag_for_label,
+    etag_label,
     join_key,
     normalize_key,
     normalize_prefix,
     part_size_for,
-    plan_sync,
+    upload_label,
 )
 
 
@@ -63,34 +67,52 @@ def test_part_size_doubles_past_ten_thousand_parts() -> None:
     assert part_size_for(MULTIPART_SIZE * 10_000 + 1) == 2 * MULTIPART_SIZE
 
 
-def test_plan_sync(tmp_path: Path) -> None:
-    same = _write(tmp_path / "same", b"same")
-    changed = _write(tmp_path / "changed", b"new!")
-    grown = _write(tmp_path / "grown", b"longer")
-    new = _write(tmp_path / "new", b"n")
-    md5 = lambda data: hashlib.md5(data).hexdigest()  # noqa: E731
-    remote = {
-        "p/same": ObjectInfo("p/same", md5(b"same"), 4),
-        "p/changed": ObjectInfo("p/changed", md5(b"old!"), 4),
-        "p/grown": ObjectInfo("p/grown", md5(b"short"), 5),
-        "p/gone": ObjectInfo("p/gone", "x", 1),
-        "p/folder/": ObjectInfo("p/folder/", md5(b""), 0),
-        "q/other": ObjectInfo("q/other", "y", 1),
-    }
-    local = {"p/same": same, "p/changed": changed, "p/grown": grown, "p/new": new}
-    hashed: list[str] = []
+def _multipart(data: bytes, part: int) -> str:
+    chunks = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
+    return hashlib.md5(b"".join(hashlib.md5(c).digest() for c in chunks)).hexdigest() + \
+        f"-{len(chunks)}"
 
-    def etag_of(path: str) -> str:
-        hashed.append(path)
-        return compute_etag(path)
 
-    plan = plan_sync(local, remote, delete_prefix="p/", etag_of=etag_of)
-    assert plan.upload == (("p/changed", changed), ("p/grown", grown), ("p/new", new))
-    assert plan.unchanged == ("p/same",)
-    assert plan.delete == ("p/gone",)  # not q/other (outside), not the folder marker
-    assert sorted(hashed) == sorted([same, changed])  # sizes differ: no hashing needed
-    assert plan_sync(local, remote, delete_prefix="").delete == ("p/gone", "q/other")
-    assert plan_sync(local, remote, delete_prefix=None).delete == ()
+def test_etag_for_label(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 10  # 2560 bytes
+    path = _write(tmp_path / "f", data)
+    assert etag_for_label(path, "md5") == hashlib.md5(data).hexdigest()
+    assert etag_for_label(path, "1024") == _multipart(data, 1024)  # 3 parts
+    assert etag_for_label(path, "4096") == _multipart(data, 4096)  # a one-part multipart upload
+    assert etag_for_label(_write(tmp_path / "e", b""), "1024") == _multipart(b"", 1024)
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("size, etag, label", [
+    (10, "abc", "md5"),                                 # single-part: plain MD5
+    (20 * MIB, "abc", "md5"),                           # large but uploaded in one PUT
+    (20 * MIB, "abc-3", str(8 * MIB)),                  # ours: 8 MiB parts
+    (12 * MIB, "abc-3", str(5 * MIB)),                  # rclone-style 5 MiB parts
+    (40 * MIB, "abc-3", str(15 * MIB)),                 # s3cmd-style 15 MiB parts
+    (7 * MIB, "abc-7", str(MIB)),                       # no common size fits: whole MiB
+    (3, "abc-7", None),                                 # 3 bytes cannot make 7 parts
+    (10, "abc-x", None),                                # not an ETag we understand
+])
+def test_etag_label_finds_the_part_size(size: int, etag: str, label: str) -> None:
+    assert etag_label(size, etag) == label
+
+
+def test_upload_label_follows_the_multipart_threshold() -> None:
+    assert upload_label(MULTIPART_SIZE - 1) == "md5"
+    assert upload_label(MULTIPART_SIZE) == str(MULTIPART_SIZE)
+    assert upload_label(MULTIPART_SIZE * 10_001) == str(2 * MULTIPART_SIZE)
+
+
+def test_fast_timestamp_parser() -> None:
+    from datetime import datetime, timezone
+
+    assert _fast_timestamp("2026-01-02T03:04:05.678Z") == datetime(
+        2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    # headers use RFC 1123: botocore's own parser takes over
+    parsed = _fast_timestamp("Fri, 02 Jan 2026 03:04:05 GMT")
+    assert parsed.timestamp() == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
 
 
 # ----------------------------------------------------------------------------- the adapter
@@ -117,7 +139,7 @@ def test_client_settings(store: Storage) -> None:
     assert "qcompute-sdk-python/" in config.user_agent_extra
     assert store.transfer_config.multipart_threshold == MULTIPART_SIZE
     assert store.transfer_config.multipart_chunksize == MULTIPART_SIZE
-    assert store.transfer_config.max_request_concurrency == 16
+    assert store.transfer_config.max_request_concurrency == 8
 
 
 def test_create_bucket_already_owned_is_success(store: Storage, stub: Stubber) -> None:
@@ -164,7 +186,8 @@ def test_list_objects_pages_and_strips_etag_quotes(store: Storage, stub: Stubber
 def test_object_info_is_its_key_with_metadata() -> None:
     info = ObjectInfo("out/LOREM.txt", "abc-2", 9)
     assert info == "out/LOREM.txt" and sorted([info, ObjectInfo("a", "", 0)]) == ["a", info]
-    assert (info.key, info.etag, info.size, info.last_modified) == ("out/LOREM.txt", "abc-2", 9, None)
+    assert (info.key, info.etag, info.size, info.last_modified) == (
+        "out/LOREM.txt", "abc-2", 9, None)
     assert type(info.key) is str
     assert repr(info) == "ObjectInfo('out/LOREM.txt', etag='abc-2', size=9)"
 
@@ -187,3 +210,83 @@ def test_resource_is_built_once(store: Storage) -> None:
     resource: Any = store.resource
     assert store.resource is resource
     assert resource.meta.client.meta.endpoint_url == "http://127.0.0.1:18333"
+
+
+def test_put_file_returns_the_etag_and_reports_progress(store: Storage, stub: Stubber,
+                                                        tmp_path: Path) -> None:
+    path = _write(tmp_path / "f", b"hello")
+    stub.add_response("put_object", {"ETag": '"5d41402abc4b2a76b9719d911017c592"'},
+                      {"Bucket": "b", "Key": "k", "Body": b"hello"})
+    seen: list[int] = []
+    assert store.put_file("b", "k", path, 5, seen.append) == "5d41402abc4b2a76b9719d911017c592"
+    assert seen == [5]
+
+
+def test_copy_object_with_if_match(store: Storage, stub: Stubber) -> None:
+    stub.add_response("copy_object", {"CopyObjectResult": {"ETag": '"e1"'}}, {
+        "Bucket": "b", "Key": "dst", "CopySource": {"Bucket": "b", "Key": "src"},
+        "CopySourceIfMatch": '"e1"'})
+    assert store.copy_object("b", "src", "dst", if_match="e1") == "e1"
+    stub.add_client_error("copy_object", "PreconditionFailed", http_status_code=412)
+    with pytest.raises(StorageError) as caught:
+        store.copy_object("b", "src", "dst", if_match="old")
+    assert caught.value.code == "PreconditionFailed"
+
+
+def test_get_to_file_writes_then_renames(store: Storage, stub: Stubber, tmp_path: Path) -> None:
+    import io
+
+    from botocore.response import StreamingBody
+
+    stub.add_response("get_object", {"ETag": '"e"', "Body": StreamingBody(io.BytesIO(b"data"), 4)},
+                      {"Bucket": "b", "Key": "k"})
+    seen: list[int] = []
+    assert store.get_to_file("b", "k", str(tmp_path / "out"), seen.append) == "e"
+    assert (tmp_path / "out").read_bytes() == b"data" and seen == [4]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary file left
+
+
+def test_access_denied_names_the_bucket_prefix(stub: Stubber) -> None:
+    store = Storage("http://127.0.0.1:18333", "me@x.org", "t", bucket_prefix=lambda: "me-2-")
+    with Stubber(store.client) as denied:
+        denied.add_client_error("create_bucket", "AccessDenied", "Access Denied", 403)
+        with pytest.raises(StorageError, match=r"must start with 'me-2-'.*'me-2-results'") as got:
+            store.create_bucket("results")
+        assert (got.value.code, got.value.operation) == ("AccessDenied", "CreateBucket")
+        denied.add_client_error("head_bucket", "403", "Forbidden", 403)  # HEAD: no error body
+        with pytest.raises(StorageError, match="must start with 'me-2-'"):
+            store.head_bucket("other")
+
+
+@pytest.mark.parametrize("prefix, bucket, expected", [
+    ("alice-3-", "data", "your bucket names must start with 'alice-3-'"),
+    ("alice-3-", "alice-3-data", "should be allowed; check the storage credentials"),
+    ("", "data", "may use any bucket name"),
+    (None, "data", "AccessDenied: nope"),
+])
+def test_denied_message(prefix: Any, bucket: str, expected: str) -> None:
+    assert expected in denied_message("PutObject", bucket, prefix, "nope")
+
+
+def test_a_failing_prefix_lookup_keeps_the_original_error() -> None:
+    def broken() -> str:
+        raise RuntimeError("GET /info failed")
+
+    store = Storage("http://127.0.0.1:18333", "me@x.org", "t", bucket_prefix=broken)
+    with Stubber(store.client) as denied:
+        denied.add_client_error("list_objects_v2", "AccessDenied", "Access Denied", 403)
+        with pytest.raises(StorageError, match="access denied to bucket 'b'"):
+            list(store.list_objects("b"))
+
+
+def test_the_direct_path_falls_back_to_boto3_then_stops_trying(tmp_path: Path) -> None:
+    # nothing listens on port 9 (discard): every direct request fails at once
+    store = Storage("http://127.0.0.1:9", "me@x.org", "t", retry_count=0)
+    path = _write(tmp_path / "f", b"hello")
+    with Stubber(store.client) as stub:
+        for _ in range(7):
+            stub.add_response("put_object", {"ETag": '"e"'})
+        for _ in range(7):
+            assert store.put_file("b", "k", path, 5) == "e"
+    assert store._direct is not None and not store._direct.on
+    assert Storage("http://127.0.0.1:9", "a", "b", direct=False)._direct is None

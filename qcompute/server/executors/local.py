@@ -1,13 +1,19 @@
-"""LocalExecutor: each instance runs in its own runner process on this host.
+"""LocalExecutor: instances run in a pool of warm runner processes on this host.
 
-``submit`` starts a thread per instance. The thread spawns ``python -m qcompute.server.runner``
-in a new session with PR_SET_PDEATHSIG (tied to that thread, which lives as long as the runner,
-so runners die with the server), writes the spec on its stdin and turns the JSON lines of its
-stdout into events. Runner stderr (its own logs) goes to this module's logger.
+The executor keeps ``capacity`` slots. Each slot has a thread that lives as long as the executor
+and keeps one worker, ``python -m qcompute.server.runner --serve``, spawned in a new session with
+PR_SET_PDEATHSIG (tied to that thread, so workers die with the server and each command's watchdog
+then kills the command's group). ``submit`` writes the spec as one JSON line to an idle worker's
+stdin; the worker answers ``ACCEPTED``, writes the instance's events as JSON lines on stdout,
+Finished last, and waits for the next line. EOF on its stdin makes it exit. Worker stderr (its
+own logs) goes to this module's logger.
 
-``cancel`` sends SIGTERM to the runner, which kills the command's process group and reports
-``Finished(cancelled=True)``. As a backstop, a runner still alive ``kill_grace_seconds + 5`` s
-later is SIGKILLed with its process group (its watchdog then kills the command's group).
+``cancel`` sends SIGTERM to the worker once it has accepted the instance: the worker kills the
+command's process group and reports ``Finished(cancelled=True)``; SIGTERM never stops a worker.
+As a backstop, an instance not finished ``kill_grace_seconds + 5`` s after the cancel gets its
+worker's process group SIGKILLed. A worker that dies before reporting yields a synthesised
+Finished; a dead worker is replaced, and a worker is retired after
+``_MAX_INSTANCES_PER_WORKER`` instances to bound its memory.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qcompute.server.runner import pdeathsig_preexec
+from qcompute.server.runner import ACCEPTED, pdeathsig_preexec
 
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                    event_from_json)
@@ -34,24 +40,37 @@ log = logging.getLogger(__name__)
 runner_log = logging.getLogger("qcompute.server.runner")
 
 _BACKSTOP_EXTRA_SECONDS = 5.0
+_MAX_INSTANCES_PER_WORKER = 1000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding qcompute/
+_ACCEPTED = ACCEPTED.encode()
 
 
-class _Runner:
-    """One submitted instance and its runner process."""
+class _Run:
+    """One submitted instance, from submit to its Finished event."""
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
-        self.proc: Optional[subprocess.Popen] = None
+        self.sent = False  # its spec line was written to the slot's current worker
+        self.accepted = False  # the worker read it: SIGTERM now cancels it
         self.cancel_requested = False
-        self.reported = False  # its Finished event was delivered
         self.backstop: Optional[threading.Timer] = None
+
+
+class _Slot:
+    """One worker process at a time, kept by one long-lived thread."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
         self.thread: Optional[threading.Thread] = None
+        self.proc: Optional[subprocess.Popen] = None  # until it is reaped
+        self.open = False  # the worker takes specs (its stdin is open)
+        self.run: Optional[_Run] = None  # until its Finished event is delivered
+        self.served = 0  # instances the current worker accepted
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=10)
 
 
 class LocalExecutor(Executor):
-    """Runs up to ``capacity`` instances at once as runner processes of ``python``."""
+    """Runs up to ``capacity`` instances at once in warm runner workers of ``python``."""
 
     def __init__(self, on_event: Callable[[ExecutorEvent], None], capacity: int,
                  python: str = sys.executable) -> None:
@@ -60,13 +79,18 @@ class LocalExecutor(Executor):
         super().__init__(on_event)
         self._capacity = capacity
         self._python = python
-        self._lock = threading.Lock()
-        self._runners: dict[InstanceKey, _Runner] = {}  # until the runner process is reaped
+        self._lock = threading.Condition()
         self._accepting = True
+        self._stopping = False  # no more workers are started
         self._silenced = False  # after shutdown(): no more events
         pythonpath = os.environ.get("PYTHONPATH")
         self._env = {**os.environ,
                      "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, pythonpath]))}
+        self._slots = [_Slot(i) for i in range(capacity)]
+        for slot in self._slots:
+            slot.thread = threading.Thread(target=self._keep, args=(slot,), daemon=True,
+                                           name=f"runner-worker-{slot.index}")
+            slot.thread.start()
 
     @property
     def capacity(self) -> int:
@@ -74,92 +98,131 @@ class LocalExecutor(Executor):
 
     def running(self) -> set[InstanceKey]:
         with self._lock:
-            return {key for key, runner in self._runners.items() if not runner.reported}
+            return {slot.run.spec.key for slot in self._slots if slot.run is not None}
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the live worker processes (for tests and diagnostics)."""
+        with self._lock:
+            return [slot.proc.pid for slot in self._slots if slot.proc is not None]
 
     def submit(self, spec: InstanceSpec) -> None:
-        runner = _Runner(spec)
+        run = _Run(spec)
         with self._lock:
             if not self._accepting:
                 raise RuntimeError("the executor is shut down")
-            active = [r for r in self._runners.values() if not r.reported]
-            if any(r.spec.key == spec.key for r in active):
+            if any(s.run is not None and s.run.spec.key == spec.key for s in self._slots):
                 raise ValueError(f"instance {spec.key} is already running")
-            if len(active) >= self._capacity:
+            idle = [s for s in self._slots if s.run is None]
+            if not idle:
                 raise RuntimeError(f"the executor is at capacity ({self._capacity})")
-            self._runners[spec.key] = runner
-        runner.thread = threading.Thread(target=self._supervise, args=(runner,), daemon=True,
-                                         name=f"runner-{spec.task_uuid}-{spec.instance_id}")
-        runner.thread.start()
+            slot = next((s for s in idle if s.open), idle[0])  # a warm worker first
+            slot.run = run
+            if slot.open:
+                self._send(slot)
+            else:  # its thread starts a worker and sends it
+                self._lock.notify_all()
 
     def cancel(self, key: InstanceKey) -> None:
         with self._lock:
-            runner = self._runners.get(key)
-            if runner is None or runner.reported or runner.cancel_requested:
+            slot = next((s for s in self._slots if s.run and s.run.spec.key == key), None)
+            if slot is None or slot.run is None or slot.run.cancel_requested:
                 return
-            runner.cancel_requested = True
-            started = runner.proc is not None
-        if started:  # otherwise _supervise terminates it as soon as it exists
-            self._terminate(runner)
+            run = slot.run
+            run.cancel_requested = True
+            if not run.sent:  # still waiting for a worker: it never starts
+                slot.run = None
+            else:
+                if run.accepted:
+                    self._signal(slot)
+                run.backstop = threading.Timer(
+                    run.spec.kill_grace_seconds + _BACKSTOP_EXTRA_SECONDS, self._force_kill,
+                    (slot, run))
+                run.backstop.daemon = True
+                run.backstop.start()
+                return
+        self._deliver(Finished(key, exit_code=None, cancelled=True))
 
     def shutdown(self) -> None:
         with self._lock:
             self._accepting = False
-            runners = list(self._runners.values())
-        for runner in runners:
-            self.cancel(runner.spec.key)
-        grace = max((r.spec.kill_grace_seconds for r in runners), default=0.0)
-        deadline = time.monotonic() + grace + _BACKSTOP_EXTRA_SECONDS + 2.0
-        for runner in runners:
-            if runner.thread is not None:
-                runner.thread.join(max(0.0, deadline - time.monotonic()))
-        for runner in runners:
-            if runner.thread is not None and runner.thread.is_alive():
-                self._force_kill(runner)
-                runner.thread.join(1.0)
+            runs = [slot.run for slot in self._slots if slot.run is not None]
+        for run in runs:
+            self.cancel(run.spec.key)
+        with self._lock:
+            self._stopping = True
+            for slot in self._slots:
+                self._close(slot)  # idle workers exit now, busy ones after their Finished
+            self._lock.notify_all()
+        grace = max((run.spec.kill_grace_seconds + _BACKSTOP_EXTRA_SECONDS for run in runs),
+                    default=0.0)
+        deadline = time.monotonic() + grace + 2.0
+        for slot in self._slots:
+            slot.thread.join(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+        for slot in self._slots:
+            if slot.thread.is_alive():  # type: ignore[union-attr]
+                self._kill(slot)
+                slot.thread.join(1.0)  # type: ignore[union-attr]
         with self._lock:
             self._silenced = True
 
-    # -- one runner ---------------------------------------------------------------------------
+    # -- one slot -----------------------------------------------------------------------------
 
-    def _supervise(self, runner: _Runner) -> None:
-        key = runner.spec.key
+    def _keep(self, slot: _Slot) -> None:
+        """The slot's thread: start a worker, serve through it until it exits, repeat. After a
+        worker that served nothing, wait for an instance before starting the next (no spin)."""
+        warm = True
+        while True:
+            with self._lock:
+                while not self._stopping and slot.run is None and not warm:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                warm = self._work(slot)
+            except Exception:  # keep the slot alive whatever happens
+                log.exception("runner worker slot %d failed", slot.index)
+                warm = False
+                time.sleep(1.0)
+
+    def _work(self, slot: _Slot) -> bool:
+        """One worker's life. Returns whether to start the next one right away."""
         try:
             proc = subprocess.Popen(
-                [self._python, "-m", "qcompute.server.runner"], env=self._env,
+                [self._python, "-m", "qcompute.server.runner", "--serve"], env=self._env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, preexec_fn=_runner_preexec())
         except OSError as exc:
-            self._finish(runner, Finished(key, exit_code=None,
-                                          error=f"cannot start the runner: {exc}"))
-            self._forget(runner)
-            return
+            log.error("cannot start a runner worker: %s", exc)
+            self._lose(slot, f"cannot start the runner: {exc}", only_sent=False)
+            return False
         with self._lock:
-            runner.proc = proc
-            cancel_now = runner.cancel_requested
-        if cancel_now:
-            self._terminate(runner)
+            slot.proc, slot.open, slot.served = proc, True, 0
+            slot.stderr_tail.clear()
+            if self._stopping:
+                self._close(slot)
+            elif slot.run is not None and not slot.run.sent:
+                self._send(slot)
         try:
-            proc.stdin.write(runner.spec.to_json().encode())  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
-        except BrokenPipeError:
-            pass  # it died already: reported below
-        try:
-            self._read_pipes(runner, proc)
-            code = proc.wait()
+            self._read_pipes(slot, proc)
         except Exception as exc:  # keep the Finished guarantee whatever happens
-            log.exception("supervising the runner of %s failed", key)
-            self._force_kill(runner)
-            code = proc.wait()
-            runner.stderr_tail.append(repr(exc))
-        if not runner.reported:
-            tail = " | ".join(runner.stderr_tail)
-            self._finish(runner, Finished(
-                key, exit_code=None, cancelled=runner.cancel_requested,
-                error=f"runner exited with code {code} without reporting"
-                      + (f": {tail}" if tail else "")))
-        self._forget(runner)
+            log.exception("reading runner worker %d failed", proc.pid)
+            slot.stderr_tail.append(repr(exc))
+            self._kill(slot)
+        code = proc.wait()
+        with self._lock:
+            slot.proc, slot.open = None, False
+            retired, served = slot.served >= _MAX_INSTANCES_PER_WORKER, slot.served
+        proc.stdin.close()  # type: ignore[union-attr]
+        tail = " | ".join(slot.stderr_tail)
+        if not retired and not self._stopping:
+            log.warning("runner worker %d exited with code %s%s", proc.pid, code,
+                        f": {tail}" if tail else "")
+        healthy = retired or served > 0  # else a broken start: no instance waits for the next
+        self._lose(slot, f"runner exited with code {code} without reporting"
+                   + (f": {tail}" if tail else ""), only_sent=healthy)
+        return healthy
 
-    def _read_pipes(self, runner: _Runner, proc: subprocess.Popen) -> None:
+    def _read_pipes(self, slot: _Slot, proc: subprocess.Popen) -> None:
         """Events from stdout, log lines from stderr, until both pipes close."""
         partial = {proc.stdout: b"", proc.stderr: b""}
         with selectors.DefaultSelector() as selector:
@@ -177,38 +240,78 @@ class LocalExecutor(Executor):
                         pipe.close()  # type: ignore[union-attr]
                     for line in filter(None, lines):
                         if pipe is proc.stdout:
-                            self._on_line(runner, line)
+                            self._on_line(slot, line)
                         else:
                             text = line.decode(errors="replace")
-                            runner.stderr_tail.append(text)
-                            runner_log.warning("%s: %s", runner.spec.key, text)
+                            slot.stderr_tail.append(text)
+                            runner_log.warning("worker %d: %s", proc.pid, text)
 
-    def _on_line(self, runner: _Runner, line: bytes) -> None:
+    def _on_line(self, slot: _Slot, line: bytes) -> None:
+        if line == _ACCEPTED:
+            with self._lock:
+                run = slot.run
+                if run is not None and run.sent and not run.accepted:
+                    run.accepted = True
+                    slot.served += 1
+                    if run.cancel_requested:
+                        self._signal(slot)
+            return
         try:
             event = event_from_json(line)
         except (ValueError, KeyError, TypeError):
-            runner.stderr_tail.append(line.decode(errors="replace"))
-            log.warning("%s: unreadable runner output %r", runner.spec.key, line[:200])
+            slot.stderr_tail.append(line.decode(errors="replace"))
+            log.warning("unreadable runner output %r", line[:200])
             return
-        if isinstance(event, Finished):
-            self._finish(runner, event)
-        elif not runner.reported:
-            self._deliver(event)
-
-    def _finish(self, runner: _Runner, event: Finished) -> None:
-        """Deliver the one Finished event; the slot is free before the scheduler hears of it."""
         with self._lock:
-            if runner.reported:
+            run = slot.run
+            if run is None or not run.accepted or event.key != run.spec.key:
+                log.warning("runner event for no running instance: %r", event)
                 return
-            runner.reported = True
-            if runner.backstop is not None:
-                runner.backstop.cancel()
+            if isinstance(event, Finished):  # the slot is free before the scheduler hears of it
+                self._release(slot)
+                if slot.served >= _MAX_INSTANCES_PER_WORKER:
+                    self._close(slot)  # retire it: its thread starts a fresh one
         self._deliver(event)
 
-    def _forget(self, runner: _Runner) -> None:
+    def _lose(self, slot: _Slot, error: str, *, only_sent: bool) -> None:
+        """Report the slot's instance as lost. With ``only_sent``, an instance its worker never
+        received stays, for the next worker."""
         with self._lock:
-            if self._runners.get(runner.spec.key) is runner:
-                del self._runners[runner.spec.key]
+            run = slot.run
+            if run is None or (only_sent and not run.sent):
+                return
+            self._release(slot)
+        self._deliver(Finished(run.spec.key, exit_code=None, error=error,
+                               cancelled=run.cancel_requested))
+
+    def _release(self, slot: _Slot) -> None:
+        """Lock held: the slot's instance is over."""
+        if slot.run is not None and slot.run.backstop is not None:
+            slot.run.backstop.cancel()
+        slot.run = None
+
+    def _send(self, slot: _Slot) -> None:
+        """Lock held: write the slot's instance to its (idle, open) worker. A worker that is
+        gone gets nothing: the instance waits for the next one."""
+        assert slot.run is not None and slot.proc is not None
+        data = (slot.run.spec.to_json() + "\n").encode()
+        try:
+            fd = slot.proc.stdin.fileno()  # type: ignore[union-attr]
+            while data:
+                data = data[os.write(fd, data):]
+        except (OSError, ValueError):
+            slot.open = False
+            return
+        slot.run.sent = True
+
+    def _close(self, slot: _Slot) -> None:
+        """Lock held: close the worker's stdin; it exits once idle."""
+        if slot.proc is not None and slot.open:
+            slot.open = False
+            try:
+                slot.proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
 
     def _deliver(self, event: ExecutorEvent) -> None:
         if self._silenced:
@@ -220,38 +323,37 @@ class LocalExecutor(Executor):
 
     # -- stopping -----------------------------------------------------------------------------
 
-    def _terminate(self, runner: _Runner) -> None:
-        assert runner.proc is not None
-        try:
-            runner.proc.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        timer = threading.Timer(runner.spec.kill_grace_seconds + _BACKSTOP_EXTRA_SECONDS,
-                                self._force_kill, (runner,))
-        timer.daemon = True
-        with self._lock:
-            if runner.reported:
-                return
-            runner.backstop = timer
-        timer.start()
+    def _signal(self, slot: _Slot) -> None:
+        """Lock held: SIGTERM to the worker, which cancels its current instance."""
+        if slot.proc is not None:
+            try:
+                slot.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
-    def _force_kill(self, runner: _Runner) -> None:
-        """SIGKILL a runner that did not stop, with its process group. The command (a session
-        of its own) follows: the runner's watchdog kills its group when the runner dies."""
-        proc = runner.proc
-        if proc is None or proc.poll() is not None:
-            return
-        log.warning("runner of %s did not stop in time: killing it", runner.spec.key)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    def _force_kill(self, slot: _Slot, run: _Run) -> None:
+        """The backstop: the cancelled instance did not finish in time."""
+        with self._lock:
+            if slot.run is not run:
+                return
+            log.warning("runner of %s did not stop in time: killing its worker", run.spec.key)
+            slot.open = False  # its thread reports the instance and starts a fresh worker
+            self._kill(slot)
+
+    def _kill(self, slot: _Slot) -> None:
+        """SIGKILL the worker with its process group. The command (a session of its own)
+        follows: the worker's watchdog kills its group when the worker dies."""
+        proc = slot.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _runner_preexec() -> Callable[[], None]:
-    """Die with the spawning thread; start with SIGTERM blocked, so a cancel that arrives while
-    Python starts waits for the runner's handler (runner.main unblocks it) instead of killing
-    the runner before it can report."""
+    """Die with the spawning thread; start with SIGTERM blocked (the worker keeps it blocked
+    while idle and unblocks it while it runs an instance)."""
     die_with_parent = pdeathsig_preexec()
 
     def preexec() -> None:

@@ -1,0 +1,368 @@
+"""Storage: qcompute's sync engine against the official ``qarnot`` SDK and raw boto3 (16 threads).
+
+Usage: ``python bench/storage.py [--files 2000] [--size 4096] [--rounds 3] [--big-mb 1024]
+[--big-rounds 3]``.
+
+Starts its own embedded cluster on free loopback ports (stopped by PID at the end) and runs the
+contenders side by side against it, each in its own buckets:
+
+* small files (``--files`` of ``--size`` bytes in 20 folders): the first upload sync, a resync
+  with nothing changed, a download into an empty folder and a download again with nothing
+  changed. The median of ``--rounds`` rounds, each round with new buckets (one object written
+  and deleted in each before the timing, so SeaweedFS has made the bucket's first volume).
+  boto3 does only the transfers (``put_object`` / ``download_file`` in a
+  ``ThreadPoolExecutor(16)``): the floor.
+* one large file (``--big-mb``, default 1 GB) up and down, each contender in a subprocess of its
+  own, ``--big-rounds`` times (contenders interleaved): the median MB/s and the largest peak RSS
+  growth of that process over its baseline (``ru_maxrss`` minus the RSS just before the
+  transfer). qcompute syncs the file (``sync_files`` then
+  ``sync_remote_to_local``), the official SDK uses ``add_file``/``get_file``, boto3
+  ``upload_file``/``download_file`` with ``TransferConfig(max_concurrency=16)``.
+
+Prints one table with seconds, files/s or MB/s, and the ratios official/qcompute and
+qcompute/boto3, then the goals.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cluster import running_cluster  # noqa: E402
+
+MB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- data
+def make_small_files(root: Path, count: int, size: int) -> dict[str, str]:
+    files = {}
+    for i in range(count):
+        folder = root / f"d{i % 20:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"f{i:05d}.bin"
+        path.write_bytes(os.urandom(size))
+        files[path.relative_to(root).as_posix()] = str(path)
+    old = time.time() - 3600  # as files are before a sync: not written this very second
+    for path in files.values():
+        os.utime(path, (old, old))
+    return files
+
+
+def make_big_file(path: Path, megabytes: int) -> None:
+    block = os.urandom(MB)
+    with open(path, "wb") as handle:
+        for i in range(megabytes):
+            handle.write(i.to_bytes(8, "little") + block[8:])  # every MiB differs
+
+
+def _timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _warm(conn: Any, bucket: str) -> None:
+    """Write and delete one object, so the bucket has its first volume before the timing: a new
+    SeaweedFS bucket makes its first writes wait for it (0.2 s, sometimes 1 s when they are
+    concurrent), a cost of creating buckets, not of syncing."""
+    conn._storage.put_bytes(bucket, "warm-up", b"x")
+    conn._storage.delete_object(bucket, "warm-up")
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- small files
+def small_round(cluster: Any, src: Path, files: dict[str, str], work: Path, tag: str,
+                contenders: list[str]) -> dict[str, dict[str, float]]:
+    """One round: every contender syncs ``src`` up into a new bucket, resyncs, downloads it."""
+    results: dict[str, dict[str, float]] = {}
+    if "qcompute" in contenders:
+        conn = cluster.connection()
+        bucket = conn.create_bucket(f"bench-qc-{tag}")
+        _warm(conn, bucket.name)
+        out = _fresh(work / "qc-out")
+        results["qcompute"] = {
+            "up": _timed(lambda: bucket.sync_directory(str(src))),
+            "resync": _timed(lambda: bucket.sync_directory(str(src))),
+            "down": _timed(lambda: bucket.get_all_files(str(out))),
+            "redown": _timed(lambda: bucket.get_all_files(str(out))),
+        }
+        assert len(list(out.rglob("*.bin"))) == len(files)
+        bucket.delete()
+        conn.close()
+    if "official" in contenders:
+        import qarnot
+
+        official = qarnot.Connection(fileconf=str(cluster.config))
+        bucket = official.create_bucket(f"bench-of-{tag}")
+        warm = cluster.connection()
+        _warm(warm, bucket.uuid)
+        warm.close()
+        out = _fresh(work / "of-out")
+        results["official"] = {
+            "up": _timed(lambda: bucket.sync_directory(str(src))),
+            "resync": _timed(lambda: bucket.sync_directory(str(src))),
+            "down": _timed(lambda: bucket.get_all_files(str(out))),
+            "redown": _timed(lambda: bucket.get_all_files(str(out))),
+        }
+        assert len(list(out.rglob("*.bin"))) == len(files)
+        bucket.delete()
+    if "boto3" in contenders:
+        conn = cluster.connection()
+        s3 = conn._storage.client  # the same endpoint and identity, plain boto3 calls
+        name = f"bench-b3-{tag}"
+        s3.create_bucket(Bucket=name)
+        _warm(conn, name)
+        out = _fresh(work / "b3-out")
+
+        def put(item: tuple[str, str]) -> None:
+            key, path = item
+            with open(path, "rb") as handle:
+                s3.put_object(Bucket=name, Key=key, Body=handle.read())
+
+        def get(key: str) -> None:
+            target = out / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(name, key, str(target))
+
+        with ThreadPoolExecutor(16) as pool:
+            up = _timed(lambda: list(pool.map(put, files.items())))
+            down = _timed(lambda: list(pool.map(get, files)))
+        results["boto3"] = {"up": up, "down": down}
+        assert len(list(out.rglob("*.bin"))) == len(files)
+        conn._storage.delete_objects(name, files)
+        s3.delete_bucket(Bucket=name)
+        conn.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- one big file
+def _rss_kb() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _same_content(a: str, b: str) -> bool:
+    """Sizes equal and 16 sampled MiB equal (hashing 1 GB per contender would dominate)."""
+    size = os.path.getsize(a)
+    if size != os.path.getsize(b):
+        return False
+    with open(a, "rb") as x, open(b, "rb") as y:
+        for i in range(16):
+            offset = (size - MB) * i // 15 if size > MB else 0
+            x.seek(offset)
+            y.seek(offset)
+            if x.read(MB) != y.read(MB):
+                return False
+    return True
+
+
+def big_child(contender: str, conf: str, path: str, work: str) -> None:
+    """In a subprocess: upload ``path``, download it back; print timings and memory as JSON."""
+    out = os.path.join(work, f"{contender}-out")
+    os.makedirs(out, exist_ok=True)
+    bucket_name = f"bench-big-{contender[:2]}-{os.getpid()}"
+    if contender == "qcompute":
+        import qcompute
+
+        conn = qcompute.Connection(fileconf=conf)
+        bucket = conn.create_bucket(bucket_name)
+        up_action = lambda: bucket.sync_files({"big.bin": path})  # noqa: E731
+        down_action = lambda: bucket.sync_remote_to_local(out)  # noqa: E731
+        cleanup = bucket.delete
+    elif contender == "official":
+        import qarnot
+
+        conn = qarnot.Connection(fileconf=conf)
+        bucket = conn.create_bucket(bucket_name)
+        up_action = lambda: bucket.add_file(path, "big.bin")  # noqa: E731
+        down_action = lambda: bucket.get_file("big.bin", os.path.join(out, "big.bin"))  # noqa: E731
+        cleanup = bucket.delete
+    else:
+        from boto3.s3.transfer import TransferConfig
+
+        import qcompute
+
+        conn = qcompute.Connection(fileconf=conf)
+        s3 = conn._storage.client
+        s3.create_bucket(Bucket=bucket_name)
+        config = TransferConfig(max_concurrency=16)
+        up_action = lambda: s3.upload_file(path, bucket_name, "big.bin", Config=config)  # noqa: E731
+        down_action = lambda: s3.download_file(  # noqa: E731
+            bucket_name, "big.bin", os.path.join(out, "big.bin"), Config=config)
+
+        def cleanup() -> None:
+            s3.delete_object(Bucket=bucket_name, Key="big.bin")
+            s3.delete_bucket(Bucket=bucket_name)
+    baseline = _rss_kb()
+    up = _timed(up_action)
+    down = _timed(down_action)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ok = _same_content(path, os.path.join(out, "big.bin"))
+    cleanup()
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({"up": up, "down": down, "baseline_kb": baseline, "peak_kb": peak,
+                      "ok": ok}))
+
+
+def big_round(cluster: Any, path: Path, work: Path, contender: str) -> dict[str, Any]:
+    reply = subprocess.run(
+        [sys.executable, __file__, "--child", contender, "--conf", str(cluster.config),
+         "--path", str(path), "--work", str(work)],
+        capture_output=True, text=True, check=False)
+    if reply.returncode != 0:
+        raise RuntimeError(f"{contender} child failed:\n{reply.stderr[-3000:]}")
+    return json.loads(reply.stdout.strip().splitlines()[-1])
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median times; the largest RSS growth (memory is a bound, not an average)."""
+    worst = max(runs, key=lambda r: r["peak_kb"] - r["baseline_kb"])
+    return {"up": statistics.median(r["up"] for r in runs),
+            "down": statistics.median(r["down"] for r in runs),
+            "baseline_kb": worst["baseline_kb"], "peak_kb": worst["peak_kb"],
+            "ok": all(r["ok"] for r in runs)}
+
+
+# ----------------------------------------------------------------------------- report
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(small: dict[str, dict[str, float]], big: dict[str, dict[str, Any]], files: int,
+           size: int, big_mb: int) -> None:
+    def cell(seconds: Optional[float], per: Optional[float] = None, unit: str = "") -> str:
+        if seconds is None:
+            return "-"
+        return f"{seconds:7.2f} s {per / seconds:8.0f} {unit}" if per else f"{seconds:7.3f} s"
+
+    rows = [
+        (f"sync up {files} x {size // 1024} KB", "up", files, "files/s"),
+        ("resync, nothing changed", "resync", None, ""),
+        (f"download {files} x {size // 1024} KB", "down", files, "files/s"),
+        ("download again, nothing changed", "redown", None, ""),
+    ]
+    head = f"{'operation':34} {'qcompute':>22} {'official qarnot':>22} {'boto3 x16':>22}" \
+           f" {'official/qc':>11} {'qc/boto3':>9}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for label, key, per, unit in rows:
+        values = {name: small.get(name, {}).get(key) for name in ("qcompute", "official", "boto3")}
+        print(f"{label:34} {cell(values['qcompute'], per, unit):>22} "
+              f"{cell(values['official'], per, unit):>22} {cell(values['boto3'], per, unit):>22} "
+              f"{_ratio(values['official'], values['qcompute']):>11} "
+              f"{_ratio(values['qcompute'], values['boto3']):>9}")
+    for label, key in ((f"{big_mb} MB upload", "up"), (f"{big_mb} MB download", "down")):
+        values = {name: big.get(name, {}).get(key) for name in ("qcompute", "official", "boto3")}
+        print(f"{label:34} {cell(values['qcompute'], big_mb, 'MB/s'):>22} "
+              f"{cell(values['official'], big_mb, 'MB/s'):>22} "
+              f"{cell(values['boto3'], big_mb, 'MB/s'):>22} "
+              f"{_ratio(values['official'], values['qcompute']):>11} "
+              f"{_ratio(values['qcompute'], values['boto3']):>9}")
+    growth = {name: (r["peak_kb"] - r["baseline_kb"]) / 1024 for name, r in big.items()}
+    print(f"{'RSS growth, ' + str(big_mb) + ' MB round trip':34} "
+          + " ".join(f"{(f'{growth[n]:.0f} MB' if n in growth else '-'):>22}"
+                     for n in ("qcompute", "official", "boto3")))
+    bad = [name for name, r in big.items() if not r.get("ok")]
+    if bad:
+        print(f"CONTENT MISMATCH after the round trip: {bad}")
+
+    print("\ngoals (qcompute):")
+    qc, of, b3 = small.get("qcompute", {}), small.get("official", {}), small.get("boto3", {})
+
+    def goal(text: str, value: Optional[float], ok: Optional[bool]) -> None:
+        verdict = "-" if ok is None else ("met" if ok else "MISSED")
+        shown = "-" if value is None else f"{value:.2f}"
+        print(f"  {text:58} {shown:>8}  {verdict}")
+
+    speedup = of["up"] / qc["up"] if qc.get("up") and of.get("up") else None
+    goal("small-file sync >= 10x faster than official (x)", speedup,
+         None if speedup is None else speedup >= 10)
+    floor = qc["up"] / b3["up"] if qc.get("up") and b3.get("up") else None
+    goal("small-file sync within 1.5x of boto3 x16 (qc/boto3)", floor,
+         None if floor is None else floor <= 1.5)
+    goal("resync with no change < 0.5 s (s)", qc.get("resync"),
+         None if qc.get("resync") is None else qc["resync"] < 0.5)
+    for key, text in (("up", "upload"), ("down", "download")):
+        if "qcompute" in big and "boto3" in big:
+            share = big["boto3"][key] / big["qcompute"][key]
+            goal(f"{big_mb} MB {text} >= 90% of boto3's throughput (share)", share, share >= 0.9)
+    if "qcompute" in growth:
+        goal(f"{big_mb} MB round trip RSS growth <= 100 MB (MB)", growth["qcompute"],
+             growth["qcompute"] <= 100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-mb", type=int, default=1024, help="0 skips the large file")
+    parser.add_argument("--big-rounds", type=int, default=3)
+    parser.add_argument("--contenders", default="qcompute,official,boto3")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--conf", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        big_child(args.child, args.conf, args.path, args.work)
+        return
+    contenders = args.contenders.split(",")
+    work = Path(tempfile.mkdtemp(prefix="qcompute-bench-storage-"))
+    # qcompute's ETag cache goes to the bench's temp dir, not the user's cache
+    os.environ["QCOMPUTE_CACHE_DIR"] = str(work / "cache")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; data in {work}")
+    try:
+        src = work / "small"
+        files = make_small_files(src, args.files, args.size)
+        with running_cluster() as cluster:
+            rounds = []
+            for i in range(args.rounds):
+                rounds.append(small_round(cluster, src, files, work, f"{i}-{os.getpid()}",
+                                          contenders))
+                shutil.rmtree(work / "cache", ignore_errors=True)  # every round starts cold
+                print(f"round {i + 1}: " + ", ".join(
+                    f"{name} " + " ".join(f"{k}={v:.2f}" for k, v in r.items())
+                    for name, r in rounds[-1].items()), flush=True)
+            small = {name: {key: statistics.median(r[name][key] for r in rounds)
+                            for key in rounds[0][name]} for name in rounds[0]}
+            big: dict[str, dict[str, Any]] = {}
+            if args.big_mb:
+                path = work / "big.bin"
+                make_big_file(path, args.big_mb)
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+                for i in range(args.big_rounds):  # contenders interleaved, round after round
+                    for name in contenders:
+                        runs[name].append(big_round(cluster, path, work, name))
+                        print(f"{args.big_mb} MB round {i + 1} {name}: {runs[name][-1]}",
+                              flush=True)
+                big = {name: _summary(r) for name, r in runs.items()}
+                path.unlink()
+        report(small, big, args.files, args.size, args.big_mb)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
