@@ -1,9 +1,23 @@
 """Fixtures shared by every suite: one real SeaweedFS per test session (stopped by PID)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.helpers import s3_client, start_seaweed
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_etag_cache(tmp_path_factory):
+    """The SDK's ETag cache goes to a temporary dir, not the user's ~/.cache (subprocesses too)."""
+    previous = os.environ.get("QCOMPUTE_CACHE_DIR")
+    os.environ["QCOMPUTE_CACHE_DIR"] = str(tmp_path_factory.mktemp("etag-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("QCOMPUTE_CACHE_DIR", None)
+    else:
+        os.environ["QCOMPUTE_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

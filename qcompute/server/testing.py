@@ -99,8 +99,8 @@ def running_cluster(workers: int = 4, keep: bool = False) -> Iterator[ClusterPro
     """Start a cluster in a temporary dir; stop it and remove the dir (unless ``keep``) after."""
     data_dir = Path(tempfile.mkdtemp(prefix="qcompute-cluster-"))
     cluster = ClusterProcess(data_dir, workers=workers)
-    cluster.start()
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.stop()
