@@ -51,10 +51,12 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the already-loaded C library: no I/O
 
 
-def pdeathsig_preexec() -> Callable[[], None]:
+def pdeathsig_preexec(report_group_to: Optional[int] = None) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGKILL when the thread that spawned it ends (Linux).
 
-    Call it in the spawning thread; the thread must outlive the child (see prctl(2)).
+    Call it in the spawning thread; the thread must outlive the child (see prctl(2)). With
+    ``report_group_to`` (a pipe's write end), the child also writes its process group id there
+    before it runs any code of its own, so a watchdog knows the group from the first instant.
     """
     parent = os.getpid()
 
@@ -62,6 +64,8 @@ def pdeathsig_preexec() -> Callable[[], None]:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
+        if report_group_to is not None:
+            os.write(report_group_to, b"%d\n" % os.getpgrp())
 
     return preexec
 
@@ -154,11 +158,10 @@ class _InstanceRun:
             proc = subprocess.Popen(
                 ["sh", "-c", self.spec.command], cwd=self.workdir, env=self._env(),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=pdeathsig_preexec())
+                start_new_session=True, preexec_fn=pdeathsig_preexec(report_group_to=lifeline))
         except OSError as exc:
             raise _InfraError(f"cannot start the command: {exc}") from exc
         self._pgid = proc.pid  # a new session: the group id is the pid
-        os.write(lifeline, b"%d\n" % proc.pid)
         started = time.monotonic()
         pump = _OutputPump({"stdout": proc.stdout, "stderr": proc.stderr},
                            lambda stream, text: self.emit(Output(self.spec.key, stream, text)),
