@@ -175,9 +175,9 @@ def test_sdk_tasks_and_buckets_are_scoped(alice, alice_bucket, bob, tmp_path):
         with pytest.raises(MissingTaskException):
             as_bob.retrieve_task(task.uuid)
         assert task.uuid not in [t.uuid for t in as_bob.tasks()]
-        with pytest.raises(QComputeError):
+        with pytest.raises(QComputeError, match=f"must start with '{bob.prefix}'"):
             as_bob.create_bucket(f"{alice.prefix}results")
-        with pytest.raises(QComputeError):
+        with pytest.raises(QComputeError, match=f"must start with '{bob.prefix}'"):
             qcompute.bucket.Bucket(as_bob, alice_bucket, create=False).list_files()
         assert alice_bucket not in [b.name for b in as_bob.buckets()]
         # the server refuses a task naming a bucket outside the prefix, naming the prefix
