@@ -21,6 +21,7 @@ class DropFirstResponseProxy:
         self.upstream_port = upstream_port
         self.dropped = 0
         self.posts_seen = 0
+        self.keys: list[bytes] = []  # the Idempotency-Key of every submit that went through
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -37,28 +38,38 @@ class DropFirstResponseProxy:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         with client, upstream:
             while True:
-                request = client.recv(1 << 20)
+                request = self._read_message(client)
                 if not request:
                     return
                 upstream.sendall(request)
                 is_submit = request.startswith(b"POST /tasks ")
                 self.posts_seen += is_submit
-                reply = self._read_reply(upstream)
+                if is_submit:
+                    key = re.search(rb"(?i)\r\nidempotency-key:\s*([^\r]+)", request)
+                    self.keys.append(key.group(1) if key else b"")
+                reply = self._read_message(upstream)
                 if is_submit and self.dropped == 0:
                     self.dropped += 1
                     return  # the server created the task; the client never hears of it
                 client.sendall(reply)
 
     @staticmethod
-    def _read_reply(upstream: socket.socket) -> bytes:
-        """One whole HTTP reply: the headers, then Content-Length bytes of body."""
+    def _read_message(sock: socket.socket) -> bytes:
+        """One whole HTTP message (the headers, then Content-Length bytes of body); b"" when
+        the peer closed. A message can arrive in several pieces, above all under load."""
         data = b""
         while b"\r\n\r\n" not in data:
-            data += upstream.recv(65536)
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b""
+            data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-        while len(body) < length:
-            body += upstream.recv(65536)
+        length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b""
+            body += chunk
         return head + b"\r\n\r\n" + body
 
     def close(self) -> None:
@@ -76,6 +87,7 @@ def test_retried_post_creates_exactly_one_task(cluster):
         task.tags = [tag]
         task.submit()
         assert proxy.dropped == 1 and proxy.posts_seen == 2  # it really was sent twice
+        assert len(set(proxy.keys)) == 1 and proxy.keys[0], proxy.keys  # with one key
         direct = cluster.connection()
         assert [t.uuid for t in direct.tasks(tags=[tag])] == [task.uuid]
         assert task.wait(timeout=30) and task.state == TaskState.SUCCESS
