@@ -5,16 +5,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from qcompute.server.storage.seaweed import SeaweedFS, pick_free_port
+from qcompute.server.storage.seaweed import SeaweedFS
+from qcompute.server.testing import free_port
 
 __all__ = ["free_port", "start_seaweed", "s3_client", "ADMIN_ACCESS_KEY"]
 
 ADMIN_ACCESS_KEY = "test-admin"
-
-
-def free_port() -> int:
-    """A free loopback port whose +10000 neighbour (SeaweedFS gRPC) is free too."""
-    return pick_free_port()
 
 
 def start_seaweed(data_dir: Path, timeout: float = 30.0) -> SeaweedFS:

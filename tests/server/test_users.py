@@ -54,7 +54,7 @@ def test_no_prefix_starts_with_another(session: Session):
     assert len(set(prefixes)) == len(prefixes)
     for a, b in itertools.permutations(prefixes, 2):
         assert not b.startswith(a), (a, b)
-    by_email = dict(zip(emails, prefixes))
+    by_email = dict(zip(emails, prefixes, strict=True))
     assert by_email["alice@x.org"] == "alice-2-"
     assert by_email["alice-1@x.org"] == "alice1-3-"  # the slug holds no dash
     assert by_email["---@x.org"].startswith("user-")
