@@ -92,6 +92,9 @@ def test_lifecycle_success_with_output(cluster):
     assert sorted(stdout.splitlines()) == [f"hello from {i}" for i in range(3)]
     assert cluster.get(f"/tasks/{uuid}/stdout/1").text == "hello from 1\n"
     cluster.assert_counts_match_instances(uuid)
+    summary = cluster.get("/tasks/summaries").json()[0]
+    assert summary["executionTime"] == "00:00:01"  # 3 instances of 0.5 s each
+    assert summary["progress"] == 100.0 and summary["state"] == "Success"
     assert cluster.get(f"/tasks/{uuid}/stdout/9").status_code == 404
 
 

@@ -64,9 +64,11 @@ def _full(session, task: Task) -> dict[str, Any]:
     return task_to_json(task, service.task_instances(session, task), utcnow())
 
 
-def _summaries(tasks: list[Task]) -> list[dict[str, Any]]:
+def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
     now = utcnow()
-    return [task_summary_to_json(t, t.instance_counts or {}, 0.0, now) for t in tasks]
+    seconds = service.execution_seconds(session, [t.id for t in tasks])
+    return [task_summary_to_json(t, t.instance_counts or {}, seconds.get(t.id, 0.0), now)
+            for t in tasks]
 
 
 def _tag_filter(tag: list[str] | None) -> PageRequest:
@@ -84,7 +86,7 @@ def list_tasks(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] 
 @router.get("/tasks/summaries", summary="Task summaries (older clients); ?tag= filters")
 def list_summaries(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] | None, Query()] = None):
     tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
-    return _summaries(tasks)
+    return _summaries(session, tasks)
 
 
 def _page(request: Request, body: bytes, session, user, summary: bool) -> Response:
@@ -92,7 +94,7 @@ def _page(request: Request, body: bytes, session, user, summary: bool) -> Respon
 
     def work() -> tuple[int, Any]:
         tasks, next_token = service.page_tasks(session, user, page)
-        data = _summaries(tasks) if summary else [_full(session, t) for t in tasks]
+        data = _summaries(session, tasks) if summary else [_full(session, t) for t in tasks]
         return 200, {"data": data, "token": page.token, "nextToken": next_token,
                      "isTruncated": next_token is not None}
 
