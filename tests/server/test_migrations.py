@@ -39,5 +39,9 @@ def test_0002_backfills_instance_counts(tmp_path):
     with engine.connect() as db:
         counts = db.execute(sa.text("SELECT instance_counts FROM tasks WHERE id = 1")).scalar()
         version = db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        # 0003 added columns with server defaults: old rows read as "no pool, no job, no wait"
+        pool, job, waiting = db.execute(sa.text(
+            "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
-    assert version == "0002"
+    assert (pool, job, waiting) == (None, None, 0)
+    assert version == "0003"

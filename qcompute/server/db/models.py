@@ -53,6 +53,17 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    pool_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), index=True)
+    job_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # Parents not yet final (dependencies): the task's instances are not dispatched above 0.
+    waiting_on: Mapped[int] = mapped_column(Integer, default=0)
+    retries_used: Mapped[int] = mapped_column(Integer, default=0)  # maxTotalRetries budget
+    resources_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by PATCH
+    # Timers the scheduler's tick acts on (indexed: the tick costs what is due, not the table).
+    queue_deadline: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
+    delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
 
     tags: Mapped[list["TaskTag"]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="TaskTag.position")
@@ -79,6 +90,7 @@ class Instance(Base):
     wall_time_sec: Mapped[float] = mapped_column(Float, default=0.0)
     peak_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[Optional[str]] = mapped_column(Text)
+    app_failures: Mapped[int] = mapped_column(Integer, default=0)  # maxPerInstanceRetries budget
 
 
 class TaskTag(Base):
@@ -115,3 +127,138 @@ class OutputCursor(Base):
     instance_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1: the whole task
     stream: Mapped[str] = mapped_column(String(8), primary_key=True)
     offset: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TaskDependency(Base):
+    """``dependsOn`` / ``advancedDependsOn``: the child waits until the parent is final."""
+
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    parent_uuid: Mapped[str] = mapped_column(String(36), primary_key=True, index=True)
+    conditions: Mapped[list[str]] = mapped_column(JSON, default=list)  # success/failure/cancelled
+    actual_final_state: Mapped[Optional[str]] = mapped_column(String(32))
+
+
+class Pool(Base):
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    shortname: Mapped[str] = mapped_column(String(512))
+    profile: Mapped[str] = mapped_column(String(128))
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)  # as submitted (and PUT), echoed back
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
+    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    close_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    slot_target: Mapped[int] = mapped_column(Integer, default=0)  # slots wanted now
+    resized_at: Mapped[Optional[datetime]] = mapped_column(DateTime)  # elastic: last resize
+    resources_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by PATCH
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
+
+    tags: Mapped[list["PoolTag"]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="PoolTag.position")
+
+
+class PoolSlot(Base):
+    """One executor slot an open pool holds. Its preparation task runs on it before any task."""
+
+    __tablename__ = "pool_slots"
+    __table_args__ = (UniqueConstraint("pool_id", "slot"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[int] = mapped_column(Integer)  # 0..n-1 within the pool
+    state: Mapped[str] = mapped_column(String(16))  # Preparing, Ready, Failed
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # preparation runs started
+    exit_code: Mapped[Optional[int]] = mapped_column(Integer)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    idle_since: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PoolTag(Base):
+    __tablename__ = "pool_tags"
+
+    pool_id: Mapped[int] = mapped_column(
+        ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    shortname: Mapped[str] = mapped_column(String(512))
+    pool_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    use_dependencies: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
+    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    wall_deadline: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
+    delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
+
+    tags: Mapped[list["JobTag"]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.position")
+
+
+class JobTag(Base):
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Secret(Base):
+    """A user's secret (``/secrets-manager``). Keys are paths: ``db/password``."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("owner_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(1024))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Snapshot(Base):
+    """One snapshot of a running task's results: instant, or one round of a periodic one."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)  # the wire ``id``
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    periodic: Mapped[bool] = mapped_column(Boolean, default=False)
+    interval_sec: Mapped[int] = mapped_column(Integer, default=0)  # periodic only
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # white/blacklist, bucket
+    status: Mapped[str] = mapped_column(String(16))  # Triggered, InProgress, Success, Failure
+    pending: Mapped[int] = mapped_column(Integer, default=0)  # instances still uploading it
+    size_to_upload: Mapped[int] = mapped_column(Integer, default=0)
+    transferred_size: Mapped[int] = mapped_column(Integer, default=0)
+    trigger_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_update_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
