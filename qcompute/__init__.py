@@ -27,6 +27,7 @@ from .exceptions import (
     MissingBucketException,
     MissingJobException,
     MissingPoolException,
+    MissingPoolInstanceException,
     MissingProfileException,
     MissingTaskException,
     MissingTaskInstanceException,
@@ -38,13 +39,22 @@ from .exceptions import (
     RateLimitedError,
     ReadOnlyFieldError,
     ResourceStateError,
+    SecretConflictException,
+    SecretNotFoundException,
     ServerError,
     StorageError,
     TransportError,
     UnauthorizedException,
     WaitTimeout,
 )
-from .states import InstanceState, TaskState
+from .states import InstanceState, JobState, PoolState, SnapshotState, TaskState
+
+_HARDWARE = (
+    "HardwareConstraint", "MinimumCoreHardware", "MaximumCoreHardware",
+    "MinimumRamCoreRatioHardware", "MaximumRamCoreRatioHardware", "MinimumRamHardware",
+    "MaximumRamHardware", "SpecificHardware", "GpuHardware", "NoGpuHardware", "SSDHardware",
+    "NoSSDHardware", "CpuModelHardware", "UnknownHardwareConstraint",
+)
 
 # The client classes are imported on first use (PEP 562): ``python -m qcompute...`` entry
 # points (the CLI, the cluster's instance runner) then start without loading requests.
@@ -53,12 +63,41 @@ _LAZY = {
     "Connection": ".connection", "Profile": ".connection", "UserInfo": ".connection",
     "ALL": ".connection", "ANY": ".connection",
     "CompletedInstance": ".status", "Error": ".status", "Status": ".status", "Task": ".task",
+    "Pool": ".pool", "ElasticProperty": ".pool", "Job": ".job", "Secrets": ".secrets",
+    "Page": "._paging", "Snapshot": ".snapshot", "RetrySettings": ".options",
+    "SecretsAccessRights": ".options", "Privileges": ".options",
+    "AdvancedDependency": ".dependencies", "Dependencies": ".dependencies",
+    "FinalStateCondition": ".dependencies",
+    **{name: ".hardware" for name in _HARDWARE},
 }
 
 if TYPE_CHECKING:
+    from ._paging import Page
     from .bucket import Bucket, ObjectInfo
     from .config import Config
     from .connection import ALL, ANY, Connection, Profile, UserInfo
+    from .dependencies import AdvancedDependency, Dependencies, FinalStateCondition
+    from .hardware import (
+        CpuModelHardware,
+        GpuHardware,
+        HardwareConstraint,
+        MaximumCoreHardware,
+        MaximumRamCoreRatioHardware,
+        MaximumRamHardware,
+        MinimumCoreHardware,
+        MinimumRamCoreRatioHardware,
+        MinimumRamHardware,
+        NoGpuHardware,
+        NoSSDHardware,
+        SpecificHardware,
+        SSDHardware,
+        UnknownHardwareConstraint,
+    )
+    from .job import Job
+    from .options import Privileges, RetrySettings, SecretsAccessRights
+    from .pool import ElasticProperty, Pool
+    from .secrets import Secrets
+    from .snapshot import Snapshot
     from .status import CompletedInstance, Error, Status
     from .task import Task
 
@@ -83,10 +122,26 @@ __all__ = [
     "UserInfo",
     "Profile",
     "Task",
+    "Pool",
+    "ElasticProperty",
+    "Job",
+    "Secrets",
+    "Page",
+    "Snapshot",
+    "RetrySettings",
+    "SecretsAccessRights",
+    "Privileges",
+    "AdvancedDependency",
+    "Dependencies",
+    "FinalStateCondition",
+    *_HARDWARE,
     "Bucket",
     "ObjectInfo",
     "TaskState",
     "InstanceState",
+    "PoolState",
+    "JobState",
+    "SnapshotState",
     "Status",
     "CompletedInstance",
     "Error",
@@ -103,8 +158,11 @@ __all__ = [
     "MissingProfileException",
     "MissingBucketException",
     "MissingPoolException",
+    "MissingPoolInstanceException",
     "MissingJobException",
+    "SecretNotFoundException",
     "ConflictError",
+    "SecretConflictException",
     "RateLimitedError",
     "ServerError",
     "TransportError",

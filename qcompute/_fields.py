@@ -231,12 +231,15 @@ class FieldHolder:
         return changed
 
     def _document(self) -> dict[str, Any]:
-        """The wire document: ``_data`` with every writable value handed out dumped over it."""
+        """The wire document: ``_data`` with every changed value dumped over it.
+
+        Unchanged fields keep the server's exact wire form (a parse/dump round trip may
+        normalise it, e.g. ``"00:00:00"`` → ``"0.00:00:00"``, which a server could take for an
+        edit of a fixed field)."""
         doc = dict(self._data)
-        for name, value in self._cache.items():
+        for name in self._changed_fields():
             field = self._fields[name]
-            if not field.read_only:
-                doc[field.wire_name] = field.to_wire(self, value)
+            doc[field.wire_name] = field.to_wire(self, self._cache[name])
         return doc
 
     def _load(self, doc: dict[str, Any], *, partial: bool = False, now: Optional[float] = None,

@@ -122,17 +122,21 @@ def _message_and_code(response: requests.Response) -> tuple[str, Any]:
 
 
 def error_from_response(
-    response: requests.Response, not_found: Optional[type[NotFoundError]] = None
+    response: requests.Response, not_found: Optional[type[NotFoundError]] = None,
+    conflict: Optional[type[ConflictError]] = None,
 ) -> APIError:
     """Build the exception for an error reply.
 
     Args:
         response: a reply with a status of 400 or more.
         not_found: the :class:`NotFoundError` subclass to use for a 404.
+        conflict: the :class:`ConflictError` subclass to use for a 409.
     """
     status = response.status_code
     if status == 404 and not_found is not None:
         cls: type[APIError] = not_found
+    elif status == 409 and conflict is not None:
+        cls = conflict
     elif status >= 500:
         cls = ServerError
     else:
@@ -200,6 +204,7 @@ class HttpClient:
         headers: Optional[Mapping[str, str]] = None,
         expect_json: bool = True,
         not_found: Optional[type[NotFoundError]] = None,
+        conflict: Optional[type[ConflictError]] = None,
         hold: float = 0.0,
     ) -> Any:
         """Send one logical request (retried as configured) and decode the reply.
@@ -212,6 +217,7 @@ class HttpClient:
             headers: extra headers. POST and PATCH get an ``Idempotency-Key`` unless one is given.
             expect_json: decode the reply as JSON (``None`` for an empty body); False returns text.
             not_found: the exception class for a 404 (default :class:`NotFoundError`).
+            conflict: the exception class for a 409 (default :class:`ConflictError`).
             hold: seconds the server may hold the reply (a long poll), added to the timeout.
 
         Returns:
@@ -235,7 +241,7 @@ class HttpClient:
         except requests.RequestException as exc:
             raise TransportError(f"{method} {url} failed: {exc}") from exc
         if response.status_code >= 400:
-            raise error_from_response(response, not_found)
+            raise error_from_response(response, not_found, conflict)
         if not expect_json:
             return response.text
         if not response.content:

@@ -1,14 +1,16 @@
-"""Base class of the server-side objects (Task; later Pool and Job).
+"""Base class of the server-side objects (Task, Pool, Job), and what they share.
 
 A resource keeps the last server document and the local edits (see :mod:`qcompute._fields`),
 refreshes it with :meth:`Resource.update` and writes edits back with :meth:`Resource.commit`.
+:func:`poll` is the polling loop of the ``wait`` methods; :class:`OutputMethods` reads the
+standard output and error of tasks and pools.
 """
 from __future__ import annotations
 
 import logging
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, TypeVar
 
 from ._fields import Field, FieldHolder
 from ._http import join_path
@@ -17,14 +19,36 @@ from .exceptions import NotFoundError, ReadOnlyFieldError, ResourceStateError
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Resource"]
+__all__ = ["Resource", "OutputMethods", "poll", "POLL_START", "POLL_FACTOR", "POLL_MAX"]
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R", bound="Resource")
 
-# Indirection so tests can drive the cache clock.
+# Indirection so tests can drive the cache clock and the waits.
 _clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+
+# wait(): poll every 0.05 s, then 1.5 times longer each time, at most every second.
+POLL_START = 0.05
+POLL_FACTOR = 1.5
+POLL_MAX = 1.0
+
+
+def poll(done: Callable[[], bool], timeout: Optional[float]) -> bool:
+    """Call ``done()`` now, then after 0.05 s, growing 1.5 times each time up to 1 s, until it
+    is true (→ True) or ``timeout`` seconds passed (→ False; ``None`` waits for ever). The last
+    sleep is cut to the deadline, and ``done()`` is called once more then."""
+    deadline = None if timeout is None else _clock() + timeout
+    interval = POLL_START
+    while True:
+        if done():
+            return True
+        now = _clock()
+        if deadline is not None and now >= deadline:
+            return False
+        _sleep(interval if deadline is None else min(interval, deadline - now))
+        interval = min(interval * POLL_FACTOR, POLL_MAX)
 
 
 class Resource(FieldHolder):
@@ -81,6 +105,42 @@ class Resource(FieldHolder):
         if not self._is_submitted():
             kind = type(self).__name__.lower()
             raise ResourceStateError(f"cannot {action}: the {kind} was not submitted")
+
+    def _input_document(self, always: Iterable[str] = ()) -> dict[str, Any]:
+        """The submission document: every writable field that was set (by the constructor, an
+        assignment, or a value handed out), and the ``always`` wire keys even when null."""
+        always = frozenset(always)
+        doc: dict[str, Any] = {}
+        for name, field in self._fields.items():
+            wire = field.wire_name
+            if field.read_only or not (wire in always or wire in self._data or name in self._cache):
+                continue
+            value = field.to_wire(self, getattr(self, name))
+            if value is not None or wire in always:
+                doc[wire] = value
+        return doc
+
+    def _create(self, path: str, not_found: type[NotFoundError]) -> str:
+        """``POST`` the submission document; return the new uuid."""
+        if self._is_submitted():
+            raise ResourceStateError(
+                f"{type(self).__name__.lower()} {self._data['uuid']} is already submitted")
+        reply = self._conn._http.post(path, json=self._submit_document(), not_found=not_found)
+        if not isinstance(reply, dict) or not reply.get("uuid"):
+            raise ResourceStateError(f"POST {path} answered without a uuid: {reply!r}")
+        return str(reply["uuid"])
+
+    def _submit_document(self) -> dict[str, Any]:
+        return self._input_document()
+
+    def _state_now(self) -> Any:
+        """The cached ``state``, without a refresh."""
+        return self._fields["state"].from_wire(self, self._data.get("state"))
+
+    def _mark_local_state(self, state: str) -> None:
+        """Set the cached state after an action the server acts on later (delete ...)."""
+        self._data["state"] = state
+        self._cache.pop("state", None)
 
     def _fetch(self, hold: float = 0.0, known_state: Optional[str] = None) -> None:
         """GET the document; with ``hold``, a long poll: the server replies when the state
@@ -162,3 +222,39 @@ class Resource(FieldHolder):
     def __hash__(self) -> int:
         mine = self._data.get("uuid")
         return hash((type(self), mine)) if mine else id(self)
+
+
+class OutputMethods:
+    """``stdout()``, ``stderr()`` and their ``fresh_`` variants, for tasks and pools."""
+
+    __slots__ = ()
+    _not_found: ClassVar[type[NotFoundError]]
+    _instance_not_found: ClassVar[type[NotFoundError]]
+    _conn: "Connection"
+
+    if TYPE_CHECKING:  # provided by Resource
+        def _url(self, *extra: Any) -> str: ...
+        def _require_submitted(self, action: str) -> None: ...
+
+    def _output(self, method: str, stream: str, instance_id: Optional[int]) -> str:
+        self._require_submitted(f"read {stream}")
+        extra = (stream,) if instance_id is None else (stream, instance_id)
+        missing = self._not_found if instance_id is None else self._instance_not_found
+        return str(self._conn._http.request(method, self._url(*extra), expect_json=False,
+                                            not_found=missing))
+
+    def stdout(self, instance_id: Optional[int] = None) -> str:
+        """All standard output so far: ``GET /<kind>/{uuid}/stdout[/{instanceId}]``."""
+        return self._output("GET", "stdout", instance_id)
+
+    def stderr(self, instance_id: Optional[int] = None) -> str:
+        """All standard error so far: ``GET /<kind>/{uuid}/stderr[/{instanceId}]``."""
+        return self._output("GET", "stderr", instance_id)
+
+    def fresh_stdout(self, instance_id: Optional[int] = None) -> str:
+        """Standard output since the last fresh read: ``POST /<kind>/{uuid}/stdout[/{id}]``."""
+        return self._output("POST", "stdout", instance_id)
+
+    def fresh_stderr(self, instance_id: Optional[int] = None) -> str:
+        """Standard error since the last fresh read: ``POST /<kind>/{uuid}/stderr[/{id}]``."""
+        return self._output("POST", "stderr", instance_id)

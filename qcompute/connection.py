@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 from ._http import HttpClient, join_path
+from ._objects_api import ObjectsMixin
+from ._paging import Page, TagsArg, fetch_page, paginate, tag_filter, uuid_filter
 from ._storage import Storage
 from .bucket import Bucket
 from .config import Config, FileConf, load_config
@@ -30,12 +32,7 @@ ANY = "ANY"  #: ``wait_tasks(..., return_when=ANY)``: until one task is final
 
 logger = logging.getLogger(__name__)
 
-TagsArg = Union[str, Iterable[str], None]
 _STATES = {s.value for s in TaskState}
-
-
-def _uuid_filter(uuids: list[str]) -> dict[str, Any]:
-    return {"operator": "In", "field": "Uuid", "value": uuids}
 
 _USER_INFO_FIELDS = (
     ("email", "email"), ("max_bucket", "maxBucket"), ("bucket_count", "bucketCount"),
@@ -95,17 +92,7 @@ class Profile:
         return cls(name=doc["name"], constants=constants)
 
 
-def _tag_filter(tags: TagsArg, tags_intersect: TagsArg) -> Optional[dict[str, Any]]:
-    """The pagination filter: Or of ``Tags == t`` for ``tags``, And for ``tags_intersect``."""
-    chosen, operator = (tags_intersect, "And") if tags_intersect else (tags, "Or")
-    if not chosen:
-        return None
-    values = [chosen] if isinstance(chosen, str) else list(chosen)
-    leaves = [{"operator": "Equal", "field": "Tags", "value": tag} for tag in values]
-    return leaves[0] if len(leaves) == 1 else {"operator": operator, "filters": leaves}
-
-
-class Connection:
+class Connection(ObjectsMixin):
     """A session with a qcompute (or Qarnot) cluster and its S3 storage.
 
     Building one reads the configuration (see :mod:`qcompute.config`) and sends nothing. The
@@ -264,10 +251,21 @@ class Connection:
     # -- tasks -----------------------------------------------------------------------------
     def create_task(self, name: str, profile_or_pool: Any = None,
                     instancecount_or_range: Union[int, str] = 1,
-                    shortname: Optional[str] = None, job: Any = None) -> Task:
+                    shortname: Optional[str] = None, job: Any = None, *,
+                    pool: Any = None) -> Task:
         """A new, unsubmitted :class:`Task` (no request). An int sets ``instanceCount``, a
-        string sets ``advancedRanges``."""
-        return Task(self, name, profile_or_pool, instancecount_or_range, shortname, job)
+        string sets ``advancedRanges``.
+
+        Args:
+            name: a display name.
+            profile_or_pool: a profile name, or a :class:`~qcompute.Pool` to run in.
+            instancecount_or_range: an instance count, or a range such as ``"0-9,12"``.
+            shortname: a unique DNS-compliant name.
+            job: a :class:`~qcompute.Job` or a job uuid.
+            pool: a :class:`~qcompute.Pool` or a pool uuid (then no profile).
+        """
+        return Task(self, name, profile_or_pool, instancecount_or_range, shortname, job,
+                    pool=pool)
 
     def retrieve_task(self, uuid: str) -> Task:
         """An existing task: ``GET /tasks/{uuid}``.
@@ -279,19 +277,26 @@ class Connection:
         return Task._from_json(self, doc)
 
     def _paginate(self, path: str, filter_: Optional[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        token: Optional[str] = None
-        while True:
-            page = self._http.post(path, json={"filter": filter_, "token": token,
-                                               "maximumResults": None})
-            if not isinstance(page, dict) or not isinstance(page.get("data"), list):
-                raise APIError(f"POST {path} answered without a 'data' list: {page!r}")
-            yield from page["data"]
-            next_token = page.get("nextToken")
-            if not page.get("isTruncated") or not next_token:
-                return
-            if next_token == token:
-                raise APIError(f"POST {path} returned the same nextToken twice: {token!r}")
-            token = next_token
+        return paginate(self._http, path, filter_)
+
+    def tasks_page(self, token: Optional[str] = None, maximum: Optional[int] = None,
+                   tags: TagsArg = None, tags_intersect: TagsArg = None,
+                   summary: bool = False) -> Page[Task]:
+        """One page of tasks: ``POST /tasks/paginate`` (``/tasks/summaries/paginate`` with
+        ``summary``).
+
+        Args:
+            token: ``next_token`` of the previous page (``None``: the first page).
+            maximum: at most this many tasks (``None``: the server chooses).
+            tags: tasks with any of these tags.
+            tags_intersect: tasks with all of these tags (wins over ``tags``).
+            summary: ask for summaries; a summary task loads its full document when a field it
+                lacks is read.
+        """
+        path = "/tasks/summaries/paginate" if summary else "/tasks/paginate"
+        page = fetch_page(self._http, path, tag_filter(tags, tags_intersect), token, maximum)
+        items = [Task._from_json(self, doc, partial=summary) for doc in page.items]
+        return Page(items, page.token, page.next_token, page.is_truncated)
 
     def all_tasks(self, tags: TagsArg = None, tags_intersect: TagsArg = None) -> Iterator[Task]:
         """Iterate over the tasks, page by page: ``POST /tasks/paginate``.
@@ -300,7 +305,7 @@ class Connection:
             tags: tasks with any of these tags.
             tags_intersect: tasks with all of these tags (wins over ``tags``).
         """
-        for doc in self._paginate("/tasks/paginate", _tag_filter(tags, tags_intersect)):
+        for doc in self._paginate("/tasks/paginate", tag_filter(tags, tags_intersect)):
             yield Task._from_json(self, doc)
 
     def tasks(self, tags: TagsArg = None, tags_intersect: TagsArg = None,
@@ -309,7 +314,7 @@ class Connection:
         ``summary``; a summary task loads its full document when a missing field is read)."""
         if not summary:
             return list(self.all_tasks(tags, tags_intersect))
-        docs = self._paginate("/tasks/summaries/paginate", _tag_filter(tags, tags_intersect))
+        docs = self._paginate("/tasks/summaries/paginate", tag_filter(tags, tags_intersect))
         return [Task._from_json(self, doc, partial=True) for doc in docs]
 
     def wait_tasks(self, tasks: Iterable[Task], timeout: Optional[float] = None,
@@ -354,14 +359,14 @@ class Connection:
             if not hold:
                 _task._sleep(min(interval, left))
                 interval = min(interval * _task.POLL_FACTOR, _task.POLL_MAX)
-        docs = {doc["uuid"]: doc for doc in self._paginate("/tasks/paginate", _uuid_filter(uuids))}
+        docs = {doc["uuid"]: doc for doc in self._paginate("/tasks/paginate", uuid_filter(uuids))}
         for task in tasks:
             if task.uuid in docs:
                 task._load(docs[task.uuid], now=_resource._clock())
         return bool(done)
 
     def _task_states(self, uuids: list[str]) -> dict[str, str]:
-        summaries = self._paginate("/tasks/summaries/paginate", _uuid_filter(uuids))
+        summaries = self._paginate("/tasks/summaries/paginate", uuid_filter(uuids))
         return {doc["uuid"]: doc.get("state") for doc in summaries}
 
     def submit_tasks(self, tasks: Iterable[Task]) -> None:

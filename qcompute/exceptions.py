@@ -16,8 +16,11 @@ once, in ``qcompute._storage``. The Qarnot names are kept, so code written for t
     │   │   ├── MissingProfileException
     │   │   ├── MissingBucketException       (also S3 NoSuchBucket)
     │   │   ├── MissingPoolException
-    │   │   └── MissingJobException
+    │   │   ├── MissingPoolInstanceException
+    │   │   ├── MissingJobException
+    │   │   └── SecretNotFoundException
     │   ├── ConflictError                    409
+    │   │   └── SecretConflictException
     │   ├── RateLimitedError                 429
     │   └── ServerError                      5xx
     ├── TransportError                       connection refused, reset, timeout, TLS (wraps requests)
@@ -46,8 +49,11 @@ __all__ = [
     "MissingProfileException",
     "MissingBucketException",
     "MissingPoolException",
+    "MissingPoolInstanceException",
     "MissingJobException",
+    "SecretNotFoundException",
     "ConflictError",
+    "SecretConflictException",
     "RateLimitedError",
     "ServerError",
     "TransportError",
@@ -142,12 +148,24 @@ class MissingPoolException(NotFoundError):
     """No such pool."""
 
 
+class MissingPoolInstanceException(NotFoundError):
+    """No such instance in this pool."""
+
+
 class MissingJobException(NotFoundError):
     """No such job."""
 
 
+class SecretNotFoundException(NotFoundError):
+    """No secret under this key."""
+
+
 class ConflictError(APIError):
     """409: the request conflicts with the current state (for example a reused key)."""
+
+
+class SecretConflictException(ConflictError):
+    """A secret already exists under this key."""
 
 
 class RateLimitedError(APIError):

@@ -1,13 +1,13 @@
 """State names of the Qarnot dialect, shared by the SDK and the server.
 
-Both enums are ``str`` enums, so ``TaskState.SUCCESS == "Success"`` holds and values go on the
+All enums are ``str`` enums, so ``TaskState.SUCCESS == "Success"`` holds and values go on the
 wire unchanged.
 """
 from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["TaskState", "InstanceState"]
+__all__ = ["TaskState", "InstanceState", "PoolState", "JobState"]
 
 
 class TaskState(str, Enum):
@@ -68,3 +68,60 @@ _ACTIVE_INSTANCE_STATES = frozenset(
     {InstanceState.DISPATCHED, InstanceState.DOWNLOADING, InstanceState.RUNNING,
      InstanceState.UPLOADING}
 )
+
+
+class PoolState(str, Enum):
+    """The state of a pool (``pool.state``)."""
+
+    UNSUBMITTED = "UnSubmitted"  # local only: the pool was never sent
+    SUBMITTED = "Submitted"
+    PARTIALLY_DISPATCHED = "PartiallyDispatched"
+    FULLY_DISPATCHED = "FullyDispatched"
+    PARTIALLY_EXECUTING = "PartiallyExecuting"
+    FULLY_EXECUTING = "FullyExecuting"
+    CLOSING = "Closing"
+    CLOSED = "Closed"
+    FAILURE = "Failure"
+    PENDING_DELETE = "PendingDelete"
+
+    def is_final(self) -> bool:
+        """True for Closed and Failure: the pool will not change any more."""
+        return self in _FINAL_POOL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL_POOL_STATES = frozenset({PoolState.CLOSED, PoolState.FAILURE})
+
+
+class JobState(str, Enum):
+    """The state of a job (``job.state``)."""
+
+    UNSUBMITTED = "UnSubmitted"  # local only: the job was never sent
+    ACTIVE = "Active"
+    TERMINATING = "Terminating"
+    COMPLETED = "Completed"
+    DELETING = "Deleting"
+
+    def is_final(self) -> bool:
+        """True for Completed: every task of the job is final and none can be added."""
+        return self is JobState.COMPLETED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SnapshotState(str, Enum):
+    """The state of one snapshot of a task (``Snapshot.status``)."""
+
+    TRIGGERED = "Triggered"
+    IN_PROGRESS = "InProgress"
+    SUCCESS = "Success"
+    FAILURE = "Failure"
+
+    def is_final(self) -> bool:
+        return self in (SnapshotState.SUCCESS, SnapshotState.FAILURE)
+
+    def __str__(self) -> str:
+        return self.value

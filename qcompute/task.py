@@ -4,19 +4,41 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _resource
 from ._fields import Field, parse_datetime, parse_enum
-from ._resource import Resource
+from ._resource import OutputMethods, Resource
+from ._wire import (
+    ResourcesField,
+    ResultsField,
+    as_bucket,
+    bucket_list,
+    dump_constants,
+    hardware_field,
+    instance_of,
+    nonempty_name,
+    optional_bool,
+    optional_count,
+    optional_str,
+    parse_constants,
+    str_dict,
+    str_list,
+    timespan,
+    uuid_of,
+    value_field,
+)
 from .bucket import Bucket, Progress
+from .dependencies import Dependencies, DependencyMethods
 from .exceptions import (
     FieldError,
     MissingBucketException,
     MissingTaskException,
     MissingTaskInstanceException,
-    ResourceStateError,
 )
+from .hardware import HardwareConstraint
+from .options import Privileges, RetrySettings, SecretsAccessRights
+from .snapshot import SnapshotMethods
 from .states import TaskState
 from .status import CompletedInstance, Error, Status
 
@@ -28,40 +50,10 @@ __all__ = ["Task"]
 logger = logging.getLogger(__name__)
 
 # wait(): poll GET /tasks/{uuid} every 0.05 s, then 1.5 times longer each time, at most 1 s.
-POLL_START = 0.05
-POLL_FACTOR = 1.5
-POLL_MAX = 1.0
+POLL_START = _resource.POLL_START
+POLL_FACTOR = _resource.POLL_FACTOR
+POLL_MAX = _resource.POLL_MAX
 _sleep: Callable[[float], None] = time.sleep  # patched by tests
-
-
-# -- wire conversions ------------------------------------------------------------------------
-def _parse_constants(raw: list[Mapping[str, Any]]) -> dict[str, Optional[str]]:
-    return {c.get("key", c.get("name")): c.get("value") for c in raw}
-
-
-def _dump_constants(value: Mapping[str, Any]) -> list[dict[str, Optional[str]]]:
-    return [{"key": str(k), "value": None if v is None else str(v)} for k, v in value.items()]
-
-
-def _str_list(owner: Any, value: Any) -> list[str]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise FieldError(f"expected a list of strings, got {value!r}")
-    items = list(value)
-    if not all(isinstance(item, str) for item in items):
-        raise FieldError(f"expected a list of strings, got {value!r}")
-    return items
-
-
-def _str_dict(owner: Any, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise FieldError(f"expected a dict, got {value!r}")
-    return dict(value)
-
-
-def _optional_str(owner: Any, value: Any) -> Optional[str]:
-    if value is not None and not isinstance(value, str):
-        raise FieldError(f"expected a string or None, got {value!r}")
-    return value
 
 
 def _check_instancecount(owner: "Task", value: Any) -> int:
@@ -80,43 +72,14 @@ def _check_advanced_range(owner: "Task", value: Any) -> Optional[str]:
     return value
 
 
-def _as_bucket(owner: "Task", value: Union[Bucket, str]) -> Bucket:
-    if isinstance(value, Bucket):
-        return value
-    if isinstance(value, str):
-        return Bucket(owner._conn, value, create=False)
-    raise FieldError(f"expected a Bucket or a bucket name, got {value!r}")
-
-
-class _ResourcesField(Field[list[Bucket]]):
-    """``advancedResourceBuckets`` ↔ a list of :class:`Bucket` bound to the task's connection."""
-
-    def from_wire(self, owner: Any, raw: Any) -> list[Bucket]:
-        if raw is None or not isinstance(raw, list):
-            return []
-        return [Bucket.from_resource_json(owner._conn, doc) for doc in raw]
-
-    def to_wire(self, owner: Any, value: Any) -> Any:
-        return [bucket.to_resource_json() for bucket in value or ()]
-
-
-class _ResultsField(Field[Optional[Bucket]]):
-    """``resultBucket`` (a name) ↔ a :class:`Bucket` or None. Never sends CreateBucket."""
-
-    def from_wire(self, owner: Any, raw: Any) -> Optional[Bucket]:
-        return Bucket(owner._conn, raw, create=False) if isinstance(raw, str) and raw else None
-
-    def to_wire(self, owner: Any, value: Any) -> Any:
-        return value.name if value is not None else None
-
-
 # Keys always present in the POST /tasks document, even when null or empty.
 _ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants", "tags",
                           "labels", "advancedResourceBuckets"})
 
 
-class Task(Resource):
-    """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile.
+class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
+    """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile,
+    or run in a pool.
 
     Before :meth:`submit` every writable field can be set. Once submitted, ``name``, ``tags``
     and ``labels`` stay writable and are sent by :meth:`commit`; the other fields (``constants``
@@ -125,9 +88,9 @@ class Task(Resource):
 
     Cached fields come from the last ``GET /tasks/{uuid}``. Volatile fields (``state``,
     ``previous_state``, ``status``, ``progress``, ``completed_instances``, ``errors``,
-    ``end_date``, ``execution_time``, ``wall_time``, ``running_*``, ``results_count``) refresh
-    the task when its data is older than ``update_cache_time`` (5 s) while ``auto_update`` is
-    on. Refreshes keep local edits.
+    ``end_date``, ``execution_time``, ``wall_time``, ``running_*``, ``results_count``,
+    ``snapshot_interval``) refresh the task when its data is older than ``update_cache_time``
+    (5 s) while ``auto_update`` is on. Refreshes keep local edits.
 
     Args:
         connection: the owning connection.
@@ -136,41 +99,69 @@ class Task(Resource):
         instancecount_or_range: an instance count, or a range string such as ``"0-9,12"``.
         shortname: a unique DNS-compliant name (the server uses the uuid otherwise).
         job: a job (an object with ``uuid``) or a job uuid.
+        pool: a pool (an object with ``uuid``) or a pool uuid; a task in a pool has no profile.
+
+    Raises:
+        ValueError: both a profile and a pool, or a pool other than the job's.
     """
 
-    __slots__ = ()
+    __slots__ = ("_pending_snapshot",)
     _path = "tasks"
     _not_found = MissingTaskException
+    _instance_not_found = MissingTaskInstanceException
     _repr_fields = ("uuid", "name", "state")
 
-    name: Field[str] = Field("name", validate=lambda o, v: _nonempty_name(v))
+    name: Field[str] = Field("name", validate=lambda o, v: nonempty_name(v))
     shortname: Field[Optional[str]] = Field("shortname", fixed_after_submit=True,
-                                            validate=_optional_str)
+                                            validate=optional_str)
     profile: Field[Optional[str]] = Field("profile", fixed_after_submit=True,
-                                          validate=_optional_str)
+                                          validate=optional_str)
     pool_uuid: Field[Optional[str]] = Field("poolUuid", fixed_after_submit=True,
-                                            validate=_optional_str)
+                                            validate=optional_str)
     job_uuid: Field[Optional[str]] = Field("jobUuid", fixed_after_submit=True,
-                                           validate=_optional_str)
+                                           validate=optional_str)
     instancecount: Field[int] = Field("instanceCount", fixed_after_submit=True, default=0,
                                       validate=_check_instancecount)
     advanced_range: Field[Optional[str]] = Field("advancedRanges", fixed_after_submit=True,
                                                  validate=_check_advanced_range)
     constants: Field[dict[str, Optional[str]]] = Field(
-        "constants", fixed_after_submit=True, parse=_parse_constants, dump=_dump_constants,
-        default=dict, validate=_str_dict)
-    tags: Field[list[str]] = Field("tags", default=list, validate=_str_list)
-    labels: Field[dict[str, str]] = Field("labels", default=dict, validate=_str_dict)
-    resources: Field[list[Bucket]] = _ResourcesField(
-        "advancedResourceBuckets", fixed_after_submit=True,
-        validate=lambda o, v: [_as_bucket(o, b) for b in _iterable(v)])
-    results: Field[Optional[Bucket]] = _ResultsField(
+        "constants", fixed_after_submit=True, parse=parse_constants, dump=dump_constants,
+        default=dict, validate=str_dict)
+    tags: Field[list[str]] = Field("tags", default=list, validate=str_list)
+    labels: Field[dict[str, str]] = Field("labels", default=dict, validate=str_dict)
+    resources: Field[list[Bucket]] = ResourcesField(
+        "advancedResourceBuckets", fixed_after_submit=True, validate=bucket_list)
+    results: Field[Optional[Bucket]] = ResultsField(
         "resultBucket", fixed_after_submit=True,
-        validate=lambda o, v: None if v is None else _as_bucket(o, v))
+        validate=lambda o, v: None if v is None else as_bucket(o, v))
     results_whitelist: Field[Optional[str]] = Field("resultsWhitelist", fixed_after_submit=True,
-                                                    validate=_optional_str)
+                                                    validate=optional_str)
     results_blacklist: Field[Optional[str]] = Field("resultsBlacklist", fixed_after_submit=True,
-                                                    validate=_optional_str)
+                                                    validate=optional_str)
+    snapshot_whitelist: Field[Optional[str]] = Field(
+        "snapshotWhitelist", fixed_after_submit=True, validate=optional_str)
+    snapshot_blacklist: Field[Optional[str]] = Field(
+        "snapshotBlacklist", fixed_after_submit=True, validate=optional_str)
+    dependencies: Field[Dependencies] = value_field(Dependencies, "dependencies",
+                                                    fixed_after_submit=True)
+    retry_settings: Field[RetrySettings] = value_field(RetrySettings, "retrySettings",
+                                                       fixed_after_submit=True)
+    secrets_access_rights: Field[SecretsAccessRights] = value_field(
+        SecretsAccessRights, "secretsAccessRights", fixed_after_submit=True)
+    privileges: Field[Privileges] = value_field(Privileges, "privileges", fixed_after_submit=True)
+    hardware_constraints: Field[list[HardwareConstraint]] = hardware_field(
+        "hardwareConstraints", fixed_after_submit=True)
+    max_time_queue_seconds: Field[Optional[int]] = Field(
+        "maxTimeQueueSeconds", fixed_after_submit=True, validate=optional_count)
+    upload_results_on_cancellation: Field[Optional[bool]] = Field(
+        "uploadResultsOnCancellation", fixed_after_submit=True, validate=optional_bool)
+    wait_for_pool_resources_synchronization: Field[Optional[bool]] = Field(
+        "waitForPoolResourcesSynchronization", fixed_after_submit=True, validate=optional_bool)
+    default_resources_cache_ttl_sec: Field[Optional[int]] = Field(
+        "defaultResourcesCacheTTLSec", fixed_after_submit=True, validate=optional_count)
+    auto_delete: Field[bool] = Field("autoDeleteOnCompletion", fixed_after_submit=True,
+                                     default=False, validate=instance_of(bool, optional=False))
+    completion_ttl = timespan("completionTimeToLive", fixed_after_submit=True)
 
     state: Field[Union[TaskState, str]] = Field(
         "state", volatile=True, parse=parse_enum(TaskState), default=TaskState.UNSUBMITTED)
@@ -191,6 +182,7 @@ class Task(Resource):
     running_instance_count: Field[Optional[int]] = Field("runningInstanceCount", volatile=True)
     running_core_count: Field[Optional[int]] = Field("runningCoreCount", volatile=True)
     results_count: Field[Optional[int]] = Field("resultsCount", volatile=True)
+    snapshot_interval: Field[Optional[int]] = Field("snapshotInterval", volatile=True)
 
     def __init__(
         self,
@@ -200,14 +192,22 @@ class Task(Resource):
         instancecount_or_range: Union[int, str] = 1,
         shortname: Optional[str] = None,
         job: Any = None,
+        *,
+        pool: Any = None,
     ) -> None:
         super().__init__(connection)
-        data: dict[str, Any] = {"name": _nonempty_name(name), "profile": None,
+        self._pending_snapshot = None
+        data: dict[str, Any] = {"name": nonempty_name(name), "profile": None,
                                 "poolUuid": None, "jobUuid": None}
         if profile_or_pool is None or isinstance(profile_or_pool, str):
             data["profile"] = profile_or_pool
         else:
-            data["poolUuid"] = _uuid_of(profile_or_pool, "profile_or_pool")
+            data["poolUuid"] = uuid_of(profile_or_pool, "profile_or_pool")
+        if pool is not None:
+            if profile_or_pool is not None:
+                raise ValueError("a task runs with a profile or in a pool, not both (a task "
+                                 "in a pool has no profile)")
+            data["poolUuid"] = uuid_of(pool, "pool")
         if isinstance(instancecount_or_range, bool) or not isinstance(
                 instancecount_or_range, (int, str)):
             raise TypeError("instancecount_or_range must be an int or a range string, got "
@@ -220,21 +220,25 @@ class Task(Resource):
             data["instanceCount"] = 0
             data["advancedRanges"] = instancecount_or_range
         if shortname is not None:
-            data["shortname"] = _optional_str(self, shortname)
+            data["shortname"] = optional_str(self, shortname)
         if job is not None:
-            data["jobUuid"] = job if isinstance(job, str) else _uuid_of(job, "job")
+            data["jobUuid"] = uuid_of(job, "job")
+            job_pool = job._data.get("poolUuid") if isinstance(job, Resource) else None
+            if job_pool and data["poolUuid"] not in (None, job_pool):
+                raise ValueError(f"job {data['jobUuid']} runs in pool {job_pool}, not in pool "
+                                 f"{data['poolUuid']}")
         self._data.update(data)
+
+    def allow_credentials_to_be_exported_to_task_environment(self) -> None:
+        """Let the payload receive the API and storage credentials in its environment
+        (``privileges.exportApiAndStorageCredentialsInEnvironment``; before submit only)."""
+        self.privileges = Privileges(export_credentials_in_environment=True)
 
     # -- submission ------------------------------------------------------------------------
     def _submit_document(self) -> dict[str, Any]:
-        """The ``POST /tasks`` document (reference §1.5)."""
-        doc: dict[str, Any] = {}
-        for name, field in self._fields.items():
-            if field.read_only:
-                continue
-            value = field.to_wire(self, getattr(self, name))
-            if value is not None or field.wire_name in _ALWAYS_SENT:
-                doc[field.wire_name] = value
+        """The ``POST /tasks`` document (reference §1.5): what was set, and the keys the
+        dialect always sends."""
+        doc = self._input_document(_ALWAYS_SENT)
         if doc.get("advancedRanges"):
             doc.pop("instanceCount", None)
         results = self.results
@@ -243,8 +247,10 @@ class Task(Resource):
         return doc
 
     def _submitted(self, uuid: str) -> None:
-        """The server accepted the task under ``uuid``: load its document."""
+        """The server accepted the task under ``uuid``: send a pending periodic snapshot, then
+        load its document."""
         self._data["uuid"] = uuid
+        self._send_pending_snapshot()
         doc = self._conn._http.get(self._url(), not_found=MissingTaskException)
         self._load(doc, now=_resource._clock(), keep_changes=False)
 
@@ -253,9 +259,11 @@ class Task(Resource):
         stale, so the first read of a server field (state, status, ...) fetches the task."""
         self._load({**sent, "uuid": uuid, "state": TaskState.SUBMITTED.value}, partial=True,
                    now=None, keep_changes=False)
+        self._send_pending_snapshot()
 
     def submit(self) -> "Task":
-        """Submit the task: ``POST /tasks``, then ``GET /tasks/{uuid}``.
+        """Submit the task: ``POST /tasks``, then ``GET /tasks/{uuid}`` (after
+        ``POST /tasks/{uuid}/snapshot/periodic`` when :meth:`snapshot` was called before).
 
         Returns:
             self, loaded with the server's document.
@@ -265,20 +273,10 @@ class Task(Resource):
             MissingBucketException: the server answered 404 (a bucket it needs is missing).
             BadRequestError: the server refused the document (its message says why).
         """
-        if self._is_submitted():
-            raise ResourceStateError(f"task {self._data['uuid']} is already submitted")
-        reply = self._conn._http.post("/tasks", json=self._submit_document(),
-                                      not_found=MissingBucketException)
-        if not isinstance(reply, dict) or not reply.get("uuid"):
-            raise ResourceStateError(f"POST /tasks answered without a uuid: {reply!r}")
-        self._submitted(reply["uuid"])
+        self._submitted(self._create("/tasks", MissingBucketException))
         return self
 
     # -- waiting -----------------------------------------------------------------------------
-    def _state_now(self) -> Union[TaskState, str]:
-        """The cached state, without a refresh."""
-        return self._fields["state"].from_wire(self, self._data.get("state"))
-
     def _is_final(self) -> bool:
         state = self._state_now()
         return isinstance(state, TaskState) and state.is_final()
@@ -393,36 +391,12 @@ class Task(Resource):
         results = self.results if purge_results else None
         self._conn._http.delete(self._url(), not_found=MissingTaskException)
         self.auto_update = False
-        self._data["state"] = TaskState.PENDING_DELETE.value
-        self._cache.pop("state", None)
+        self._mark_local_state(TaskState.PENDING_DELETE.value)
         for bucket in resources + ([results] if results is not None else []):
             try:
                 bucket.delete()
             except MissingBucketException:
                 logger.debug("bucket %s was already gone", bucket.name)
-
-    def _output(self, method: str, stream: str, instance_id: Optional[int]) -> str:
-        self._require_submitted(f"read {stream}")
-        extra = (stream,) if instance_id is None else (stream, instance_id)
-        missing = MissingTaskException if instance_id is None else MissingTaskInstanceException
-        return self._conn._http.request(method, self._url(*extra), expect_json=False,
-                                        not_found=missing)
-
-    def stdout(self, instance_id: Optional[int] = None) -> str:
-        """All standard output so far: ``GET /tasks/{uuid}/stdout[/{instanceId}]``."""
-        return self._output("GET", "stdout", instance_id)
-
-    def stderr(self, instance_id: Optional[int] = None) -> str:
-        """All standard error so far: ``GET /tasks/{uuid}/stderr[/{instanceId}]``."""
-        return self._output("GET", "stderr", instance_id)
-
-    def fresh_stdout(self, instance_id: Optional[int] = None) -> str:
-        """Standard output since the last fresh read: ``POST /tasks/{uuid}/stdout[/{id}]``."""
-        return self._output("POST", "stdout", instance_id)
-
-    def fresh_stderr(self, instance_id: Optional[int] = None) -> str:
-        """Standard error since the last fresh read: ``POST /tasks/{uuid}/stderr[/{id}]``."""
-        return self._output("POST", "stderr", instance_id)
 
     def download_results(self, output_dir: str, progress: Progress = None) -> str:
         """Download the whole result bucket into ``output_dir`` (created if needed).
@@ -448,23 +422,3 @@ class Task(Resource):
             return output_dir
         results.get_all_files(output_dir, progress=progress)
         return output_dir
-
-
-def _nonempty_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise FieldError(f"a task name must be a non-empty string, got {value!r}")
-    return value
-
-
-def _iterable(value: Any) -> list[Any]:
-    if isinstance(value, (str, bytes, Bucket)) or not hasattr(value, "__iter__"):
-        raise FieldError(f"expected a list of buckets, got {value!r}")
-    return list(value)
-
-
-def _uuid_of(obj: Any, what: str) -> str:
-    uuid = getattr(obj, "uuid", None)
-    if not isinstance(uuid, str) or not uuid:
-        raise TypeError(f"{what} must be a name or an object with a uuid, got {obj!r}")
-    return uuid
-

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
-from .api import admin, catalogue, openapi, tasks
+from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .bootstrap import ensure_owner
 from .db import make_engine, make_session_factory, migrate
@@ -55,6 +55,7 @@ def create_app(settings: ServerSettings, *, storage=None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
         sessions = make_session_factory(engine)
@@ -67,7 +68,8 @@ def create_app(settings: ServerSettings, *, storage=None,
             outputs = OutputStore(settings.data_dir / "output", settings.output_buffer_bytes)
             scheduler = Scheduler(settings=settings, sessions=sessions,
                                   executor_factory=executor_factory or _default_executor(settings),
-                                  outputs=outputs, s3=store.admin_access)
+                                  outputs=outputs, s3=store.admin_access,
+                                  storage_url=store.endpoint_url)
             scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
@@ -84,7 +86,7 @@ def create_app(settings: ServerSettings, *, storage=None,
                   description="A compute cluster speaking the Qarnot REST dialect.")
     install_error_handlers(app)
     app.add_middleware(_MergeSlashes)
-    for module in (catalogue, tasks, admin):
+    for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -29,7 +29,9 @@ def read_token(path: Path) -> Optional[str]:
 
 def write_client_config(path: Path, *, cluster_url: str, token: str,
                         storage_url: Optional[str]) -> None:
-    """Write an INI file in Qarnot's format, readable by the official SDK too (mode 0600)."""
+    """Write an INI file in Qarnot's format, readable by the official SDK too (mode 0600).
+
+    Without ``storage_url`` the SDKs ask the cluster (``GET /settings``)."""
     parser = configparser.ConfigParser()
     parser["cluster"] = {"url": cluster_url}
     parser["client"] = {"token": token}
@@ -59,6 +61,7 @@ def ensure_owner(sessions: sessionmaker[Session], settings: ServerSettings, stor
             log.warning("the owner's token was not found in %s: issued a new one", path)
         storage.provision_user(owner.email, token, None)  # idempotent; survives S3 data loss
         session.commit()
-        write_client_config(path, cluster_url=settings.api_url, token=token,
-                            storage_url=storage.endpoint_url)
+        # No [storage] url: each SDK asks GET /settings, which hands the official qarnot SDK
+        # the S3 front (CreateBucket of an owned bucket is a 200) and qcompute's SDK SeaweedFS.
+        write_client_config(path, cluster_url=settings.api_url, token=token, storage_url=None)
         return token

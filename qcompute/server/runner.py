@@ -8,7 +8,12 @@ HTTP server, so the local executor and a Ray task run the same code:
   the events as JSON lines on stdout and exits 0 after the Finished event. SIGTERM (or SIGINT)
   cancels the instance.
 * as a warm worker: ``python -m qcompute.server.runner --serve`` (:func:`serve`) runs instances
-  one after another, one spec JSON line each, until EOF on stdin (see :func:`serve`).
+  one after another, one spec JSON line each, until EOF on stdin (see :func:`serve`); control
+  lines on stdin reach the running instance (snapshot now, periodic snapshot, refresh).
+
+While the command runs, a control thread (:mod:`qcompute.server.runner_control`) takes the
+snapshots asked for (and the periodic one) and refreshes the resources; S3 transfers live in
+:mod:`qcompute.server.runner_files`.
 
 The command runs as ``sh -c <command>`` in a new session (its own process group), with
 PR_SET_PDEATHSIG so it dies with the thread that started it, and a watchdog process that kills
@@ -19,22 +24,24 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import logging
 import os
-import re
+import queue
 import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, Callable, Iterable, Iterator, Optional
+from typing import IO, Callable, Optional
 
-from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceSpec, Output, Phase,
-                                            event_to_json)
+from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey, InstanceSpec,
+                                            Output, Phase, SnapshotRequest, event_to_json)
+from qcompute.server.runner_control import Controller, InstanceControl
+from qcompute.server.runner_files import InfraError as _InfraError
+from qcompute.server.runner_files import InstanceFiles, compile_regex
 
 __all__ = ["run_instance", "pdeathsig_preexec", "main", "serve", "ACCEPTED"]
 
@@ -46,7 +53,6 @@ _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _POLL_SECONDS = 0.05  # how often the wait loop looks at the process and the cancel flag
 _DRAIN_SECONDS = 1.0  # output still read after the command's group is gone
 _READ_BYTES = 65536
-_TRANSFER_THREADS = 8
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the already-loaded C library: no I/O
 
@@ -70,56 +76,56 @@ def pdeathsig_preexec(report_group_to: Optional[int] = None) -> Callable[[], Non
     return preexec
 
 
-class _InfraError(Exception):
-    """Not the instance's fault: reported as ``Finished.error``."""
-
-
 def run_instance(spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
-                 cancel_event: threading.Event) -> Finished:
-    """Run one instance, calling ``emit`` for each event; the last one is the returned Finished."""
-    finished = _InstanceRun(spec, emit, cancel_event).execute()
+                 cancel_event: threading.Event,
+                 control: Optional[InstanceControl] = None) -> Finished:
+    """Run one instance, calling ``emit`` (from more than one thread) for each event; the last
+    one is the returned Finished. ``control`` takes snapshot and refresh requests meanwhile."""
+    finished = _InstanceRun(spec, emit, cancel_event, control).execute()
     emit(finished)
     return finished
 
 
 class _InstanceRun:
     def __init__(self, spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, control: Optional[InstanceControl] = None) -> None:
         self.spec, self.emit, self.cancel = spec, emit, cancel
         self.workdir = os.path.abspath(spec.workdir)
         self.exit_code: Optional[int] = None
         self.exec_time = 0.0
         self.peak_kb = 0
         self.uploaded = 0
-        self._client: Any = None
+        self.files = InstanceFiles(spec, self.workdir, cancel)
+        self.controller = Controller(spec, control or InstanceControl(), self.files, emit, cancel)
         self._pgid: Optional[int] = None
-        self._downloaded: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns)
 
     def execute(self) -> Finished:
         started = time.monotonic()
         error: Optional[str] = None
         created = ran = False
         try:
-            whitelist = _compile("results_whitelist", self.spec.results_whitelist)
-            blacklist = _compile("results_blacklist", self.spec.results_blacklist)
+            whitelist = compile_regex("results_whitelist", self.spec.results_whitelist)
+            blacklist = compile_regex("results_blacklist", self.spec.results_blacklist)
             self._make_workdir()
             created = True
             if self.spec.resources and not self.cancel.is_set():
                 self.emit(Phase(self.spec.key, "downloading"))
-                self._download()
+                self.files.download()
+            self.controller.start()
             if not self.cancel.is_set():
                 ran = True
                 self._run_command()
             if self.spec.result_bucket and ran and (
                     not self.cancel.is_set() or self.spec.upload_results_on_cancel):
                 self.emit(Phase(self.spec.key, "uploading"))
-                self._upload(whitelist, blacklist)
+                self.uploaded = self.files.upload_results(whitelist, blacklist)
         except _InfraError as exc:
             error = str(exc)
         except Exception as exc:  # never die silently: report it as an infrastructure error
             log.exception("runner failure for %s", self.spec.key)
             error = f"runner failure: {exc!r}"
         finally:
+            self.controller.close()  # before Finished: no control event may follow it
             if created:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         return Finished(self.spec.key, exit_code=self.exit_code, error=error,
@@ -168,8 +174,10 @@ class _InstanceRun:
                            exit_of=proc.pid)
         try:
             self.emit(Phase(self.spec.key, "running"))
+            self.controller.command_started()
             self._wait(proc, pump)
         finally:
+            self.controller.command_ended()
             self._signal_group(signal.SIGKILL)  # nothing of the command outlives it
             self._pgid = None
             pump.drain(time.monotonic() + _DRAIN_SECONDS)
@@ -228,101 +236,6 @@ class _InstanceRun:
             if int(pgrp) == self._pgid and state != "Z":
                 return True
         return False
-
-    # -- S3 ---------------------------------------------------------------------------------
-
-    def _s3(self) -> Any:
-        if self._client is None:
-            access = self.spec.s3
-            if access is None:
-                raise _InfraError("the instance uses S3 but its spec has no S3 access")
-            import boto3
-            from botocore.config import Config
-
-            from qcompute._storage import no_continue_for_empty_body
-
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,
-                aws_secret_access_key=access.secret_key, region_name=access.region,
-                config=Config(max_pool_connections=4 * _TRANSFER_THREADS,
-                              retries={"mode": "standard", "max_attempts": 3}))
-            self._client.meta.events.register("before-call.s3", no_continue_for_empty_body)
-        return self._client
-
-    def _download(self) -> None:
-        client = self._s3()
-        files: dict[str, tuple[str, str]] = {}  # local path -> (bucket, key); later buckets win
-        for res in self.spec.resources:
-            for key in self._list_keys(res.bucket, res.prefix):
-                if key.endswith("/"):
-                    continue
-                rel = key[len(res.strip_prefix):] if key.startswith(res.strip_prefix) else key
-                path = self._local_path(rel, res.bucket, key)
-                if path:
-                    files[path] = (res.bucket, key)
-
-        def fetch(item: tuple[str, tuple[str, str]]) -> None:
-            path, (bucket, key) = item
-            if self.cancel.is_set():
-                return
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                client.download_file(bucket, key, path)
-            except Exception as exc:
-                raise _InfraError(f"download of s3://{bucket}/{key} failed: {exc}") from exc
-            st = os.stat(path)
-            self._downloaded[path] = (st.st_size, st.st_mtime_ns)
-
-        _parallel(fetch, files.items())
-
-    def _list_keys(self, bucket: str, prefix: str) -> list[str]:
-        try:
-            pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                         Prefix=prefix)
-            return [obj["Key"] for page in pages for obj in page.get("Contents", ())]
-        except Exception as exc:
-            raise _InfraError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
-
-    def _local_path(self, rel: str, bucket: str, key: str) -> Optional[str]:
-        parts = [part for part in rel.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise _InfraError(f"resource s3://{bucket}/{key} would escape the working directory")
-        return os.path.join(self.workdir, *parts) if parts else None
-
-    def _upload(self, whitelist: Optional[re.Pattern], blacklist: Optional[re.Pattern]) -> None:
-        bucket, client = self.spec.result_bucket, self._s3()
-        stop_on_cancel = not self.spec.upload_results_on_cancel
-
-        def put(item: tuple[str, str]) -> bool:
-            path, rel = item
-            if stop_on_cancel and self.cancel.is_set():
-                return False
-            key = self.spec.results_prefix + rel
-            try:
-                client.upload_file(path, bucket, key)
-            except Exception as exc:
-                raise _InfraError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
-            return True
-
-        self.uploaded = sum(_parallel(put, self._result_files(whitelist, blacklist)))
-
-    def _result_files(self, whitelist: Optional[re.Pattern],
-                      blacklist: Optional[re.Pattern]) -> Iterator[tuple[str, str]]:
-        """Regular files of the workdir, filtered; downloaded resources only if they changed."""
-        for root, _dirs, names in os.walk(self.workdir):
-            for name in names:
-                path = os.path.join(root, name)
-                st = os.lstat(path)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if self._downloaded.get(path) == (st.st_size, st.st_mtime_ns):
-                    continue
-                rel = os.path.relpath(path, self.workdir)
-                if whitelist and not whitelist.search(rel):
-                    continue
-                if blacklist and blacklist.search(rel):
-                    continue
-                yield path, rel
 
 
 class _OutputPump:
@@ -400,48 +313,78 @@ def _start_watchdog() -> tuple[subprocess.Popen, int]:
     return watchdog, write_end
 
 
-def _compile(name: str, pattern: Optional[str]) -> Optional[re.Pattern]:
-    try:
-        return re.compile(pattern) if pattern else None
-    except re.error as exc:
-        raise _InfraError(f"invalid {name} regular expression {pattern!r}: {exc}") from exc
-
-
-def _parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """``fn`` over ``items`` on a thread pool; the first error cancels what has not started."""
-    items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(min(_TRANSFER_THREADS, len(items))) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
 ACCEPTED = '{"kind": "accepted"}'  # serve(): a spec was read; SIGTERM now cancels it
 _CANCEL_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _event_writer() -> Callable[[str], None]:
-    """Write lines to the real stdout; fd 1 then points to stderr, so a stray print cannot
-    corrupt the event stream."""
+    """Write lines to the real stdout, from any thread; fd 1 then points to stderr, so a stray
+    print cannot corrupt the event stream."""
     events = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
+    lock = threading.Lock()
 
     def write(line: str) -> None:
-        events.write(line + "\n")
-        events.flush()
+        with lock:
+            events.write(line + "\n")
+            events.flush()
 
     return write
 
 
+_Active = list[Optional[tuple[InstanceKey, InstanceControl]]]
+
+
+def _read_stdin(fd: int, specs: queue.SimpleQueue, active: _Active) -> None:
+    """The worker's stdin reader: spec lines go to ``specs`` (None at EOF); control lines go
+    to the running instance's inbox. Raw reads (no buffered ``sys.stdin``) so that the main
+    thread can exit while this one waits."""
+    pending = b""
+    while data := os.read(fd, _READ_BYTES):
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                _route(line, specs, active)
+    if pending.strip():
+        _route(pending, specs, active)
+    specs.put(None)
+
+
+def _route(line: bytes, specs: queue.SimpleQueue, active: _Active) -> None:
+    """A control line is ``{"control": "snapshot"|"periodic"|"refresh", "key": {...}, ...}``;
+    one for an instance that is not running (any more) is dropped. Anything else is a spec."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        message = None
+    if not (isinstance(message, dict) and "control" in message):
+        specs.put(line)
+        return
+    current = active[0]
+    try:
+        if current is None or InstanceKey(**message["key"]) != current[0]:
+            log.debug("control line for no running instance dropped: %r", line[:200])
+            return
+        kind, control = message["control"], current[1]
+        if kind == "snapshot":
+            control.snapshot(SnapshotRequest(**message["request"]))
+        elif kind == "periodic":
+            control.set_periodic(int(message.get("interval_sec") or 0),
+                                 SnapshotRequest.from_dict(message.get("request")))
+        elif kind == "refresh":
+            control.refresh()
+        else:
+            log.warning("unknown control line %r", line[:200])
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("bad control line %r: %s", line[:200], exc)
+
+
 def serve(write: Callable[[str], None]) -> int:
     """Run instances one after another: read a spec JSON line, answer :data:`ACCEPTED`, write
-    its events (Finished last), repeat; exit at EOF.
+    its events (Finished last), repeat; exit at EOF (after the running instance, if any).
+
+    A thread reads stdin all along: while an instance runs, control lines (see :func:`_route`)
+    reach it; the events they cause (SnapshotDone, ResourcesRefreshed) come before its Finished.
 
     SIGTERM cancels the current instance. It stays blocked while the worker is idle, and one
     left pending once an instance has ended (a cancel that crossed its Finished) is discarded
@@ -452,21 +395,26 @@ def serve(write: Callable[[str], None]) -> int:
     current = [threading.Event()]  # the cancel flag of the instance being run
     for sig in _CANCEL_SIGNALS:
         signal.signal(sig, lambda *_: current[0].set())
-    signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
-    stdin = sys.stdin.buffer
-    while line := stdin.readline():
-        if not line.strip():
-            continue
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)  # the reader thread inherits it
+    specs: queue.SimpleQueue = queue.SimpleQueue()
+    active: _Active = [None]
+    reader = threading.Thread(target=_read_stdin, args=(sys.stdin.fileno(), specs, active),
+                              name="stdin-reader", daemon=True)
+    reader.start()
+    while (line := specs.get()) is not None:
         spec = InstanceSpec.from_json(line.decode())
         while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:
             pass  # stale: meant for the previous instance
         current[0] = cancel = threading.Event()
+        control = InstanceControl()
+        active[0] = (spec.key, control)  # before ACCEPTED: controls may follow it at once
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)
         try:
             write(ACCEPTED)
-            run_instance(spec, lambda event: write(event_to_json(event)), cancel)
+            run_instance(spec, lambda event: write(event_to_json(event)), cancel, control)
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
+            active[0] = None
     return 0
 
 

@@ -21,12 +21,21 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qcompute.states import InstanceState as I
+from qcompute.states import TaskState as T
 
 from .changes import TaskChanges
-from .db.models import IdempotencyRecord, Instance, Task, utcnow
+from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                             Output, Phase, ResourceSpec, S3Access)
+                             Output, Phase, S3Access)
+from .scheduler_pools import PoolKeeper, resource_specs
+from .scheduler_snapshots import InstanceControls, PeriodicChanged, RefreshResources, TakeSnapshot
+from .scheduler_timers import Timers
+from .services.masking import OutputMasks
 from .services.output import OutputStore
+from .services.placement import dependents_of, resolve_dependencies
+from .services.jobs import refresh_job_state
+from .services.pools import completion_deadline
+from .services.secrets import payload_env
 from .services.tasks import move_instance, refresh_task_state
 from .settings import ServerSettings
 
@@ -48,6 +57,18 @@ class _Abort:
 
 
 @dataclass(frozen=True)
+class _Submitted:
+    """New tasks were committed; those with dependencies get them resolved."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """Once a second: timers (queue timeouts, wall times, TTLs) and elastic pools."""
+
+
+@dataclass(frozen=True)
 class _Forget:
     """A task was deleted: stop what still runs of it."""
 
@@ -60,15 +81,23 @@ _STOP = object()
 class Scheduler:
     def __init__(self, *, settings: ServerSettings, sessions: sessionmaker[Session],
                  executor_factory: Callable[[Callable[[ExecutorEvent], None]], Executor],
-                 outputs: OutputStore, s3: Optional[S3Access]) -> None:
+                 outputs: OutputStore, s3: Optional[S3Access],
+                 storage_url: Optional[str] = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.outputs = outputs
         self.s3 = s3
+        self.storage_url = storage_url or (s3.endpoint_url if s3 else None)  # for payloads
+        self.masks = OutputMasks()  # secret values kept out of each instance's output
         self.executor = executor_factory(self._on_executor_event)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
+        self.pools = PoolKeeper(settings, s3)
+        self.timers = Timers(self)
+        self.controls = InstanceControls(self)  # snapshots and resource refreshes
         self._thread = threading.Thread(target=self._loop, name="qcompute-scheduler", daemon=True)
+        self._stopped = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="qcompute-ticker", daemon=True)
         self.changes = TaskChanges()  # long-polling requests wait on it
 
     # -- API side -----------------------------------------------------------------------------
@@ -76,10 +105,12 @@ class Scheduler:
     def start(self) -> None:
         self._reconcile()
         self._thread.start()
+        self._ticker.start()
         self.wake()
 
     def stop(self) -> None:
         self.changes.release_all()
+        self._stopped.set()
         self._events.put(_STOP)
         self._thread.join(timeout=30)
         self.executor.shutdown()
@@ -90,17 +121,44 @@ class Scheduler:
     def abort(self, task_id: int) -> None:
         self._events.put(_Abort(task_id))
 
+    def running_keys(self, task_uuids: list[str]) -> list[InstanceKey]:
+        """The instances of these tasks an executor runs now (for deletes)."""
+        wanted = set(task_uuids)
+        return [key for key in list(self._in_flight) if key.task_uuid in wanted]
+
+    def submitted(self, task_ids: list[int]) -> None:
+        self._events.put(_Submitted(tuple(task_ids)))
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.settings.scheduler_tick_seconds):
+            self._events.put(_Tick())
+
     def forget(self, keys: list[InstanceKey]) -> None:
         self._events.put(_Forget(tuple(keys)))
+
+    def snapshot(self, task_id: int, snapshot_uuid: str) -> None:
+        """A committed instant snapshot: send it to the task's instances in flight."""
+        self._events.put(TakeSnapshot(task_id, snapshot_uuid))
+
+    def periodic_snapshot_changed(self, task_id: int) -> None:
+        self._events.put(PeriodicChanged(task_id))
+
+    def refresh_resources(self, task_id: int) -> None:
+        self._events.put(RefreshResources(task_id))
 
     # -- executor side ------------------------------------------------------------------------
 
     def _on_executor_event(self, event: ExecutorEvent) -> None:
         if isinstance(event, Output):
-            self.outputs.append(event.key.task_uuid, event.key.instance_id, event.stream,
-                                event.data)
-        else:
-            self._events.put(event)
+            text = self.masks.feed(event.key, event.stream, event.data)
+            if text:
+                self.outputs.append(event.key.task_uuid, event.key.instance_id, event.stream,
+                                    text)
+            return
+        if isinstance(event, Finished):  # the output held back by masking, before the end
+            for stream, text in self.masks.finish(event.key).items():
+                self.outputs.append(event.key.task_uuid, event.key.instance_id, stream, text)
+        self._events.put(event)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -118,9 +176,11 @@ class Scheduler:
                 specs, changed = self._round(events)
             except Exception:  # never let the loop die; the next event retries
                 log.exception("scheduler round failed")
+                self.controls.discard()
                 continue
             for spec in specs:
                 self._hand_over(spec)
+            self.controls.send()
             self.changes.publish(changed)
 
     def _hand_over(self, spec: InstanceSpec) -> None:
@@ -128,6 +188,7 @@ class Scheduler:
             self.executor.submit(spec)
         except Exception as exc:  # an infrastructure failure: re-queued within the bound
             log.exception("the executor refused %s", spec.key)
+            self.masks.finish(spec.key)
             self._events.put(Finished(spec.key, exit_code=None,
                                       error=f"the executor could not start it: {exc}"))
 
@@ -136,15 +197,55 @@ class Scheduler:
         uuids of the tasks that changed."""
         with self.sessions() as session:
             touched: dict[int, Task] = {}
+            changed: set[str] = set()
             for event in events:
                 self._apply(session, event, touched)
-            now = utcnow()
-            for task in touched.values():
-                refresh_task_state(session, task, now)
+            self._settle(session, touched)
             session.commit()
-            specs = self._dispatch(session)
+            dispatched: dict[int, Task] = {}
+            specs = self._dispatch(session, dispatched, changed)
+            self._settle(session, dispatched)
             session.commit()
-            return specs, {t.uuid for t in touched.values()} | {s.task_uuid for s in specs}
+            tasks = {**touched, **dispatched}.values()
+            return specs, {t.uuid for t in tasks} | {s.task_uuid for s in specs} | changed
+
+    def _settle(self, session: Session, touched: dict[int, Task]) -> None:
+        """Refresh the touched tasks' states; for each final one, resolve its dependents (which
+        may end too), complete its job, and arm its auto-delete timer."""
+        now = utcnow()
+        work, done = list(touched.values()), set()
+        while work:
+            task = work.pop()
+            refresh_task_state(session, task, now)
+            if not T(task.state).is_final() or task.id in done:
+                continue
+            done.add(task.id)
+            if task.delete_after is None:
+                task.delete_after = completion_deadline(task.document, task.ended_at or now)
+            for child in dependents_of(session, task.uuid):
+                if self._resolve(session, child):
+                    touched[child.id] = child
+                    work.append(child)
+            if task.job_id is not None:
+                job = session.get(Job, task.job_id)
+                if job is not None:
+                    refresh_job_state(session, job, now)
+
+    def _resolve(self, session: Session, task: Task) -> bool:
+        """Resolve a task's dependencies. A task whose conditions can no longer be met is
+        cancelled with errors naming the parent and why. True if the task changed."""
+        unmet = resolve_dependencies(session, task)
+        if unmet:
+            task.errors = [*task.errors, *({"code": "dependency_not_fulfilled", "message": m,
+                                            "debug": None} for m in unmet)]
+            self._cancel_task(session, task)
+            return True
+        if task.waiting_on == 0:
+            seconds = task.document.get("maxTimeQueueSeconds")
+            if seconds and task.queue_deadline is None:
+                task.queue_deadline = utcnow() + timedelta(seconds=seconds)
+            return True
+        return False
 
     def _instance(self, session: Session, key: InstanceKey) -> Optional[tuple[Instance, Task]]:
         row = session.execute(
@@ -155,7 +256,13 @@ class Scheduler:
         return row[0], row[1]
 
     def _apply(self, session: Session, event, touched: dict[int, Task]) -> None:
-        if isinstance(event, Phase):
+        if self.controls.apply(session, event, touched):
+            return
+        if isinstance(event, (Phase, Finished)) and event.key in self.pools.preparing:
+            if isinstance(event, Finished):
+                self._in_flight.discard(event.key)
+                self.pools.preparation_ended(session, event, self.settings.max_infra_retries)
+        elif isinstance(event, Phase):
             found = self._instance(session, event.key)
             if found and I(found[0].state).is_active():
                 move_instance(found[1], found[0], _PHASE_STATES[event.phase])
@@ -164,6 +271,8 @@ class Scheduler:
                 touched[found[1].id] = found[1]
         elif isinstance(event, Finished):
             self._in_flight.discard(event.key)
+            self.controls.instance_ended(session, event.key)
+            self.pools.ended(event.key)
             found = self._instance(session, event.key)
             if found and I(found[0].state).is_active():
                 self._finish(found[0], found[1], event)
@@ -173,6 +282,13 @@ class Scheduler:
             if task is not None:
                 self._cancel_task(session, task)
                 touched[task.id] = task
+        elif isinstance(event, _Submitted):
+            for task in session.scalars(select(Task).where(Task.id.in_(event.task_ids),
+                                                           Task.waiting_on > 0)):
+                self._resolve(session, task)
+                touched[task.id] = task
+        elif isinstance(event, _Tick):
+            self.timers.run(session, touched)
         elif isinstance(event, _Forget):
             for key in event.keys:
                 if key in self._in_flight:
@@ -196,9 +312,25 @@ class Scheduler:
                             event.error)
             else:
                 move_instance(task, instance, I.FAILED)
+        elif event.exit_code != 0 and self._may_retry(task, instance):
+            instance.app_failures += 1
+            task.retries_used += 1
+            instance.error = f"attempt {instance.attempt} exited with code {event.exit_code}"
+            move_instance(task, instance, I.QUEUED)
         else:
             instance.error = None
             move_instance(task, instance, I.SUCCEEDED if event.exit_code == 0 else I.FAILED)
+
+    @staticmethod
+    def _may_retry(task: Task, instance: Instance) -> bool:
+        """``retrySettings``: only failed instances are retried, within both budgets."""
+        retry = task.document.get("retrySettings") or {}
+        per = retry.get("maxPerInstanceRetries") or task.document.get("maxRetriesPerInstance")
+        total = retry.get("maxTotalRetries")
+        if not per and not total:
+            return False
+        return (not per or instance.app_failures < per) and \
+            (not total or task.retries_used < total)
 
     def _cancel_task(self, session: Session, task: Task) -> None:
         instances = session.scalars(select(Instance).where(Instance.task_id == task.id))
@@ -209,30 +341,50 @@ class Scheduler:
                 self.executor.cancel(InstanceKey(task.uuid, instance.instance_id,
                                                  instance.attempt))
 
-    def _dispatch(self, session: Session) -> list[InstanceSpec]:
-        free = self.executor.capacity - len(self._in_flight)
-        if free <= 0:
-            return []
-        rows = session.execute(
-            select(Instance, Task).join(Task, Instance.task_id == Task.id)
-            .where(Instance.state == I.QUEUED.value, Task.abort_requested.is_(False))
-            .order_by(Instance.id).limit(free)).all()
-        specs, touched = [], {}
+    def _dispatch(self, session: Session, touched: dict[int, Task],
+                  changed: set[str]) -> list[InstanceSpec]:
+        """Pools first (their slots and preparation runs), then queued instances: into the free
+        slots of their pool, or into the executor slots no pool holds."""
+        general_busy = len(self._in_flight) - self.pools.in_flight()
+        unheld = self.executor.capacity - self.pools.held(session) - general_busy
+        specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
+        for task in session.scalars(select(Task).where(Task.id.in_(self.pools.drain_cancelled()))):
+            self._cancel_task(session, task)
+            touched[task.id] = task
+        rows = []
+        for pool_id, free in self.pools.free_slots(session).items():
+            rows += self._queued(session, Task.pool_id == pool_id, free)
+        general_free = self.executor.capacity - self.pools.held(session) - general_busy
+        if general_free > 0:
+            rows += self._queued(session, Task.pool_id.is_(None), general_free)
         for instance, task in rows:
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
-            specs.append(self._spec(task, instance))
+            spec = self._spec(session, task, instance)
+            if task.pool_id is not None:
+                self.pools.started(task.pool_id, spec.key)
+            specs.append(spec)
             touched[task.id] = task
-        now = utcnow()
-        for task in touched.values():
-            refresh_task_state(session, task, now)
         self._in_flight.update(spec.key for spec in specs)
         return specs
 
-    def _spec(self, task: Task, instance: Instance) -> InstanceSpec:
+    @staticmethod
+    def _queued(session: Session, where, limit: int) -> list:
+        """The oldest runnable queued instances (not aborted, not waiting on parents)."""
+        return list(session.execute(
+            select(Instance, Task).join(Task, Instance.task_id == Task.id)
+            .where(Instance.state == I.QUEUED.value, Task.abort_requested.is_(False),
+                   Task.waiting_on == 0, where)
+            .order_by(Instance.id).limit(limit)).all())
+
+    def _spec(self, session: Session, task: Task, instance: Instance) -> InstanceSpec:
         doc = task.document
+        pool = session.get(Pool, task.pool_id) if task.pool_id is not None else None
         profile = self.settings.profile(task.profile or "")
         constants = dict(profile.constants if profile else {})
+        if pool is not None:  # the pool's constants, under the task's own
+            constants.update({c["key"]: c.get("value") or ""
+                              for c in pool.document.get("constants") or ()})
         constants.update({c["key"]: c.get("value") or "" for c in doc.get("constants", ())})
         command = constants.get(profile.command_constant if profile else "DOCKER_CMD", "")
         size = str(task.instance_count)
@@ -240,13 +392,14 @@ class Scheduler:
                "FRAME_ID": str(instance.instance_id), "INSTANCE_COUNT": size,
                "QRANK": str(instance.rank), "QSIZE": size, "TASK_UUID": task.uuid,
                "TASK_NAME": task.name}
-        resources = [ResourceSpec(
-            bucket=b["bucketName"],
-            prefix=((b.get("filtering") or {}).get("prefixFiltering") or {}).get("prefix", ""),
-            strip_prefix=((b.get("resourcesTransformation") or {}).get("stripPrefix") or {})
-            .get("prefix", ""))
-            for b in doc.get("advancedResourceBuckets", ())]
-        resources += [ResourceSpec(bucket=name) for name in doc.get("resourceBuckets", ())]
+        extra, masked = payload_env(  # granted secrets, exported credentials
+            session, owner_id=task.owner_id, document=doc, exported_token=task.exported_token,
+            api_url=self.settings.api_url, storage_url=self.storage_url,
+            region=self.settings.s3_region)
+        env.update(extra)
+        self.masks.register(InstanceKey(task.uuid, instance.instance_id, instance.attempt), masked)
+        resources = resource_specs(pool.document) if pool is not None else []
+        resources += resource_specs(doc)  # the task's files win over the pool's
         workdir = Path(self.settings.data_dir, "work", task.uuid,
                        f"{instance.instance_id}-{instance.attempt}")
         return InstanceSpec(
@@ -256,7 +409,8 @@ class Scheduler:
             results_whitelist=doc.get("resultsWhitelist"),
             results_blacklist=doc.get("resultsBlacklist"),
             upload_results_on_cancel=bool(doc.get("uploadResultsOnCancellation")),
-            kill_grace_seconds=self.settings.kill_grace_seconds)
+            kill_grace_seconds=self.settings.kill_grace_seconds,
+            **self.controls.spec_fields(session, task))
 
     # -- restart ------------------------------------------------------------------------------
 
@@ -279,6 +433,7 @@ class Scheduler:
                 touched[task.id] = task
             for task in touched.values():
                 refresh_task_state(session, task)
+            self.controls.reconcile(session)
             cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
             session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
             session.commit()

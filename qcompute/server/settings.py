@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
 import platformdirs
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .hardware import NodeCapabilities, NodeOverrides, detect
 
 __all__ = ["Profile", "ServerSettings", "default_data_dir"]
 
@@ -55,6 +58,11 @@ class ServerSettings(BaseSettings):
     s3_admin_access_key: str = ""  # generated and kept in <data_dir> for embedded
     s3_admin_secret_key: str = ""
     s3_region: str = "us-east-1"
+    # Embedded only: GET /settings hands the official qarnot SDK (User-Agent qarnot-sdk-python)
+    # a thin S3 front (storage/s3front.py) where CreateBucket of an owned bucket answers 200, as
+    # on Qarnot; everything else talks to SeaweedFS directly. Port 0: a free one at each start.
+    s3_front: bool = True
+    s3_front_port: int = Field(default=0, ge=0, le=65535)
 
     # Executor
     executor: Literal["local"] = "local"
@@ -62,6 +70,7 @@ class ServerSettings(BaseSettings):
     kill_grace_seconds: float = Field(default=5.0, ge=0)
     max_instances_per_task: int = Field(default=100_000, ge=1)
     max_infra_retries: int = Field(default=2, ge=0)  # re-queues after a lost runner or a restart
+    scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
 
     # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
     output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -69,6 +78,10 @@ class ServerSettings(BaseSettings):
     long_poll_max_seconds: float = Field(default=60.0, ge=1, le=600)  # GET /tasks/{uuid}?wait=
 
     profiles: list[Profile] = Field(default_factory=_default_profiles)
+    # Hardware (constraints are checked against it): `node` overrides what is detected on this
+    # host; `nodes`, when given, replaces detection with explicit node kinds.
+    node: NodeOverrides = Field(default_factory=NodeOverrides)
+    nodes: list[NodeCapabilities] = Field(default_factory=list)
     default_user_email: str = "owner@qcompute.local"
 
     @property
@@ -78,6 +91,11 @@ class ServerSettings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @cached_property
+    def node_kinds(self) -> list[NodeCapabilities]:
+        """The node kinds this cluster runs on: ``nodes``, else this host (detected once)."""
+        return list(self.nodes) or [detect(self.data_dir, self.node)]
 
     def profile(self, name: str) -> Optional[Profile]:
         return next((p for p in self.profiles if p.name == name), None)

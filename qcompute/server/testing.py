@@ -45,7 +45,8 @@ class ClusterProcess:
 
     @property
     def config(self) -> Path:
-        """The client config the server writes (API URL, owner token, storage URL)."""
+        """The client config the server writes (API URL, owner token; the SDKs ask the storage
+        URL from ``GET /settings``)."""
         return self.data_dir / "qcompute.conf"
 
     def start(self, timeout: float = 60) -> None:

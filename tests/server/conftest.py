@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from qcompute.server.app import create_app
 from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.executors.base import (Executor, Finished, InstanceKey, InstanceSpec, Output,
-                                            Phase)
+                                            Phase, SnapshotDone, SnapshotRequest)
 from qcompute.server.settings import ServerSettings
 
 
@@ -55,6 +55,9 @@ class FakeExecutor(Executor):
         self.specs: dict[InstanceKey, InstanceSpec] = {}
         self.cancelled: list[InstanceKey] = []
         self.submitted = threading.Event()
+        self.snapshots: list[tuple[InstanceKey, SnapshotRequest]] = []  # control calls, in order
+        self.periodic: list[tuple[InstanceKey, int, SnapshotRequest | None]] = []
+        self.refreshed: list[InstanceKey] = []
 
     @property
     def capacity(self) -> int:
@@ -69,6 +72,23 @@ class FakeExecutor(Executor):
         self.specs.pop(key, None)
         self.on_event(Finished(key, exit_code=-15, cancelled=True))
 
+    def _check_running(self, key: InstanceKey) -> None:
+        if key not in self.specs:
+            raise KeyError(f"instance {key} is not running here")
+
+    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
+        self._check_running(key)
+        self.snapshots.append((key, request))
+
+    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
+                              request: SnapshotRequest | None) -> None:
+        self._check_running(key)
+        self.periodic.append((key, interval_sec, request))
+
+    def refresh_resources(self, key: InstanceKey) -> None:
+        self._check_running(key)
+        self.refreshed.append(key)
+
     def running(self) -> set[InstanceKey]:
         return set(self.specs)
 
@@ -79,6 +99,16 @@ class FakeExecutor(Executor):
     def keys_of(self, task_uuid: str) -> list[InstanceKey]:
         return sorted((k for k in self.specs if k.task_uuid == task_uuid),
                       key=lambda k: k.instance_id)
+
+    def start(self, key: InstanceKey) -> None:
+        """The instance's command starts (it stays running)."""
+        self.on_event(Phase(key, "running"))
+
+    def snapshot_done(self, key: InstanceKey, snapshot_id: str, *, ok: bool = True,
+                      error: str | None = None, keys: tuple[str, ...] = ("out.txt",),
+                      size: int = 10) -> None:
+        self.on_event(SnapshotDone(key, snapshot_id, ok=ok, error=error, files=len(keys),
+                                   bytes=size if ok else 0, size=size, keys=keys))
 
     def run(self, key: InstanceKey, *, exit_code: int = 0, stdout: str = "",
             error: str | None = None) -> None:

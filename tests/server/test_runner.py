@@ -175,7 +175,7 @@ def test_resource_key_escaping_the_workdir_is_refused(tmp_path):
     spec = make_spec(tmp_path, "echo never", s3=S3Access("http://127.0.0.1:9", "k", "s"),
                      resources=(ResourceSpec("b", prefix="in/"),))
     run = _InstanceRun(spec, Recorder(), threading.Event())
-    run._client = Client()
+    run.files._client = Client()
     finished = run.execute()
     assert finished.exit_code is None and "s3://b/in/../../etc/evil" in finished.error
 

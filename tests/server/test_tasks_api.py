@@ -47,7 +47,7 @@ def test_bad_token_is_401_with_message(cluster, token):
     ({"name": "t", "profile": "docker-batch", "resultsWhitelist": "(",
       "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "regular expression"),
     ({"name": "t", "profile": "docker-batch", "poolUuid": "p",
-      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "pools"),
+      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "pool p not found"),
     ([1], 200, None),
     ("text", 400, "JSON object"),
 ])

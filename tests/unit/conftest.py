@@ -44,6 +44,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr("qcompute._resource._clock", fake)
     monkeypatch.setattr("qcompute.task._sleep", fake.sleep)
+    monkeypatch.setattr("qcompute._resource._sleep", fake.sleep)
     monkeypatch.setattr("qcompute._http._sleep", fake.sleep)
     return fake
 

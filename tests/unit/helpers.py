@@ -16,6 +16,8 @@ API = "http://api.test"
 S3 = "http://s3.test"
 TOKEN = "secret-token-123"
 TASK_UUID = "7a3c9e52-0000-4000-8000-000000000001"
+POOL_UUID = "7a3c9e52-0000-4000-8000-0000000000b1"
+JOB_UUID = "7a3c9e52-0000-4000-8000-0000000000c1"
 
 
 def body(call: Any) -> Any:
@@ -46,6 +48,39 @@ def task_doc(uuid: str = TASK_UUID, state: str = "Submitted", **extra: Any) -> d
         "completedInstances": [],
         "errors": [],
         "resultsCount": 0,
+    }
+    doc.update(extra)
+    return doc
+
+
+def pool_doc(uuid: str = POOL_UUID, state: str = "Submitted", **extra: Any) -> dict[str, Any]:
+    """A pool document as the server sends it (reference §2.3)."""
+    doc = {
+        "uuid": uuid, "name": "render-pool", "shortname": uuid, "profile": "docker-batch",
+        "instanceCount": 2, "state": state, "previousState": None,
+        "creationDate": "2026-11-21T10:00:00Z", "constants": [], "tags": ["p"], "labels": {},
+        "advancedResourceBuckets": None, "preparationTask": None,
+        "autoDeleteOnCompletion": False, "completionTimeToLive": "00:00:00",
+        "elasticProperty": {"isElastic": False, "minTotalSlots": 0, "maxTotalSlots": 0,
+                            "minIdleSlots": 0, "resizePeriod": 90, "rampResizeFactor": 1,
+                            "minIdleTimeSeconds": 0},
+        "taskDefaultWaitForPoolResourcesSynchronization": False,
+        "runningInstanceCount": 0, "runningCoreCount": 0, "poolUsage": 0.0,
+        "totalSlotCapacity": 2, "queuedOrRunningTaskInstancesCount": 0.0,
+        "status": None, "errors": [],
+    }
+    doc.update(extra)
+    return doc
+
+
+def job_doc(uuid: str = JOB_UUID, state: str = "Active", **extra: Any) -> dict[str, Any]:
+    """A job document as the server sends it (reference §2.4)."""
+    doc = {
+        "uuid": uuid, "name": "pipeline", "shortname": uuid, "poolUuid": None,
+        "state": state, "previousState": None, "useDependencies": True,
+        "maxWallTime": "1.03:16:50.5000000", "tags": ["j"], "autoDeleteOnCompletion": False,
+        "completionTimeToLive": "00:00:00", "creationDate": "2026-11-21T10:00:00Z",
+        "lastModified": "2026-11-21T10:00:01Z",
     }
     doc.update(extra)
     return doc

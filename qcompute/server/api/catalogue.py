@@ -1,7 +1,10 @@
-"""Account and catalogue routes: /settings, /info, /profiles, /versions, /health."""
+"""Account and catalogue routes: /settings, /info, /profiles, /versions, /health,
+/hardware-constraints."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
 from sqlalchemy import func, select
 
 from qcompute._version import __version__
@@ -9,9 +12,11 @@ from qcompute.states import TaskState as T
 
 from ..db.models import Task
 from ..errors import NotFound
+from ..services import hardware
 from .deps import ContextDep, CurrentUser, SessionDep
 
 router = APIRouter(tags=["catalogue"])
+QARNOT_SDK_AGENT = "qarnot-sdk-python"  # the official SDK: qarnot-sdk-python/v2.23.0
 
 
 @router.get("/health", summary="Liveness and what the cluster runs")
@@ -20,15 +25,20 @@ def health(ctx: ContextDep):
             "storageProcess": ctx.storage.describe(),
             "executor": ctx.settings.executor,
             "capacity": ctx.scheduler.executor.capacity,
-            "running": len(ctx.scheduler.executor.running())}
+            "running": len(ctx.scheduler.executor.running()),
+            "nodes": [node.to_json() for node in ctx.settings.node_kinds]}
 
 
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")
-def settings(ctx: ContextDep):
+def settings(ctx: ContextDep, user_agent: Annotated[str, Header()] = ""):
     """``storage`` is what every client reads; ``taskWaitMaxSeconds`` advertises the long poll
-    (``GET /tasks/{uuid}?wait=`` and ``POST /tasks/wait``) that qcompute's SDK uses."""
-    return {"storage": ctx.storage.endpoint_url,
-            "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds}
+    (``GET /tasks/{uuid}?wait=`` and ``POST /tasks/wait``) that qcompute's SDK uses.
+
+    The official SDK (User-Agent ``qarnot-sdk-python/...``) gets the S3 front where CreateBucket
+    of a bucket it owns answers 200, as Qarnot's storage does (``storage/s3front.py``)."""
+    storage = (ctx.storage.qarnot_sdk_endpoint_url if user_agent.startswith(QARNOT_SDK_AGENT)
+               else ctx.storage.endpoint_url)
+    return {"storage": storage, "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds}
 
 
 @router.get("/versions", summary="API versions")
@@ -64,3 +74,20 @@ def profile(name: str, ctx: ContextDep, _user: CurrentUser):
         raise NotFound(f"profile {name!r} not found", code="profile_not_found")
     return {"name": found.name, "description": found.description,
             "constants": [{"name": k, "value": v} for k, v in found.constants.items()]}
+
+
+@router.get("/hardware-constraints", summary="A page of the hardware constraints this cluster "
+            "can satisfy")
+def hardware_constraints(ctx: ContextDep, _user: CurrentUser,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                         offset: Annotated[int, Query(ge=0)] = 0):
+    offered = hardware.offered_constraints(ctx.settings.node_kinds)
+    return {"data": offered[offset:offset + limit], "offset": offset, "limit": limit,
+            "total": len(offered)}
+
+
+@router.get("/hardware-constraints/cpu-model-constraints/search",
+            summary="CPU model constraints matching cpuModel: exact, then prefix, then substring")
+def search_cpu_model_constraints(ctx: ContextDep, _user: CurrentUser,
+                                 cpu_model: Annotated[str, Query(alias="cpuModel")] = ""):
+    return hardware.search_cpu_models(ctx.settings.node_kinds, cpu_model)

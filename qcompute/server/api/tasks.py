@@ -16,11 +16,13 @@ from ..db.models import OutputCursor, Task, utcnow
 from ..errors import BadRequest, DomainError, NotFound, validate
 from ..executors.base import InstanceKey
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
+from ..services import snapshots
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
+from ..services.placement import dependencies_json
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
-from ..services.users import authenticate
+from ..services.users import authenticate, bare_token
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 
@@ -39,16 +41,22 @@ def _parse_submit(item: Any) -> TaskSubmit:
 def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
                  ctx: ContextDep) -> Response:
     payload = loads(body)
+    token = bare_token(request.headers.get("Authorization"))  # kept if credentials are exported
+    waiting: list[int] = []  # tasks with dependencies: the scheduler resolves them
 
     def work() -> tuple[int, Any]:
         if not isinstance(payload, list):
-            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload))
+            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload),
+                                       token=token)
+            waiting.extend([task.id] if task.waiting_on else [])
             return 201, {"uuid": task.uuid}
         results = []
         for item in payload:  # each item stands alone: one bad task does not sink the rest
             try:
                 with session.begin_nested():
-                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item))
+                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item),
+                                               token=token)
+                waiting.extend([task.id] if task.waiting_on else [])
                 results.append({"statusCode": 201, "uuid": task.uuid, "message": "created"})
             except DomainError as exc:
                 results.append({"statusCode": exc.status_code, "uuid": None,
@@ -56,12 +64,15 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
         return 200, results
 
     response = run_once(request, session, user, body, work)
+    if waiting:
+        ctx.scheduler.submitted(waiting)
     ctx.scheduler.wake()
     return response
 
 
 def _full(session, task: Task) -> dict[str, Any]:
-    return task_to_json(task, service.task_instances(session, task), utcnow())
+    return task_to_json(task, service.task_instances(session, task), utcnow(),
+                        dependencies_json(session, task))
 
 
 def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
@@ -198,10 +209,19 @@ def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser
 
 
 @router.patch("/tasks/{uuid}", summary="Pull new resource files into running instances")
-def update_resources(uuid: str, session: SessionDep, user: CurrentUser):
-    service.get_task(session, user, uuid)
-    raise BadRequest("updating the resources of a running task is not supported yet",
-                     code="unsupported")
+def update_resources(uuid: str, request: Request, body: RawBody, session: SessionDep,
+                     user: CurrentUser, ctx: ContextDep):
+    refreshed: list[int] = []
+
+    def work() -> tuple[int, Any]:
+        task = snapshots.update_resources(session, user, uuid)
+        refreshed.append(task.id)
+        return 200, {"uuid": uuid, "resourcesVersion": task.resources_version}
+
+    response = run_once(request, session, user, body, work)
+    if refreshed:
+        ctx.scheduler.refresh_resources(refreshed[0])
+    return response
 
 
 @router.delete("/tasks/{uuid}", summary="Delete a task, stopping what still runs")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer,
+                        String, Text)
 from sqlalchemy import UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -61,9 +62,16 @@ class Task(Base):
     waiting_on: Mapped[int] = mapped_column(Integer, default=0)
     retries_used: Mapped[int] = mapped_column(Integer, default=0)  # maxTotalRetries budget
     resources_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by PATCH
+    # The periodic snapshot's interval (its config: the Snapshot row with periodic=True), and
+    # the last keys snapshots uploaded (a short list, newest last): shown in the task JSON.
+    snapshot_interval_sec: Mapped[int] = mapped_column(Integer, default=0)
+    snapshot_results: Mapped[Optional[list[str]]] = mapped_column(JSON)
     # Timers the scheduler's tick acts on (indexed: the tick costs what is due, not the table).
     queue_deadline: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
     delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
+    # privileges.exportApiAndStorageCredentialsInEnvironment: the submitter's raw token, kept
+    # (tokens are stored hashed) until the task is final, for its payload's environment.
+    exported_token: Mapped[Optional[str]] = mapped_column(String(256))
 
     tags: Mapped[list["TaskTag"]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="TaskTag.position")
@@ -186,6 +194,18 @@ class PoolSlot(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class PoolOutputCursor(Base):
+    """Where the last fresh read of a pool's stdout / stderr stopped (see OutputCursor)."""
+
+    __tablename__ = "pool_output_cursors"
+
+    pool_id: Mapped[int] = mapped_column(
+        ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1: the whole pool
+    stream: Mapped[str] = mapped_column(String(8), primary_key=True)
+    offset: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class PoolTag(Base):
     __tablename__ = "pool_tags"
 
@@ -255,10 +275,12 @@ class Snapshot(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     periodic: Mapped[bool] = mapped_column(Boolean, default=False)
     interval_sec: Mapped[int] = mapped_column(Integer, default=0)  # periodic only
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # white/blacklist, bucket
+    # {"whitelist", "blacklist", "bucket", "bucketPrefix"}, defaults resolved at creation
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16))  # Triggered, InProgress, Success, Failure
     pending: Mapped[int] = mapped_column(Integer, default=0)  # instances still uploading it
-    size_to_upload: Mapped[int] = mapped_column(Integer, default=0)
-    transferred_size: Mapped[int] = mapped_column(Integer, default=0)
+    size_to_upload: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes
+    transferred_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[Optional[str]] = mapped_column(Text)  # why it failed (the first error)
     trigger_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_update_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -2,8 +2,12 @@
 
 Executors move instances, nothing else. They know nothing about HTTP or SQL. The scheduler calls
 :meth:`Executor.submit` for an instance it has marked dispatched (and committed), and
-:meth:`Executor.cancel` on abort. Everything the executor learns flows back as events through the
-``on_event`` callback given at construction; the callback is thread-safe and never blocks for long.
+:meth:`Executor.cancel` on abort. A running instance can also be asked to upload its results
+now (:meth:`Executor.snapshot`), to change its periodic snapshot
+(:meth:`Executor.set_periodic_snapshot`) or to download its resources again
+(:meth:`Executor.refresh_resources`). Everything the executor learns flows back as events through
+the ``on_event`` callback given at construction; the callback is thread-safe and never blocks for
+long.
 
 Events are plain dataclasses, also serialised as JSON lines between the runner process and the
 local executor (see :func:`event_to_json` / :func:`event_from_json`).
@@ -16,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Optional, Union
 
 __all__ = [
-    "S3Access", "ResourceSpec", "InstanceSpec", "InstanceKey",
-    "Phase", "Output", "Finished", "ExecutorEvent", "Executor",
+    "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
+    "Phase", "Output", "SnapshotDone", "ResourcesRefreshed", "Finished", "ExecutorEvent",
+    "Executor",
     "event_to_json", "event_from_json",
 ]
 
@@ -39,6 +44,21 @@ class ResourceSpec:
     bucket: str
     prefix: str = ""  # only keys starting with this prefix are downloaded
     strip_prefix: str = ""  # removed from the start of each key to give the local path
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """Upload the instance's current results (files changed since its last upload there)."""
+
+    snapshot_id: str  # reported back in SnapshotDone
+    bucket: str
+    prefix: str = ""  # key prefix in the bucket
+    whitelist: Optional[str] = None  # regex on the relative POSIX path
+    blacklist: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: Optional[dict]) -> Optional["SnapshotRequest"]:
+        return cls(**data) if data else None
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,8 @@ class InstanceSpec:
     results_blacklist: Optional[str] = None
     upload_results_on_cancel: bool = False
     kill_grace_seconds: float = 5.0
+    snapshot_interval_sec: int = 0  # > 0: the runner uploads periodic_snapshot this often
+    periodic_snapshot: Optional[SnapshotRequest] = None
 
     @property
     def key(self) -> InstanceKey:
@@ -80,7 +102,8 @@ class InstanceSpec:
         s3 = S3Access(**data.pop("s3")) if data.get("s3") else None
         data.pop("s3", None)
         resources = tuple(ResourceSpec(**r) for r in data.pop("resources", ()))
-        return cls(s3=s3, resources=resources, **data)
+        periodic = SnapshotRequest.from_dict(data.pop("periodic_snapshot", None))
+        return cls(s3=s3, resources=resources, periodic_snapshot=periodic, **data)
 
 
 PhaseName = Literal["downloading", "running", "uploading"]
@@ -106,6 +129,36 @@ class Output:
 
 
 @dataclass(frozen=True)
+class SnapshotDone:
+    """One instance's part of a snapshot (an instant one, or a periodic round) is over.
+
+    ``files``/``bytes`` were uploaded out of ``size`` bytes selected; ``keys`` are the first
+    uploaded keys (a short list). Never sent after the instance's Finished.
+    """
+
+    key: InstanceKey
+    snapshot_id: str
+    ok: bool
+    error: Optional[str] = None
+    files: int = 0
+    bytes: int = 0
+    size: int = 0
+    keys: tuple[str, ...] = ()
+    kind: str = field(default="snapshot", init=False)
+
+
+@dataclass(frozen=True)
+class ResourcesRefreshed:
+    """The instance downloaded its resources again (``files`` new or changed ones)."""
+
+    key: InstanceKey
+    ok: bool
+    error: Optional[str] = None
+    files: int = 0
+    kind: str = field(default="refreshed", init=False)
+
+
+@dataclass(frozen=True)
 class Finished:
     """The instance ended. Exactly one per submitted instance, always the last event.
 
@@ -127,8 +180,9 @@ class Finished:
     kind: str = field(default="finished", init=False)
 
 
-ExecutorEvent = Union[Phase, Output, Finished]
-_EVENT_TYPES = {"phase": Phase, "output": Output, "finished": Finished}
+ExecutorEvent = Union[Phase, Output, SnapshotDone, ResourcesRefreshed, Finished]
+_EVENT_TYPES = {"phase": Phase, "output": Output, "snapshot": SnapshotDone,
+                "refreshed": ResourcesRefreshed, "finished": Finished}
 
 
 def event_to_json(event: ExecutorEvent) -> str:
@@ -139,6 +193,8 @@ def event_from_json(line: str) -> ExecutorEvent:
     data = json.loads(line)
     cls = _EVENT_TYPES[data.pop("kind")]
     data["key"] = InstanceKey(**data["key"])
+    if "keys" in data:
+        data["keys"] = tuple(data["keys"])
     return cls(**data)
 
 
@@ -163,6 +219,26 @@ class Executor(abc.ABC):
 
         A Finished event with ``cancelled=True`` follows. Unknown keys are ignored.
         """
+
+    @abc.abstractmethod
+    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
+        """Ask a running instance to upload its results now, without stopping its command.
+
+        A SnapshotDone event follows, unless the instance ends first (its Finished comes
+        instead). Raises KeyError if this executor is not running the instance.
+        """
+
+    @abc.abstractmethod
+    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
+                              request: Optional[SnapshotRequest]) -> None:
+        """Replace the running instance's periodic snapshot (0 or no request: stop it).
+        Raises KeyError if this executor is not running the instance."""
+
+    @abc.abstractmethod
+    def refresh_resources(self, key: InstanceKey) -> None:
+        """Ask a running instance to download its resources again: new and changed files are
+        added, nothing is deleted. A ResourcesRefreshed event follows (unless it ends first).
+        Raises KeyError if this executor is not running the instance."""
 
     @abc.abstractmethod
     def running(self) -> set[InstanceKey]:

@@ -8,6 +8,11 @@ stdin; the worker answers ``ACCEPTED``, writes the instance's events as JSON lin
 Finished last, and waits for the next line. EOF on its stdin makes it exit. Worker stderr (its
 own logs) goes to this module's logger.
 
+``snapshot``, ``set_periodic_snapshot`` and ``refresh_resources`` write a control line to the
+busy worker's stdin (one JSON object: ``{"control": "snapshot"|"periodic"|"refresh", "key":
+{...}, "request": {...}, "interval_sec": N}``); lines for an instance not accepted yet wait for
+its ACCEPTED. The worker answers with SnapshotDone / ResourcesRefreshed events before Finished.
+
 ``cancel`` sends SIGTERM to the worker once it has accepted the instance: the worker kills the
 command's process group and reports ``Finished(cancelled=True)``; SIGTERM never stops a worker.
 As a backstop, an instance not finished ``kill_grace_seconds + 5`` s after the cancel gets its
@@ -18,6 +23,7 @@ Finished; a dead worker is replaced, and a worker is retired after
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import selectors
@@ -27,11 +33,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from dataclasses import asdict
+from typing import Any, Callable, Optional
 
 from qcompute.server.runner import ACCEPTED, pdeathsig_preexec
 
-from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
+from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, SnapshotRequest,
                    event_from_json)
 
 __all__ = ["LocalExecutor"]
@@ -54,6 +61,7 @@ class _Run:
         self.accepted = False  # the worker read it: SIGTERM now cancels it
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
+        self.controls: list[bytes] = []  # control lines waiting for its ACCEPTED
 
 
 class _Slot:
@@ -141,6 +149,28 @@ class LocalExecutor(Executor):
                 run.backstop.start()
                 return
         self._deliver(Finished(key, exit_code=None, cancelled=True))
+
+    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
+        self._control(key, {"control": "snapshot", "request": asdict(request)})
+
+    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
+                              request: Optional[SnapshotRequest]) -> None:
+        self._control(key, {"control": "periodic", "interval_sec": interval_sec,
+                            "request": asdict(request) if request else None})
+
+    def refresh_resources(self, key: InstanceKey) -> None:
+        self._control(key, {"control": "refresh"})
+
+    def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
+        line = (json.dumps({**message, "key": asdict(key)}) + "\n").encode()
+        with self._lock:
+            slot = next((s for s in self._slots if s.run and s.run.spec.key == key), None)
+            if slot is None or slot.run is None or slot.run.cancel_requested:
+                raise KeyError(f"instance {key} is not running here")
+            if not slot.run.accepted:
+                slot.run.controls.append(line)
+            elif not self._write(slot, line):
+                raise KeyError(f"the worker of instance {key} cannot be reached")
 
     def shutdown(self) -> None:
         with self._lock:
@@ -255,6 +285,9 @@ class LocalExecutor(Executor):
                     slot.served += 1
                     if run.cancel_requested:
                         self._signal(slot)
+                    for control in run.controls:
+                        self._write(slot, control)
+                    run.controls.clear()
             return
         try:
             event = event_from_json(line)
@@ -294,15 +327,23 @@ class LocalExecutor(Executor):
         """Lock held: write the slot's instance to its (idle, open) worker. A worker that is
         gone gets nothing: the instance waits for the next one."""
         assert slot.run is not None and slot.proc is not None
-        data = (slot.run.spec.to_json() + "\n").encode()
+        if self._write(slot, (slot.run.spec.to_json() + "\n").encode()):
+            slot.run.sent = True
+        else:
+            slot.open = False
+
+    def _write(self, slot: _Slot, data: bytes) -> bool:
+        """Lock held: write a line to the worker's stdin; False if it cannot be written. (The
+        worker reads its stdin all along, so this does not block for long.)"""
+        if slot.proc is None or not slot.open:
+            return False
         try:
             fd = slot.proc.stdin.fileno()  # type: ignore[union-attr]
             while data:
                 data = data[os.write(fd, data):]
         except (OSError, ValueError):
-            slot.open = False
-            return
-        slot.run.sent = True
+            return False
+        return True
 
     def _close(self, slot: _Slot) -> None:
         """Lock held: close the worker's stdin; it exits once idle."""

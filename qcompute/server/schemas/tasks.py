@@ -7,6 +7,9 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from .common import Dependencies, RetrySettings, parse_timespan
+from .secrets import Privileges, SecretsAccessRights
+
 # S3 bucket names: 3-63 characters, lowercase letters, digits, dots and hyphens.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -81,9 +84,28 @@ class TaskSubmit(_Wire):
     results_whitelist: Optional[str] = None
     results_blacklist: Optional[str] = None
     upload_results_on_cancellation: Optional[bool] = None
+    snapshot_whitelist: Optional[str] = None  # snapshots' defaults (services.snapshots)
+    snapshot_blacklist: Optional[str] = None
+    hardware_constraints: Optional[list[dict[str, Any]]] = None  # services.hardware
+    secrets_access_rights: Optional[SecretsAccessRights] = None
+    privileges: Optional[Privileges] = None
+    retry_settings: Optional[RetrySettings] = None
+    max_retries_per_instance: Optional[int] = Field(default=None, ge=0, le=1000)  # legacy
+    max_time_queue_seconds: Optional[int] = Field(default=None, ge=1)
+    auto_delete_on_completion: Optional[bool] = None
+    completion_time_to_live: Optional[str] = None
+    dependencies: Optional[Dependencies] = None
+    wait_for_pool_resources_synchronization: Optional[bool] = None
 
-    _regexes = field_validator("results_whitelist", "results_blacklist")(
-        lambda cls, v: _check_regex(v))
+    _regexes = field_validator("results_whitelist", "results_blacklist", "snapshot_whitelist",
+                               "snapshot_blacklist")(lambda cls, v: _check_regex(v))
+
+    @field_validator("completion_time_to_live")
+    @classmethod
+    def _timespan(cls, value: Optional[str]) -> Optional[str]:
+        if value:
+            parse_timespan(value)
+        return value
 
     @field_validator("result_bucket")
     @classmethod

@@ -6,10 +6,10 @@ executor: the scheduler acts on what was committed.
 from __future__ import annotations
 
 import uuid as uuidlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import and_, delete, exists, func, insert, not_, or_, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
@@ -19,13 +19,12 @@ from ..db.models import Instance, Task, TaskTag, User, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, validate
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..settings import ServerSettings
+from . import listing
+from .hardware import check_constraints
 from .lifecycle import derive_task_state, parse_ranges
 
 __all__ = ["submit_task", "get_task", "task_states", "execution_seconds", "task_instances", "update_task", "request_abort",
            "delete_task", "page_tasks", "move_instance", "refresh_task_state"]
-
-DEFAULT_PAGE_SIZE = 50
-
 
 def _instance_ids(doc: TaskSubmit, limit: int) -> list[int]:
     if doc.advanced_ranges:
@@ -49,27 +48,34 @@ def _bucket_names(doc: TaskSubmit) -> list[str]:
     return names + ([doc.result_bucket] if doc.result_bucket else [])
 
 
+def check_bucket_prefix(user: User, names: list[str]) -> None:
+    for name in names:
+        if user.bucket_prefix and not name.startswith(user.bucket_prefix):
+            raise Forbidden(f"bucket {name!r} is outside your bucket prefix "
+                            f"{user.bucket_prefix!r}", code="bucket_forbidden")
+
+
 def submit_task(session: Session, settings: ServerSettings, user: User,
-                doc: TaskSubmit) -> Task:
-    """Validate a task document and store the task with its queued instances."""
-    if doc.pool_uuid or doc.job_uuid:
-        raise BadRequest("pools and jobs are not available on this server yet",
-                         code="unsupported")
+                doc: TaskSubmit, *, token: Optional[str] = None) -> Task:
+    """Validate a task document and store the task with its queued instances. ``token`` (the
+    submitter's raw token) is kept only if the task's privileges export the credentials."""
+    from .placement import place_task, record_dependencies  # noqa: PLC0415 (import cycle)
+
+    place = place_task(session, user, doc)
     if not doc.profile:
-        raise BadRequest("profile is required: name one of GET /profiles")
+        raise BadRequest("profile is required: name one of GET /profiles, or give a poolUuid")
     profile = settings.profile(doc.profile)
     if profile is None:
         known = ", ".join(p.name for p in settings.profiles)
         raise BadRequest(f"unknown profile {doc.profile!r}; available: {known}",
                          code="unknown_profile")
-    constants = {**profile.constants, **{c.key: c.value or "" for c in doc.constants or ()}}
+    constants = {**profile.constants, **place.constants,
+                 **{c.key: c.value or "" for c in doc.constants or ()}}
     if not constants.get(profile.command_constant, "").strip():
         raise BadRequest(f"constant {profile.command_constant} is empty: set the command to run",
                          code="missing_command")
-    for name in _bucket_names(doc):
-        if user.bucket_prefix and not name.startswith(user.bucket_prefix):
-            raise Forbidden(f"bucket {name!r} is outside your bucket prefix "
-                            f"{user.bucket_prefix!r}", code="bucket_forbidden")
+    check_bucket_prefix(user, _bucket_names(doc))
+    check_constraints(settings.node_kinds, doc.hardware_constraints)
     ids = _instance_ids(doc, settings.max_instances_per_task)
 
     now = utcnow()
@@ -82,9 +88,15 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
         state=T.SUBMITTED.value, state_transition_time=now,
         created_at=now, updated_at=now, errors=[],
         tags=[TaskTag(tag=t, position=n) for n, t in enumerate(dict.fromkeys(doc.tags or ()))],
+        pool_id=place.pool.id if place.pool else None, job_id=place.job.id if place.job else None,
     )
+    if doc.privileges and doc.privileges.export_api_and_storage_credentials_in_environment:
+        task.exported_token = token  # for the payload's environment; cleared once final
     session.add(task)
     session.flush()
+    record_dependencies(session, task, doc, place.job)
+    if doc.max_time_queue_seconds and not task.waiting_on:
+        task.queue_deadline = now + timedelta(seconds=doc.max_time_queue_seconds)
     session.execute(insert(Instance), [
         {"task_id": task.id, "instance_id": iid, "rank": rank, "state": I.QUEUED.value}
         for rank, iid in enumerate(ids)])
@@ -139,6 +151,16 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+def check_fixed_inputs(current: dict[str, Any], body: dict[str, Any], inputs: set[str]) -> None:
+    """A PUT carries the whole document: inputs fixed at submit must be empty or unchanged."""
+    for key in inputs & body.keys():
+        value = body[key]
+        if value in _EMPTY:
+            continue
+        if _without_nulls(value) != _without_nulls(current.get(key)):
+            raise BadRequest(f"{key} cannot change after submit", code="field_fixed")
+
+
 def _current_input(task: Task, key: str) -> Any:
     if key == "instanceCount":
         return None if task.document.get("advancedRanges") else task.instance_count
@@ -150,12 +172,10 @@ def update_task(session: Session, user: User, task_uuid: str, body: dict[str, An
     server-owned fields (state, status, ...) in the body are ignored."""
     task = get_task(session, user, task_uuid)
     changes = validate(TaskUpdate, body, code="invalid_task")
-    for key in _INPUTS & body.keys():
-        value, current = body[key], _current_input(task, key)
-        if value in _EMPTY or (key == "instanceCount" and current is None and value == 0):
-            continue
-        if _without_nulls(value) != _without_nulls(current):
-            raise BadRequest(f"{key} cannot change after submit", code="field_fixed")
+    current = {**task.document, "instanceCount": _current_input(task, "instanceCount")}
+    if body.get("instanceCount") == 0 and current["instanceCount"] is None:
+        body = {k: v for k, v in body.items() if k != "instanceCount"}  # advancedRanges form
+    check_fixed_inputs(current, body, _INPUTS)
     updates = changes.model_dump(exclude_unset=True, exclude_none=True)
     document = dict(task.document)
     if "name" in updates:
@@ -217,65 +237,13 @@ def refresh_task_state(session: Session, task: Task, now: Optional[datetime] = N
     task.state, task.state_transition_time = state, now
     if T(state).is_final():
         task.ended_at = now
+        task.exported_token = None  # no instance will need the credentials again
     return True
 
 
 # -- listing ----------------------------------------------------------------------------------
 
-_COLUMNS = {"name": Task.name, "shortname": Task.shortname, "state": Task.state,
-            "uuid": Task.uuid, "profile": Task.profile, "creationdate": Task.created_at}
-_COMPARE = {"Equal": "__eq__", "NotEqual": "__ne__", "LessThan": "__lt__",
-            "LessThanOrEqual": "__le__", "GreaterThan": "__gt__", "GreaterThanOrEqual": "__ge__"}
-
-
-def _leaf(node: dict[str, Any]):
-    operator, field, value = node.get("operator"), str(node.get("field", "")), node.get("value")
-    if field.lower() == "tags":
-        has = lambda cond: exists().where(TaskTag.task_id == Task.id, cond)  # noqa: E731
-        if operator in ("Equal", "NotEqual"):
-            cond = has(TaskTag.tag == value)
-            return cond if operator == "Equal" else not_(cond)
-        if operator in ("In", "NotIn"):
-            cond = has(TaskTag.tag.in_(list(value or ())))
-            return cond if operator == "In" else not_(cond)
-        raise BadRequest(f"operator {operator!r} is not supported on Tags")
-    column = _COLUMNS.get(field.lower())
-    if column is None:
-        raise BadRequest(f"cannot filter on field {field!r}; use one of Tags, "
-                         + ", ".join(c.capitalize() for c in _COLUMNS))
-    if operator in _COMPARE:
-        return getattr(column, _COMPARE[operator])(value)
-    if operator in ("In", "NotIn"):
-        cond = column.in_(list(value or ()))
-        return cond if operator == "In" else not_(cond)
-    if operator == "Like":
-        return column.like(str(value))
-    raise BadRequest(f"unknown filter operator {operator!r}")
-
-
-def _compile(node: Any):
-    if not isinstance(node, dict):
-        raise BadRequest("a filter must be an object with an operator")
-    operator = node.get("operator")
-    if operator in ("And", "Or"):
-        children = [_compile(child) for child in node.get("filters") or ()]
-        if not children:
-            raise BadRequest(f"{operator} filter needs a non-empty 'filters' list")
-        return and_(*children) if operator == "And" else or_(*children)
-    return _leaf(node)
-
-
-def page_tasks(session: Session, user: User, request: PageRequest) -> tuple[list[Task], Optional[str]]:
+def page_tasks(session: Session, user: User,
+               request: PageRequest) -> tuple[list[Task], Optional[str]]:
     """One page of tasks, oldest first, and the token of the next page (None at the end)."""
-    query = select(Task).where(Task.owner_id == user.id)
-    if request.filter:
-        query = query.where(_compile(request.filter))
-    if request.token:
-        if not request.token.isdigit():
-            raise BadRequest(f"invalid page token {request.token!r}", code="invalid_token")
-        query = query.where(Task.id > int(request.token))
-    size = request.maximum_results or DEFAULT_PAGE_SIZE
-    tasks = list(session.scalars(query.order_by(Task.id).limit(size + 1)))
-    if len(tasks) > size:
-        return tasks[:size], str(tasks[size - 1].id)
-    return tasks, None
+    return listing.page_tasks(session, user, request)

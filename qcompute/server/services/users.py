@@ -27,7 +27,7 @@ from qcompute.states import TaskState as T
 from ..db.models import IdempotencyRecord, Instance, Task, User
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
-__all__ = ["hash_token", "new_token", "authenticate", "create_user", "list_users",
+__all__ = ["hash_token", "new_token", "bare_token", "authenticate", "create_user", "list_users",
            "rotate_token", "get_owner", "find_user", "remove_user", "RemovedUser"]
 
 _REMOVED = "removed/"  # tombstone mark; '/' cannot appear in a live user's e-mail
@@ -44,11 +44,15 @@ def new_token() -> str:
     return secrets.token_hex(24)
 
 
+def bare_token(authorization: Optional[str]) -> str:
+    """The token of an ``Authorization`` header (raw token, or ``Bearer x``); "" if none."""
+    token = (authorization or "").strip()
+    return token[7:].strip() if token.lower().startswith("bearer ") else token
+
+
 def authenticate(session: Session, authorization: Optional[str]) -> User:
     """The user owning the token of an ``Authorization`` header (raw token, or ``Bearer x``)."""
-    token = (authorization or "").strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
+    token = bare_token(authorization)
     if not token:
         raise Unauthorized("missing token: send it in the Authorization header")
     # A tombstone's token_hash ("removed/<id>") is never the hex digest of a token.

@@ -32,8 +32,8 @@ def _common(task: Task, now: datetime, running: int, exec_seconds: float) -> dic
         "name": task.name,
         "shortname": task.shortname,
         "profile": task.profile,
-        "poolUuid": None,
-        "jobUuid": None,
+        "poolUuid": task.document.get("poolUuid"),
+        "jobUuid": task.document.get("jobUuid"),
         "state": task.state,
         "previousState": task.previous_state,
         "stateTransitionTime": iso(task.state_transition_time),
@@ -58,7 +58,7 @@ def task_summary_to_json(task: Task, counts: dict[str, int], exec_seconds: float
     running = counts.get(I.RUNNING.value, 0)
     data = _common(task, now, running, exec_seconds)
     data["progress"] = round(100.0 * final / max(task.instance_count, 1), 2)
-    data["maxRetriesPerInstance"] = 0
+    data["maxRetriesPerInstance"] = task.document.get("maxRetriesPerInstance") or 0
     return data
 
 
@@ -129,7 +129,7 @@ def _status(task: Task, instances: list[Instance], now: datetime) -> dict[str, A
         "executionTimeGhzByCpuModel": [],
         "runningInstancesInfo": {
             "timestamp": iso(now),
-            "snapshotResults": [],
+            "snapshotResults": list(task.snapshot_results or []),
             "runningCoreCountByCpuModel": [],
             "perRunningInstanceInfo": [
                 {"phase": {"Dispatched": "environment", "Downloading": "download",
@@ -144,7 +144,8 @@ def _status(task: Task, instances: list[Instance], now: datetime) -> dict[str, A
     }
 
 
-def task_to_json(task: Task, instances: list[Instance], now: datetime) -> dict[str, Any]:
+def task_to_json(task: Task, instances: list[Instance], now: datetime,
+                 dependencies: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The full document of ``GET /tasks/{uuid}``: the submitted fields, then server fields."""
     running = sum(1 for i in instances if i.state == I.RUNNING.value)
     exec_seconds = sum(i.exec_time_sec for i in instances)
@@ -161,7 +162,7 @@ def task_to_json(task: Task, instances: list[Instance], now: datetime) -> dict[s
         "completedInstances": [_completed(i) for i in instances if I(i.state).is_final()],
         "errors": _errors(task, instances),
         "resultsCount": task.results_count,
-        "snapshotInterval": 0,
-        "dependencies": None,
+        "snapshotInterval": task.snapshot_interval_sec or 0,
+        "dependencies": dependencies,
     })
     return data

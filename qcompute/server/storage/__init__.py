@@ -3,7 +3,8 @@
 * :class:`EmbeddedStorage` (default): a SeaweedFS ``weed mini`` supervised by the server, data
   under ``<data_dir>/s3``. Each user gets an S3 identity at run time: access key = e-mail,
   secret key = API token (the Qarnot convention), limited to buckets starting with the user's
-  bucket prefix (the owner is unrestricted).
+  bucket prefix (the owner is unrestricted). The official ``qarnot`` SDK is handed a thin S3
+  front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200.
 * :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
   uses its admin keys; the operator provides each user's keys on that endpoint.
 
@@ -22,6 +23,7 @@ from typing import Optional
 from qcompute.server.executors.base import S3Access
 from qcompute.server.settings import ServerSettings
 
+from .s3front import S3Front
 from .seaweed import SeaweedFS
 
 __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
@@ -41,6 +43,11 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def admin_access(self) -> S3Access:
         """The server's own credentials (every bucket)."""
+
+    @property
+    def qarnot_sdk_endpoint_url(self) -> str:
+        """The S3 URL ``GET /settings`` hands to the official ``qarnot`` SDK."""
+        return self.endpoint_url
 
     def describe(self) -> str:
         """One line for ``qcompute status``: what serves S3, and where."""
@@ -78,10 +85,17 @@ class EmbeddedStorage(StorageBackend):
     def __init__(self, settings: ServerSettings) -> None:
         self._settings = settings
         self._weed: Optional[SeaweedFS] = None
+        self._front: Optional[S3Front] = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self._settings.s3_port}"
+
+    @property
+    def qarnot_sdk_endpoint_url(self) -> str:
+        """The S3 front (CreateBucket of an owned bucket is a 200), unless turned off."""
+        front = self._front
+        return front.endpoint_url if front is not None and front.is_running() else self.endpoint_url
 
     @property
     def admin_access(self) -> S3Access:
@@ -97,12 +111,26 @@ class EmbeddedStorage(StorageBackend):
     def describe(self) -> str:
         weed = self._weed
         state = f"pid {weed.pid}" if weed is not None and weed.is_running() else "not running"
-        return f"embedded SeaweedFS ({state}) at {self.endpoint_url}, data in {weed.data_dir if weed else '?'}"
+        front = (f"; qarnot SDK front at {self.qarnot_sdk_endpoint_url}"
+                 if self._front is not None else "")
+        return (f"embedded SeaweedFS ({state}) at {self.endpoint_url}, data in "
+                f"{weed.data_dir if weed else '?'}{front}")
 
     def start(self) -> None:
         self._seaweed().start()
+        if self._settings.s3_front and self._front is None:
+            front = S3Front(self.endpoint_url, port=self._settings.s3_front_port)
+            try:
+                front.start()
+            except OSError:
+                self._seaweed().stop()
+                raise
+            self._front = front
 
     def stop(self) -> None:
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
         if self._weed is not None:
             self._weed.stop()
 

@@ -106,6 +106,14 @@ def upgrade() -> None:
     with op.batch_alter_table('pool_slots', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pool_slots_pool_id'), ['pool_id'], unique=False)
 
+    op.create_table('pool_output_cursors',
+    sa.Column('pool_id', sa.Integer(), nullable=False),
+    sa.Column('instance_id', sa.Integer(), nullable=False),
+    sa.Column('stream', sa.String(length=8), nullable=False),
+    sa.Column('offset', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['pool_id'], ['pools.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('pool_id', 'instance_id', 'stream')
+    )
     op.create_table('pool_tags',
     sa.Column('pool_id', sa.Integer(), nullable=False),
     sa.Column('tag', sa.String(length=256), nullable=False),
@@ -135,8 +143,9 @@ def upgrade() -> None:
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('pending', sa.Integer(), nullable=False),
-    sa.Column('size_to_upload', sa.Integer(), nullable=False),
-    sa.Column('transferred_size', sa.Integer(), nullable=False),
+    sa.Column('size_to_upload', sa.BigInteger(), nullable=False),
+    sa.Column('transferred_size', sa.BigInteger(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
     sa.Column('trigger_date', sa.DateTime(), nullable=False),
     sa.Column('last_update_date', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], ondelete='CASCADE'),
@@ -166,8 +175,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('waiting_on', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('retries_used', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('resources_version', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('snapshot_interval_sec', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('snapshot_results', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('queue_deadline', sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column('delete_after', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('exported_token', sa.String(length=256), nullable=True))
         batch_op.create_index(batch_op.f('ix_tasks_delete_after'), ['delete_after'], unique=False)
         batch_op.create_index(batch_op.f('ix_tasks_job_id'), ['job_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_tasks_pool_id'), ['pool_id'], unique=False)
@@ -185,8 +197,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tasks_pool_id'))
         batch_op.drop_index(batch_op.f('ix_tasks_job_id'))
         batch_op.drop_index(batch_op.f('ix_tasks_delete_after'))
+        batch_op.drop_column('exported_token')
         batch_op.drop_column('delete_after')
         batch_op.drop_column('queue_deadline')
+        batch_op.drop_column('snapshot_results')
+        batch_op.drop_column('snapshot_interval_sec')
         batch_op.drop_column('resources_version')
         batch_op.drop_column('retries_used')
         batch_op.drop_column('waiting_on')
@@ -212,6 +227,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_pool_tags_tag'))
 
     op.drop_table('pool_tags')
+    op.drop_table('pool_output_cursors')
     with op.batch_alter_table('pool_slots', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pool_slots_pool_id'))
 

@@ -1,0 +1,192 @@
+"""Pool routes: thin wrappers that validate, call one service, and answer in the dialect."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from qcompute.states import PoolState as P
+
+from ..db.models import Pool, PoolOutputCursor, Task, utcnow
+from ..errors import BadRequest, validate
+from ..schemas import PageRequest
+from ..schemas.pools import PoolSubmit
+from ..services import listing
+from ..services import pools as service
+from ..services.output import TASK_LEVEL
+from ..services.wire_pools import pool_to_json
+from . import openapi
+from .deps import ContextDep, CurrentUser, RawBody, SessionDep
+from .idempotency import loads, run_once
+
+router = APIRouter(tags=["pools"])
+
+
+def _full(session, pool: Pool) -> dict[str, Any]:
+    return pool_to_json(session, pool, utcnow())
+
+
+def _summary(session, pool: Pool) -> dict[str, Any]:
+    doc = _full(session, pool)
+    keep = ("uuid", "name", "shortname", "profile", "state", "previousState",
+            "stateTransitionTime", "previousStateTransitionTime", "lastModified",
+            "creationDate", "endDate", "runningInstanceCount", "runningCoreCount",
+            "executionTime", "wallTime", "instanceCount", "tags", "poolUsage",
+            "totalSlotCapacity", "queuedOrRunningTaskInstancesCount")
+    return {key: doc.get(key) for key in keep}
+
+
+@router.post("/pools", status_code=201, summary="Create a pool",
+             openapi_extra=openapi.body(PoolSubmit))
+def submit_pool(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+                ctx: ContextDep):
+    payload = loads(body)
+    if not isinstance(payload, dict):
+        raise BadRequest("a pool must be a JSON object")
+
+    def work() -> tuple[int, Any]:
+        doc = validate(PoolSubmit, payload, code="invalid_pool")
+        pool = service.submit_pool(session, ctx.settings, user, doc,
+                                   ctx.scheduler.executor.capacity)
+        return 201, {"uuid": pool.uuid}
+
+    response = run_once(request, session, user, body, work)
+    ctx.scheduler.wake()
+    return response
+
+
+@router.get("/pools", summary="All pools (older clients)")
+def list_pools(session: SessionDep, user: CurrentUser):
+    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
+    return [_full(session, p) for p in pools]
+
+
+@router.get("/pools/summaries", summary="Pool summaries (older clients)")
+def list_summaries(session: SessionDep, user: CurrentUser):
+    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
+    return [_summary(session, p) for p in pools]
+
+
+def _page(request: Request, body: bytes, session, user, summary: bool):
+    page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
+
+    def work() -> tuple[int, Any]:
+        pools, next_token = listing.page_pools(session, user, page)
+        render = _summary if summary else _full
+        return 200, {"data": [render(session, p) for p in pools], "token": page.token,
+                     "nextToken": next_token, "isTruncated": next_token is not None}
+
+    return run_once(request, session, user, body, work)
+
+
+@router.post("/pools/paginate", summary="A page of pools, with filters",
+             openapi_extra=openapi.body(PageRequest))
+def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+    return _page(request, body, session, user, summary=False)
+
+
+@router.post("/pools/summaries/paginate", summary="A page of pool summaries, with filters",
+             openapi_extra=openapi.body(PageRequest))
+def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+    return _page(request, body, session, user, summary=True)
+
+
+@router.get("/pools/{uuid}", summary="One pool")
+def get_pool(uuid: str, session: SessionDep, user: CurrentUser):
+    return _full(session, service.get_pool(session, user, uuid))
+
+
+@router.put("/pools/{uuid}", summary="Update a pool: name, tags, labels, elastic settings")
+def update_pool(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser,
+                ctx: ContextDep):
+    payload = loads(body)
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a pool document (a JSON object)")
+    pool = service.update_pool(session, user, uuid, payload, ctx.scheduler.executor.capacity)
+    session.commit()
+    ctx.scheduler.wake()
+    return _full(session, pool)
+
+
+@router.patch("/pools/{uuid}", summary="Push new resource files to the pool's running tasks")
+def update_resources(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    pool = service.get_pool(session, user, uuid)
+    if pool.close_requested or P(pool.state).is_final():
+        raise BadRequest(f"pool {uuid} is {pool.state}: it has no running tasks",
+                         code="pool_not_open")
+    pool.resources_version += 1
+    running = list(session.scalars(select(Task.id).where(Task.pool_id == pool.id,
+                                                         Task.ended_at.is_(None))))
+    session.commit()
+    refresh = getattr(ctx.scheduler, "refresh_resources", None)
+    for task_id in running if refresh else ():
+        refresh(task_id)
+    return {"uuid": uuid, "resourcesVersion": pool.resources_version}
+
+
+@router.post("/pools/{uuid}/close", summary="Close a pool once its tasks have finished")
+def close_pool(uuid: str, request: Request, body: RawBody, session: SessionDep,
+               user: CurrentUser, ctx: ContextDep):
+    response = run_once(request, session, user, body, lambda: (
+        200, {"uuid": uuid, "state": service.close_pool(session, user, uuid).state}))
+    ctx.scheduler.wake()
+    return response
+
+
+@router.delete("/pools/{uuid}", summary="Delete a pool, cancelling its unfinished tasks")
+def delete_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    _, aborted = service.request_delete_pool(session, user, uuid)
+    session.commit()
+    for task_id in aborted:
+        ctx.scheduler.abort(task_id)
+    ctx.scheduler.wake()
+    ctx.outputs.delete(uuid)
+    return {"uuid": uuid, "message": "deleted"}
+
+
+def _read(session, ctx, user, uuid: str, stream: str, instance_id: int, fresh: bool) -> str:
+    pool = service.get_pool(session, user, uuid)
+    if not fresh:
+        return ctx.outputs.read(uuid, instance_id, stream)[0]
+    cursor = session.get(PoolOutputCursor, (pool.id, instance_id, stream))
+    if cursor is None:
+        cursor = PoolOutputCursor(pool_id=pool.id, instance_id=instance_id, stream=stream,
+                                  offset=0)
+        session.add(cursor)
+    text, cursor.offset = ctx.outputs.read(uuid, instance_id, stream, since=cursor.offset)
+    return text
+
+
+def _output_routes(stream: Literal["stdout", "stderr"]) -> None:
+    """The preparation task's output, for the whole pool or one slot."""
+
+    @router.get(f"/pools/{{uuid}}/{stream}", response_class=PlainTextResponse,
+                summary=f"The pool's {stream} so far")
+    def whole(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+        return _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=False)
+
+    @router.post(f"/pools/{{uuid}}/{stream}", response_class=PlainTextResponse,
+                 summary=f"The pool's {stream} since the last fresh read")
+    def fresh(uuid: str, request: Request, body: RawBody, session: SessionDep,
+              user: CurrentUser, ctx: ContextDep):
+        return run_once(request, session, user, body, lambda: (
+            200, _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=True)))
+
+    @router.get(f"/pools/{{uuid}}/{stream}/{{slot}}", response_class=PlainTextResponse,
+                summary=f"One slot's {stream} so far")
+    def slot_whole(uuid: str, slot: int, session: SessionDep, user: CurrentUser,
+                   ctx: ContextDep):
+        return _read(session, ctx, user, uuid, stream, slot, fresh=False)
+
+    @router.post(f"/pools/{{uuid}}/{stream}/{{slot}}", response_class=PlainTextResponse,
+                 summary=f"One slot's {stream} since the last fresh read")
+    def slot_fresh(uuid: str, slot: int, request: Request, body: RawBody, session: SessionDep,
+                   user: CurrentUser, ctx: ContextDep):
+        return run_once(request, session, user, body, lambda: (
+            200, _read(session, ctx, user, uuid, stream, slot, fresh=True)))
+
+
+_output_routes("stdout")
+_output_routes("stderr")

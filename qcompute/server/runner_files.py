@@ -1,0 +1,225 @@
+"""An instance's workdir against S3: resources in (again on refresh), results and snapshots out.
+
+Used by the runner (:mod:`qcompute.server.runner`); needs only the spec and boto3, imported
+lazily when the spec uses S3. Every method may be called from the runner's main thread or its
+control thread; the S3 client is shared (boto3 clients are thread-safe).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from qcompute.server.executors.base import InstanceSpec, SnapshotRequest
+
+__all__ = ["InfraError", "InstanceFiles", "SnapshotResult", "compile_regex"]
+
+log = logging.getLogger(__name__)
+
+_TRANSFER_THREADS = 8
+_MAX_REPORTED_KEYS = 20  # SnapshotDone.keys stays short
+
+
+class InfraError(Exception):
+    """Not the instance's fault: reported as ``Finished.error``."""
+
+
+@dataclass
+class SnapshotResult:
+    files: int = 0
+    bytes: int = 0
+    size: int = 0
+    keys: tuple[str, ...] = ()
+    error: Optional[str] = None
+
+
+def compile_regex(name: str, pattern: Optional[str]) -> Optional[re.Pattern]:
+    try:
+        return re.compile(pattern) if pattern else None
+    except re.error as exc:
+        raise InfraError(f"invalid {name} regular expression {pattern!r}: {exc}") from exc
+
+
+class InstanceFiles:
+    def __init__(self, spec: InstanceSpec, workdir: str, cancel: threading.Event) -> None:
+        self.spec, self.workdir, self.cancel = spec, workdir, cancel
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._downloaded: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) as fetched
+        self._fetched: dict[str, tuple[str, str, str]] = {}  # path -> (bucket, key, etag)
+        self._sent: dict[tuple[str, str], tuple[int, int]] = {}  # (bucket, key) -> (size, mtime)
+
+    def s3(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> Any:
+        access = self.spec.s3
+        if access is None:
+            raise InfraError("the instance uses S3 but its spec has no S3 access")
+        import boto3
+        from botocore.config import Config
+
+        from qcompute._storage import no_continue_for_empty_body
+
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,
+            aws_secret_access_key=access.secret_key, region_name=access.region,
+            config=Config(max_pool_connections=4 * _TRANSFER_THREADS,
+                          retries={"mode": "standard", "max_attempts": 3}))
+        client.meta.events.register("before-call.s3", no_continue_for_empty_body)
+        return client
+
+    # -- resources in -----------------------------------------------------------------------
+
+    def download(self, *, refresh: bool = False) -> int:
+        """Fetch the resources; with ``refresh``, only keys that are new or whose ETag changed
+        since they were fetched (nothing is deleted). Returns the number of files fetched."""
+        client = self.s3()
+        files: dict[str, tuple[str, str, str]] = {}  # local path -> (bucket, key, etag)
+        for res in self.spec.resources:
+            for key, etag in self._list(res.bucket, res.prefix):
+                if key.endswith("/"):
+                    continue
+                rel = key[len(res.strip_prefix):] if key.startswith(res.strip_prefix) else key
+                path = self._local_path(rel, res.bucket, key)
+                if path:
+                    files[path] = (res.bucket, key, etag)  # later buckets win
+        if refresh:
+            files = {p: src for p, src in files.items() if self._fetched.get(p) != src}
+
+        def fetch(item: tuple[str, tuple[str, str, str]]) -> bool:
+            path, (bucket, key, _etag) = item
+            if self.cancel.is_set():
+                return False
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                client.download_file(bucket, key, path)  # to a temporary name, then renamed
+            except Exception as exc:
+                raise InfraError(f"download of s3://{bucket}/{key} failed: {exc}") from exc
+            st = os.stat(path)
+            self._downloaded[path] = (st.st_size, st.st_mtime_ns)
+            self._fetched[path] = item[1]
+            return True
+
+        return sum(_parallel(fetch, files.items()))
+
+    def _list(self, bucket: str, prefix: str) -> list[tuple[str, str]]:
+        try:
+            pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                        Prefix=prefix)
+            return [(obj["Key"], obj.get("ETag", "")) for page in pages
+                    for obj in page.get("Contents", ())]
+        except Exception as exc:
+            raise InfraError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
+
+    def _local_path(self, rel: str, bucket: str, key: str) -> Optional[str]:
+        parts = [part for part in rel.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise InfraError(f"resource s3://{bucket}/{key} would escape the working directory")
+        return os.path.join(self.workdir, *parts) if parts else None
+
+    # -- results out ------------------------------------------------------------------------
+
+    def upload_results(self, whitelist: Optional[re.Pattern],
+                       blacklist: Optional[re.Pattern]) -> int:
+        """Upload every result file to the result bucket; returns how many were uploaded."""
+        bucket, client = self.spec.result_bucket, self.s3()
+        stop_on_cancel = not self.spec.upload_results_on_cancel
+
+        def put(item: tuple[str, str, os.stat_result]) -> bool:
+            path, rel, _st = item
+            if stop_on_cancel and self.cancel.is_set():
+                return False
+            key = self.spec.results_prefix + rel
+            try:
+                client.upload_file(path, bucket, key)
+            except Exception as exc:
+                raise InfraError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
+            return True
+
+        return sum(_parallel(put, self.result_files(whitelist, blacklist)))
+
+    def snapshot(self, request: SnapshotRequest) -> SnapshotResult:
+        """Upload the result files changed (size, mtime) since the last snapshot upload to the
+        same bucket and key. Errors are returned in the result, never raised."""
+        result = SnapshotResult()
+        try:
+            whitelist = compile_regex("snapshot whitelist", request.whitelist)
+            blacklist = compile_regex("snapshot blacklist", request.blacklist)
+            todo = []
+            for path, rel, st in self.result_files(whitelist, blacklist):
+                key, seen = request.prefix + rel, (st.st_size, st.st_mtime_ns)
+                if self._sent.get((request.bucket, key)) != seen:
+                    todo.append((path, key, seen))
+            result.size = sum(seen[0] for _, _, seen in todo)
+            client, lock, keys = self.s3(), threading.Lock(), []
+
+            def put(item: tuple[str, str, tuple[int, int]]) -> None:
+                path, key, seen = item
+                if self.cancel.is_set():
+                    raise InfraError("the instance was cancelled")
+                try:
+                    client.upload_file(path, request.bucket, key)
+                except Exception as exc:
+                    raise InfraError(
+                        f"upload of s3://{request.bucket}/{key} failed: {exc}") from exc
+                self._sent[(request.bucket, key)] = seen
+                with lock:
+                    result.files += 1
+                    result.bytes += seen[0]
+                    keys.append(key)
+
+            try:
+                _parallel(put, todo)
+            finally:
+                result.keys = tuple(sorted(keys)[:_MAX_REPORTED_KEYS])
+        except InfraError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # a snapshot never takes the instance down
+            log.exception("snapshot %s of %s failed", request.snapshot_id, self.spec.key)
+            result.error = f"snapshot failure: {exc!r}"
+        return result
+
+    def result_files(self, whitelist: Optional[re.Pattern], blacklist: Optional[re.Pattern]
+                     ) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Regular files of the workdir, filtered; downloaded resources only if they changed."""
+        for root, _dirs, names in os.walk(self.workdir):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:  # removed by the command meanwhile
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if self._downloaded.get(path) == (st.st_size, st.st_mtime_ns):
+                    continue
+                rel = os.path.relpath(path, self.workdir)
+                if whitelist and not whitelist.search(rel):
+                    continue
+                if blacklist and blacklist.search(rel):
+                    continue
+                yield path, rel, st
+
+
+def _parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``fn`` over ``items`` on a thread pool; the first error cancels what has not started."""
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(min(_TRANSFER_THREADS, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
