@@ -171,7 +171,8 @@ class Field(Generic[T]):
             obj._snapshot[self.name] = copy.deepcopy(self.to_wire(obj, value))
         return value
 
-    def __set__(self, obj: Any, value: Any) -> None:
+    def check_writable(self, obj: Any) -> None:
+        """Raise :class:`ReadOnlyFieldError` if ``obj`` may not change this field now."""
         kind = type(obj).__name__
         if self.read_only:
             raise ReadOnlyFieldError(f"{kind}.{self.name} is read-only")
@@ -179,6 +180,9 @@ class Field(Generic[T]):
             raise ReadOnlyFieldError(
                 f"{kind}.{self.name} cannot change once the {kind.lower()} is submitted"
             )
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.check_writable(obj)
         if self.validate is not None:
             value = self.validate(obj, value)
         obj._cache[self.name] = value

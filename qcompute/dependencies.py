@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Optional, Union
 
 from ._wire import uuid_of
 
@@ -137,12 +137,20 @@ class Dependencies:
 
 
 class DependencyMethods:
-    """The dependency helpers of :class:`~qcompute.Task` (they assign ``self.dependencies``,
-    so once the task is submitted they raise :class:`~qcompute.ReadOnlyFieldError`)."""
+    """The dependency helpers of :class:`~qcompute.Task`. They change ``dependencies``, so
+    once the task is submitted they raise :class:`~qcompute.ReadOnlyFieldError`."""
 
     if not TYPE_CHECKING:  # no __dict__ at run time; mypy sees Task's fields
         __slots__ = ()
     dependencies: Dependencies
+    _fields: ClassVar[dict[str, Any]]
+
+    def _change_dependencies(self, depends_on: Iterable[TaskRef] = (),
+                             advanced: Iterable[AdvancedDependency] = ()) -> None:
+        self._fields["dependencies"].check_writable(self)  # before any other check
+        current = self.dependencies
+        self.dependencies = Dependencies(current.depends_on + tuple(depends_on),  # type: ignore[arg-type]
+                                         current.advanced + tuple(advanced))
 
     def set_task_dependencies_from_uuids(self, uuids: Iterable[str]) -> None:
         """Add simple dependencies: start after these tasks succeeded.
@@ -150,13 +158,11 @@ class DependencyMethods:
         Raises:
             ValueError: the task has advanced dependencies.
         """
-        current = self.dependencies
-        self.dependencies = Dependencies(current.depends_on + tuple(uuids), current.advanced)
+        self._change_dependencies(depends_on=uuids)
 
     def set_task_dependencies_from_tasks(self, tasks: Iterable["Task"]) -> None:
         """Add simple dependencies on submitted tasks."""
-        self.set_task_dependencies_from_uuids(
-            [uuid_of(task, "a dependency") for task in tasks])
+        self._change_dependencies(depends_on=[uuid_of(t, "a dependency") for t in tasks])
 
     def set_task_advanced_dependencies(self, dependencies: Iterable[AdvancedDependency]) -> None:
         """Add advanced dependencies (with final-state conditions).
@@ -165,12 +171,11 @@ class DependencyMethods:
             ValueError: the task has simple dependencies, or a task is given twice with
                 different conditions.
         """
-        current = self.dependencies
-        self.dependencies = Dependencies(current.depends_on,
-                                         current.advanced + tuple(dependencies))
+        self._change_dependencies(advanced=dependencies)
 
     def remove_task_dependency(self, task: TaskRef) -> None:
         """Drop the dependency on ``task`` (a task or a uuid), in either form."""
+        self._fields["dependencies"].check_writable(self)
         self.dependencies = self.dependencies.without(uuid_of(task, "a dependency"))
 
     def clear_task_dependencies(self) -> None:

@@ -1,10 +1,12 @@
-"""Fixtures shared by every suite: one real SeaweedFS per test session (stopped by PID)."""
+"""Fixtures shared by every suite: one real SeaweedFS per test session, and one real embedded
+cluster per test session for ``tests/e2e`` and ``tests/compat`` (both stopped by PID)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
+from qcompute.server.testing import ClusterProcess
 from tests.helpers import s3_client, start_seaweed
 
 
@@ -31,3 +33,13 @@ def seaweed(tmp_path_factory):
 def s3_admin(seaweed):
     """A boto3 S3 client with the admin identity."""
     return s3_client(seaweed)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """``qcompute server`` (SeaweedFS, SQLite, the local executor) on free loopback ports; the
+    same process for the e2e and compat suites. ``tests/server`` has its own ``cluster``."""
+    running = ClusterProcess(tmp_path_factory.mktemp("cluster"))
+    running.start()
+    yield running
+    running.stop()

@@ -60,7 +60,8 @@ class ServerSettings(BaseSettings):
     s3_region: str = "us-east-1"
     # Embedded only: GET /settings hands the official qarnot SDK (User-Agent qarnot-sdk-python)
     # a thin S3 front (storage/s3front.py) where CreateBucket of an owned bucket answers 200, as
-    # on Qarnot; everything else talks to SeaweedFS directly. Port 0: a free one at each start.
+    # on Qarnot; everything else talks to SeaweedFS directly. Port 0: one picked on first start
+    # and kept in <data_dir>/s3-front.port.
     s3_front: bool = True
     s3_front_port: int = Field(default=0, ge=0, le=65535)
 

@@ -1,20 +1,12 @@
-"""One real embedded cluster per test session: `qcompute server` (SeaweedFS, SQLite, the local
-executor) on free loopback ports, driven through the SDK. Stopped by PID at the end."""
+"""The e2e suite drives the real embedded cluster of ``tests/conftest.py`` (one per test
+session, shared with ``tests/compat``) through the SDK."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from qcompute.server.testing import ClusterProcess, free_port  # noqa: F401 (used by tests)
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    running = ClusterProcess(tmp_path_factory.mktemp("cluster"))
-    running.start()
-    yield running
-    running.stop()
+from qcompute.server.testing import free_port  # noqa: F401 (used by tests)
 
 
 @pytest.fixture

@@ -131,6 +131,10 @@ def test_granted_secrets_reach_the_environment_read_at_dispatch(cluster):
                        "QARNOT_SECRET__API_KEY_2": "k2-value"}
     assert cluster.task(uuid)["secretsAccessRights"] == {
         "bySecret": [{"key": "/api.key-2"}, {"key": "missing"}], "byPrefix": [{"prefix": "db/"}]}
+    doc = cluster.task(uuid)  # a client's commit() sends it all back: the rights are fixed
+    assert cluster.put(f"/tasks/{uuid}", json={**doc, "name": "renamed"}).status_code == 200
+    other = {**doc, "secretsAccessRights": {"bySecret": [{"key": "other"}]}}
+    assert cluster.put(f"/tasks/{uuid}", json=other).json()["code"] == "field_fixed"
     assert patch(cluster, "db/password", {"Value": "pw-two"}).status_code == 200
     cluster.executor.run(first[0])
     third = wait_for(lambda: [k for k in cluster.executor.keys_of(uuid) if k.instance_id == 2])

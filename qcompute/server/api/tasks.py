@@ -19,7 +19,7 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
-from ..services.placement import dependencies_json
+from ..services.placement import dependencies_json, dependents_of
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
 from ..services.users import authenticate, bare_token
@@ -229,9 +229,12 @@ def delete_task(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     task = service.get_task(session, user, uuid)
     running = [InstanceKey(task.uuid, i.instance_id, i.attempt)
                for i in service.task_instances(session, task) if I(i.state).is_active()]
+    children = [t.id for t in dependents_of(session, uuid)]  # they can no longer run
     service.delete_task(session, user, uuid)
     session.commit()
     ctx.scheduler.forget(running)
+    if children:
+        ctx.scheduler.submitted(children)
     ctx.outputs.delete(uuid)
     return {"uuid": uuid, "message": "deleted"}
 

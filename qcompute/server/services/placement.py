@@ -96,11 +96,11 @@ def resolve_dependencies(session: Session, task: Task) -> list[str]:
         elif dep.actual_final_state is None and T(state).is_final():
             dep.actual_final_state = state
         final = dep.actual_final_state
-        if final and dep.conditions and final.lower() not in dep.conditions:
+        if final == "Deleted":
+            unmet.append(f"parent task {dep.parent_uuid} was deleted before it ended")
+        elif final and dep.conditions and final.lower() not in dep.conditions:
             unmet.append(f"parent task {dep.parent_uuid} ended {final}; this task needed "
                          + " or ".join(dep.conditions))
-        elif final == "Deleted":
-            unmet.append(f"parent task {dep.parent_uuid} was deleted before it ended")
     task.waiting_on = sum(1 for d in deps if d.actual_final_state is None)
     return unmet
 

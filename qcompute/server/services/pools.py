@@ -108,6 +108,8 @@ def update_pool(session: Session, user: User, pool_uuid: str, body: dict[str, An
     pool = get_pool(session, user, pool_uuid)
     changes = validate(PoolUpdate, body, code="invalid_pool")
     inputs = {f.alias or n for n, f in PoolSubmit.model_fields.items()} - _POOL_MUTABLE
+    if elastic_of(pool) is not None:
+        inputs.discard("instanceCount")  # an elastic pool reports its current size there
     check_fixed_inputs(pool.document, body, inputs)
     updates = changes.model_dump(mode="json", by_alias=True, exclude_unset=True,
                                  exclude_none=True)

@@ -24,7 +24,7 @@ from qcompute.server.executors.base import S3Access
 from qcompute.server.settings import ServerSettings
 
 from .s3front import S3Front
-from .seaweed import SeaweedFS
+from .seaweed import SeaweedFS, pick_free_port, port_is_free
 
 __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
 
@@ -119,7 +119,7 @@ class EmbeddedStorage(StorageBackend):
     def start(self) -> None:
         self._seaweed().start()
         if self._settings.s3_front and self._front is None:
-            front = S3Front(self.endpoint_url, port=self._settings.s3_front_port)
+            front = S3Front(self.endpoint_url, port=self._front_port())
             try:
                 front.start()
             except OSError:
@@ -136,6 +136,22 @@ class EmbeddedStorage(StorageBackend):
 
     def is_running(self) -> bool:
         return self._weed is not None and self._weed.is_running()
+
+    def _front_port(self) -> int:
+        """The configured port, else the previous start's if still free, else a new one; kept
+        in ``<data_dir>/s3-front.port`` so that the front's URL survives restarts."""
+        if self._settings.s3_front_port:
+            return self._settings.s3_front_port
+        path = Path(self._settings.data_dir) / "s3-front.port"
+        try:
+            saved = int(path.read_text())
+            if port_is_free(saved):
+                return saved
+        except (OSError, ValueError):
+            pass
+        port = pick_free_port(exclude={self._settings.s3_port})
+        path.write_text(str(port))
+        return port
 
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
         self._seaweed().configure_identity(email, email, token, bucket_prefix)

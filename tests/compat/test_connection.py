@@ -1,0 +1,59 @@
+"""The official SDK connects, reads the catalogue and the account, and is handed the S3 front."""
+from __future__ import annotations
+
+import pytest
+import qarnot
+import requests
+from qarnot.exceptions import MissingProfileException, UnauthorizedException
+
+from .conftest import COMPAT_EMAIL
+from .helpers import OFFICIAL_AGENT
+
+
+def test_profiles(qconn):
+    assert "docker-batch" in qconn.profiles_names()
+    profile = qconn.retrieve_profile("docker-batch")
+    assert profile.name == "docker-batch"
+    assert "DOCKER_CMD" in dict(profile.constants)
+    assert dict(qconn.profile_details("docker-batch").constants) == dict(profile.constants)
+    assert qconn.profile_details("no-such-profile") is None
+    with pytest.raises(MissingProfileException):
+        qconn.retrieve_profile("no-such-profile")
+
+
+def test_user_info(qconn):
+    info = qconn.user_info
+    assert info.email == COMPAT_EMAIL  # also the S3 access key the SDK signs with
+    assert info.max_task > 0 and info.max_instances > 0
+    assert isinstance(info.task_count, int) and isinstance(info.running_task_count, int)
+
+
+def test_bad_token_is_refused(cluster):
+    with pytest.raises(UnauthorizedException):
+        qarnot.Connection(cluster_url=cluster.url, client_token="not-a-token")
+
+
+def test_settings_hand_the_official_sdk_the_s3_front(cluster, qconn):
+    """GET /settings by User-Agent: the official SDK gets the front, everyone else SeaweedFS."""
+    def storage(agent: str) -> str:
+        return requests.get(f"{cluster.url}/settings", headers={"User-Agent": agent},
+                            timeout=10).json()["storage"]
+
+    direct, front = storage("qcompute/0.1 python-requests"), storage(OFFICIAL_AGENT)
+    assert front != direct
+    assert qconn.storage == front
+
+
+def test_owner_config_file_works_for_the_official_sdk(cluster, bucket_name):
+    """The config file `qcompute up` writes has no [storage] url: the official SDK asks GET
+    /settings, is handed the front, and CreateBucket of a bucket it owns succeeds, as it does
+    against Qarnot (SeaweedFS itself answers 409 BucketAlreadyOwnedByYou and the SDK raises)."""
+    conn = qarnot.Connection(fileconf=str(cluster.config))
+    name = f"owner-{bucket_name('cfg')}"
+    bucket = conn.create_bucket(name)
+    try:
+        assert conn.create_bucket(name).uuid == name
+        assert conn.retrieve_or_create_bucket(name).uuid == name
+        assert name in [b.uuid for b in conn.buckets()]
+    finally:
+        bucket.delete()
