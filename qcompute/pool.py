@@ -80,7 +80,8 @@ class ElasticProperty:
         """Self, once the values are consistent.
 
         Raises:
-            FieldError: a count below 0, a factor outside (0, 1], or minimum > maximum.
+            FieldError: a count below 0, a factor outside (0, 1], or (for an elastic pool)
+                minimum > maximum.
         """
         for attr, _wire in _WIRE[1:]:
             value = getattr(self, attr)
@@ -90,7 +91,7 @@ class ElasticProperty:
                     raise FieldError(f"resize_factor must be in (0, 1], got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise FieldError(f"{attr} must be an int >= 0, got {value!r}")
-        if self.minimum_total_slots > self.maximum_total_slots:
+        if self.is_elastic and self.minimum_total_slots > self.maximum_total_slots:
             raise FieldError(f"minimum_total_slots ({self.minimum_total_slots}) is above "
                              f"maximum_total_slots ({self.maximum_total_slots})")
         return self
@@ -135,9 +136,10 @@ class Pool(OutputMethods, Resource):
     pool=pool)``), or an elastic pool sized between two bounds (:meth:`setup_elastic`).
 
     Before :meth:`submit` every writable field can be set. Once submitted, ``name``, ``tags``,
-    ``labels``, the elastic settings (``elastic_property`` and the ``elastic_*`` attributes)
-    and ``scaling`` stay writable and are sent by :meth:`commit` (``PUT /pools/{uuid}`` with
-    the whole document); setting another field raises :class:`~qcompute.ReadOnlyFieldError`.
+    ``labels``, the elastic settings (``elastic_property`` and the ``elastic_*`` attributes),
+    ``default_retry_settings`` and ``task_default_wait_for_pool_resources_synchronization``
+    stay writable and are sent by :meth:`commit` (``PUT /pools/{uuid}`` with the whole
+    document); setting another field raises :class:`~qcompute.ReadOnlyFieldError`.
 
     Volatile fields (``state``, ``status``, ``errors``, counts, usage, dates ...) refresh the
     pool when its data is older than ``update_cache_time`` (5 s) while ``auto_update`` is on.
@@ -179,10 +181,9 @@ class Pool(OutputMethods, Resource):
         parse=lambda raw: raw.get("slotsPerNode") if isinstance(raw, Mapping) else raw,
         dump=lambda slots: {"slotsPerNode": slots})
     task_default_wait_for_pool_resources_synchronization: Field[Optional[bool]] = Field(
-        "taskDefaultWaitForPoolResourcesSynchronization", fixed_after_submit=True,
-        validate=optional_bool)
-    default_retry_settings: Field[RetrySettings] = value_field(
-        RetrySettings, "defaultRetrySettings", fixed_after_submit=True)
+        "taskDefaultWaitForPoolResourcesSynchronization", validate=optional_bool)
+    default_retry_settings: Field[RetrySettings] = value_field(RetrySettings,
+                                                               "defaultRetrySettings")
     secrets_access_rights: Field[SecretsAccessRights] = value_field(
         SecretsAccessRights, "secretsAccessRights", fixed_after_submit=True)
     privileges: Field[Privileges] = value_field(Privileges, "privileges", fixed_after_submit=True)
@@ -198,8 +199,6 @@ class Pool(OutputMethods, Resource):
     elastic_property: Field[ElasticProperty] = Field(
         "elasticProperty", parse=ElasticProperty.from_json, dump=lambda v: v.to_json(),
         default=ElasticProperty, validate=lambda o, v: instance_of(ElasticProperty)(o, v).checked())
-    scaling: Field[Optional[dict[str, Any]]] = Field(
-        "scaling", validate=lambda o, v: None if v is None else str_dict(o, v))
 
     is_elastic = _Elastic("is_elastic")
     elastic_minimum_total_slots = _Elastic("minimum_total_slots")

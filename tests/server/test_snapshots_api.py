@@ -126,7 +126,8 @@ def test_the_bucket_must_respect_the_users_prefix(cluster):
     uuid = cluster.client.post("/tasks", json=doc, headers=headers).json()["uuid"]
     [key] = cluster.wait_dispatched(uuid, 1)
     cluster.executor.start(key)
-    cluster.wait_state(uuid, "FullyExecuting")
+    wait_for(lambda: cluster.client.get(f"/tasks/{uuid}", headers=headers).json()["state"]
+             == "FullyExecuting")
     response = cluster.client.post(f"/tasks/{uuid}/snapshot", json={"bucket": "someone-else"},
                                    headers=headers)
     assert response.status_code == 403 and response.json()["code"] == "bucket_forbidden"

@@ -19,6 +19,7 @@ from qcompute import (
     MissingPoolInstanceException,
     Pool,
     PoolState,
+    Privileges,
     ReadOnlyFieldError,
     ResourceStateError,
     RetrySettings,
@@ -192,11 +193,24 @@ def test_elastic_attribute_assignment_is_checked_and_committed(api: responses.Re
     assert pool.elastic_property == ElasticProperty(maximum_total_slots=5)
 
 
+def test_pool_defaults_can_change_on_a_running_pool(api: responses.RequestsMock,
+                                                    conn: Connection) -> None:
+    pool = submitted(api, conn)
+    pool.default_retry_settings = RetrySettings(max_per_instance_retries=2)
+    pool.task_default_wait_for_pool_resources_synchronization = True
+    pool.name = "renamed"
+    api.add("PUT", POOL_URL)
+    pool.commit()
+    assert body(api.calls[0]) == pool_doc(
+        name="renamed", taskDefaultWaitForPoolResourcesSynchronization=True,
+        defaultRetrySettings={"maxTotalRetries": None, "maxPerInstanceRetries": 2})
+
+
 @pytest.mark.parametrize("field, value", [
     ("profile", "other"), ("instancecount", 3), ("constants", {}), ("shortname", "x"),
     ("preparation_task", "x"), ("multi_slots", 2), ("hardware_constraints", []),
     ("completion_ttl", "1.00:00:00"), ("auto_delete", True), ("resources", []),
-    ("default_retry_settings", RetrySettings()),
+    ("privileges", Privileges(True)), ("max_time_queue_seconds", 5),
 ])
 def test_fields_fixed_after_submit_name_themselves(api: responses.RequestsMock,
                                                    conn: Connection, field: str,

@@ -1,0 +1,67 @@
+"""Pools, jobs with dependencies and retries on the real cluster, driven by the SDK."""
+from __future__ import annotations
+
+from qcompute import PoolState, TaskState
+from qcompute.dependencies import AdvancedDependency
+from qcompute.options import RetrySettings
+
+
+def test_a_pool_prepares_its_slot_then_runs_tasks_inside(conn, tmp_path):
+    marker = tmp_path / "prepared"
+    pool = conn.create_pool("e2e-pool", "docker-batch", 1)
+    pool.constants["GREETING"] = "hello from the pool"
+    pool.preparation_task = f"echo preparing slot $SLOT_ID; touch {marker}"
+    pool.submit()
+    assert pool.wait(PoolState.FULLY_EXECUTING, timeout=60)
+    assert marker.exists()
+    assert "preparing slot 0" in pool.stdout()
+    task = conn.create_task("in-pool", pool, 2)
+    task.constants["DOCKER_CMD"] = f'test -f {marker} && echo "$GREETING $INSTANCE_ID"'
+    task.run(job_timeout=60)
+    assert task.state == TaskState.SUCCESS
+    assert sorted(task.stdout().splitlines()) == ["hello from the pool 0",
+                                                  "hello from the pool 1"]
+    pool.close()
+    assert pool.wait(PoolState.CLOSED, timeout=30)
+    assert pool.total_slot_capacity == 0
+
+
+def test_a_job_pipeline_runs_its_dag_and_cancels_the_unreachable_branch(conn):
+    job = conn.create_job("e2e-dag", use_dependencies=True).submit()
+
+    def task(name: str, command: str):
+        t = conn.create_task(name, "docker-batch", job=job)
+        t.constants["DOCKER_CMD"] = command
+        return t
+
+    prepare = task("prepare", "echo prepared").submit()
+    flaky = task("flaky", "exit 4")
+    flaky.set_task_dependencies_from_tasks([prepare])
+    flaky.submit()
+    on_success = task("on-success", "echo never")
+    on_success.set_task_dependencies_from_tasks([flaky])
+    on_success.submit()
+    on_failure = task("on-failure", "echo cleaning up")
+    on_failure.set_task_advanced_dependencies(
+        [AdvancedDependency(flaky.uuid, ["failure", "cancelled"])])
+    on_failure.submit()
+    assert conn.wait_tasks([prepare, flaky, on_success, on_failure], timeout=60)
+    assert [t.state for t in (prepare, flaky, on_success, on_failure)] == [
+        TaskState.SUCCESS, TaskState.FAILURE, TaskState.CANCELLED, TaskState.SUCCESS]
+    assert flaky.uuid in on_success.errors[0].message
+    assert on_failure.stdout() == "cleaning up\n"
+    assert {t.uuid for t in job.tasks()} == {prepare.uuid, flaky.uuid, on_success.uuid,
+                                           on_failure.uuid}
+    job.terminate()
+    assert job.wait(timeout=30)
+
+
+def test_a_failed_instance_is_retried_and_the_attempts_show(conn, tmp_path):
+    marker = tmp_path / "failed-once"
+    task = conn.create_task("retry", "docker-batch", 1)
+    task.constants["DOCKER_CMD"] = (f"if [ -f {marker} ]; then echo second try; "
+                                    f"else touch {marker}; exit 1; fi")
+    task.retry_settings = RetrySettings(max_per_instance_retries=2)
+    task.run(job_timeout=60)
+    assert task.state == TaskState.SUCCESS
+    assert task.completed_instances[0].execution_attempt_count == 2
