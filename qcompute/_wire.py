@@ -17,8 +17,8 @@ from .hardware import HardwareConstraint
 __all__ = [
     "parse_constants", "dump_constants", "parse_timespan", "dump_timespan", "timespan",
     "str_list", "str_dict", "optional_str", "optional_bool", "count", "optional_count",
-    "instance_of", "nonempty_name", "uuid_of", "as_bucket", "bucket_list", "ResourcesField", "ResultsField",
-    "value_field", "hardware_field",
+    "instance_of", "nonempty_name", "uuid_of", "as_bucket", "bucket_list", "ResourcesField",
+    "ResultsField", "value_field", "hardware_field",
 ]
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 from ._http import HttpClient, join_path
-from ._objects_api import ObjectsMixin
+from ._connection_objects import ObjectsMixin
 from ._paging import Page, TagsArg, fetch_page, paginate, tag_filter, uuid_filter
 from ._storage import Storage
 from .bucket import Bucket

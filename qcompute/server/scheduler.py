@@ -348,9 +348,12 @@ class Scheduler:
         general_busy = len(self._in_flight) - self.pools.in_flight()
         unheld = self.executor.capacity - self.pools.held(session) - general_busy
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
-        for task in session.scalars(select(Task).where(Task.id.in_(self.pools.drain_cancelled()))):
+        cancelled, stopped = self.pools.drain_cancelled()
+        for task in session.scalars(select(Task).where(Task.id.in_(cancelled))):
             self._cancel_task(session, task)
             touched[task.id] = task
+        for key in stopped:  # its Finished event finds no slot and is dropped
+            self.executor.cancel(key)
         rows = []
         for pool_id, free in self.pools.free_slots(session).items():
             rows += self._queued(session, Task.pool_id == pool_id, free)

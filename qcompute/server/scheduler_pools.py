@@ -50,6 +50,7 @@ class PoolKeeper:
         self.preparing: dict[InstanceKey, int] = {}  # preparation run → PoolSlot id
         self._idle_since: dict[int, datetime] = {}
         self._cancelled: list[int] = []  # tasks of failed pools, for the scheduler to stop
+        self._stopped: list[InstanceKey] = []  # preparation runs of finished pools, to stop
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -62,9 +63,11 @@ class PoolKeeper:
     def started(self, pool_id: int, key: InstanceKey) -> None:
         self.busy.setdefault(pool_id, set()).add(key)
 
-    def drain_cancelled(self) -> list[int]:
-        ids, self._cancelled = self._cancelled, []
-        return ids
+    def drain_cancelled(self) -> tuple[list[int], list[InstanceKey]]:
+        """Tasks to cancel and preparation runs to stop, since the last call."""
+        ids, keys = self._cancelled, self._stopped
+        self._cancelled, self._stopped = [], []
+        return ids, keys
 
     def ended(self, key: InstanceKey) -> None:
         for keys in self.busy.values():
@@ -192,6 +195,8 @@ class PoolKeeper:
         if failed and tasks_active:  # a pool that cannot prepare its slots runs nothing
             self._cancelled += session.scalars(select(Task.id).where(
                 Task.pool_id == pool.id, Task.ended_at.is_(None))).all()
+        slot_ids = {s.id for s in slots}
+        self._stopped += [key for key, slot_id in self.preparing.items() if slot_id in slot_ids]
         session.execute(delete(PoolSlot).where(PoolSlot.pool_id == pool.id))
         self.busy.pop(pool.id, None)
         self._idle_since.pop(pool.id, None)

@@ -181,3 +181,13 @@ def test_pools_are_listed_and_paged_with_tag_filters(big):
     summaries = big.post("/pools/summaries/paginate", json={"maximumResults": 1}).json()
     assert len(summaries["data"]) == 1 and summaries["nextToken"]
     assert len(big.get("/pools/summaries").json()) == 2
+
+
+def test_deleting_a_preparing_pool_stops_its_preparation(big):
+    uuid = make_pool(big, instanceCount=1, preparationTask={"commandLine": "sleep 100"})
+    prep = big.wait_dispatched(uuid, 1)[0]
+    assert big.delete(f"/pools/{uuid}").status_code == 200
+    wait_for(lambda: prep in big.executor.cancelled)
+    wait_for(lambda: big.get(f"/pools/{uuid}").status_code == 404)
+    other = big.submit("echo", instanceCount=4)
+    assert len(big.wait_dispatched(other, 4)) == 4  # the slot came back

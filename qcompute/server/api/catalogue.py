@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from qcompute._version import __version__
 from qcompute.states import TaskState as T
 
-from ..db.models import Task
+from ..db.models import Pool, Task
 from ..errors import NotFound
 from ..services import hardware
 from .deps import ContextDep, CurrentUser, SessionDep
@@ -53,7 +53,12 @@ def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
     running = session.scalar(select(func.count()).select_from(Task).where(
         Task.owner_id == user.id, Task.state.not_in(final)))
     limit = ctx.settings.max_instances_per_task
+    pools = session.scalar(select(func.count()).select_from(Pool).where(Pool.owner_id == user.id))
+    open_pools = session.scalar(select(func.count()).select_from(Pool).where(
+        Pool.owner_id == user.id, Pool.state.not_in(["Closed", "Failure"])))
     return {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
+            "poolCount": pools, "runningPoolCount": open_pools, "maxPool": 1_000_000,
+            "maxRunningPool": 1_000_000,
             "taskCount": count, "runningTaskCount": running, "maxTask": 1_000_000,
             "maxRunningTask": 1_000_000, "maxInstances": limit,
             "maxFlexCores": ctx.settings.max_concurrent_instances,
