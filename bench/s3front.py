@@ -134,8 +134,8 @@ def report(rows: dict, args: argparse.Namespace, urls: dict[str, str]) -> None:
              "small down": f"download {args.files} x {args.size // 1024} KB",
              "HeadObject": f"{args.files} x HeadObject in a row"}
     for name, label in units.items():
-        direct = [statistics.median(v) for v in zip(*rows[(name, "direct")])]
-        front = [statistics.median(v) for v in zip(*rows[(name, "front")])]
+        direct = [statistics.median(v) for v in zip(*rows[(name, "direct")], strict=True)]
+        front = [statistics.median(v) for v in zip(*rows[(name, "front")], strict=True)]
         if name.startswith("large"):
             extra = f"  ({args.large_mb / direct[0]:.0f} vs {args.large_mb / front[0]:.0f} MB/s)"
         else:

@@ -43,7 +43,8 @@ def qarnot_conf(cluster, compat_user, tmp_path_factory) -> Path:
     settings = requests.get(f"{cluster.url}/settings", headers={"User-Agent": OFFICIAL_AGENT},
                             timeout=10).json()
     parser = configparser.ConfigParser()
-    parser["cluster"] = {"url": cluster.url}
+    # a trailing slash, as in Qarnot's sample config: the SDK then asks for //tasks, //settings
+    parser["cluster"] = {"url": cluster.url + "/"}
     parser["client"] = {"token": compat_user["token"]}
     parser["storage"] = {"url": settings["storage"]}
     path = tmp_path_factory.mktemp("qarnot") / "qarnot.conf"

@@ -8,6 +8,7 @@ from botocore.exceptions import ClientError
 
 from .helpers import S3Calls
 
+
 def _tree(root) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes()
             for path in sorted(root.rglob("*")) if path.is_file()}

@@ -10,6 +10,9 @@ from qarnot.exceptions import MissingTaskException, MissingTaskInstanceException
 
 from .helpers import S3Calls, wait_for
 
+# The SDK calls its own deprecated Bucket.flush() / update() on submit and delete.
+pytestmark = pytest.mark.filterwarnings("ignore:(flush|update) is deprecated as of 2.6.0")
+
 
 def _task(qconn, name: str, command: str, instances=1):
     task = qconn.create_task(name, "docker-batch", instances)

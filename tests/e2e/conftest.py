@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from qcompute.server.testing import free_port  # noqa: F401 (used by tests)
+from qcompute.server.testing import ClusterProcess, free_port  # noqa: F401 (used by tests)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from .idempotency import loads
 
 router = APIRouter(prefix="/secrets-manager", tags=["secrets"])
 
+
 @router.get("/data/{key:path}", summary="A secret's value")
 def get_secret(key: str, session: SessionDep, user: CurrentUser):
     return {"value": service.get_secret(session, user, key).value}
@@ -49,4 +50,3 @@ def delete_secret(key: str, session: SessionDep, user: CurrentUser):
 @router.get("/search", include_in_schema=False)
 def search_secrets(session: SessionDep, user: CurrentUser, prefix: str = ""):
     return {"keys": service.search_secrets(session, user, prefix)}
-
