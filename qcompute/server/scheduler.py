@@ -35,7 +35,7 @@ from .services.output import OutputStore
 from .services.placement import dependents_of, resolve_dependencies
 from .services.jobs import refresh_job_state
 from .services.pools import completion_deadline
-from .services.secrets import payload_env
+from .services.secrets import merge_rights, payload_env
 from .services.tasks import move_instance, refresh_task_state
 from .settings import ServerSettings
 
@@ -92,7 +92,7 @@ class Scheduler:
         self.executor = executor_factory(self._on_executor_event)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
-        self.pools = PoolKeeper(settings, s3)
+        self.pools = PoolKeeper(settings, s3, self._pool_secrets)
         self.timers = Timers(self)
         self.controls = InstanceControls(self)  # snapshots and resource refreshes
         self._thread = threading.Thread(target=self._loop, name="qcompute-scheduler", daemon=True)
@@ -317,8 +317,9 @@ class Scheduler:
             task.retries_used += 1
             instance.error = f"attempt {instance.attempt} exited with code {event.exit_code}"
             move_instance(task, instance, I.QUEUED)
-        else:
-            instance.error = None
+        else:  # after retries, say how many attempts failed
+            instance.error = None if event.exit_code == 0 or instance.attempt == 1 else \
+                f"attempt {instance.attempt} exited with code {event.exit_code} (retries used up)"
             move_instance(task, instance, I.SUCCEEDED if event.exit_code == 0 else I.FAILED)
 
     @staticmethod
@@ -350,6 +351,8 @@ class Scheduler:
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
         cancelled, stopped = self.pools.drain_cancelled()
         for task in session.scalars(select(Task).where(Task.id.in_(cancelled))):
+            task.errors = [*task.errors, {"code": "pool_failed", "debug": None, "message":
+                           f"pool {task.document.get('poolUuid')} failed: its tasks cannot run"}]
             self._cancel_task(session, task)
             touched[task.id] = task
         for key in stopped:  # its Finished event finds no slot and is dropped
@@ -380,6 +383,14 @@ class Scheduler:
                    Task.waiting_on == 0, where)
             .order_by(Instance.id).limit(limit)).all())
 
+    def _pool_secrets(self, session: Session, pool: Pool, key: InstanceKey) -> dict[str, str]:
+        """A preparation run's granted secrets (no credentials: pools keep no token)."""
+        env, masked = payload_env(session, owner_id=pool.owner_id, document=pool.document,
+                                  exported_token=None, api_url=self.settings.api_url,
+                                  storage_url=self.storage_url, region=self.settings.s3_region)
+        self.masks.register(key, masked)
+        return env
+
     def _spec(self, session: Session, task: Task, instance: Instance) -> InstanceSpec:
         doc = task.document
         pool = session.get(Pool, task.pool_id) if task.pool_id is not None else None
@@ -395,8 +406,10 @@ class Scheduler:
                "FRAME_ID": str(instance.instance_id), "INSTANCE_COUNT": size,
                "QRANK": str(instance.rank), "QSIZE": size, "TASK_UUID": task.uuid,
                "TASK_NAME": task.name}
-        extra, masked = payload_env(  # granted secrets, exported credentials
-            session, owner_id=task.owner_id, document=doc, exported_token=task.exported_token,
+        rights = doc if pool is None else {"secretsAccessRights": merge_rights(
+            pool.document.get("secretsAccessRights"), doc.get("secretsAccessRights"))}
+        extra, masked = payload_env(  # granted secrets (the pool's too), exported credentials
+            session, owner_id=task.owner_id, document=rights, exported_token=task.exported_token,
             api_url=self.settings.api_url, storage_url=self.storage_url,
             region=self.settings.s3_region)
         env.update(extra)

@@ -43,9 +43,11 @@ def resource_specs(document: dict) -> list[ResourceSpec]:
 
 
 class PoolKeeper:
-    def __init__(self, settings: ServerSettings, s3: Optional[S3Access]) -> None:
+    def __init__(self, settings: ServerSettings, s3: Optional[S3Access],
+                 secrets_env: Callable[[Session, Pool, InstanceKey], dict[str, str]]) -> None:
         self.settings = settings
         self.s3 = s3
+        self.secrets_env = secrets_env  # the pool's granted secrets (their values get masked)
         self.busy: dict[int, set[InstanceKey]] = {}  # pool id → its task instances in flight
         self.preparing: dict[InstanceKey, int] = {}  # preparation run → PoolSlot id
         self._idle_since: dict[int, datetime] = {}
@@ -104,7 +106,7 @@ class PoolKeeper:
                 self._resize(session, pool, len(slots), now)
                 capacity_left -= self._hold(session, pool, slots, capacity_left, now)
                 self._release(session, pool, slots)
-            specs += self._preparations(pool, slots)
+            specs += self._preparations(session, pool, slots)
             counts = Counter(s.state for s in slots)
             state = derive_pool_state(target=pool.slot_target, slots=counts,
                                       close_requested=pool.close_requested,
@@ -161,7 +163,8 @@ class PoolKeeper:
             slots.remove(slot)
             extra, idle = extra - 1, idle - 1
 
-    def _preparations(self, pool: Pool, slots: list[PoolSlot]) -> list[InstanceSpec]:
+    def _preparations(self, session: Session, pool: Pool,
+                      slots: list[PoolSlot]) -> list[InstanceSpec]:
         """Start the preparation task on held slots that still need it."""
         running = set(self.preparing.values())
         specs = []
@@ -169,18 +172,19 @@ class PoolKeeper:
             if slot.state != PREPARING or slot.id in running:
                 continue
             slot.attempt += 1
-            spec = self._preparation_spec(pool, slot)
+            spec = self._preparation_spec(session, pool, slot)
             self.preparing[spec.key] = slot.id
             specs.append(spec)
         return specs
 
-    def _preparation_spec(self, pool: Pool, slot: PoolSlot) -> InstanceSpec:
+    def _preparation_spec(self, session: Session, pool: Pool, slot: PoolSlot) -> InstanceSpec:
         doc = pool.document
         profile = self.settings.profile(pool.profile)
         env = dict(profile.constants if profile else {})
         env.update({c["key"]: c.get("value") or "" for c in doc.get("constants") or ()})
         env.update({"POOL_UUID": pool.uuid, "POOL_NAME": pool.name, "SLOT_ID": str(slot.slot),
                     "INSTANCE_ID": str(slot.slot), "INSTANCE_COUNT": str(pool.slot_target)})
+        env.update(self.secrets_env(session, pool, InstanceKey(pool.uuid, slot.slot, slot.attempt)))
         workdir = Path(self.settings.data_dir, "work", pool.uuid, f"slot-{slot.slot}-{slot.attempt}")
         return InstanceSpec(
             task_uuid=pool.uuid, instance_id=slot.slot, attempt=slot.attempt,

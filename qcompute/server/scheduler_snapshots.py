@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sqlalchemy.orm import Session
 
 from .db.models import Task
-from .executors.base import InstanceKey, ResourcesRefreshed, SnapshotDone, SnapshotRequest
+from .executors.base import (InstanceKey, ResourcesRefreshed, SnapshotDone,
+                             SnapshotRequest)
 from .services.snapshots import SnapshotTracker, periodic_snapshot
 
 if TYPE_CHECKING:
+    from .executors.base import Executor
     from .scheduler import Scheduler
 
 __all__ = ["InstanceControls", "TakeSnapshot", "PeriodicChanged", "RefreshResources"]
@@ -64,18 +67,18 @@ class InstanceControls:
             task = session.get(Task, event.task_id)
             for key, request in self.snapshots.take(session, event.snapshot_uuid,
                                                     self._in_flight(task)):
-                self._queue(key, lambda k=key, r=request: self._executor.snapshot(k, r),
-                            on_error=lambda exc, k=key, r=request: self._undelivered(k, r, exc))
+                self._queue(key, partial(self._executor.snapshot, key, request),
+                            on_error=partial(self._undelivered, key, request))
         elif isinstance(event, PeriodicChanged):
             task = session.get(Task, event.task_id)
             if task is not None:
-                interval, request = periodic_snapshot(session, task)
+                interval, periodic = periodic_snapshot(session, task)
                 for key in self._in_flight(task):
-                    self._queue(key, lambda k=key: self._executor.set_periodic_snapshot(
-                        k, interval, request))
+                    self._queue(key, partial(self._executor.set_periodic_snapshot, key,
+                                             interval, periodic))
         elif isinstance(event, RefreshResources):
             for key in self._in_flight(session.get(Task, event.task_id)):
-                self._queue(key, lambda k=key: self._executor.refresh_resources(k))
+                self._queue(key, partial(self._executor.refresh_resources, key))
         else:
             return False
         return True
@@ -110,13 +113,14 @@ class InstanceControls:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _undelivered(self, key: InstanceKey, request: SnapshotRequest, exc: Exception) -> None:
+    def _undelivered(self, key: InstanceKey, request: SnapshotRequest,
+                     exc: Exception) -> None:
         """The executor could not reach the instance: its part of the snapshot failed."""
         self.scheduler._on_executor_event(SnapshotDone(
             key, request.snapshot_id, ok=False, error=f"the executor could not reach it: {exc}"))
 
     @property
-    def _executor(self):
+    def _executor(self) -> "Executor":
         return self.scheduler.executor
 
     def _in_flight(self, task: Optional[Task]) -> list[InstanceKey]:

@@ -158,6 +158,7 @@ def test_only_failed_instances_are_retried_within_the_budget(fast):
     doc = fast.wait_state(task, "Failure")
     attempts = {i["instanceId"]: i["executionAttemptCount"] for i in doc["completedInstances"]}
     assert attempts == {0: 1, 1: 3}
+    assert "attempt 3 exited with code 1 (retries used up)" in doc["errors"][0]["message"]
 
 
 def test_the_total_budget_caps_retries_across_instances(fast):

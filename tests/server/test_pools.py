@@ -95,7 +95,8 @@ def test_a_failed_preparation_fails_the_pool_and_cancels_its_tasks(big):
     big.executor.run(prep, exit_code=3)
     doc = wait_pool(big, uuid, "Failure")
     assert "slot 0" in doc["errors"][0]["message"] and "code 3" in doc["errors"][0]["message"]
-    assert big.wait_state(task, "Cancelled")
+    cancelled = big.wait_state(task, "Cancelled")
+    assert f"pool {uuid} failed" in cancelled["errors"][0]["message"]
 
 
 def test_deleting_a_pool_cancels_its_tasks_then_removes_it(big):
@@ -191,3 +192,20 @@ def test_deleting_a_preparing_pool_stops_its_preparation(big):
     wait_for(lambda: big.get(f"/pools/{uuid}").status_code == 404)
     other = big.submit("echo", instanceCount=4)
     assert len(big.wait_dispatched(other, 4)) == 4  # the slot came back
+
+
+def test_pool_secrets_reach_its_preparation_and_its_tasks(big):
+    for key, value in (("pool/token", "pool-secret-1"), ("task/token", "task-secret-2")):
+        assert big.put(f"/secrets-manager/data/{key}", json={"Value": value}).status_code < 300
+    uuid = make_pool(big, instanceCount=1, preparationTask={"commandLine": "echo prep"},
+                     secretsAccessRights={"bySecret": [{"key": "pool/token"}]})
+    prep = big.wait_dispatched(uuid, 1)[0]
+    assert big.executor.specs[prep].env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
+    big.executor.run(prep, stdout="leaked pool-secret-1\n")
+    assert "pool-secret-1" not in big.get(f"/pools/{uuid}/stdout").text
+    task = big.submit("echo", poolUuid=uuid, profile=None,
+                      secretsAccessRights={"byPrefix": [{"prefix": "task/"}]})
+    env = big.executor.specs[big.wait_dispatched(task, 1)[0]].env
+    assert env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
+    assert env["QARNOT_SECRET__TASK_TOKEN"] == "task-secret-2"
+    assert big.task(task)["waitForPoolResourcesSynchronization"] is False

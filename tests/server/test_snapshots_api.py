@@ -3,12 +3,14 @@ requests forwarded to running instances, and the 400/403/404 answers."""
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.db.models import Snapshot
 from qcompute.server.executors.base import SnapshotRequest
 
-from .conftest import wait_for
+from .conftest import make_cluster, wait_for
 
 STATUSES = {"Triggered", "InProgress", "Success", "Failure"}
 
@@ -208,3 +210,22 @@ def test_patch_of_a_queued_task_sends_nothing(cluster):
     # PATCH was handled too
     cluster.client.patch(f"/tasks/{blockers[0].task_uuid}", headers=cluster.headers)
     assert wait_for(lambda: cluster.executor.refreshed) == [blockers[0]]
+
+
+def test_snapshots_left_open_fail_when_the_server_restarts(tmp_path):
+    settings, app, _, holder = make_cluster(tmp_path)
+    with TestClient(app) as client:
+        headers = {"Authorization": read_token(client_config_path(settings))}
+        doc = {"name": "t", "profile": "docker-batch", "resultBucket": "results-bucket",
+               "constants": [{"key": "DOCKER_CMD", "value": "sleep 9"}]}
+        uuid = client.post("/tasks", json=doc, headers=headers).json()["uuid"]
+        [key] = wait_for(lambda: holder["executor"].keys_of(uuid))
+        holder["executor"].start(key)
+        wait_for(lambda: client.get(f"/tasks/{uuid}", headers=headers).json()["state"]
+                 == "FullyExecuting")
+        snapshot_id = client.post(f"/tasks/{uuid}/snapshot", json={}, headers=headers).json()["id"]
+        wait_for(lambda: holder["executor"].snapshots)
+    _, app2, _, _ = make_cluster(tmp_path)
+    with TestClient(app2) as client:
+        doc = client.get(f"/tasks/{uuid}/snapshot/{snapshot_id}", headers=headers).json()
+        assert doc["status"] == "Failure" and "restarted" in doc["error"]

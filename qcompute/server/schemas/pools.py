@@ -6,6 +6,7 @@ from typing import Optional
 from pydantic import Field, field_validator, model_validator
 
 from .common import RetrySettings, Wire, parse_timespan
+from .secrets import Privileges, SecretsAccessRights
 from .tasks import AdvancedBucket, Constant, TaskSubmit
 
 __all__ = ["PoolSubmit", "PoolUpdate", "ElasticProperty", "JobSubmit"]
@@ -62,6 +63,8 @@ class PoolSubmit(Wire):
     auto_delete_on_completion: Optional[bool] = None
     completion_time_to_live: Optional[str] = None
     hardware_constraints: Optional[list[dict]] = None
+    secrets_access_rights: Optional[SecretsAccessRights] = None
+    privileges: Optional[Privileges] = None
 
     _tags = field_validator("tags")(lambda cls, v: TaskSubmit._tags(v))
     _ttl = field_validator("completion_time_to_live")(lambda cls, v: _ttl(v))

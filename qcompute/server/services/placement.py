@@ -13,6 +13,7 @@ from qcompute.states import TaskState as T
 from ..db.models import Job, Pool, Task, TaskDependency, User
 from ..errors import BadRequest
 from ..schemas import TaskSubmit
+from ..schemas.secrets import Privileges
 from .pools import open_pool_for_tasks
 
 __all__ = ["Placement", "place_task", "record_dependencies", "resolve_dependencies",
@@ -53,6 +54,10 @@ def place_task(session: Session, user: User, doc: TaskSubmit) -> Placement:
                            for c in pool.document.get("constants") or ()}
         if doc.retry_settings is None and pool.document.get("defaultRetrySettings"):
             doc.retry_settings = pool.document["defaultRetrySettings"]
+        pool_privileges = Privileges.model_validate(pool.document.get("privileges") or {})
+        if pool_privileges.export_api_and_storage_credentials_in_environment and not (
+                doc.privileges and doc.privileges.export_api_and_storage_credentials_in_environment):
+            doc.privileges = pool_privileges  # the pool's privilege covers its tasks
         if doc.wait_for_pool_resources_synchronization is None:
             doc.wait_for_pool_resources_synchronization = bool(
                 pool.document.get("taskDefaultWaitForPoolResourcesSynchronization"))

@@ -152,6 +152,12 @@ def credentials_env(*, api_url: str, token: str, email: str, storage_url: Option
     return env
 
 
+def merge_rights(*rights: Optional[dict[str, Any]]) -> dict[str, list]:
+    """``secretsAccessRights`` of a pool and of a task in it, together."""
+    return {"bySecret": [r for each in rights if each for r in each.get("bySecret") or ()],
+            "byPrefix": [r for each in rights if each for r in each.get("byPrefix") or ()]}
+
+
 def payload_env(session: Session, *, owner_id: int, document: dict[str, Any],
                 exported_token: Optional[str], api_url: str, storage_url: Optional[str],
                 region: str = "us-east-1") -> tuple[dict[str, str], list[str]]:

@@ -255,4 +255,4 @@ class SnapshotTracker:
                    Snapshot.status.in_([S.TRIGGERED.value, S.IN_PROGRESS.value]))
             .values(status=S.FAILURE.value, pending=0, last_update_date=now or utcnow(),
                     error="the server restarted before the snapshot was done"))
-        return result.rowcount or 0
+        return getattr(result, "rowcount", 0) or 0

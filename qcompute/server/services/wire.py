@@ -47,7 +47,8 @@ def _common(task: Task, now: datetime, running: int, exec_seconds: float) -> dic
         "executionTime": hms(exec_seconds),
         "wallTime": hms(_wall_seconds(task, now)),
         "tags": [t.tag for t in task.tags],
-        "waitForPoolResourcesSynchronization": None,
+        "waitForPoolResourcesSynchronization": task.document.get(
+            "waitForPoolResourcesSynchronization"),
     }
 
 

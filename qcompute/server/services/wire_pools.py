@@ -55,7 +55,9 @@ def pool_to_json(session: Session, pool: Pool, now: datetime) -> dict[str, Any]:
     data.update(_times(pool, now))
     data.update({
         "profile": pool.profile,
-        "instanceCount": data.get("instanceCount", held),
+        # static: the nodes asked for; elastic: the slots held now
+        "instanceCount": held if data["elasticProperty"].get("isElastic")
+        else data.get("instanceCount", held),
         "runningInstanceCount": slots.get(READY, 0) + slots.get(PREPARING, 0),
         "runningCoreCount": slots.get(READY, 0) + slots.get(PREPARING, 0),
         "executionTime": hms(0),
