@@ -247,3 +247,25 @@ def test_removal_is_rolled_back_when_revoking_fails(cluster, monkeypatch):
     assert status_as(cluster, alice["token"], f"/tasks/{uuid}") == 200
     assert cluster.executor.cancelled == []
     assert [u["email"] for u in cluster.get("/admin/users").json()][-1] == "alice@example.com"
+
+
+def test_removing_a_user_takes_their_pools_jobs_and_secrets(cluster):
+    response = cluster.post("/admin/users", json={"email": "gone@x.io"})
+    token = response.json()["token"]
+    headers = {"Authorization": token}
+    assert cluster.client.put("/secrets-manager/data/k", json={"Value": "v"},
+                              headers=headers).status_code < 300
+    assert cluster.client.post("/jobs/", json={"name": "j"}, headers=headers).status_code == 201
+    pool = cluster.client.post("/pools", json={"name": "p", "profile": "docker-batch"},
+                               headers=headers)
+    assert pool.status_code == 201
+    refused = cluster.delete("/admin/users/gone@x.io")
+    assert refused.status_code == 409 and "1 open pool" in refused.json()["message"]
+    assert cluster.delete("/admin/users/gone@x.io?force=true").status_code == 200
+    from sqlalchemy import func, select
+
+    from qcompute.server.db.models import Job, Pool, Secret
+
+    with cluster.client.app.state.ctx.sessions() as session:
+        for model in (Job, Pool, Secret):
+            assert session.scalar(select(func.count()).select_from(model)) == 0

@@ -18,13 +18,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sqlalchemy import delete, not_, select
+from sqlalchemy import delete, func, not_, select
 from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
-from ..db.models import IdempotencyRecord, Instance, Task, User
+from ..db.models import IdempotencyRecord, Instance, Job, Pool, PoolSlot, Secret, Task, User
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 __all__ = ["hash_token", "new_token", "bare_token", "authenticate", "create_user", "list_users",
@@ -148,9 +148,12 @@ def remove_user(session: Session, email: str, *, force: bool = False) -> Removed
     tasks = list(session.scalars(select(Task).where(Task.owner_id == user.id)))
     final = {s.value for s in T if s.is_final()}
     unfinished = [t for t in tasks if t.state not in final]
-    if unfinished and not force:
-        raise Conflict(f"{email} has {len(unfinished)} unfinished task(s); wait for them, or "
-                       "remove the user with force to cancel them", code="user_has_active_tasks")
+    pools = session.scalar(select(func.count()).select_from(Pool).where(
+        Pool.owner_id == user.id, Pool.state.not_in(["Closed", "Failure"])))
+    if (unfinished or pools) and not force:
+        raise Conflict(f"{email} has {len(unfinished)} unfinished task(s) and {pools} open "
+                       "pool(s); wait for them, or remove the user with force to cancel them",
+                       code="user_has_active_tasks")
     removed = RemovedUser(email=user.email, bucket_prefix=user.bucket_prefix,
                           task_uuids=[t.uuid for t in tasks])
     if tasks:
@@ -162,6 +165,12 @@ def remove_user(session: Session, email: str, *, force: bool = False) -> Removed
         session.execute(delete(Instance).where(Instance.task_id.in_(by_id)))
         for task in tasks:
             session.delete(task)  # tags with it; output cursors by ON DELETE CASCADE
+    for slot, pool_uuid in session.execute(  # preparation runs still going
+            select(PoolSlot, Pool.uuid).join(Pool, PoolSlot.pool_id == Pool.id)
+            .where(Pool.owner_id == user.id, PoolSlot.state == "Preparing")):
+        removed.active.append((pool_uuid, slot.slot, slot.attempt))
+    for model in (Job, Pool, Secret):  # their slots, tags and cursors by ON DELETE CASCADE
+        session.execute(delete(model).where(model.owner_id == user.id))
     session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id))
     user.email = f"{_REMOVED}{user.id}/{user.email}"[:320]
     user.token_hash = f"{_REMOVED}{user.id}"
