@@ -78,6 +78,9 @@ class Upstream(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/chunked":
             self._send(200, b"hello chunked world", chunked=True)
+        elif self.path == "/then-idle-close":  # as SeaweedFS closes an idle connection
+            self._send(200, b"bye")
+            self.close_connection = True
         elif self.path == "/until-close":
             self.send_response(200)
             self.send_header("Connection", "close")
@@ -166,19 +169,29 @@ def test_body_until_close(scripted):
     assert body == b"read me until the end"
 
 
-def test_stop_closes_everything():
-    with socket.create_server(("127.0.0.1", 0)) as upstream:
-        front = S3Front(f"http://127.0.0.1:{upstream.getsockname()[1]}")
-        front.start()
-        client = socket.create_connection(("127.0.0.1", front.port), timeout=5)
-        accepted, _ = upstream.accept()
-        front.stop()
-        assert client.recv(10) == b""  # the front closed it
-        accepted.close()
-        client.close()
-        assert not front.is_running()
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", front.port), timeout=1)
+def test_upstream_closing_an_idle_connection_is_reopened(scripted):
+    conn, response, body = _request(scripted, "GET", "/then-idle-close")
+    assert body == b"bye"
+    time.sleep(0.2)  # the upstream's FIN arrives; the client's connection stays open
+    conn.request("GET", "/b/next")
+    assert conn.getresponse().read() == b"/b/next" * 3
+
+
+def test_stop_closes_everything(scripted):
+    front = S3Front(f"http://127.0.0.1:{scripted.upstream[1]}")
+    front.start()
+    client = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+    client.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"/x/x/x"):
+        answer += client.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 200")
+    front.stop()
+    assert client.recv(100) == b""  # the front closed it
+    client.close()
+    assert not front.is_running()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", front.port), timeout=1)
 
 
 def test_unreachable_upstream_is_a_502():

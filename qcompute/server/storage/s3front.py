@@ -11,7 +11,8 @@ This front is an HTTP/1.1 relay on its own loopback port, handed out by ``GET /s
 clients whose User-Agent starts with ``qarnot-sdk-python``; qcompute's SDK and the runners talk
 to SeaweedFS directly. Each client connection gets one thread and one upstream connection.
 Request and response heads are forwarded byte for byte (the Host header too, so SigV4
-signatures stay valid) and bodies are streamed in 1 MiB reads, never buffered. Two things are
+signatures stay valid) and bodies are streamed in 1 MiB reads, never buffered; an upstream
+connection SeaweedFS closed while idle is reopened before the next request. Two things are
 changed:
 
 * ``PUT /<bucket>`` without a query string (CreateBucket) answered 409 with
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _HEAD_LIMIT = 64 * 1024
 _CHUNK = 1024 * 1024
-_IDLE_SECONDS = 120.0  # a client connection waiting for its next request
+_IDLE_SECONDS = 60.0  # a client connection waiting for its next request (SeaweedFS: 120 s)
 _IO_SECONDS = 600.0  # one read or write while a request is under way
 _CREATE_BUCKET_PATH = re.compile(rb"/[^/?]+/?")
 _OWNED_CODES = (b"<Code>BucketAlreadyOwnedByYou</Code>", b"<Code>BucketAlreadyExists</Code>")
@@ -49,6 +50,25 @@ _OWNED_CODES = (b"<Code>BucketAlreadyOwnedByYou</Code>", b"<Code>BucketAlreadyEx
 
 class _Closed(Exception):
     """The peer closed the connection (or broke the protocol): drop both sides."""
+
+
+class _Unreachable(Exception):
+    """No connection to the upstream could be made."""
+
+
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets with something to read (or an EOF) within ``timeout`` seconds (poll: no
+    limit on descriptor numbers, unlike select)."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+    return [sock for sock in socks if sock.fileno() in ready]
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether an idle connection is still usable: nothing to read, not even an EOF."""
+    return not _readable([sock], 0)
 
 
 class _Reader:
@@ -60,11 +80,20 @@ class _Reader:
         self._scratch = bytearray(_CHUNK)
 
     def _fill(self) -> bool:
-        data = self.sock.recv(_CHUNK)
-        if not data:
+        got = self.sock.recv_into(self._scratch)  # no new 1 MiB object (an mmap) per read
+        if not got:
             return False
-        self.buf += data
+        self.buf += memoryview(self._scratch)[:got]
         return True
+
+    def take(self, head: bytes, count: Optional[int]) -> bytes:
+        """``head`` with the body's bytes already read, when the whole body is (one send for a
+        small message); else ``head`` alone."""
+        if count is not None and 0 < count <= len(self.buf):
+            body = bytes(self.buf[:count])
+            del self.buf[:count]
+            return head + body
+        return head
 
     def head(self) -> Optional[bytes]:
         """One message head, CRLF CRLF included; None on a clean close before any byte."""
@@ -157,9 +186,9 @@ class _Reader:
         while len(self.buf) < length:
             if not self._fill():
                 raise _Closed("connection closed inside a body")
-        body = bytes(self.buf[:length])
+        whole = bytes(self.buf[:length])
         del self.buf[:length]
-        return body
+        return whole
 
 
 def _parse(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
@@ -281,44 +310,52 @@ class S3Front:
         with self._lock:
             (self._open.add if add else self._open.discard)(sock)
 
+    def _connect(self) -> _Reader:
+        try:
+            sock = socket.create_connection(self.upstream, timeout=30)
+        except OSError as exc:
+            raise _Unreachable(str(exc)) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._track(sock, True)
+        return _Reader(sock)
+
     def _serve(self, client: socket.socket) -> None:
-        upstream: Optional[socket.socket] = None
+        up: Optional[_Reader] = None
         self._track(client, True)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            upstream = socket.create_connection(self.upstream, timeout=30)
-            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._track(upstream, True)
-            if self._stopping.is_set():
-                return
-            reader, up_reader = _Reader(client), _Reader(upstream)
-            while self._exchange(reader, up_reader):
-                pass
-        except OSError as exc:
-            if upstream is None and not self._stopping.is_set():
+            reader = _Reader(client)
+            while not self._stopping.is_set():
+                client.settimeout(_IDLE_SECONDS)
+                head = reader.head()
+                if head is None:
+                    return
+                if up is None or not _still_open(up.sock):  # SeaweedFS closes idle ones too
+                    if up is not None:
+                        self._track(up.sock, False)
+                        up.sock.close()
+                    up = self._connect()
+                if not self._exchange(head, reader, up):
+                    return
+        except _Unreachable as exc:
+            if not self._stopping.is_set():
                 log.warning("S3 front: cannot reach %s:%d: %s", *self.upstream, exc)
                 try:
                     client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n"
                                    b"Connection: close\r\n\r\n")
                 except OSError:
                     pass
-            else:
-                log.debug("S3 front: connection ended: %s", exc)
-        except _Closed as exc:
-            log.debug("S3 front: connection dropped: %s", exc)
+        except (OSError, _Closed) as exc:
+            log.debug("S3 front: connection ended: %s", exc)
         finally:
-            for sock in (client, upstream):
+            for sock in (client, up.sock if up is not None else None):
                 if sock is not None:
                     self._track(sock, False)
                     sock.close()
 
-    def _exchange(self, reader: _Reader, up_reader: _Reader) -> bool:
-        """Relay one request and its response; False when the connection is to be closed."""
+    def _exchange(self, head: bytes, reader: _Reader, up_reader: _Reader) -> bool:
+        """Relay one request (its head read) and its response; False to close the connection."""
         client, upstream = reader.sock, up_reader.sock
-        client.settimeout(_IDLE_SECONDS)
-        head = reader.head()
-        if head is None:
-            return False
         client.settimeout(_IO_SECONDS)
         upstream.settimeout(_IO_SECONDS)
         (method, target, *rest), headers = _parse(head)
@@ -331,7 +368,10 @@ class S3Front:
         if expect and not length:  # nothing to wait for: say "go on" here (see module doc)
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             head, expect = _drop_header(head, b"expect"), False
-        upstream.sendall(head)
+        sent = head if expect else reader.take(head, length)
+        upstream.sendall(sent)
+        if len(sent) > len(head):
+            length = 0  # the body went with the head
         response: Optional[bytes] = None
         if expect:
             response = self._await_continue(reader, up_reader)
@@ -362,9 +402,13 @@ class S3Front:
                                             b"content-length")[:-2]
                                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             return not close
-        client.sendall(response)
         body_length = _length(answer)
         if method == b"HEAD" or status in (b"204", b"304"):
+            client.sendall(response)
+            return not close
+        sent = up_reader.take(response, body_length)
+        client.sendall(sent)
+        if len(sent) > len(response) or body_length == 0:
             pass
         elif body_length == -1:
             up_reader.relay_chunked(client)
@@ -381,7 +425,7 @@ class S3Front:
         the body (the body is then never sent), else None once the body may be relayed (the
         100 is relayed here; a client that stops waiting for it sends its body anyway)."""
         while not reader.buf:
-            ready, _, _ = select.select([reader.sock, up_reader.sock], [], [], _IO_SECONDS)
+            ready = _readable([reader.sock, up_reader.sock], _IO_SECONDS)
             if not ready:
                 raise _Closed("timed out waiting for 100 Continue")
             if up_reader.sock in ready:
