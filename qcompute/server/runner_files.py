@@ -109,7 +109,11 @@ class InstanceFiles:
             self._fetched[path] = item[1]
             return True
 
-        return sum(_parallel(fetch, files.items()))
+        # changed files are replaced before new ones appear: a command that waits for a new
+        # file then reads the others sees them all refreshed
+        changed = [item for item in files.items() if item[0] in self._fetched]
+        added = [item for item in files.items() if item[0] not in self._fetched]
+        return sum(_parallel(fetch, changed)) + sum(_parallel(fetch, added))
 
     def _list(self, bucket: str, prefix: str) -> list[tuple[str, str]]:
         try:
