@@ -5,9 +5,10 @@ real S3 are exercised by tests/server/test_runner*.py and tests/e2e.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -193,9 +194,23 @@ def make_cluster(tmp_path, capacity: int = 2, **settings_kw):
     return settings, app, storage, holder
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    settings, app, storage, holder = make_cluster(tmp_path)
+@contextlib.contextmanager
+def serving(tmp_path, **kw) -> Iterator[Cluster]:
+    """A started cluster (see :func:`make_cluster`), with the owner's token."""
+    settings, app, storage, holder = make_cluster(tmp_path, **kw)
     with TestClient(app) as client:
         token = read_token(client_config_path(settings))
         yield Cluster(client, holder["executor"], storage, token)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with serving(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def roomy(tmp_path):
+    """4 executor slots and a 0.05 s scheduler tick (pools, jobs, timers)."""
+    with serving(tmp_path, capacity=4, scheduler_tick_seconds=0.05) as running:
+        yield running

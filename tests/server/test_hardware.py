@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.db.models import Task
 from qcompute.server.errors import BadRequest
 from qcompute.server.hardware import NodeCapabilities, NodeOverrides, detect, slugify_cpu_model
 from qcompute.server.services.hardware import (check_constraints, offered_constraints,
                                                search_cpu_models)
 
-from .conftest import Cluster, make_cluster
+from .conftest import Cluster, serving
 
 EPYC = NodeCapabilities(cores=2, memory_mb=24 * 1024, cpu_model="AMD EPYC 7B13", clock_ghz=2.45)
 XEON = NodeCapabilities(cores=28, memory_mb=128 * 1024, ssd=True, labels=["big"],
@@ -129,9 +127,8 @@ def test_cpu_model_search_ranks_exact_then_prefix_then_substring():
 
 @pytest.fixture
 def hw_cluster(tmp_path):
-    settings, app, storage, holder = make_cluster(tmp_path, nodes=NODES)
-    with TestClient(app) as client:
-        yield Cluster(client, holder["executor"], storage, read_token(client_config_path(settings)))
+    with serving(tmp_path, nodes=NODES) as running:
+        yield running
 
 
 def test_constraints_route_pages_with_offset_and_limit(hw_cluster):
