@@ -18,6 +18,32 @@ class Base(DeclarativeBase):
     pass
 
 
+class Lifecycle:
+    """The state columns of tasks, pools and jobs, and the one way their state changes."""
+
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
+    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+
+    def move_to(self, state: str, now: datetime, *, final: bool) -> bool:
+        """Enter ``state`` (keeping the previous one); ``final`` sets the end date. True if
+        the state changed."""
+        self.updated_at = now
+        if state == self.state:
+            return False
+        self.previous_state, self.previous_state_transition_time = (self.state,
+                                                                    self.state_transition_time)
+        self.state, self.state_transition_time = state, now
+        if final:
+            self.ended_at = now
+        return True
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -29,7 +55,7 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Task(Base):
+class Task(Lifecycle, Base):
     __tablename__ = "tasks"
 
     id: Mapped[int] = mapped_column(primary_key=True)  # submission order; the paging cursor
@@ -41,19 +67,11 @@ class Task(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSON)  # the submitted document, echoed back
     instance_count: Mapped[int] = mapped_column(Integer)
     # Derived from the instances by services.lifecycle.derive_task_state, stored for listing.
-    state: Mapped[str] = mapped_column(String(32), index=True)
-    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
-    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
     # How many instances are in each state: kept in step by services.tasks.move_instance, so
     # that deriving the task's state costs the same for 1 instance or 100,000.
     instance_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     results_count: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     pool_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("pools.id", ondelete="SET NULL"), index=True)
     job_id: Mapped[Optional[int]] = mapped_column(
@@ -149,7 +167,7 @@ class TaskDependency(Base):
     actual_final_state: Mapped[Optional[str]] = mapped_column(String(32))
 
 
-class Pool(Base):
+class Pool(Lifecycle, Base):
     __tablename__ = "pools"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -159,18 +177,10 @@ class Pool(Base):
     shortname: Mapped[str] = mapped_column(String(512))
     profile: Mapped[str] = mapped_column(String(128))
     document: Mapped[dict[str, Any]] = mapped_column(JSON)  # as submitted (and PUT), echoed back
-    state: Mapped[str] = mapped_column(String(32), index=True)
-    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
-    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
-    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     close_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     slot_target: Mapped[int] = mapped_column(Integer, default=0)  # slots wanted now
     resized_at: Mapped[Optional[datetime]] = mapped_column(DateTime)  # elastic: last resize
     resources_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by PATCH
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
 
     tags: Mapped[list["PoolTag"]] = relationship(
@@ -215,7 +225,7 @@ class PoolTag(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Job(Base):
+class Job(Lifecycle, Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -227,14 +237,6 @@ class Job(Base):
         ForeignKey("pools.id", ondelete="SET NULL"), index=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     use_dependencies: Mapped[bool] = mapped_column(Boolean, default=False)
-    state: Mapped[str] = mapped_column(String(32), index=True)
-    previous_state: Mapped[Optional[str]] = mapped_column(String(32))
-    state_transition_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    previous_state_transition_time: Mapped[Optional[datetime]] = mapped_column(DateTime)
-    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    ended_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     wall_deadline: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
     delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
 

@@ -61,13 +61,7 @@ def job_tasks(session: Session, job: Job) -> list[Task]:
 
 
 def _transition(job: Job, state: J, now: datetime) -> None:
-    if job.state == state.value:
-        return
-    job.previous_state, job.previous_state_transition_time = job.state, job.state_transition_time
-    job.state, job.state_transition_time = state.value, now
-    job.updated_at = now
-    if state is J.COMPLETED:
-        job.ended_at = now
+    if job.move_to(state.value, now, final=state.is_final()) and state.is_final():
         job.delete_after = completion_deadline(job.document, now)
 
 

@@ -156,23 +156,12 @@ def request_delete_pool(session: Session, user: User, pool_uuid: str) -> tuple[P
             request_abort(session, user, task.uuid)
             aborted.append(task.id)
     pool.close_requested = True
-    _transition(pool, P.PENDING_DELETE.value, utcnow())
+    set_pool_state(pool, P.PENDING_DELETE, utcnow())
     return pool, aborted
 
 
-def _transition(pool: Pool, state: str, now: datetime) -> bool:
-    pool.updated_at = now
-    if pool.state == state:
-        return False
-    pool.previous_state, pool.previous_state_transition_time = pool.state, pool.state_transition_time
-    pool.state, pool.state_transition_time = state, now
-    if P(state).is_final():
-        pool.ended_at = now
-    return True
-
-
 def set_pool_state(pool: Pool, state: P, now: datetime) -> bool:
-    return _transition(pool, state.value, now)
+    return pool.move_to(state.value, now, final=state.is_final())
 
 
 def derive_pool_state(*, target: int, slots: Mapping[str, int], close_requested: bool,

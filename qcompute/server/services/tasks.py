@@ -229,14 +229,10 @@ def refresh_task_state(session: Session, task: Task, now: Optional[datetime] = N
     """Store the state derived from the instance counts; True if it changed. O(1)."""
     now = now or utcnow()
     counts = {I(s): n for s, n in (task.instance_counts or {}).items()}
-    state = derive_task_state(counts, abort_requested=task.abort_requested).value
-    task.updated_at = now
-    if state == task.state:
+    state = derive_task_state(counts, abort_requested=task.abort_requested)
+    if not task.move_to(state.value, now, final=state.is_final()):
         return False
-    task.previous_state, task.previous_state_transition_time = task.state, task.state_transition_time
-    task.state, task.state_transition_time = state, now
-    if T(state).is_final():
-        task.ended_at = now
+    if state.is_final():
         task.exported_token = None  # no instance will need the credentials again
     return True
 
