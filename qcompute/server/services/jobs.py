@@ -17,9 +17,10 @@ from qcompute.states import JobState as J
 from qcompute.states import TaskState as T
 
 from ..db.models import Instance, Job, JobTag, Pool, Task, User, utcnow
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden
 from ..schemas.common import parse_timespan
 from ..schemas.pools import JobSubmit
+from .owned import find_owned
 from .pools import completion_deadline, open_pool_for_tasks
 from .tasks import request_abort
 
@@ -50,10 +51,7 @@ def submit_job(session: Session, user: User, doc: JobSubmit) -> Job:
 
 
 def get_job(session: Session, user: User, job_uuid: str) -> Job:
-    job = session.scalar(select(Job).where(Job.uuid == job_uuid, Job.owner_id == user.id))
-    if job is None:
-        raise NotFound(f"job {job_uuid} not found", code="job_not_found")
-    return job
+    return find_owned(session, Job, user, job_uuid, "job")
 
 
 def job_tasks(session: Session, job: Job) -> list[Task]:

@@ -11,9 +11,10 @@ from qcompute.states import JobState as J
 from qcompute.states import TaskState as T
 
 from ..db.models import Job, Pool, Task, TaskDependency, User
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..schemas import TaskSubmit
 from ..schemas.secrets import Privileges
+from .owned import find_owned
 from .pools import open_pool_for_tasks
 
 __all__ = ["Placement", "place_task", "record_dependencies", "resolve_dependencies",
@@ -32,10 +33,10 @@ def place_task(session: Session, user: User, doc: TaskSubmit) -> Placement:
     constants and resources (under the task's own) and its default retry settings."""
     place = Placement()
     if doc.job_uuid:
-        place.job = session.scalar(select(Job).where(Job.uuid == doc.job_uuid,
-                                                     Job.owner_id == user.id))
-        if place.job is None:
-            raise BadRequest(f"job {doc.job_uuid} not found", code="job_not_found")
+        try:  # a missing job or pool on submit is a 400 in the dialect
+            place.job = find_owned(session, Job, user, doc.job_uuid, "job")
+        except NotFound as exc:
+            raise BadRequest(exc.message, code=exc.code) from None
         if place.job.state != J.ACTIVE.value:
             raise BadRequest(f"job {doc.job_uuid} is {place.job.state}: it takes no new tasks",
                              code="job_not_active")

@@ -24,6 +24,7 @@ from ..schemas.common import parse_timespan
 from ..schemas.pools import ElasticProperty, PoolSubmit, PoolUpdate
 from ..settings import ServerSettings
 from .hardware import check_constraints
+from .owned import find_owned
 from .tasks import check_bucket_prefix, check_fixed_inputs, request_abort
 
 __all__ = ["submit_pool", "get_pool", "update_pool", "close_pool", "request_delete_pool",
@@ -78,10 +79,7 @@ def submit_pool(session: Session, settings: ServerSettings, user: User, doc: Poo
 
 
 def get_pool(session: Session, user: User, pool_uuid: str) -> Pool:
-    pool = session.scalar(select(Pool).where(Pool.uuid == pool_uuid, Pool.owner_id == user.id))
-    if pool is None:
-        raise NotFound(f"pool {pool_uuid} not found", code="pool_not_found")
-    return pool
+    return find_owned(session, Pool, user, pool_uuid, "pool")
 
 
 def open_pool_for_tasks(session: Session, user: User, pool_uuid: str) -> Pool:

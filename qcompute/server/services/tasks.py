@@ -21,6 +21,7 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..settings import ServerSettings
 from . import listing
 from .hardware import check_constraints
+from .owned import find_owned
 from .lifecycle import derive_task_state, parse_ranges
 
 __all__ = ["submit_task", "get_task", "task_states", "execution_seconds", "task_instances", "update_task", "request_abort",
@@ -104,10 +105,7 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
 
 
 def get_task(session: Session, user: User, task_uuid: str) -> Task:
-    task = session.scalar(select(Task).where(Task.uuid == task_uuid, Task.owner_id == user.id))
-    if task is None:
-        raise NotFound(f"task {task_uuid} not found", code="task_not_found")
-    return task
+    return find_owned(session, Task, user, task_uuid, "task")
 
 
 def task_states(session: Session, user: User, uuids: list[str]) -> dict[str, str]:
