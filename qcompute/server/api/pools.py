@@ -1,10 +1,9 @@
 """Pool routes: thin wrappers that validate, call one service, and answer in the dialect."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from qcompute.states import PoolState as P
@@ -15,11 +14,11 @@ from ..schemas import PageRequest
 from ..schemas.pools import PoolSubmit
 from ..services import listing
 from ..services import pools as service
-from ..services.output import TASK_LEVEL
 from ..services.wire_pools import pool_to_json
 from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
+from .output import add_output_routes
 
 router = APIRouter(tags=["pools"])
 
@@ -146,47 +145,9 @@ def delete_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     return {"uuid": uuid, "message": "deleted"}
 
 
-def _read(session, ctx, user, uuid: str, stream: str, instance_id: int, fresh: bool) -> str:
-    pool = service.get_pool(session, user, uuid)
-    if not fresh:
-        return ctx.outputs.read(uuid, instance_id, stream)[0]
-    cursor = session.get(PoolOutputCursor, (pool.id, instance_id, stream))
-    if cursor is None:
-        cursor = PoolOutputCursor(pool_id=pool.id, instance_id=instance_id, stream=stream,
-                                  offset=0)
-        session.add(cursor)
-    text, cursor.offset = ctx.outputs.read(uuid, instance_id, stream, since=cursor.offset)
-    return text
+def _find(session, user, uuid: str, _slot: int) -> int:
+    return service.get_pool(session, user, uuid).id
 
 
-def _output_routes(stream: Literal["stdout", "stderr"]) -> None:
-    """The preparation task's output, for the whole pool or one slot."""
-
-    @router.get(f"/pools/{{uuid}}/{stream}", response_class=PlainTextResponse,
-                summary=f"The pool's {stream} so far")
-    def whole(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
-        return _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=False)
-
-    @router.post(f"/pools/{{uuid}}/{stream}", response_class=PlainTextResponse,
-                 summary=f"The pool's {stream} since the last fresh read")
-    def fresh(uuid: str, request: Request, body: RawBody, session: SessionDep,
-              user: CurrentUser, ctx: ContextDep):
-        return run_once(request, session, user, body, lambda: (
-            200, _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=True)))
-
-    @router.get(f"/pools/{{uuid}}/{stream}/{{slot}}", response_class=PlainTextResponse,
-                summary=f"One slot's {stream} so far")
-    def slot_whole(uuid: str, slot: int, session: SessionDep, user: CurrentUser,
-                   ctx: ContextDep):
-        return _read(session, ctx, user, uuid, stream, slot, fresh=False)
-
-    @router.post(f"/pools/{{uuid}}/{stream}/{{slot}}", response_class=PlainTextResponse,
-                 summary=f"One slot's {stream} since the last fresh read")
-    def slot_fresh(uuid: str, slot: int, request: Request, body: RawBody, session: SessionDep,
-                   user: CurrentUser, ctx: ContextDep):
-        return run_once(request, session, user, body, lambda: (
-            200, _read(session, ctx, user, uuid, stream, slot, fresh=True)))
-
-
-_output_routes("stdout")
-_output_routes("stderr")
+# the preparation task's output, for the whole pool or one slot
+add_output_routes(router, "pool", "slot", _find, PoolOutputCursor, "pool_id")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState
@@ -25,9 +24,9 @@ from . import openapi
 from ..services.users import authenticate, bare_token
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
+from .output import add_output_routes
 
 router = APIRouter(tags=["tasks"])
-Stream = Literal["stdout", "stderr"]
 
 
 def _parse_submit(item: Any) -> TaskSubmit:
@@ -255,46 +254,11 @@ def abort_task(uuid: str, request: Request, body: RawBody, session: SessionDep,
     return response
 
 
-def _read(session, ctx, user, uuid: str, stream: str, instance_id: int, fresh: bool) -> str:
+def _find(session, user, uuid: str, instance_id: int) -> int:
     task = service.get_task(session, user, uuid)
     if instance_id != TASK_LEVEL:
         service.check_instance(session, task, instance_id)
-    if not fresh:
-        return ctx.outputs.read(uuid, instance_id, stream)[0]
-    cursor = session.get(OutputCursor, (task.id, instance_id, stream))
-    if cursor is None:
-        cursor = OutputCursor(task_id=task.id, instance_id=instance_id, stream=stream, offset=0)
-        session.add(cursor)
-    text, cursor.offset = ctx.outputs.read(uuid, instance_id, stream, since=cursor.offset)
-    return text
+    return task.id
 
 
-def _output_routes(stream: Stream) -> None:
-    @router.get(f"/tasks/{{uuid}}/{stream}", response_class=PlainTextResponse,
-                summary=f"The task's {stream} so far")
-    def whole(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
-        return _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=False)
-
-    @router.post(f"/tasks/{{uuid}}/{stream}", response_class=PlainTextResponse,
-                 summary=f"The task's {stream} since the last fresh read")
-    def fresh(uuid: str, request: Request, body: RawBody, session: SessionDep,
-              user: CurrentUser, ctx: ContextDep):
-        return run_once(request, session, user, body, lambda: (
-            200, _read(session, ctx, user, uuid, stream, TASK_LEVEL, fresh=True)))
-
-    @router.get(f"/tasks/{{uuid}}/{stream}/{{instance_id}}", response_class=PlainTextResponse,
-                summary=f"One instance's {stream} so far")
-    def instance(uuid: str, instance_id: int, session: SessionDep, user: CurrentUser,
-                 ctx: ContextDep):
-        return _read(session, ctx, user, uuid, stream, instance_id, fresh=False)
-
-    @router.post(f"/tasks/{{uuid}}/{stream}/{{instance_id}}", response_class=PlainTextResponse,
-                 summary=f"One instance's {stream} since the last fresh read")
-    def instance_fresh(uuid: str, instance_id: int, request: Request, body: RawBody,
-                       session: SessionDep, user: CurrentUser, ctx: ContextDep):
-        return run_once(request, session, user, body, lambda: (
-            200, _read(session, ctx, user, uuid, stream, instance_id, fresh=True)))
-
-
-_output_routes("stdout")
-_output_routes("stderr")
+add_output_routes(router, "task", "instance", _find, OutputCursor, "task_id")
