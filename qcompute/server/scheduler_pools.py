@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from qcompute.states import PoolState as P
@@ -205,8 +205,7 @@ class PoolKeeper:
         self.busy.pop(pool.id, None)
         self._idle_since.pop(pool.id, None)
         if pool.state == P.PENDING_DELETE.value and not tasks_active:
-            session.execute(update(Task).where(Task.pool_id == pool.id).values(pool_id=None))
-            session.delete(pool)
+            session.delete(pool)  # its tasks keep their document; pool_id: ON DELETE SET NULL
             return
         if set_pool_state(pool, P.FAILURE if failed else P.CLOSED, now):
             pool.delete_after = completion_deadline(pool.document, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
@@ -21,7 +21,7 @@ from qcompute.states import JobState as J
 from .db.models import Instance, Job, Pool, Task, User, utcnow
 from .services.jobs import delete_job, terminate_job
 from .services.lifecycle import format_ranges
-from .services.tasks import move_instance
+from .services.tasks import move_instance, remove_task
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -78,15 +78,12 @@ class Timers:
     def _collect(self, session: Session, now) -> None:
         outputs = self.scheduler.outputs
         for task in session.scalars(select(Task).where(Task.delete_after <= now).limit(_BATCH)):
-            session.execute(delete(Instance).where(Instance.task_id == task.id))
-            session.delete(task)
+            remove_task(session, task)
             outputs.delete(task.uuid)
         for job in session.scalars(select(Job).where(Job.delete_after <= now).limit(_BATCH)):
             owner = session.get(User, job.owner_id)
             for task in delete_job(session, owner, job.uuid, force=True):
                 outputs.delete(task.uuid)
         for pool in session.scalars(select(Pool).where(Pool.delete_after <= now).limit(_BATCH)):
-            session.execute(Task.__table__.update().where(Task.pool_id == pool.id)
-                            .values(pool_id=None))
-            session.delete(pool)
+            session.delete(pool)  # tasks.pool_id: ON DELETE SET NULL
             outputs.delete(pool.uuid)

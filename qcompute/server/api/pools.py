@@ -119,9 +119,8 @@ def update_resources(uuid: str, session: SessionDep, user: CurrentUser, ctx: Con
     running = list(session.scalars(select(Task.id).where(Task.pool_id == pool.id,
                                                          Task.ended_at.is_(None))))
     session.commit()
-    refresh = getattr(ctx.scheduler, "refresh_resources", None)
-    for task_id in running if refresh else ():
-        refresh(task_id)
+    for task_id in running:
+        ctx.scheduler.refresh_resources(task_id)
     return {"uuid": uuid, "resourcesVersion": pool.resources_version}
 
 

@@ -203,7 +203,11 @@ def request_abort(session: Session, user: User, task_uuid: str) -> Task:
 
 
 def delete_task(session: Session, user: User, task_uuid: str) -> Task:
-    task = get_task(session, user, task_uuid)
+    return remove_task(session, get_task(session, user, task_uuid))
+
+
+def remove_task(session: Session, task: Task) -> Task:
+    """Delete a task with its instances (tags, cursors, snapshots: ON DELETE CASCADE)."""
     session.execute(delete(Instance).where(Instance.task_id == task.id))
     session.delete(task)
     return task
