@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["TaskState", "InstanceState", "PoolState", "JobState"]
+__all__ = ["TaskState", "InstanceState", "PoolState", "JobState", "SnapshotState"]
 
 
-class TaskState(str, Enum):
+class _State(str, Enum):
+    """A state name: prints as its wire value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TaskState(_State):
     """The state of a task, as the API reports it (``task.state``)."""
 
     UNSUBMITTED = "UnSubmitted"  # local only: the task was never sent
@@ -31,14 +38,11 @@ class TaskState(str, Enum):
         """True for Success, Failure and Cancelled: the task will not change any more."""
         return self in _FINAL_TASK_STATES
 
-    def __str__(self) -> str:
-        return self.value
-
 
 _FINAL_TASK_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.CANCELLED})
 
 
-class InstanceState(str, Enum):
+class InstanceState(_State):
     """The state of one instance of a task: what the scheduler and the executor really track."""
 
     QUEUED = "Queued"
@@ -57,9 +61,6 @@ class InstanceState(str, Enum):
         """Handed to an executor and not finished yet."""
         return self in _ACTIVE_INSTANCE_STATES
 
-    def __str__(self) -> str:
-        return self.value
-
 
 _FINAL_INSTANCE_STATES = frozenset(
     {InstanceState.SUCCEEDED, InstanceState.FAILED, InstanceState.CANCELLED}
@@ -70,7 +71,7 @@ _ACTIVE_INSTANCE_STATES = frozenset(
 )
 
 
-class PoolState(str, Enum):
+class PoolState(_State):
     """The state of a pool (``pool.state``)."""
 
     UNSUBMITTED = "UnSubmitted"  # local only: the pool was never sent
@@ -88,14 +89,11 @@ class PoolState(str, Enum):
         """True for Closed and Failure: the pool will not change any more."""
         return self in _FINAL_POOL_STATES
 
-    def __str__(self) -> str:
-        return self.value
-
 
 _FINAL_POOL_STATES = frozenset({PoolState.CLOSED, PoolState.FAILURE})
 
 
-class JobState(str, Enum):
+class JobState(_State):
     """The state of a job (``job.state``)."""
 
     UNSUBMITTED = "UnSubmitted"  # local only: the job was never sent
@@ -108,11 +106,8 @@ class JobState(str, Enum):
         """True for Completed: every task of the job is final and none can be added."""
         return self is JobState.COMPLETED
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class SnapshotState(str, Enum):
+class SnapshotState(_State):
     """The state of one snapshot of a task (``Snapshot.status``)."""
 
     TRIGGERED = "Triggered"
@@ -123,5 +118,3 @@ class SnapshotState(str, Enum):
     def is_final(self) -> bool:
         return self in (SnapshotState.SUCCESS, SnapshotState.FAILURE)
 
-    def __str__(self) -> str:
-        return self.value
