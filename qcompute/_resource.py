@@ -12,7 +12,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, TypeVar
 
-from ._fields import Field, FieldHolder
+from ._fields import Field, FieldHolder, parse_datetime
 from ._http import join_path
 from .exceptions import NotFoundError, ReadOnlyFieldError, ResourceStateError
 
@@ -222,6 +222,19 @@ class Resource(FieldHolder):
     def __hash__(self) -> int:
         mine = self._data.get("uuid")
         return hash((type(self), mine)) if mine else id(self)
+
+
+class Dated:
+    """The server's dates of a pool or a job (fields are collected along the MRO)."""
+
+    __slots__ = ()
+
+    state_transition_time = Field("stateTransitionTime", volatile=True, parse=parse_datetime)
+    previous_state_transition_time = Field("previousStateTransitionTime", volatile=True,
+                                           parse=parse_datetime)
+    last_modified = Field("lastModified", volatile=True, parse=parse_datetime)
+    creation_date = Field("creationDate", read_only=True, parse=parse_datetime)
+    end_date = Field("endDate", volatile=True, parse=parse_datetime)
 
 
 class OutputMethods:

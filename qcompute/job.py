@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _resource
-from ._fields import Field, parse_datetime, parse_enum
-from ._resource import Resource
+from ._fields import Field, parse_enum
+from ._resource import Dated, Resource
 from ._wire import instance_of, nonempty_name, optional_str, str_list, timespan, uuid_of
 from .exceptions import MissingJobException, MissingPoolException
 from .states import JobState
@@ -19,7 +19,7 @@ __all__ = ["Job"]
 _ALWAYS_SENT = frozenset({"name", "poolUuid", "useDependencies", "tags"})
 
 
-class Job(Resource):
+class Job(Dated, Resource):
     """A job: tasks created with ``create_task(..., job=job)`` belong to it; with
     ``use_dependencies`` their dependencies are honoured; ``max_wall_time`` bounds its life.
 
@@ -62,12 +62,6 @@ class Job(Resource):
         "state", volatile=True, parse=parse_enum(JobState), default=JobState.UNSUBMITTED)
     previous_state: Field[Union[JobState, str, None]] = Field(
         "previousState", volatile=True, parse=parse_enum(JobState))
-    state_transition_time = Field("stateTransitionTime", volatile=True, parse=parse_datetime)
-    previous_state_transition_time = Field("previousStateTransitionTime", volatile=True,
-                                           parse=parse_datetime)
-    last_modified = Field("lastModified", volatile=True, parse=parse_datetime)
-    creation_date = Field("creationDate", read_only=True, parse=parse_datetime)
-    end_date = Field("endDate", volatile=True, parse=parse_datetime)
 
     def __init__(self, connection: "Connection", name: str, pool: Any = None,
                  shortname: Optional[str] = None, use_dependencies: bool = False) -> None:

@@ -9,8 +9,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from . import _resource
-from ._fields import Field, parse_datetime, parse_enum
-from ._resource import OutputMethods, Resource
+from ._fields import Field, parse_enum
+from ._resource import Dated, OutputMethods, Resource
 from ._wire import (
     ResourcesField,
     bucket_list,
@@ -131,7 +131,7 @@ _ALWAYS_SENT = frozenset({"name", "profile", "instanceCount", "constants", "tags
                           "advancedResourceBuckets", "elasticProperty"})
 
 
-class Pool(OutputMethods, Resource):
+class Pool(OutputMethods, Dated, Resource):
     """A pool: ``instancecount`` nodes of a profile kept open for tasks (``create_task(...,
     pool=pool)``), or an elastic pool sized between two bounds (:meth:`setup_elastic`).
 
@@ -212,12 +212,6 @@ class Pool(OutputMethods, Resource):
         "state", volatile=True, parse=parse_enum(PoolState), default=PoolState.UNSUBMITTED)
     previous_state: Field[Union[PoolState, str, None]] = Field(
         "previousState", volatile=True, parse=parse_enum(PoolState))
-    state_transition_time = Field("stateTransitionTime", volatile=True, parse=parse_datetime)
-    previous_state_transition_time = Field("previousStateTransitionTime", volatile=True,
-                                           parse=parse_datetime)
-    last_modified = Field("lastModified", volatile=True, parse=parse_datetime)
-    creation_date = Field("creationDate", read_only=True, parse=parse_datetime)
-    end_date = Field("endDate", volatile=True, parse=parse_datetime)
     status: Field[Optional[Status]] = Field("status", volatile=True, parse=Status.from_json)
     errors: Field[list[Error]] = Field(
         "errors", volatile=True, default=list,
