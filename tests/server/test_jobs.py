@@ -185,3 +185,27 @@ def test_deleting_a_parent_cancels_its_dependents(roomy):
     assert roomy.delete(f"/tasks/{parent}").status_code == 200
     doc = roomy.wait_state(child, "Cancelled")
     assert "deleted" in doc["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"name": ""}, "name"),
+    ({"name": "j", "maxWallTime": "soon"}, "time span"),
+    ({"name": "j", "maxWallTime": "00:00:00"}, "maxWallTime must be positive"),
+    ({"name": "j", "useDependencies": [1]}, "useDependencies"),
+    ({"name": "j", "poolUuid": "nope"}, "pool nope not found"),
+    ([{"name": "j"}], "JSON object"),
+])
+def test_bad_jobs_are_refused_with_the_reason(roomy, doc, words):
+    response = roomy.post("/jobs/", json=doc)
+    assert response.status_code == 400 and words in response.json()["message"], response.text
+    assert roomy.get("/jobs").json() == []
+
+
+def test_bad_job_requests_are_named(roomy):
+    uuid = make_job(roomy)
+    bad_force = roomy.delete(f"/jobs/{uuid}?force=maybe")
+    assert bad_force.status_code == 400 and "force" in bad_force.json()["message"]
+    assert roomy.post(f"/jobs/{uuid}/terminate").status_code == 200
+    again = roomy.post(f"/jobs/{uuid}/terminate")
+    assert again.status_code == 403 and "already" in again.json()["message"]
+    assert roomy.get("/jobs/unknown").status_code == 404

@@ -197,3 +197,14 @@ def test_pool_secrets_reach_its_preparation_and_its_tasks(roomy):
     assert env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
     assert env["QARNOT_SECRET__TASK_TOKEN"] == "task-secret-2"
     assert roomy.task(task)["waitForPoolResourcesSynchronization"] is False
+
+
+def test_bad_pool_requests_are_named(roomy):
+    uuid = make_pool(roomy, instanceCount=1)
+    not_object = roomy.put(f"/pools/{uuid}", json=[1])
+    assert not_object.status_code == 400 and "JSON object" in not_object.json()["message"]
+    switch = roomy.put(f"/pools/{uuid}", json={"elasticProperty": {"isElastic": True}})
+    assert switch.status_code == 400 and "static and elastic" in switch.json()["message"]
+    assert roomy.get("/pools/unknown").status_code == 404
+    assert roomy.post("/pools/unknown/close").status_code == 404
+    assert roomy.post("/pools", json=[{"name": "p"}]).status_code == 400
