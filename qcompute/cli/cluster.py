@@ -186,4 +186,7 @@ def status(data_dir) -> None:
         click.echo(f"storage:  {health.get('storageProcess', health['storage'])}")
         click.echo(f"executor: {health['executor']}, {health['running']} of "
                    f"{health['capacity']} slots busy")
+        isolation = health.get("isolation", "?")
+        click.echo(f"instances: {isolation}" if health.get("sandboxed") else
+                   f"instances: WARNING {isolation}: keep this cluster to one trusted user")
     click.echo(f"data dir: {data}")

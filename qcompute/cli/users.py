@@ -65,10 +65,14 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("email")
+@click.option("--allow-unsandboxed", is_flag=True,
+              help="Add the user even though this cluster runs instances unsandboxed (any "
+                   "user's task could then read every other user's data).")
 @_config_option
-def add(email: str, config: str) -> None:
+def add(email: str, allow_unsandboxed: bool, config: str) -> None:
     """Create a user and print their token (shown only once)."""
-    _print_account(_call(config, "POST", "/admin/users", {"email": email}))
+    body = {"email": email, **({"allowUnsandboxed": True} if allow_unsandboxed else {})}
+    _print_account(_call(config, "POST", "/admin/users", body))
 
 
 @user.command("list")

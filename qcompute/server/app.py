@@ -10,6 +10,7 @@ import logging
 import re
 from contextlib import asynccontextmanager
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
@@ -23,17 +24,40 @@ from .errors import install_error_handlers
 from .executors.base import Executor
 from .scheduler import Scheduler
 from .services.output import OutputStore
-from .settings import ServerSettings
+from .settings import ServerSettings, sandbox_config
 
 log = logging.getLogger(__name__)
 
 ExecutorFactory = Callable[[Callable], Executor]
 
 
-def _default_executor(settings: ServerSettings) -> ExecutorFactory:
+def _default_executor(settings: ServerSettings, store) -> ExecutorFactory:
+    """The local executor, with the instance sandbox this host can run (probed once)."""
     from .executors.local import LocalExecutor
+    from .sandbox import resolve
 
-    return lambda on_event: LocalExecutor(on_event, capacity=settings.max_concurrent_instances)
+    ports = {settings.port} | {port for url in (store.endpoint_url,
+                                                store.qarnot_sdk_endpoint_url)
+                               if (port := _loopback_port(url))}
+    config, note = resolve(sandbox_config(settings, tuple(sorted(ports))))
+    if settings.sandbox == "bubblewrap" and not config.enabled:
+        raise RuntimeError(f"sandbox = bubblewrap, but {note}")
+    if not config.enabled:
+        log.warning("INSTANCES RUN UNSANDBOXED: %s. Every task can read the data dir, the "
+                    "database and other users' work: keep this cluster to one trusted user.",
+                    note)
+    else:
+        log.info("instances: %s", note)
+    return lambda on_event: LocalExecutor(on_event, capacity=settings.max_concurrent_instances,
+                                          sandbox=config, isolation=note)
+
+
+def _loopback_port(url: str) -> Optional[int]:
+    """The port of a URL served on this host's loopback (what instances must reach)."""
+    parts = urlsplit(url)
+    if parts.hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    return None
 
 
 class _MergeSlashes:
@@ -67,7 +91,8 @@ def create_app(settings: ServerSettings, *, storage=None,
             ensure_owner(sessions, settings, store)
             outputs = OutputStore(settings.data_dir / "output", settings.output_buffer_bytes)
             scheduler = Scheduler(settings=settings, sessions=sessions,
-                                  executor_factory=executor_factory or _default_executor(settings),
+                                  executor_factory=executor_factory
+                                  or _default_executor(settings, store),
                                   outputs=outputs, s3=store.admin_access,
                                   storage_url=store.endpoint_url)
             scheduler.start()

@@ -15,10 +15,13 @@ While the command runs, a control thread (:mod:`qcompute.server.runner_control`)
 snapshots asked for (and the periodic one) and refreshes the resources; S3 transfers live in
 :mod:`qcompute.server.runner_files`.
 
-The command runs as ``sh -c <command>`` in a new session (its own process group), with
-PR_SET_PDEATHSIG so it dies with the thread that started it, and a watchdog process that kills
-the whole group if the runner dies first. On cancel the group gets SIGTERM, then SIGKILL after
-``kill_grace_seconds``; once the command ends, whatever is left of its group is killed.
+The command is run as a Qarnot node runs it (:mod:`qcompute.server.command`: ``${NAME}``
+filled in, split into words, no shell), in the instance's sandbox (:mod:`qcompute.server.sandbox`)
+when the worker has one, with PR_SET_PDEATHSIG so it dies with the thread that started it. In the
+sandbox, the PID namespace ends whatever the command leaves behind; unsandboxed, a watchdog
+process kills the command's group if the runner dies first. On cancel the group gets SIGTERM,
+then SIGKILL after ``kill_grace_seconds``; once the command ends, nothing of it is left.
+While it runs, :mod:`qcompute.server.runner_telemetry` reports its CPU, memory and network.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import queue
+import select
 import selectors
 import shutil
 import signal
@@ -37,19 +41,22 @@ import threading
 import time
 from typing import IO, Callable, Optional
 
+from qcompute.server.command import CommandError, split_command
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                                             Output, Phase, SnapshotRequest, event_to_json)
 from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
 from qcompute.server.runner_files import InstanceFiles, compile_regex
+from qcompute.server.runner_telemetry import InstanceCgroup, Sampler
+from qcompute.server.sandbox import JOB, RAMFS, SHARE, TMP, Sandbox, SandboxConfig, SandboxError
 
 __all__ = ["run_instance", "pdeathsig_preexec", "main", "serve", "ACCEPTED"]
 
 log = logging.getLogger(__name__)
 
-_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
-             "SHELL")
-_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SANDBOX_START_SECONDS = 30.0
+SANDBOX_ENV = "QCOMPUTE_SANDBOX"  # the worker's SandboxConfig, as JSON
 _POLL_SECONDS = 0.05  # how often the wait loop looks at the process and the cancel flag
 _DRAIN_SECONDS = 1.0  # output still read after the command's group is gone
 _READ_BYTES = 65536
@@ -77,20 +84,24 @@ def pdeathsig_preexec(report_group_to: Optional[int] = None) -> Callable[[], Non
 
 
 def run_instance(spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
-                 cancel_event: threading.Event,
-                 control: Optional[InstanceControl] = None) -> Finished:
+                 cancel_event: threading.Event, control: Optional[InstanceControl] = None,
+                 sandbox: Optional[Sandbox] = None) -> Finished:
     """Run one instance, calling ``emit`` (from more than one thread) for each event; the last
-    one is the returned Finished. ``control`` takes snapshot and refresh requests meanwhile."""
-    finished = _InstanceRun(spec, emit, cancel_event, control).execute()
+    one is the returned Finished. ``control`` takes snapshot and refresh requests meanwhile;
+    with ``sandbox`` (started), the command runs in it."""
+    finished = _InstanceRun(spec, emit, cancel_event, control, sandbox).execute()
     emit(finished)
     return finished
 
 
 class _InstanceRun:
     def __init__(self, spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
-                 cancel: threading.Event, control: Optional[InstanceControl] = None) -> None:
-        self.spec, self.emit, self.cancel = spec, emit, cancel
-        self.workdir = os.path.abspath(spec.workdir)
+                 cancel: threading.Event, control: Optional[InstanceControl] = None,
+                 sandbox: Optional[Sandbox] = None) -> None:
+        self.spec, self.emit, self.cancel, self.sandbox = spec, emit, cancel, sandbox
+        self.root = os.path.abspath(spec.workdir)
+        self.workdir = os.path.join(self.root, "job")  # /job in the sandbox
+        self.tmpdir = os.path.join(self.root, "tmp")  # /tmp in the sandbox
         self.exit_code: Optional[int] = None
         self.exec_time = 0.0
         self.peak_kb = 0
@@ -119,7 +130,7 @@ class _InstanceRun:
                     not self.cancel.is_set() or self.spec.upload_results_on_cancel):
                 self.emit(Phase(self.spec.key, "uploading"))
                 self.uploaded = self.files.upload_results(whitelist, blacklist)
-        except _InfraError as exc:
+        except (_InfraError, SandboxError) as exc:
             error = str(exc)
         except Exception as exc:  # never die silently: report it as an infrastructure error
             log.exception("runner failure for %s", self.spec.key)
@@ -127,7 +138,7 @@ class _InstanceRun:
         finally:
             self.controller.close()  # before Finished: no control event may follow it
             if created:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                shutil.rmtree(self.root, ignore_errors=True)
         return Finished(self.spec.key, exit_code=self.exit_code, error=error,
                         cancelled=self.cancel.is_set(), exec_time_sec=round(self.exec_time, 3),
                         wall_time_sec=round(time.monotonic() - started, 3),
@@ -135,54 +146,122 @@ class _InstanceRun:
 
     def _make_workdir(self) -> None:
         try:
-            os.makedirs(self.workdir, exist_ok=True)
-            if os.listdir(self.workdir):
-                raise _InfraError(f"working directory {self.workdir} exists and is not empty")
+            os.makedirs(self.root, exist_ok=True)
+            if os.listdir(self.root):
+                raise _InfraError(f"working directory {self.root} exists and is not empty")
+            os.mkdir(self.workdir)
+            os.mkdir(self.tmpdir)
+            if self.spec.share_dir:
+                os.makedirs(self.spec.share_dir, exist_ok=True)
         except OSError as exc:
-            raise _InfraError(f"cannot create working directory {self.workdir}: {exc}") from exc
+            raise _InfraError(f"cannot create working directory {self.root}: {exc}") from exc
 
     # -- the command ------------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
-        env = {name: os.environ[name] for name in _BASE_ENV if name in os.environ}
-        env.setdefault("PATH", _DEFAULT_PATH)
-        env.update(self.spec.env)
-        env["QARNOT_RESOURCES_DIRECTORY"] = env["QARNOT_RESULTS_DIRECTORY"] = self.workdir
-        return env
+    def _paths(self) -> dict[str, str]:
+        """Where the instance finds its directories: the sandbox's, or the host's."""
+        if self.sandbox is not None:
+            return {"TASK_PATH": JOB, "TMP_PATH": TMP, "TMP_RAMFS_PATH": RAMFS}
+        return {"TASK_PATH": self.workdir, "TMP_PATH": self.tmpdir,
+                "TMP_RAMFS_PATH": self.tmpdir}
+
+    def _environment(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(the command's environment, the variables ${NAME} may name). Nothing comes from the
+        runner's own environment."""
+        paths = self._paths()
+        env = {"PATH": _DEFAULT_PATH, "HOME": paths["TMP_PATH"], "TMPDIR": paths["TMP_PATH"],
+               "LANG": "C.UTF-8", **self.spec.env, **paths,
+               "QARNOT_RESOURCES_DIRECTORY": paths["TASK_PATH"],
+               "QARNOT_RESULTS_DIRECTORY": paths["TASK_PATH"]}
+        if self.spec.share_dir:
+            env["QCOMPUTE_SHARE_PATH"] = SHARE if self.sandbox else self.spec.share_dir
+        return {**env, **self.spec.secret_env}, env
 
     def _run_command(self) -> None:
-        watchdog, lifeline = _start_watchdog()
+        env, variables = self._environment()
         try:
-            self._run_watched(lifeline)
+            argv = split_command(self.spec.command, variables)
+        except CommandError as exc:  # the user's failure, as a shell's syntax error (exit 2)
+            self.emit(Output(self.spec.key, "stderr", f"qcompute: {exc}\n"))
+            self.exit_code = 2
+            return
+        if not argv:
+            self.exit_code = 0
+            return
+        config = self.sandbox.config if self.sandbox else None
+        cgroup = InstanceCgroup.create(config.memory_mb, config.max_pids) if config else None
+        try:
+            if self.sandbox is not None:
+                self._run_sandboxed(self.sandbox, argv, env, cgroup)
+            else:
+                watchdog, lifeline = _start_watchdog()
+                try:
+                    # env finds the program in the command's PATH, as in the sandbox
+                    self._run_watched(["/usr/bin/env", "--", *argv], env, _chain(
+                        pdeathsig_preexec(report_group_to=lifeline),
+                        cgroup.enter if cgroup else None), cgroup=cgroup)
+                finally:
+                    watchdog.kill()  # first: with its lifeline closed it would signal a stale group
+                    watchdog.wait()
+                    os.close(lifeline)
         finally:
-            watchdog.kill()  # first: with its lifeline closed it would signal a stale group id
-            watchdog.wait()
-            os.close(lifeline)
+            if cgroup is not None:
+                cgroup.remove()
 
-    def _run_watched(self, lifeline: int) -> None:
+    def _run_sandboxed(self, sandbox: Sandbox, argv: list[str], env: dict[str, str],
+                       cgroup: Optional[InstanceCgroup]) -> None:
+        """bwrap runs the command; its PID namespace's init (reported on the info pipe) leads
+        the command's process group, and its death takes down everything the command left."""
+        preexec = _chain(pdeathsig_preexec(), sandbox.join_network(self.spec.network),
+                         cgroup.enter if cgroup else None)
+        info_read, info_write = os.pipe()
+        try:
+            bwrap = sandbox.argv(argv, job=self.workdir, tmp=self.tmpdir,
+                                 share=self.spec.share_dir, network=self.spec.network,
+                                 info_fd=info_write)
+            self._run_watched(bwrap, env, preexec, info=(info_read, info_write), cgroup=cgroup)
+        finally:
+            os.close(info_read)
+
+    def _run_watched(self, argv: list[str], env: dict[str, str], preexec: Callable[[], None],
+                     info: Optional[tuple[int, int]] = None,
+                     cgroup: Optional[InstanceCgroup] = None) -> None:
         try:
             proc = subprocess.Popen(
-                ["sh", "-c", self.spec.command], cwd=self.workdir, env=self._env(),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=pdeathsig_preexec(report_group_to=lifeline))
+                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                pass_fds=info[1:] if info else (), preexec_fn=preexec)
         except OSError as exc:
             raise _InfraError(f"cannot start the command: {exc}") from exc
-        self._pgid = proc.pid  # a new session: the group id is the pid
+        finally:
+            if info:
+                os.close(info[1])
+        if info:
+            self._pgid = _sandbox_init(info[0], proc)  # the sandbox's session and group
+        else:
+            self._pgid = proc.pid  # a new session: the group id is the pid
         started = time.monotonic()
         pump = _OutputPump({"stdout": proc.stdout, "stderr": proc.stderr},
                            lambda stream, text: self.emit(Output(self.spec.key, stream, text)),
                            exit_of=proc.pid)
+        network = self.sandbox.network if self.sandbox and self.spec.network else None
+        sampler = Sampler(self.spec.key, self.emit, self._pgid, cgroup,
+                          network.counters if network else None,
+                          _memory_limit_mb(self.sandbox)).start()
         try:
             self.emit(Phase(self.spec.key, "running"))
             self.controller.command_started()
             self._wait(proc, pump)
         finally:
+            sampler.stop()
             self.controller.command_ended()
             self._signal_group(signal.SIGKILL)  # nothing of the command outlives it
             self._pgid = None
             pump.drain(time.monotonic() + _DRAIN_SECONDS)
             pump.close()
             self.exec_time = time.monotonic() - started
+            peak = cgroup.memory_bytes()[1] if cgroup else None
+            self.peak_kb = max(self.peak_kb, (peak or 0) // 1024, int(sampler.peak_mb * 1024))
 
     def _wait(self, proc: subprocess.Popen, pump: "_OutputPump") -> None:
         """Stream output until the command ends; on cancel, TERM then KILL its group."""
@@ -207,10 +286,12 @@ class _InstanceRun:
         try:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere: the code is whatever Popen knows
-            self.exit_code = proc.poll()
+            code = proc.poll()
+            self.exit_code = None if code is None else 128 - code if code < 0 else code
             return
-        if pid:
-            self.exit_code = proc.returncode = os.waitstatus_to_exitcode(status)
+        if pid:  # killed by signal N: 128 + N, as a shell and a container runtime report it
+            code = os.waitstatus_to_exitcode(status)
+            self.exit_code = proc.returncode = 128 - code if code < 0 else code
             self.peak_kb = usage.ru_maxrss
 
     def _signal_group(self, sig: int) -> None:
@@ -313,6 +394,37 @@ def _start_watchdog() -> tuple[subprocess.Popen, int]:
     return watchdog, write_end
 
 
+def _chain(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
+    """One ``preexec_fn`` running the given steps in order."""
+    def preexec() -> None:
+        for step in steps:
+            if step is not None:
+                step()
+    return preexec
+
+
+def _sandbox_init(info_read: int, proc: subprocess.Popen) -> int:
+    """The host pid of the sandbox's init, read from bwrap's info pipe. A sandbox that did not
+    start is an infrastructure failure (its error is what bwrap printed)."""
+    data = b""
+    while b"}" not in data:
+        ready, _, _ = select.select([info_read], [], [], _SANDBOX_START_SECONDS)
+        chunk = os.read(info_read, 4096) if ready else b""
+        if not chunk:
+            proc.kill()
+            _, err = proc.communicate()
+            raise SandboxError("the sandbox did not start: "
+                               + (err.decode(errors="replace").strip()[-500:] or "no answer"))
+        data += chunk
+    return int(json.loads(data[:data.index(b"}") + 1])["child-pid"])
+
+
+def _memory_limit_mb(sandbox: Optional[Sandbox]) -> float:
+    if sandbox is not None and sandbox.config.memory_mb:
+        return float(sandbox.config.memory_mb)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
 ACCEPTED = '{"kind": "accepted"}'  # serve(): a spec was read; SIGTERM now cancels it
 _CANCEL_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -379,7 +491,7 @@ def _route(line: bytes, specs: queue.SimpleQueue, active: _Active) -> None:
         log.warning("bad control line %r: %s", line[:200], exc)
 
 
-def serve(write: Callable[[str], None]) -> int:
+def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> int:
     """Run instances one after another: read a spec JSON line, answer :data:`ACCEPTED`, write
     its events (Finished last), repeat; exit at EOF (after the running instance, if any).
 
@@ -391,6 +503,7 @@ def serve(write: Callable[[str], None]) -> int:
     before the next spec is accepted; the executor signals an instance only after its ACCEPTED
     line, so no cancel reaches the wrong instance. Each instance has its own cancel flag, workdir
     and command environment (built from the spec); the worker's cwd and environment never change.
+    Every instance runs in ``sandbox`` (started by the caller), which the worker keeps.
     """
     current = [threading.Event()]  # the cancel flag of the instance being run
     for sig in _CANCEL_SIGNALS:
@@ -411,7 +524,8 @@ def serve(write: Callable[[str], None]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)
         try:
             write(ACCEPTED)
-            run_instance(spec, lambda event: write(event_to_json(event)), cancel, control)
+            run_instance(spec, lambda event: write(event_to_json(event)), cancel, control,
+                         sandbox)
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
             active[0] = None
@@ -423,18 +537,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="qcompute-runner %(levelname)s %(name)s: %(message)s")
     write = _event_writer()
-    if argv == ["--serve"]:
-        return serve(write)
-    if argv:
+    if argv not in ([], ["--serve"]):
         log.error("usage: python -m qcompute.server.runner [--serve]")
         return 2
-    cancel = threading.Event()
-    for sig in _CANCEL_SIGNALS:
-        signal.signal(sig, lambda *_: cancel.set())
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)  # the LocalExecutor blocks it
-    spec = InstanceSpec.from_json(sys.stdin.read())
-    run_instance(spec, lambda event: write(event_to_json(event)), cancel)
-    return 0
+    config = SandboxConfig.from_json(os.environ.get(SANDBOX_ENV) or "{}")
+    sandbox = Sandbox(config) if config.enabled else None
+    try:
+        if sandbox is not None:
+            sandbox.start()
+    except (SandboxError, OSError) as exc:  # every instance then fails as an infra failure
+        log.error("cannot set up the instances' sandbox: %s", exc)
+        return 3
+    try:
+        if argv == ["--serve"]:
+            return serve(write, sandbox)
+        cancel = threading.Event()
+        for sig in _CANCEL_SIGNALS:
+            signal.signal(sig, lambda *_: cancel.set())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL_SIGNALS)  # the LocalExecutor blocks it
+        spec = InstanceSpec.from_json(sys.stdin.read())
+        run_instance(spec, lambda event: write(event_to_json(event)), cancel, sandbox=sandbox)
+        return 0
+    finally:
+        if sandbox is not None:
+            sandbox.close()
 
 
 if __name__ == "__main__":

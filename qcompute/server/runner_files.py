@@ -3,6 +3,11 @@
 Used by the runner (:mod:`qcompute.server.runner`); needs only the spec and boto3, imported
 lazily when the spec uses S3. Every method may be called from the runner's main thread or its
 control thread; the S3 client is shared (boto3 clients are thread-safe).
+
+The command may change its workdir while the runner reads or writes it (snapshots, resource
+refreshes): every path is opened one component at a time below the workdir, never following a
+symbolic link, so a link swapped in cannot lead the runner outside. Resource files arrive
+executable, as on Qarnot (published samples run ``./script.sh`` straight from a bucket).
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ __all__ = ["InfraError", "InstanceFiles", "SnapshotResult", "compile_regex"]
 log = logging.getLogger(__name__)
 
 _TRANSFER_THREADS = 8
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RESOURCE_MODE = 0o755
 _MAX_REPORTED_KEYS = 20  # SnapshotDone.keys stays short
 
 
@@ -100,11 +107,10 @@ class InstanceFiles:
             if self.cancel.is_set():
                 return False
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                client.download_file(bucket, key, path)  # to a temporary name, then renamed
+                self._download_to(os.path.relpath(path, self.workdir), client, bucket, key)
             except Exception as exc:
                 raise InfraError(f"download of s3://{bucket}/{key} failed: {exc}") from exc
-            st = os.stat(path)
+            st = os.stat(path, follow_symlinks=False)
             self._downloaded[path] = (st.st_size, st.st_mtime_ns)
             self._fetched[path] = item[1]
             return True
@@ -114,6 +120,25 @@ class InstanceFiles:
         changed = [item for item in files.items() if item[0] in self._fetched]
         added = [item for item in files.items() if item[0] not in self._fetched]
         return sum(_parallel(fetch, changed)) + sum(_parallel(fetch, added))
+
+    def _download_to(self, rel: str, client: Any, bucket: str, key: str) -> None:
+        """Fetch into a temporary file beside ``rel``, then rename it over ``rel``."""
+        parent, name = os.path.split(rel)
+        dir_fd = _open_dir(self.workdir, parent, create=True)
+        partial = f".{name}.qcompute-{threading.get_ident()}"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, _RESOURCE_MODE, dir_fd=dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    os.fchmod(handle.fileno(), _RESOURCE_MODE)
+                    client.download_fileobj(bucket, key, handle)
+                os.rename(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.unlink(partial, dir_fd=dir_fd)
+                raise
+        finally:
+            os.close(dir_fd)
 
     def _list(self, bucket: str, prefix: str) -> list[tuple[str, str]]:
         try:
@@ -144,7 +169,7 @@ class InstanceFiles:
                 return False
             key = self.spec.results_prefix + rel
             try:
-                client.upload_file(path, bucket, key)
+                self._upload_from(rel, client, bucket, key)
             except Exception as exc:
                 raise InfraError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
             return True
@@ -171,7 +196,8 @@ class InstanceFiles:
                 if self.cancel.is_set():
                     raise InfraError("the instance was cancelled")
                 try:
-                    client.upload_file(path, request.bucket, key)
+                    self._upload_from(os.path.relpath(path, self.workdir), client,
+                                      request.bucket, key)
                 except Exception as exc:
                     raise InfraError(
                         f"upload of s3://{request.bucket}/{key} failed: {exc}") from exc
@@ -191,6 +217,21 @@ class InstanceFiles:
             log.exception("snapshot %s of %s failed", request.snapshot_id, self.spec.key)
             result.error = f"snapshot failure: {exc!r}"
         return result
+
+    def _upload_from(self, rel: str, client: Any, bucket: str, key: str) -> None:
+        """Upload the regular file ``rel`` of the workdir (a link or a special file is not
+        uploaded: FileNotFoundError)."""
+        parent, name = os.path.split(rel)
+        dir_fd = _open_dir(self.workdir, parent, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileNotFoundError(f"{rel} is not a regular file")
+            client.upload_fileobj(handle, bucket, key)
 
     def result_files(self, whitelist: Optional[re.Pattern], blacklist: Optional[re.Pattern]
                      ) -> Iterator[tuple[str, str, os.stat_result]]:
@@ -212,6 +253,28 @@ class InstanceFiles:
                 if blacklist and blacklist.search(rel):
                     continue
                 yield path, rel, st
+
+
+def _open_dir(root: str, rel: str, *, create: bool) -> int:
+    """A descriptor of the directory ``rel`` below ``root``, walked without following links
+    (created on the way with ``create``)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in (p for p in rel.split("/") if p not in ("", ".")):
+            if part == "..":
+                raise InfraError(f"{rel!r} would escape the working directory")
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _parallel(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:

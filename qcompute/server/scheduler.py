@@ -26,7 +26,7 @@ from qcompute.states import TaskState as T
 from .changes import TaskChanges
 from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                             Output, Phase, S3Access)
+                             Output, Phase, S3Access, Telemetry)
 from .scheduler_pools import PoolKeeper, resource_specs
 from .scheduler_snapshots import InstanceControls, PeriodicChanged, RefreshResources, TakeSnapshot
 from .scheduler_timers import Timers
@@ -37,6 +37,7 @@ from .services.jobs import refresh_job_state
 from .services.pools import completion_deadline
 from .services.secrets import merge_rights, payload_env
 from .services.tasks import move_instance, refresh_task_state
+from .services.telemetry import TelemetryStore
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Scheduler:
         self._stopped = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="qcompute-ticker", daemon=True)
         self.changes = TaskChanges()  # long-polling requests wait on it
+        self.telemetry = TelemetryStore()  # the latest sample of each running instance
 
     # -- API side -----------------------------------------------------------------------------
 
@@ -149,6 +151,9 @@ class Scheduler:
     # -- executor side ------------------------------------------------------------------------
 
     def _on_executor_event(self, event: ExecutorEvent) -> None:
+        if isinstance(event, Telemetry):
+            self.telemetry.update(event)
+            return
         if isinstance(event, Output):
             text = self.masks.feed(event.key, event.stream, event.data)
             if text:
@@ -156,6 +161,7 @@ class Scheduler:
                                     text)
             return
         if isinstance(event, Finished):  # the output held back by masking, before the end
+            self.telemetry.forget(event.key)
             for stream, text in self.masks.finish(event.key).items():
                 self.outputs.append(event.key.task_uuid, event.key.instance_id, stream, text)
         self._events.put(event)
@@ -412,7 +418,6 @@ class Scheduler:
             session, owner_id=task.owner_id, document=rights, exported_token=task.exported_token,
             api_url=self.settings.api_url, storage_url=self.storage_url,
             region=self.settings.s3_region)
-        env.update(extra)
         self.masks.register(InstanceKey(task.uuid, instance.instance_id, instance.attempt), masked)
         resources = resource_specs(pool.document) if pool is not None else []
         resources += resource_specs(doc)  # the task's files win over the pool's
@@ -420,7 +425,9 @@ class Scheduler:
                        f"{instance.instance_id}-{instance.attempt}")
         return InstanceSpec(
             task_uuid=task.uuid, instance_id=instance.instance_id, attempt=instance.attempt,
-            command=command, env=env, workdir=str(workdir), s3=self.s3,
+            command=command, env=env, secret_env=extra, network=profile.network if profile
+            else True, share_dir=self.pools.share_dir(pool) if pool is not None else None,
+            workdir=str(workdir), s3=self.s3,
             resources=tuple(resources), result_bucket=doc.get("resultBucket"),
             results_whitelist=doc.get("resultsWhitelist"),
             results_blacklist=doc.get("resultsBlacklist"),

@@ -8,6 +8,7 @@ scheduler thread is the only caller; all state here is either in SQL or rebuilt 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -177,6 +178,11 @@ class PoolKeeper:
             specs.append(spec)
         return specs
 
+    def share_dir(self, pool: Pool) -> str:
+        """The pool's directory, shown as /share to its preparation runs and its tasks; removed
+        when the pool ends."""
+        return str(Path(self.settings.data_dir, "work", pool.uuid, "share"))
+
     def _preparation_spec(self, session: Session, pool: Pool, slot: PoolSlot) -> InstanceSpec:
         doc = pool.document
         profile = self.settings.profile(pool.profile)
@@ -184,12 +190,14 @@ class PoolKeeper:
         env.update({c["key"]: c.get("value") or "" for c in doc.get("constants") or ()})
         env.update({"POOL_UUID": pool.uuid, "POOL_NAME": pool.name, "SLOT_ID": str(slot.slot),
                     "INSTANCE_ID": str(slot.slot), "INSTANCE_COUNT": str(pool.slot_target)})
-        env.update(self.secrets_env(session, pool, InstanceKey(pool.uuid, slot.slot, slot.attempt)))
+        secret_env = self.secrets_env(session, pool,
+                                      InstanceKey(pool.uuid, slot.slot, slot.attempt))
         workdir = Path(self.settings.data_dir, "work", pool.uuid, f"slot-{slot.slot}-{slot.attempt}")
         return InstanceSpec(
             task_uuid=pool.uuid, instance_id=slot.slot, attempt=slot.attempt,
-            command=doc["preparationTask"]["commandLine"], env=env, workdir=str(workdir),
-            s3=self.s3, resources=tuple(resource_specs(doc)),
+            command=doc["preparationTask"]["commandLine"], env=env, secret_env=secret_env,
+            network=profile.network if profile else True, share_dir=self.share_dir(pool),
+            workdir=str(workdir), s3=self.s3, resources=tuple(resource_specs(doc)),
             kill_grace_seconds=self.settings.kill_grace_seconds)
 
     def _finish(self, session: Session, pool: Pool, slots: list[PoolSlot], tasks_active: bool,
@@ -202,6 +210,8 @@ class PoolKeeper:
         slot_ids = {s.id for s in slots}
         self._stopped += [key for key, slot_id in self.preparing.items() if slot_id in slot_ids]
         session.execute(delete(PoolSlot).where(PoolSlot.pool_id == pool.id))
+        if not tasks_active:  # nothing runs there any more
+            shutil.rmtree(Path(self.share_dir(pool)).parent, ignore_errors=True)
         self.busy.pop(pool.id, None)
         self._idle_since.pop(pool.id, None)
         if pool.state == P.PENDING_DELETE.value and not tasks_active:

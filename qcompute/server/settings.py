@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hardware import NodeCapabilities, NodeOverrides, detect
+from .sandbox import SandboxConfig
 
-__all__ = ["Profile", "ServerSettings", "default_data_dir"]
+__all__ = ["Profile", "ServerSettings", "default_data_dir", "sandbox_config"]
 
 
 def default_data_dir() -> Path:
@@ -30,6 +31,7 @@ class Profile(BaseModel):
     constants: dict[str, str] = Field(default_factory=dict)
     command_constant: str = "DOCKER_CMD"  # the constant holding the command to run
     description: str = ""
+    network: bool = True  # False: its sandboxed instances get no network at all
 
 
 def _default_profiles() -> list[Profile]:
@@ -37,7 +39,9 @@ def _default_profiles() -> list[Profile]:
         Profile(
             name="docker-batch",
             constants={"DOCKER_REPO": "library/ubuntu", "DOCKER_TAG": "latest", "DOCKER_CMD": ""},
-            description="Runs DOCKER_CMD through sh -c on the host (no container runtime).",
+            description="Runs DOCKER_CMD as a Qarnot node does (${NAME} filled in, split into "
+                        "words, no shell) in a bubblewrap sandbox on the host's system; "
+                        "DOCKER_REPO and DOCKER_TAG are ignored (no container runtime).",
         ),
     ]
 
@@ -73,6 +77,16 @@ class ServerSettings(BaseSettings):
     max_infra_retries: int = Field(default=2, ge=0)  # re-queues after a lost runner or a restart
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
 
+    # Sandbox (sandbox.py): "auto" runs every instance under bubblewrap where it works, else
+    # unsandboxed with a loud warning (and `user add` refused); "bubblewrap" refuses to start
+    # without it; "off" never sandboxes (one trusted user only).
+    sandbox: Literal["auto", "bubblewrap", "off"] = "auto"
+    instance_network: bool = True  # instances reach the internet, the API and S3 (via pasta)
+    instance_memory_mb: int = Field(default=0, ge=0)  # cgroup memory cap per instance; 0: none
+    instance_max_pids: int = Field(default=4096, ge=0)  # cgroup process cap; 0: none
+    instance_ramfs_mb: int = Field(default=64, ge=1, le=1_048_576)  # $TMP_RAMFS_PATH size
+    instance_ro_paths: list[str] = Field(default_factory=list)  # more host paths, read-only
+
     # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
     output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
@@ -100,3 +114,11 @@ class ServerSettings(BaseSettings):
 
     def profile(self, name: str) -> Optional[Profile]:
         return next((p for p in self.profiles if p.name == name), None)
+
+
+def sandbox_config(settings: ServerSettings, forward_ports: tuple[int, ...]) -> SandboxConfig:
+    """The sandbox the settings ask for, before it is probed (``sandbox.resolve``)."""
+    return SandboxConfig(enabled=settings.sandbox != "off", network=settings.instance_network,
+                         forward_ports=forward_ports, memory_mb=settings.instance_memory_mb,
+                         max_pids=settings.instance_max_pids, ramfs_mb=settings.instance_ramfs_mb,
+                         ro_paths=tuple(settings.instance_ro_paths))

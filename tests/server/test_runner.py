@@ -69,17 +69,17 @@ def wait_for_file(path: Path, timeout: float = 5.0) -> str:
 
 def test_env_output_exit_code_and_workdir_removed(tmp_path):
     rec = Recorder()
-    spec = make_spec(tmp_path, 'echo "$INSTANCE_ID $QARNOT_RESOURCES_DIRECTORY '
-                               '$QARNOT_RESULTS_DIRECTORY $PWD"; echo oops >&2; exit 3')
+    spec = make_spec(tmp_path, "sh -c 'echo \"$INSTANCE_ID $QARNOT_RESOURCES_DIRECTORY "
+                               "$QARNOT_RESULTS_DIRECTORY $TASK_PATH $PWD\"; echo oops >&2; exit 3'")
     finished = rec.run(spec)
-    workdir = spec.workdir
-    assert rec.text() == f"7 {workdir} {workdir} {workdir}\n"
+    workdir = os.path.join(spec.workdir, "job")  # unsandboxed: the host's path
+    assert rec.text() == f"7 {workdir} {workdir} {workdir} {workdir}\n"
     assert rec.text("stderr") == "oops\n"
     assert rec.phases() == ["running"]
     assert rec.events[-1][1] is finished
     assert (finished.exit_code, finished.error, finished.cancelled) == (3, None, False)
     assert finished.key == spec.key and finished.peak_memory_mb > 0
-    assert not os.path.exists(workdir)
+    assert not os.path.exists(spec.workdir)
 
 
 def test_env_is_minimal(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_env_is_minimal(tmp_path, monkeypatch):
 
 def test_output_is_streamed_as_it_is_printed(tmp_path):
     rec = Recorder()
-    rec.run(make_spec(tmp_path, "echo a; sleep 0.5; echo b"))
+    rec.run(make_spec(tmp_path, "sh -c 'echo a; sleep 0.5; echo b'"))
     outputs = [(t, e.data) for t, e in rec.events if isinstance(e, Output)]
     assert [data for _, data in outputs] == ["a\n", "b\n"]
     assert outputs[1][0] - outputs[0][0] > 0.3  # "a" arrived well before "b" was printed
@@ -101,19 +101,40 @@ def test_output_is_streamed_as_it_is_printed(tmp_path):
 
 def test_multibyte_character_split_across_reads(tmp_path):
     rec = Recorder()
-    rec.run(make_spec(tmp_path, r"printf '\303'; sleep 0.2; printf '\251\n'"))
+    rec.run(make_spec(tmp_path, r"""sh -c "printf '\303'; sleep 0.2; printf '\251\n'" """))
     assert rec.text() == "é\n"
 
 
-def test_killed_by_signal_gives_negative_exit_code(tmp_path):
-    finished = Recorder().run(make_spec(tmp_path, "kill -KILL $$"))
-    assert finished.exit_code == -signal.SIGKILL and not finished.cancelled
+def test_killed_by_signal_gives_128_plus_the_signal(tmp_path):
+    finished = Recorder().run(make_spec(tmp_path, "sh -c 'kill -KILL $$'"))
+    assert finished.exit_code == 128 + signal.SIGKILL and not finished.cancelled
+
+
+def test_no_shell_the_command_is_split_and_run_directly(tmp_path):
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "echo hello world from node #${INSTANCE_ID}! $HOME "
+                                           "'a  b' ${UNKNOWN} > out.txt"))
+    assert finished.exit_code == 0
+    assert rec.text() == "hello world from node #7! $HOME a  b ${UNKNOWN} > out.txt\n"
+
+
+def test_unparsable_command_fails_like_a_shell_syntax_error(tmp_path):
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "echo 'unbalanced"))
+    assert (finished.exit_code, finished.error) == (2, None)
+    assert "cannot be split into words" in rec.text("stderr")
+
+
+def test_missing_program_exits_127(tmp_path):
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "no-such-program-qc arg"))
+    assert finished.exit_code == 127 and finished.error is None
 
 
 def test_cancel_kills_the_whole_tree_within_the_grace_period(tmp_path):
     pid_file = tmp_path / "grandchild.pid"
     # the grandchild ignores SIGTERM: only the SIGKILL after the grace period stops it
-    spec = make_spec(tmp_path, '(trap "" TERM; exec sleep 30) & echo $! > "$PID_FILE"; wait',
+    spec = make_spec(tmp_path, """sh -c '(trap "" TERM; exec sleep 30) & echo $! > "$PID_FILE"; wait'""",
                      env={"PID_FILE": str(pid_file)}, kill_grace_seconds=0.5)
     rec = Recorder()
     result: dict[str, Finished] = {}
@@ -126,7 +147,7 @@ def test_cancel_kills_the_whole_tree_within_the_grace_period(tmp_path):
     thread.join(5)
     elapsed = time.monotonic() - cancelled_at
     finished = result["f"]
-    assert finished.cancelled and finished.exit_code == -signal.SIGTERM
+    assert finished.cancelled and finished.exit_code == 128 + signal.SIGTERM
     assert 0.4 < elapsed < 2.0
     assert not pid_alive(grandchild)
     assert not os.path.exists(spec.workdir)
@@ -134,7 +155,7 @@ def test_cancel_kills_the_whole_tree_within_the_grace_period(tmp_path):
 
 def test_background_processes_die_when_the_command_ends(tmp_path):
     pid_file = tmp_path / "bg.pid"
-    finished = Recorder().run(make_spec(tmp_path, 'sleep 30 & echo $! > "$PID_FILE"',
+    finished = Recorder().run(make_spec(tmp_path, """sh -c 'sleep 30 & echo $! > "$PID_FILE"'""",
                                         env={"PID_FILE": str(pid_file)}))
     assert finished.exit_code == 0
     assert not pid_alive(int(pid_file.read_text()))
@@ -191,7 +212,7 @@ def start_runner(spec: InstanceSpec) -> subprocess.Popen:
 
 
 def test_module_entry_writes_json_lines(tmp_path):
-    proc = start_runner(make_spec(tmp_path, 'echo "hello $INSTANCE_ID"'))
+    proc = start_runner(make_spec(tmp_path, 'echo "hello ${INSTANCE_ID}"'))
     events = [event_from_json(line) for line in proc.stdout]
     assert proc.wait(10) == 0
     assert [e.kind for e in events] == ["phase", "output", "finished"]
@@ -199,7 +220,8 @@ def test_module_entry_writes_json_lines(tmp_path):
 
 
 def test_module_entry_sigterm_cancels(tmp_path):
-    proc = start_runner(make_spec(tmp_path, "echo started; sleep 30", kill_grace_seconds=1))
+    proc = start_runner(make_spec(tmp_path, "sh -c 'echo started; sleep 30'",
+                                  kill_grace_seconds=1))
     assert json.loads(proc.stdout.readline())["phase"] == "running"
     assert json.loads(proc.stdout.readline())["data"] == "started\n"
     sent = time.monotonic()
@@ -207,7 +229,7 @@ def test_module_entry_sigterm_cancels(tmp_path):
     finished = event_from_json(proc.stdout.readline())
     assert proc.wait(5) == 0 and time.monotonic() - sent < 1.0
     assert isinstance(finished, Finished) and finished.cancelled
-    assert finished.exit_code == -signal.SIGTERM
+    assert finished.exit_code == 128 + signal.SIGTERM
 
 
 def start_worker() -> subprocess.Popen:
@@ -228,8 +250,8 @@ def serve_one(proc: subprocess.Popen, spec: InstanceSpec) -> list:
 
 def test_serve_runs_specs_one_after_another_until_eof(tmp_path):
     proc = start_worker()
-    first = serve_one(proc, make_spec(tmp_path, 'echo "a $INSTANCE_ID"; exit 3'))
-    second = serve_one(proc, make_spec(tmp_path, "echo b $PPID"))
+    first = serve_one(proc, make_spec(tmp_path, """sh -c 'echo "a $INSTANCE_ID"; exit 3'"""))
+    second = serve_one(proc, make_spec(tmp_path, "sh -c 'echo b $PPID'"))
     assert [e.kind for e in first] == ["phase", "output", "finished"]
     assert first[1].data == "a 7\n" and first[2].exit_code == 3
     assert second[1].data == f"b {proc.pid}\n" and second[2].exit_code == 0
@@ -243,7 +265,7 @@ def test_serve_sigterm_cancels_the_instance_not_the_worker(tmp_path):
     proc.send_signal(signal.SIGTERM)  # idle: ignored, and not kept for the next instance
     time.sleep(0.1)
     assert serve_one(proc, make_spec(tmp_path, "sleep 0.2"))[-1].exit_code == 0
-    proc.stdin.write(make_spec(tmp_path, "echo started; sleep 30",
+    proc.stdin.write(make_spec(tmp_path, "sh -c 'echo started; sleep 30'",
                                kill_grace_seconds=1).to_json() + "\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == ACCEPTED
@@ -253,7 +275,7 @@ def test_serve_sigterm_cancels_the_instance_not_the_worker(tmp_path):
     proc.send_signal(signal.SIGTERM)
     finished = event_from_json(proc.stdout.readline())
     assert time.monotonic() - sent < 1.0
-    assert finished.cancelled and finished.exit_code == -signal.SIGTERM
+    assert finished.cancelled and finished.exit_code == 128 + signal.SIGTERM
     assert serve_one(proc, make_spec(tmp_path, "true"))[-1].exit_code == 0  # still serving
     proc.stdin.close()
     assert proc.wait(5) == 0
@@ -284,7 +306,8 @@ def result_keys(s3_admin, bucket: str) -> dict[str, bytes]:
 def test_resources_are_filtered_and_stripped(tmp_path, buckets):
     access, resources, _ = buckets
     rec = Recorder()
-    finished = rec.run(make_spec(tmp_path, "find . -type f | sort; cat sub/b.txt", s3=access,
+    finished = rec.run(make_spec(tmp_path, "sh -c 'find . -type f | sort; cat sub/b.txt'",
+                                 s3=access,
                                  resources=(ResourceSpec(resources, "in/", "in/"),)))
     assert finished.exit_code == 0 and finished.error is None
     assert rec.text() == "./a.txt\n./sub/b.txt\nB"
@@ -294,8 +317,8 @@ def test_resources_are_filtered_and_stripped(tmp_path, buckets):
 def test_results_uploaded_with_filters_and_unchanged_resources_skipped(tmp_path, buckets,
                                                                        s3_admin):
     access, resources, results = buckets
-    command = ("mkdir -p out && echo r > out/r1.txt && echo l > out/skip.log && echo x > top.txt"
-               " && echo more >> in/sub/b.txt")
+    command = ("sh -c 'mkdir -p out && echo r > out/r1.txt && echo l > out/skip.log"
+               " && echo x > top.txt && echo more >> in/sub/b.txt'")
     rec = Recorder()
     finished = rec.run(make_spec(
         tmp_path, command, s3=access, resources=(ResourceSpec(resources, "in/"),),
@@ -311,7 +334,7 @@ def test_results_uploaded_on_cancel_only_when_asked(tmp_path, buckets, s3_admin)
     access, _, results = buckets
     for upload, expected in [(False, {}), (True, {"c/partial.txt": b"p\n"})]:
         rec = Recorder()
-        spec = make_spec(tmp_path, "echo p > partial.txt; echo go; sleep 30", s3=access,
+        spec = make_spec(tmp_path, "sh -c 'echo p > partial.txt; echo go; sleep 30'", s3=access,
                          result_bucket=results, results_prefix="c/", kill_grace_seconds=0.5,
                          upload_results_on_cancel=upload)
         threading.Timer(0.3, rec.cancel.set).start()
@@ -333,7 +356,7 @@ def test_missing_resource_bucket_is_an_infra_error(tmp_path, buckets):
 def test_upload_failure_is_an_infra_error_with_the_exit_code(tmp_path, buckets):
     access, _, results = buckets
     wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
-    finished = Recorder().run(make_spec(tmp_path, "echo r > r.txt", s3=wrong,
+    finished = Recorder().run(make_spec(tmp_path, "sh -c 'echo r > r.txt'", s3=wrong,
                                         result_bucket=results))
     assert finished.exit_code == 0
     assert f"s3://{results}/r.txt" in finished.error and "SignatureDoesNotMatch" in finished.error
@@ -343,7 +366,7 @@ def test_empty_result_files_do_not_stall_uploads(tmp_path, buckets, s3_admin):
     """botocore + SeaweedFS: an empty PutObject with Expect: 100-continue stalled the next
     request on that connection for the read timeout (60 s)."""
     access, _, results = buckets
-    command = "for i in $(seq 1 12); do : > empty$i; echo $i > full$i; done"
+    command = "sh -c 'for i in $(seq 1 12); do : > empty$i; echo $i > full$i; done'"
     finished = Recorder().run(make_spec(tmp_path, command, s3=access, result_bucket=results))
     assert finished.error is None and finished.results_uploaded == 24
     assert finished.wall_time_sec < 10
@@ -353,7 +376,7 @@ def test_empty_result_files_do_not_stall_uploads(tmp_path, buckets, s3_admin):
 def test_runner_killed_takes_the_command_tree_with_it(tmp_path):
     """SIGKILL of the runner (or a server crash) leaves no process of the command behind."""
     pid_file = tmp_path / "bg.pid"
-    proc = start_runner(make_spec(tmp_path, 'sleep 300 & echo $! > "$PID_FILE"; wait',
+    proc = start_runner(make_spec(tmp_path, """sh -c 'sleep 300 & echo $! > "$PID_FILE"; wait'""",
                                   env={"PID_FILE": str(pid_file)}))
     grandchild = int(wait_for_file(pid_file))
     proc.kill()

@@ -13,8 +13,9 @@ from typing import Any, Callable
 from fastapi import APIRouter, Query
 
 from ..bootstrap import client_config_path, write_client_config
-from ..errors import BadRequest, DomainError, validate
+from ..errors import BadRequest, Conflict, DomainError, validate
 from ..executors.base import InstanceKey
+from ..sandbox import BWRAP_PACKAGE
 from ..schemas import UserCreate
 from ..services import users as service
 from ..services.wire import iso
@@ -60,6 +61,12 @@ def list_users(session: SessionDep, _owner: OwnerUser):
              openapi_extra=openapi.body(UserCreate))
 def add_user(body: RawBody, session: SessionDep, _owner: OwnerUser, ctx: ContextDep):
     data = validate(UserCreate, loads(body), code="invalid_user")
+    executor = ctx.scheduler.executor
+    if not executor.sandboxed and not data.allow_unsandboxed:
+        raise Conflict(f"instances run unsandboxed on this cluster ({executor.isolation}): any "
+                       "user's task could read every other user's data. Install the "
+                       f"{BWRAP_PACKAGE} package and restart the server, or add the user with "
+                       "--allow-unsandboxed (allowUnsandboxed: true)", code="unsandboxed_cluster")
     # Not replayed through Idempotency-Key: that would store the token in clear. A retry finds
     # the user already there and gets a 409.
     user, token = service.create_user(session, data.email)

@@ -24,6 +24,8 @@ def health(ctx: ContextDep):
     return {"status": "ok", "version": __version__, "storage": ctx.storage.endpoint_url,
             "storageProcess": ctx.storage.describe(),
             "executor": ctx.settings.executor,
+            "sandboxed": ctx.scheduler.executor.sandboxed,
+            "isolation": ctx.scheduler.executor.isolation,
             "capacity": ctx.scheduler.executor.capacity,
             "running": len(ctx.scheduler.executor.running()),
             "nodes": [node.to_json() for node in ctx.settings.node_kinds]}
@@ -32,13 +34,16 @@ def health(ctx: ContextDep):
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")
 def settings(ctx: ContextDep, user_agent: Annotated[str, Header()] = ""):
     """``storage`` is what every client reads; ``taskWaitMaxSeconds`` advertises the long poll
-    (``GET /tasks/{uuid}?wait=`` and ``POST /tasks/wait``) that qcompute's SDK uses.
+    (``GET /tasks/{uuid}?wait=`` and ``POST /tasks/wait``) that qcompute's SDK uses;
+    ``sandboxed``/``isolation`` say how instances are kept apart.
 
     The official SDK (User-Agent ``qarnot-sdk-python/...``) gets the S3 front where CreateBucket
     of a bucket it owns answers 200, as Qarnot's storage does (``storage/s3front.py``)."""
     storage = (ctx.storage.qarnot_sdk_endpoint_url if user_agent.startswith(QARNOT_SDK_AGENT)
                else ctx.storage.endpoint_url)
-    return {"storage": storage, "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds}
+    executor = ctx.scheduler.executor
+    return {"storage": storage, "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds,
+            "sandboxed": executor.sandboxed, "isolation": executor.isolation}
 
 
 @router.get("/versions", summary="API versions")

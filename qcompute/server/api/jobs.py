@@ -72,9 +72,9 @@ def get_job(uuid: str, session: SessionDep, user: CurrentUser):
 
 
 @router.get("/jobs/{uuid}/tasks", summary="The job's tasks")
-def job_tasks(uuid: str, session: SessionDep, user: CurrentUser):
+def job_tasks(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
     job = service.get_job(session, user, uuid)
-    return [task_json(session, t) for t in service.job_tasks(session, job)]
+    return [task_json(ctx, session, t) for t in service.job_tasks(session, job)]
 
 
 @router.post("/jobs/{uuid}/terminate", summary="Cancel the job's unfinished tasks and end it")

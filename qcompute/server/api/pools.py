@@ -1,7 +1,7 @@
 """Pool routes: thin wrappers that validate, call one service, and answer in the dialect."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
@@ -16,15 +16,19 @@ from ..services import listing
 from ..services import pools as service
 from ..services.wire_pools import pool_to_json
 from . import openapi
-from .deps import ContextDep, CurrentUser, RawBody, SessionDep
+from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 from .output import add_output_routes
 
 router = APIRouter(tags=["pools"])
 
 
-def _full(session, pool: Pool) -> dict[str, Any]:
-    return pool_to_json(session, pool, utcnow())
+def _full(session, pool: Pool, ctx: Optional[AppContext] = None) -> dict[str, Any]:
+    """The pool's document; with ``ctx``, its running slots' live telemetry too."""
+    if ctx is None:
+        return pool_to_json(session, pool, utcnow())
+    return pool_to_json(session, pool, utcnow(), ctx.scheduler.telemetry.get,
+                        ctx.settings.node_kinds[0].cpu_model)
 
 
 def _summary(session, pool: Pool) -> dict[str, Any]:
@@ -93,8 +97,8 @@ def paginate_summaries(request: Request, body: RawBody, session: SessionDep, use
 
 
 @router.get("/pools/{uuid}", summary="One pool")
-def get_pool(uuid: str, session: SessionDep, user: CurrentUser):
-    return _full(session, service.get_pool(session, user, uuid))
+def get_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    return _full(session, service.get_pool(session, user, uuid), ctx)
 
 
 @router.put("/pools/{uuid}", summary="Update a pool: name, tags, labels, elastic settings")

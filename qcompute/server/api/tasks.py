@@ -69,9 +69,10 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
     return response
 
 
-def _full(session, task: Task) -> dict[str, Any]:
+def _full(ctx: AppContext, session, task: Task) -> dict[str, Any]:
     return task_to_json(task, service.task_instances(session, task), utcnow(),
-                        dependencies_json(session, task))
+                        dependencies_json(session, task), ctx.scheduler.telemetry.get,
+                        ctx.settings.node_kinds[0].cpu_model)
 
 
 def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
@@ -88,9 +89,10 @@ def _tag_filter(tag: list[str] | None) -> PageRequest:
 
 
 @router.get("/tasks", summary="All tasks (older clients); ?tag= filters")
-def list_tasks(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] | None, Query()] = None):
+def list_tasks(session: SessionDep, user: CurrentUser, ctx: ContextDep,
+               tag: Annotated[list[str] | None, Query()] = None):
     tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
-    return [_full(session, t) for t in tasks]
+    return [_full(ctx, session, t) for t in tasks]
 
 
 @router.get("/tasks/summaries", summary="Task summaries (older clients); ?tag= filters")
@@ -99,12 +101,14 @@ def list_summaries(session: SessionDep, user: CurrentUser, tag: Annotated[list[s
     return _summaries(session, tasks)
 
 
-def _page(request: Request, body: bytes, session, user, summary: bool) -> Response:
+def _page(request: Request, body: bytes, session, user, ctx: AppContext,
+          summary: bool) -> Response:
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
 
     def work() -> tuple[int, Any]:
         tasks, next_token = service.page_tasks(session, user, page)
-        data = _summaries(session, tasks) if summary else [_full(session, t) for t in tasks]
+        data = _summaries(session, tasks) if summary else [_full(ctx, session, t)
+                                                            for t in tasks]
         return 200, {"data": data, "token": page.token, "nextToken": next_token,
                      "isTruncated": next_token is not None}
 
@@ -113,21 +117,23 @@ def _page(request: Request, body: bytes, session, user, summary: bool) -> Respon
 
 @router.post("/tasks/paginate", summary="A page of tasks, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
-    return _page(request, body, session, user, summary=False)
+def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+             ctx: ContextDep):
+    return _page(request, body, session, user, ctx, summary=False)
 
 
 @router.post("/tasks/summaries/paginate", summary="A page of task summaries, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
-    return _page(request, body, session, user, summary=True)
+def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+                       ctx: ContextDep):
+    return _page(request, body, session, user, ctx, summary=True)
 
 
 def _load(ctx: AppContext, authorization: Optional[str], uuid: str) -> dict[str, Any]:
     """One task's document, in a session of its own (long polls hold no connection)."""
     with ctx.sessions() as session:
         user = authenticate(session, authorization)
-        return _full(session, service.get_task(session, user, uuid))
+        return _full(ctx, session, service.get_task(session, user, uuid))
 
 
 @router.get("/tasks/{uuid}", summary="One task; with ?wait=S, hold until its state changes")
@@ -198,13 +204,14 @@ async def wait_tasks(body: RawBody, ctx: ContextDep,
 
 @router.put("/tasks/{uuid}", summary="Update a task's mutable fields (name, tags, labels)",
             openapi_extra=openapi.body(TaskUpdate))
-def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser):
+def update_task(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser,
+                ctx: ContextDep):
     payload = loads(body)
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a task document (a JSON object)")
     task = service.update_task(session, user, uuid, payload)
     session.commit()
-    return _full(session, task)
+    return _full(ctx, session, task)
 
 
 @router.patch("/tasks/{uuid}", summary="Pull new resource files into running instances")

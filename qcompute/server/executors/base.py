@@ -21,7 +21,8 @@ from typing import Callable, Literal, Optional, Union
 
 __all__ = [
     "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
-    "Phase", "Output", "SnapshotDone", "ResourcesRefreshed", "Finished", "ExecutorEvent",
+    "Phase", "Output", "Telemetry", "SnapshotDone", "ResourcesRefreshed", "Finished",
+    "ExecutorEvent",
     "Executor",
     "event_to_json", "event_from_json",
 ]
@@ -75,9 +76,9 @@ class InstanceSpec:
     task_uuid: str
     instance_id: int
     attempt: int
-    command: str  # run through ``sh -c`` in a new session
+    command: str  # ${NAME} filled in from env, split into words, run without a shell
     env: dict[str, str]  # constants, INSTANCE_ID, FRAME_ID, INSTANCE_COUNT, QRANK, QSIZE, ...
-    workdir: str  # a fresh directory the runner creates (and removes at the end)
+    workdir: str  # a fresh directory the runner creates (and removes): job/ and tmp/ in it
     s3: Optional[S3Access] = None
     resources: tuple[ResourceSpec, ...] = ()
     result_bucket: Optional[str] = None
@@ -88,6 +89,9 @@ class InstanceSpec:
     kill_grace_seconds: float = 5.0
     snapshot_interval_sec: int = 0  # > 0: the runner uploads periodic_snapshot this often
     periodic_snapshot: Optional[SnapshotRequest] = None
+    secret_env: dict[str, str] = field(default_factory=dict)  # exported, never filled in
+    network: bool = True  # False: the sandboxed instance gets no network at all
+    share_dir: Optional[str] = None  # a pool's directory, seen as /share in the sandbox
 
     @property
     def key(self) -> InstanceKey:
@@ -129,6 +133,23 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """A running instance's resource use, sampled about once a second."""
+
+    key: InstanceKey
+    cpu_usage: float  # % of the node's cores
+    cpu_seconds: float  # CPU time used so far
+    memory_mb: float
+    max_memory_mb: float  # peak so far
+    memory_limit_mb: float
+    network_in_kbps: float
+    network_out_kbps: float
+    frequency_ghz: float
+    max_frequency_ghz: float
+    kind: str = field(default="telemetry", init=False)
+
+
+@dataclass(frozen=True)
 class SnapshotDone:
     """One instance's part of a snapshot (an instant one, or a periodic round) is over.
 
@@ -162,8 +183,8 @@ class ResourcesRefreshed:
 class Finished:
     """The instance ended. Exactly one per submitted instance, always the last event.
 
-    * ``exit_code`` is the command's exit code (negative: killed by that signal), or None if the
-      command never ran.
+    * ``exit_code`` is the command's exit code (128 + N: killed by signal N, as shells and
+      container runtimes report it), or None if the command never ran.
     * ``error`` is set for an infrastructure failure (resources could not be downloaded, results
       could not be uploaded, the runner died): the instance is not at fault.
     * ``cancelled`` is True when the instance ended because :meth:`Executor.cancel` was called.
@@ -180,8 +201,8 @@ class Finished:
     kind: str = field(default="finished", init=False)
 
 
-ExecutorEvent = Union[Phase, Output, SnapshotDone, ResourcesRefreshed, Finished]
-_EVENT_TYPES = {"phase": Phase, "output": Output, "snapshot": SnapshotDone,
+ExecutorEvent = Union[Phase, Output, Telemetry, SnapshotDone, ResourcesRefreshed, Finished]
+_EVENT_TYPES = {"phase": Phase, "output": Output, "telemetry": Telemetry, "snapshot": SnapshotDone,
                 "refreshed": ResourcesRefreshed, "finished": Finished}
 
 
@@ -200,6 +221,9 @@ def event_from_json(line: str) -> ExecutorEvent:
 
 class Executor(abc.ABC):
     """Runs instances and reports events. Implementations: LocalExecutor (this host)."""
+
+    sandboxed = False  # whether every instance runs in a sandbox (qcompute.server.sandbox)
+    isolation = "unsandboxed"  # one line for the operator: how instances are isolated
 
     def __init__(self, on_event: Callable[[ExecutorEvent], None]) -> None:
         self.on_event = on_event

@@ -36,7 +36,8 @@ from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
-from qcompute.server.runner import ACCEPTED, pdeathsig_preexec
+from qcompute.server.runner import ACCEPTED, SANDBOX_ENV, pdeathsig_preexec
+from qcompute.server.sandbox import SandboxConfig
 
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, SnapshotRequest,
                    event_from_json)
@@ -78,22 +79,27 @@ class _Slot:
 
 
 class LocalExecutor(Executor):
-    """Runs up to ``capacity`` instances at once in warm runner workers of ``python``."""
+    """Runs up to ``capacity`` instances at once in warm runner workers of ``python``, each
+    keeping the instances' ``sandbox`` (none by default)."""
 
     def __init__(self, on_event: Callable[[ExecutorEvent], None], capacity: int,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, sandbox: Optional[SandboxConfig] = None,
+                 isolation: Optional[str] = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         super().__init__(on_event)
         self._capacity = capacity
         self._python = python
+        self.sandboxed = bool(sandbox and sandbox.enabled)
+        self.isolation = isolation or ("bubblewrap sandbox" if self.sandboxed else "unsandboxed")
         self._lock = threading.Condition()
         self._accepting = True
         self._stopping = False  # no more workers are started
         self._silenced = False  # after shutdown(): no more events
         pythonpath = os.environ.get("PYTHONPATH")
         self._env = {**os.environ,
-                     "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, pythonpath]))}
+                     "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, pythonpath])),
+                     SANDBOX_ENV: (sandbox or SandboxConfig()).to_json()}
         self._slots = [_Slot(i) for i in range(capacity)]
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._keep, args=(slot,), daemon=True,

@@ -18,6 +18,7 @@ from qcompute.states import InstanceState as I
 from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
+from ..command import CommandError, check_command
 from ..db.models import Instance, Pool, PoolTag, Task, User, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, validate
 from ..schemas.common import parse_timespan
@@ -65,6 +66,15 @@ def submit_pool(session: Session, settings: ServerSettings, user: User, doc: Poo
                              f"{doc.slots_per_node()} slots); this cluster has {capacity}",
                              code="not_enough_slots")
     check_constraints(settings.node_kinds, doc.hardware_constraints)
+    preparation = doc.preparation_task.command_line if doc.preparation_task else None
+    if preparation:
+        constants = {**settings.profile(doc.profile).constants,  # type: ignore[union-attr]
+                     **{c.key: c.value or "" for c in doc.constants or ()}}
+        try:
+            check_command(preparation, constants)
+        except CommandError as exc:
+            raise BadRequest(f"preparationTask.commandLine: {exc}",
+                             code="invalid_command") from None
     now = utcnow()
     pool_uuid = str(uuidlib.uuid4())
     pool = Pool(uuid=pool_uuid, owner_id=user.id, name=doc.name,

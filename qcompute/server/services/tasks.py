@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
+from ..command import CommandError, check_command
 from ..db.models import Instance, Task, TaskTag, User, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, validate
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
@@ -75,6 +76,10 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
     if not constants.get(profile.command_constant, "").strip():
         raise BadRequest(f"constant {profile.command_constant} is empty: set the command to run",
                          code="missing_command")
+    try:
+        check_command(constants[profile.command_constant], constants)
+    except CommandError as exc:
+        raise BadRequest(f"{profile.command_constant}: {exc}", code="invalid_command") from None
     check_bucket_prefix(user, _bucket_names(doc))
     check_constraints(settings.node_kinds, doc.hardware_constraints)
     ids = _instance_ids(doc, settings.max_instances_per_task)

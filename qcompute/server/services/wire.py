@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from qcompute.states import InstanceState as I
 
 from ..db.models import Instance, Task
+from ..executors.base import InstanceKey, Telemetry
 from .lifecycle import format_ranges
+from .telemetry import PHASES, instance_info, running_info, running_seconds
+
+Samples = Callable[[InstanceKey], Optional[Telemetry]]  # the latest telemetry of an instance
 
 __all__ = ["iso", "hms", "task_to_json", "task_summary_to_json"]
 
@@ -63,7 +67,7 @@ def task_summary_to_json(task: Task, counts: dict[str, int], exec_seconds: float
     return data
 
 
-def _completed(instance: Instance) -> dict[str, Any]:
+def _completed(instance: Instance, cpu_model: str) -> dict[str, Any]:
     return {
         "instanceId": instance.instance_id,
         "state": instance.state,
@@ -78,7 +82,7 @@ def _completed(instance: Instance) -> dict[str, Any]:
         "startedAt": iso(instance.started_at),  # qcompute extras: when the command ran
         "endedAt": iso(instance.ended_at),
         "error": instance.error,
-        "cpuModel": "",
+        "cpuModel": cpu_model,
         "coreCount": 1,
         "clockRatio": 0.0,
     }
@@ -97,7 +101,8 @@ def _errors(task: Task, instances: Iterable[Instance]) -> list[dict[str, Any]]:
     return errors
 
 
-def _status(task: Task, instances: list[Instance], now: datetime) -> dict[str, Any]:
+def _status(task: Task, instances: list[Instance], now: datetime, samples: Samples,
+            cpu_model: str) -> dict[str, Any]:
     n = max(task.instance_count, 1)
     by_state: dict[str, list[int]] = {}
     for inst in instances:
@@ -128,29 +133,23 @@ def _status(task: Task, instances: list[Instance], now: datetime) -> dict[str, A
         "startedOnceRange": format_ranges(started),
         "executionTimeByCpuModel": [],
         "executionTimeGhzByCpuModel": [],
-        "runningInstancesInfo": {
-            "timestamp": iso(now),
-            "snapshotResults": list(task.snapshot_results or []),
-            "runningCoreCountByCpuModel": [],
-            "perRunningInstanceInfo": [
-                {"phase": {"Dispatched": "environment", "Downloading": "download",
-                           "Running": "execution", "Uploading": "upload"}[i.state],
-                 "instanceId": i.instance_id, "progress": 0.0, "cpuModel": "",
-                 "executionTimeSec": round((now - i.started_at).total_seconds(), 3)
-                 if i.started_at else 0.0,
-                 "executionAttemptCount": i.attempt, "activeForwards": [],
-                 "vpnConnections": []}
-                for i in running],
-        },
+        "runningInstancesInfo": running_info(
+            (instance_info(phase=PHASES[i.state], instance_id=i.instance_id, attempt=i.attempt,
+                           running_seconds=running_seconds(i.started_at, now),
+                           sample=samples(InstanceKey(task.uuid, i.instance_id, i.attempt)),
+                           cpu_model=cpu_model) for i in running),
+            iso(now), task.snapshot_results or []),
     }
 
 
 def task_to_json(task: Task, instances: list[Instance], now: datetime,
-                 dependencies: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The full document of ``GET /tasks/{uuid}``: the submitted fields, then server fields."""
+                 dependencies: Optional[dict[str, Any]] = None,
+                 samples: Samples = lambda key: None, cpu_model: str = "") -> dict[str, Any]:
+    """The full document of ``GET /tasks/{uuid}``: the submitted fields, then server fields;
+    ``samples`` gives the live telemetry of running instances."""
     running = sum(1 for i in instances if i.state == I.RUNNING.value)
     exec_seconds = sum(i.exec_time_sec for i in instances)
-    status = _status(task, instances, now)
+    status = _status(task, instances, now, samples, cpu_model)
     data = {**task.document}
     data.pop("resourceBuckets", None)  # never both forms: the official SDK would list them twice
     data.setdefault("advancedResourceBuckets", [])
@@ -160,7 +159,8 @@ def task_to_json(task: Task, instances: list[Instance], now: datetime,
     data.update({
         "progress": status["executionProgress"],
         "status": status,
-        "completedInstances": [_completed(i) for i in instances if I(i.state).is_final()],
+        "completedInstances": [_completed(i, cpu_model) for i in instances
+                               if I(i.state).is_final()],
         "errors": _errors(task, instances),
         "resultsCount": task.results_count,
         "snapshotInterval": task.snapshot_interval_sec or 0,

@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
 
-from ..db.models import Job, Pool, PoolSlot
+from ..db.models import Instance, Job, Pool, PoolSlot, Task
+from ..executors.base import InstanceKey
 from .pools import PREPARING, READY, pool_task_counts
-from .wire import hms, iso
+from .telemetry import PHASES, instance_info, running_info, running_seconds
+from .wire import Samples, hms, iso
 
 __all__ = ["pool_to_json", "job_to_json"]
 
@@ -35,8 +37,38 @@ def _times(obj: Pool | Job, now: datetime) -> dict[str, Any]:
     }
 
 
-def pool_to_json(session: Session, pool: Pool, now: datetime) -> dict[str, Any]:
-    """The submitted document, then the server's view: slots held, busy and queued work."""
+def _slot_infos(session: Session, pool: Pool, now: datetime, samples: Samples,
+                cpu_model: str) -> list[dict[str, Any]]:
+    """One entry per held slot: a preparing slot shows its preparation run; the ready slots
+    show the pool's running task instances (oldest first), then nothing while idle."""
+    slots = session.execute(
+        select(PoolSlot.slot, PoolSlot.attempt, PoolSlot.state, PoolSlot.created_at)
+        .where(PoolSlot.pool_id == pool.id).order_by(PoolSlot.slot)).all()
+    busy = iter(session.execute(
+        select(Task.uuid, Instance.instance_id, Instance.attempt, Instance.state,
+               Instance.started_at).join(Task, Instance.task_id == Task.id)
+        .where(Task.pool_id == pool.id, Instance.state.in_(_ACTIVE)).order_by(Instance.id)).all())
+    entries = []
+    for slot, attempt, state, held_since in slots:
+        if state == PREPARING:
+            key, phase, since = InstanceKey(pool.uuid, slot, attempt), "environment", held_since
+        elif state == READY and (run := next(busy, None)) is not None:
+            key, phase, since = InstanceKey(run[0], run[1], run[2]), PHASES[run[3]], run[4]
+        elif state == READY:
+            key, phase, since = None, "execution", held_since
+        else:
+            continue
+        entries.append(instance_info(
+            phase=phase, instance_id=slot, attempt=attempt,
+            running_seconds=running_seconds(since, now),
+            sample=samples(key) if key else None, cpu_model=cpu_model))
+    return entries
+
+
+def pool_to_json(session: Session, pool: Pool, now: datetime,
+                 samples: Samples = lambda key: None, cpu_model: str = "") -> dict[str, Any]:
+    """The submitted document, then the server's view: slots held, busy and queued work, and
+    the live telemetry of what runs on them (``samples``)."""
     slots = Counter(session.scalars(select(PoolSlot.state).where(PoolSlot.pool_id == pool.id)))
     held = sum(slots.values())
     tasks = pool_task_counts(session, pool.id)
@@ -74,9 +106,8 @@ def pool_to_json(session: Session, pool: Pool, now: datetime) -> dict[str, Any]:
             "wallTime": hms(wall), "wallTimeSec": round(wall, 3),
             "succeededRange": "", "executedRange": "", "failedRange": "",
             "executionTimeByCpuModel": [], "executionTimeGhzByCpuModel": [],
-            "runningInstancesInfo": {"timestamp": iso(now), "snapshotResults": [],
-                                     "runningCoreCountByCpuModel": [],
-                                     "perRunningInstanceInfo": []},
+            "runningInstancesInfo": running_info(
+                _slot_infos(session, pool, now, samples, cpu_model), iso(now)),
         },
         # qcompute extras: the slots the pool holds, by state
         "slots": {"target": pool.slot_target, "held": held, "ready": slots.get(READY, 0),
