@@ -215,16 +215,24 @@ class _InstanceRun:
         preexec = _chain(pdeathsig_preexec(), sandbox.join_network(self.spec.network),
                          cgroup.enter if cgroup else None)
         info_read, info_write = os.pipe()
+        args = os.memfd_create("bwrap-args")  # keeps host paths out of the sandbox's ps
         try:
             bwrap = sandbox.argv(argv, job=self.workdir, tmp=self.tmpdir,
                                  share=self.spec.share_dir, network=self.spec.network,
                                  info_fd=info_write)
-            self._run_watched(bwrap, env, preexec, info=(info_read, info_write), cgroup=cgroup)
+            split = bwrap.index("--")  # options in the file; the command stays in argv
+            data = b"".join(arg.encode() + b"\0" for arg in bwrap[1:split])
+            while data:
+                data = data[os.write(args, data):]
+            os.lseek(args, 0, os.SEEK_SET)
+            self._run_watched([bwrap[0], "--args", str(args), *bwrap[split:]], env, preexec,
+                              info=(info_read, info_write, args), cgroup=cgroup)
         finally:
             os.close(info_read)
+            os.close(args)
 
     def _run_watched(self, argv: list[str], env: dict[str, str], preexec: Callable[[], None],
-                     info: Optional[tuple[int, int]] = None,
+                     info: Optional[tuple[int, int, int]] = None,
                      cgroup: Optional[InstanceCgroup] = None) -> None:
         try:
             proc = subprocess.Popen(

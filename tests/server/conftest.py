@@ -50,6 +50,9 @@ class StubStorage:
 class FakeExecutor(Executor):
     """Records submitted specs; tests drive the events."""
 
+    sandboxed = True  # as a real cluster with bubblewrap: users may be added
+    isolation = "fake executor (tests)"
+
     def __init__(self, on_event, capacity: int = 2) -> None:
         super().__init__(on_event)
         self._capacity = capacity

@@ -14,6 +14,7 @@ import pytest
 from qcompute.server.executors import local
 from qcompute.server.executors.base import Finished, InstanceSpec, Output, Phase
 from qcompute.server.executors.local import LocalExecutor
+from qcompute.server.sandbox import SandboxConfig
 from qcompute.server.runner import ACCEPTED
 
 
@@ -52,15 +53,17 @@ def events():
     return Events()
 
 
-@pytest.fixture
-def executor(events):
-    ex = LocalExecutor(events, capacity=2)
+@pytest.fixture(params=["host", "sandbox"])
+def executor(events, request):
+    """Unsandboxed, and with every instance in a bubblewrap sandbox (no network)."""
+    sandbox = SandboxConfig(enabled=True) if request.param == "sandbox" else None
+    ex = LocalExecutor(events, capacity=2, sandbox=sandbox)
     yield ex
     ex.shutdown()
 
 
 def test_events_of_a_run(executor, events, tmp_path):
-    spec = make_spec(tmp_path, 'echo "hi $INSTANCE_ID"; exit 4')
+    spec = make_spec(tmp_path, """sh -c 'echo "hi $INSTANCE_ID"; exit 4'""")
     executor.submit(spec)
     seen = events.until_finished(spec.key)
     assert [type(e) for e in seen] == [Phase, Output, Finished]
@@ -85,13 +88,13 @@ def test_capacity_is_enforced_and_freed(executor, events, tmp_path):
 
 
 def test_cancel_reports_cancelled_finished(executor, events, tmp_path):
-    spec = make_spec(tmp_path, "echo up; sleep 30", kill_grace_seconds=1)
+    spec = make_spec(tmp_path, "sh -c 'echo up; sleep 30'", kill_grace_seconds=1)
     executor.submit(spec)
     assert isinstance(events.next(), Phase) and events.next().data == "up\n"
     cancelled_at = time.monotonic()
     executor.cancel(spec.key)
     finished = events.until_finished(spec.key)[-1]
-    assert finished.cancelled and finished.exit_code == -signal.SIGTERM
+    assert finished.cancelled and finished.exit_code == 128 + signal.SIGTERM
     assert time.monotonic() - cancelled_at < 1.0
     executor.cancel(spec.key)  # unknown or finished keys are ignored
 
@@ -215,7 +218,8 @@ def stdout_of(seen: list) -> str:
 def test_workers_are_started_at_construction_and_reused(events, tmp_path):
     executor = LocalExecutor(events, capacity=1)
     [pid] = wait_for_workers(executor, 1)
-    parents = {stdout_of(run(executor, events, tmp_path, "echo $PPID")) for _ in range(3)}
+    parents = {stdout_of(run(executor, events, tmp_path, "sh -c 'echo $PPID'"))
+               for _ in range(3)}
     assert parents == {f"{pid}\n"}  # the command's parent: the same worker every time
     assert executor.worker_pids() == [pid]
     executor.shutdown()
@@ -224,10 +228,10 @@ def test_workers_are_started_at_construction_and_reused(events, tmp_path):
 def test_a_worker_killed_mid_instance_is_reported_and_replaced(events, tmp_path):
     executor = LocalExecutor(events, capacity=1)
     [pid] = wait_for_workers(executor, 1)
-    finished = run(executor, events, tmp_path, "kill -KILL $PPID; sleep 30")[-1]
+    finished = run(executor, events, tmp_path, "sh -c 'kill -KILL $PPID; sleep 30'")[-1]
     assert finished.exit_code is None and not finished.cancelled
     assert finished.error.startswith("runner exited with code -9 without reporting")
-    seen = run(executor, events, tmp_path, "echo $PPID")
+    seen = run(executor, events, tmp_path, "sh -c 'echo $PPID'")
     assert seen[-1].exit_code == 0 and seen[-1].error is None
     [new_pid] = executor.worker_pids()
     assert new_pid != pid and stdout_of(seen) == f"{new_pid}\n"
@@ -249,14 +253,15 @@ def test_an_idle_worker_that_dies_is_replaced(events, tmp_path):
 
 def test_nothing_leaks_from_one_instance_to_the_next(events, tmp_path):
     executor = LocalExecutor(events, capacity=1)
-    first = make_spec(tmp_path, 'echo "$SECRET"; cd /; export LEAK=1; sleep 30 &',
+    first = make_spec(tmp_path, """sh -c 'echo "$SECRET"; cd /; export LEAK=1; sleep 30 &'""",
                       env={"SECRET": "s3cr3t"})
     executor.submit(first)
     assert stdout_of(events.until_finished(first.key)) == "s3cr3t\n"
-    seen = run(executor, events, tmp_path, 'echo "[$SECRET$LEAK]"; pwd')
+    seen = run(executor, events, tmp_path, """sh -c 'echo "[$SECRET$LEAK]"; pwd'""")
     second_workdir = Path(stdout_of(seen).splitlines()[1])
     assert stdout_of(seen).splitlines()[0] == "[]"
-    assert second_workdir.parent == tmp_path and not Path(first.workdir).exists()
+    assert second_workdir.parent.parent == tmp_path and second_workdir.name == "job"
+    assert not Path(first.workdir).exists()
     executor.shutdown()
 
 
@@ -268,7 +273,7 @@ def test_sigterm_to_an_idle_worker_is_ignored(executor, events, tmp_path):
         os.kill(pid, signal.SIGTERM)
     time.sleep(0.2)  # a cancel left pending must not reach the next instance either
     for _ in range(2):
-        finished = run(executor, events, tmp_path, "sleep 0.1; echo done")
+        finished = run(executor, events, tmp_path, "sh -c 'sleep 0.1; echo done'")
         assert stdout_of(finished) == "done\n"
         assert finished[-1].exit_code == 0 and not finished[-1].cancelled
     assert sorted(executor.worker_pids()) == sorted(pids)
@@ -284,7 +289,7 @@ def test_cancel_crossing_finished_does_not_reach_the_next_instance(events, tmp_p
         events.until_finished(spec.key)
         for pid in executor.worker_pids():
             os.kill(pid, signal.SIGTERM)  # as a cancel racing the Finished would
-        seen = run(executor, events, tmp_path, "sleep 0.2; echo ok")
+        seen = run(executor, events, tmp_path, "sh -c 'sleep 0.2; echo ok'")
         assert seen[-1].exit_code == 0 and not seen[-1].cancelled
     executor.shutdown()
 
@@ -292,6 +297,7 @@ def test_cancel_crossing_finished_does_not_reach_the_next_instance(events, tmp_p
 def test_workers_are_recycled(events, tmp_path, monkeypatch):
     monkeypatch.setattr(local, "_MAX_INSTANCES_PER_WORKER", 2)
     executor = LocalExecutor(events, capacity=1)
-    parents = [stdout_of(run(executor, events, tmp_path, "echo $PPID")) for _ in range(4)]
+    parents = [stdout_of(run(executor, events, tmp_path, "sh -c 'echo $PPID'"))
+               for _ in range(4)]
     assert parents[0] == parents[1] != parents[2] == parents[3]
     executor.shutdown()

@@ -188,12 +188,12 @@ def test_pool_secrets_reach_its_preparation_and_its_tasks(roomy):
     uuid = make_pool(roomy, instanceCount=1, preparationTask={"commandLine": "echo prep"},
                      secretsAccessRights={"bySecret": [{"key": "pool/token"}]})
     prep = roomy.wait_dispatched(uuid, 1)[0]
-    assert roomy.executor.specs[prep].env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
+    assert roomy.executor.specs[prep].secret_env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
     roomy.executor.run(prep, stdout="leaked pool-secret-1\n")
     assert "pool-secret-1" not in roomy.get(f"/pools/{uuid}/stdout").text
     task = roomy.submit("echo", poolUuid=uuid, profile=None,
                       secretsAccessRights={"byPrefix": [{"prefix": "task/"}]})
-    env = roomy.executor.specs[roomy.wait_dispatched(task, 1)[0]].env
+    env = roomy.executor.specs[roomy.wait_dispatched(task, 1)[0]].secret_env
     assert env["QARNOT_SECRET__POOL_TOKEN"] == "pool-secret-1"
     assert env["QARNOT_SECRET__TASK_TOKEN"] == "task-secret-2"
     assert roomy.task(task)["waitForPoolResourcesSynchronization"] is False

@@ -20,7 +20,7 @@ from qcompute.server.runner import ACCEPTED, run_instance
 from qcompute.server.runner_control import InstanceControl
 
 from .test_local_executor import Events
-from .test_runner import Recorder, make_spec, result_keys, start_worker
+from .test_runner import Recorder, make_spec, result_keys, sh, start_worker
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_instant_snapshots_upload_changed_files_while_the_command_runs(tmp_path,
     access, _, results = s3
     command = ("echo one > a.txt; mkdir -p d; echo skip > d/x.log; echo ready; "
                + WAIT_FOR.format("go") + "; echo two > b.txt; echo again; sleep 30")
-    run = Run(make_spec(tmp_path, command, s3=access, kill_grace_seconds=0.5))
+    run = Run(make_spec(tmp_path, sh(command), s3=access, kill_grace_seconds=0.5))
     run.wait_output("ready")
     run.control.snapshot(SnapshotRequest("s1", results, "snap/", blacklist=r"\.log$"))
     first = run.wait(lambda: run.events(SnapshotDone))[0]
@@ -85,7 +85,7 @@ def test_instant_snapshots_upload_changed_files_while_the_command_runs(tmp_path,
     assert result_keys(s3_admin, results) == {"snap/a.txt": b"one\n"}
     assert run.thread.is_alive() and not run.events(Finished)  # the command was not stopped
 
-    (Path(run.spec.workdir) / "go").write_text("")
+    (Path(run.spec.workdir, "job") / "go").write_text("")
     run.wait_output("again")
     run.control.snapshot(SnapshotRequest("s2", results, "snap/", blacklist=r"\.log$"))
     second = run.wait(lambda: len(run.events(SnapshotDone)) == 2 and run.events(SnapshotDone))[1]
@@ -99,7 +99,7 @@ def test_instant_snapshots_upload_changed_files_while_the_command_runs(tmp_path,
 def test_periodic_snapshots_every_second(tmp_path, s3, s3_admin):
     access, _, results = s3
     command = "for i in 1 2 3 4; do echo $i > f$i.txt; sleep 0.8; done"
-    spec = make_spec(tmp_path, command, s3=access, result_bucket=results, results_prefix="end/",
+    spec = make_spec(tmp_path, sh(command), s3=access, result_bucket=results, results_prefix="end/",
                      snapshot_interval_sec=1,
                      periodic_snapshot=SnapshotRequest("periodic-1", results, "p/"))
     run = Run(spec)
@@ -118,7 +118,7 @@ def test_periodic_snapshots_every_second(tmp_path, s3, s3_admin):
 
 def test_periodic_snapshot_can_be_started_and_stopped_while_running(tmp_path, s3, s3_admin):
     access, _, results = s3
-    run = Run(make_spec(tmp_path, "echo x > x.txt; echo ready; sleep 30", s3=access,
+    run = Run(make_spec(tmp_path, sh("echo x > x.txt; echo ready; sleep 30"), s3=access,
                         kill_grace_seconds=0.5))
     run.wait_output("ready")
     run.control.set_periodic(1, SnapshotRequest("late", results))
@@ -138,7 +138,7 @@ def test_refresh_adds_new_and_changed_resources_and_deletes_nothing(tmp_path, s3
         s3_admin.put_object(Bucket=resources, Key=key, Body=body)
     command = ("echo ready; " + WAIT_FOR.format("b.txt")
                + "; cat a.txt b.txt; test -f old.txt && echo kept; echo mine > mine.txt")
-    run = Run(make_spec(tmp_path, command, s3=access,
+    run = Run(make_spec(tmp_path, sh(command), s3=access,
                         resources=(ResourceSpec(resources, "in/", "in/"),)))
     run.wait_output("ready")
     s3_admin.put_object(Bucket=resources, Key="in/a.txt", Body=b"A2")
@@ -156,7 +156,7 @@ def test_refresh_adds_new_and_changed_resources_and_deletes_nothing(tmp_path, s3
 def test_refresh_failure_is_reported_and_the_instance_goes_on(tmp_path, s3, s3_admin):
     access, resources, _ = s3
     s3_admin.put_object(Bucket=resources, Key="a.txt", Body=b"A")
-    run = Run(make_spec(tmp_path, "echo ready; sleep 1; echo done", s3=access,
+    run = Run(make_spec(tmp_path, sh("echo ready; sleep 1; echo done"), s3=access,
                         resources=(ResourceSpec(resources),)))
     run.wait_output("ready")
     for obj in s3_admin.list_objects_v2(Bucket=resources).get("Contents", []):
@@ -172,7 +172,7 @@ def test_refresh_failure_is_reported_and_the_instance_goes_on(tmp_path, s3, s3_a
 def test_snapshot_failure_does_not_fail_the_instance(tmp_path, s3):
     access, _, results = s3
     wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
-    run = Run(make_spec(tmp_path, "echo x > x.txt; echo ready; sleep 0.5", s3=wrong))
+    run = Run(make_spec(tmp_path, sh("echo x > x.txt; echo ready; sleep 0.5"), s3=wrong))
     run.wait_output("ready")
     run.control.snapshot(SnapshotRequest("bad", results))
     run.control.snapshot(SnapshotRequest("bad-regex", results, whitelist="("))
@@ -186,7 +186,7 @@ def test_snapshot_failure_does_not_fail_the_instance(tmp_path, s3):
 
 def test_results_and_queued_snapshots_on_cancel(tmp_path, s3, s3_admin):
     access, _, results = s3
-    run = Run(make_spec(tmp_path, "echo p > partial.txt; echo ready; sleep 30", s3=access,
+    run = Run(make_spec(tmp_path, sh("echo p > partial.txt; echo ready; sleep 30"), s3=access,
                         result_bucket=results, results_prefix="c/", kill_grace_seconds=0.5,
                         upload_results_on_cancel=True))
     run.wait_output("ready")
@@ -213,7 +213,7 @@ def test_worker_control_lines_reach_the_running_instance_only(tmp_path, s3, s3_a
     stale = make_spec(tmp_path, "true")
     request = asdict(SnapshotRequest("w1", results, "w/"))
     proc.stdin.write(control_line(stale, "snapshot", request=request))  # idle: dropped
-    spec = make_spec(tmp_path, "echo x > x.txt; echo ready; sleep 0.7", s3=access)
+    spec = make_spec(tmp_path, sh("echo x > x.txt; echo ready; sleep 0.7"), s3=access)
     proc.stdin.write(spec.to_json() + "\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == ACCEPTED
@@ -232,7 +232,7 @@ def test_worker_control_lines_reach_the_running_instance_only(tmp_path, s3, s3_a
     assert events[-1].exit_code == 0
     assert result_keys(s3_admin, results) == {"w/x.txt": b"x\n"}
     # still serving specs after control lines, and EOF still ends it
-    proc.stdin.write(make_spec(tmp_path, "echo next").to_json() + "\n")
+    proc.stdin.write(make_spec(tmp_path, sh("echo next")).to_json() + "\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == ACCEPTED
     seen = [event_from_json(proc.stdout.readline()) for _ in range(3)]
@@ -247,8 +247,8 @@ def test_local_executor_snapshot_and_refresh(tmp_path, s3, s3_admin):
     events = Events()
     executor = LocalExecutor(events, capacity=1)
     try:
-        spec = make_spec(tmp_path, "echo ready; " + WAIT_FOR.format("new.txt")
-                         + "; cat new.txt; echo out > out.txt; sleep 30", s3=access,
+        spec = make_spec(tmp_path, sh("echo ready; " + WAIT_FOR.format("new.txt")
+                                      + "; cat new.txt; echo out > out.txt; sleep 30"), s3=access,
                          resources=(ResourceSpec(resources),), kill_grace_seconds=0.5)
         executor.submit(spec)
         # sent before the worker accepted the spec: held back until its ACCEPTED line

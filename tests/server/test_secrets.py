@@ -125,7 +125,7 @@ def test_granted_secrets_reach_the_environment_read_at_dispatch(cluster):
               "byPrefix": [{"prefix": "db/"}]}
     uuid = cluster.submit("env", instanceCount=3, secretsAccessRights=rights)
     first = cluster.wait_dispatched(uuid, 2)  # the fake executor runs 2 at a time
-    env = cluster.executor.specs[first[0]].env
+    env = cluster.executor.specs[first[0]].secret_env
     secrets = {k: v for k, v in env.items() if k.startswith("QARNOT_SECRET__")}
     assert secrets == {"QARNOT_SECRET__DB_PASSWORD": "pw-one", "QARNOT_SECRET__DB_USER": "admin",
                        "QARNOT_SECRET__API_KEY_2": "k2-value"}
@@ -138,13 +138,13 @@ def test_granted_secrets_reach_the_environment_read_at_dispatch(cluster):
     assert patch(cluster, "db/password", {"Value": "pw-two"}).status_code == 200
     cluster.executor.run(first[0])
     third = wait_for(lambda: [k for k in cluster.executor.keys_of(uuid) if k.instance_id == 2])
-    assert cluster.executor.specs[third[0]].env["QARNOT_SECRET__DB_PASSWORD"] == "pw-two"
+    assert cluster.executor.specs[third[0]].secret_env["QARNOT_SECRET__DB_PASSWORD"] == "pw-two"
 
 
 def test_no_rights_no_secrets_and_bad_rights_are_400(cluster):
     assert put(cluster, "db/password", "pw-one").status_code == 201
     key = cluster.wait_dispatched(cluster.submit("env"), 1)[0]
-    assert not [k for k in cluster.executor.specs[key].env if k.startswith("QARNOT_SECRET__")]
+    assert not [k for k in cluster.executor.specs[key].secret_env if k.startswith("QARNOT_SECRET__")]
     doc = {"name": "t", "profile": "docker-batch", "constants": [{"key": "DOCKER_CMD",
                                                                    "value": "env"}]}
     for rights in ({"bySecret": [{"key": "bad key"}]}, {"byPrefix": [{"prefix": "a b"}]},
@@ -183,7 +183,7 @@ def test_credentials_are_exported_masked_and_forgotten_at_the_end(cluster):
     uuid = cluster.submit("env", **EXPORT)
     assert row(cluster, uuid, "exported_token") == token
     key = cluster.wait_dispatched(uuid, 1)[0]
-    env = cluster.executor.specs[key].env
+    env = cluster.executor.specs[key].secret_env
     settings = cluster.client.app.state.ctx.settings
     assert {k: env[k] for k in env if k.startswith(("QARNOT_", "QCOMPUTE_", "AWS_"))} == {
         "QARNOT_CLUSTER_URL": settings.api_url, "QCOMPUTE_CLUSTER_URL": settings.api_url,
@@ -202,7 +202,7 @@ def test_credentials_only_when_granted_and_cleared_on_abort(cluster):
     plain = cluster.submit("env")
     assert row(cluster, plain, "exported_token") is None
     key = cluster.wait_dispatched(plain, 1)[0]
-    env = cluster.executor.specs[key].env
+    env = cluster.executor.specs[key].secret_env
     assert not {"QARNOT_CLIENT_TOKEN", "AWS_SECRET_ACCESS_KEY"} & env.keys()
     token = cluster.headers["Authorization"]
     bulk = cluster.post("/tasks", json=[{"name": "b", "profile": "docker-batch", **EXPORT,
@@ -223,4 +223,4 @@ def test_secret_rows_are_scoped_by_owner(cluster):
         assert sorted(session.scalars(select(Secret.value))) == ["alice-value", "owner-value"]
     uuid = cluster.submit("env", secretsAccessRights={"bySecret": [{"key": "k/one"}]})
     key = cluster.wait_dispatched(uuid, 1)[0]
-    assert cluster.executor.specs[key].env["QARNOT_SECRET__K_ONE"] == "owner-value"
+    assert cluster.executor.specs[key].secret_env["QARNOT_SECRET__K_ONE"] == "owner-value"

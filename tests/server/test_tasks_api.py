@@ -10,8 +10,9 @@ from .conftest import make_cluster, wait_for
 
 
 def test_settings_info_profiles(cluster):
-    assert cluster.client.get("/settings").json() == {"storage": "http://127.0.0.1:9",
-                                                      "taskWaitMaxSeconds": 60.0}
+    assert cluster.client.get("/settings").json() == {
+        "storage": "http://127.0.0.1:9", "taskWaitMaxSeconds": 60.0, "sandboxed": True,
+        "isolation": "fake executor (tests)"}
     info = cluster.get("/info").json()
     assert info["email"] == "owner@qcompute.local" and info["bucketPrefix"] == ""
     assert cluster.get("/profiles").json() == ["docker-batch"]
