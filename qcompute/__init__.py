@@ -62,7 +62,8 @@ _LAZY = {
     "Bucket": ".bucket", "ObjectInfo": ".bucket", "Config": ".config",
     "Connection": ".connection", "Profile": ".connection", "UserInfo": ".connection",
     "ALL": ".connection", "ANY": ".connection",
-    "CompletedInstance": ".status", "Error": ".status", "Status": ".status", "Task": ".task",
+    "CompletedInstance": ".status", "Error": ".status", "Status": ".status",
+    "RunningInstance": ".status", "Task": ".task",
     "Pool": ".pool", "ElasticProperty": ".pool", "Job": ".job", "Secrets": ".secrets",
     "Page": "._paging", "Snapshot": ".snapshot", "RetrySettings": ".options",
     "SecretsAccessRights": ".options", "Privileges": ".options",
@@ -98,7 +99,7 @@ if TYPE_CHECKING:
     from .pool import ElasticProperty, Pool
     from .secrets import Secrets
     from .snapshot import Snapshot
-    from .status import CompletedInstance, Error, Status
+    from .status import CompletedInstance, Error, RunningInstance, Status
     from .task import Task
 
 
@@ -157,6 +158,7 @@ __all__ = [
     "SnapshotState",
     "Status",
     "CompletedInstance",
+    "RunningInstance",
     "Error",
     "QComputeError",
     "QarnotException",

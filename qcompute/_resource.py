@@ -238,12 +238,21 @@ class Dated:
 
 
 class OutputMethods:
-    """``stdout()``, ``stderr()`` and their ``fresh_`` variants, for tasks and pools."""
+    """``stdout()``, ``stderr()`` and their ``fresh_`` variants, and the live telemetry of
+    what runs (``running_instances``), for tasks and pools."""
 
     __slots__ = ()
     _not_found: ClassVar[type[NotFoundError]]
     _instance_not_found: ClassVar[type[NotFoundError]]
     _conn: "Connection"
+    status: Any  # a volatile Field of Task and Pool
+
+    @property
+    def running_instances(self) -> list:
+        """What runs now, with its CPU, memory and network use (refreshed with ``status``):
+        a list of :class:`~qcompute.RunningInstance`, one per running instance or pool slot."""
+        status = self.status
+        return list(status.running_instances) if status is not None else []
 
     if TYPE_CHECKING:  # provided by Resource
         def _url(self, *extra: Any) -> str: ...

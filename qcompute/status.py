@@ -1,4 +1,5 @@
-"""Value objects read from a task document: :class:`Status`, :class:`CompletedInstance`, :class:`Error`.
+"""Value objects read from a task document: :class:`Status`, :class:`CompletedInstance`,
+:class:`RunningInstance`, :class:`Error`.
 
 They are frozen snapshots; reading ``task.status`` again (after the cache time) gives a new one.
 """
@@ -9,7 +10,7 @@ from typing import Any, Mapping, Optional, Union
 
 from .states import InstanceState
 
-__all__ = ["Status", "CompletedInstance", "Error"]
+__all__ = ["Status", "CompletedInstance", "RunningInstance", "Error"]
 
 
 def _num(value: Any, kind: type = float) -> Any:
@@ -79,11 +80,54 @@ class CompletedInstance:
 
 
 @dataclass(frozen=True)
+class RunningInstance:
+    """Live telemetry of one running instance (or pool slot): an entry of
+    ``status.runningInstancesInfo.perRunningInstanceInfo``, refreshed about every second.
+
+    ``cpu_usage`` is a percentage of the node's cores; ``memory_usage`` a 0-1 ratio of the
+    instance's memory limit; network rates are in kbit/s; ``execution_time_ghz`` is CPU
+    seconds times the clock in GHz.
+    """
+
+    instance_id: int
+    phase: Optional[str] = None
+    progress: Optional[float] = None
+    cpu_model: Optional[str] = None
+    cpu_usage: Optional[float] = None
+    current_frequency_ghz: Optional[float] = None
+    max_frequency_ghz: Optional[float] = None
+    current_memory_mb: Optional[float] = None
+    max_memory_mb: Optional[float] = None
+    memory_usage: Optional[float] = None
+    network_in_kbps: Optional[float] = None
+    network_out_kbps: Optional[float] = None
+    execution_time_sec: Optional[float] = None
+    execution_time_ghz: Optional[float] = None
+    execution_attempt_count: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "RunningInstance":
+        number = {name: _num(doc.get(wire)) for name, wire in (
+            ("progress", "progress"), ("cpu_usage", "cpuUsage"),
+            ("current_frequency_ghz", "currentFrequencyGHz"),
+            ("max_frequency_ghz", "maxFrequencyGHz"), ("current_memory_mb", "currentMemoryMB"),
+            ("max_memory_mb", "maxMemoryMB"), ("memory_usage", "memoryUsage"),
+            ("network_in_kbps", "networkInKbps"), ("network_out_kbps", "networkOutKbps"),
+            ("execution_time_sec", "executionTimeSec"),
+            ("execution_time_ghz", "executionTimeGHz"))}
+        return cls(instance_id=int(doc.get("instanceId", 0)), phase=doc.get("phase"),
+                   cpu_model=doc.get("cpuModel"),
+                   execution_attempt_count=_num(doc.get("executionAttemptCount"), int),
+                   **number)
+
+
+@dataclass(frozen=True)
 class Status:
     """Execution status of a task (the ``status`` object of the document).
 
     Progress values are percentages; ranges are instance ranges such as ``"0-3,7"``.
-    ``running_instances_info`` is kept as the raw JSON object.
+    ``running_instances_info`` is kept as the raw JSON object (averages and totals);
+    ``running_instances`` holds its per-instance entries as :class:`RunningInstance`.
     """
 
     download_progress: Optional[float] = None
@@ -108,6 +152,7 @@ class Status:
     execution_time_by_cpu_model: tuple[Mapping[str, Any], ...] = ()
     execution_time_ghz_by_cpu_model: tuple[Mapping[str, Any], ...] = ()
     running_instances_info: Mapping[str, Any] = field(default_factory=dict)
+    running_instances: tuple[RunningInstance, ...] = ()
 
     @classmethod
     def from_json(cls, doc: Optional[Mapping[str, Any]]) -> Optional["Status"]:
@@ -136,4 +181,7 @@ class Status:
             execution_time_by_cpu_model=tuple(doc.get("executionTimeByCpuModel") or ()),
             execution_time_ghz_by_cpu_model=tuple(doc.get("executionTimeGhzByCpuModel") or ()),
             running_instances_info=dict(doc.get("runningInstancesInfo") or {}),
+            running_instances=tuple(
+                RunningInstance.from_json(entry) for entry in
+                (doc.get("runningInstancesInfo") or {}).get("perRunningInstanceInfo") or ()),
         )

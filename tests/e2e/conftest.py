@@ -27,3 +27,17 @@ def pid_alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def host_pids_with(argument: str) -> list[int]:
+    """Live processes of this host with ``argument`` in their command line (an instance's own
+    pids are those of its PID namespace: tests find its processes by a unique argument)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if argument.encode() in handle.read().split(b"\0") and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found

@@ -1,7 +1,6 @@
 """Real tasks through the embedded cluster, driven by the SDK as a user would."""
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 import qcompute
 from qcompute import TaskState
 
-from .conftest import pid_alive
+from .conftest import host_pids_with, pid_alive
 
 
 def test_hello_world(conn):
@@ -30,7 +29,7 @@ def test_files_in_and_out(conn, tmp_path):
     task.resources = [resources.with_filtering("input/").with_resource_transformation("input/")]
     task.results = results
     task.constants["DOCKER_CMD"] = (
-        "ls; tr a-z A-Z < lorem.txt > LOREM.txt; echo scratch > scratch.tmp")
+        "sh -c 'ls; tr a-z A-Z < lorem.txt > LOREM.txt; echo scratch > scratch.tmp'")
     task.results_blacklist = r"\.tmp$"
     task.run(output_dir=str(tmp_path / "out"))
     assert task.state == TaskState.SUCCESS, task.errors
@@ -42,7 +41,7 @@ def test_files_in_and_out(conn, tmp_path):
 
 def test_three_instances(conn):
     task = conn.create_task("three", "docker-batch", 3)
-    task.constants["DOCKER_CMD"] = "echo instance ${INSTANCE_ID} of ${INSTANCE_COUNT} $QRANK/$QSIZE"
+    task.constants["DOCKER_CMD"] = "echo instance ${INSTANCE_ID} of ${INSTANCE_COUNT} ${QRANK}/${QSIZE}"
     task.run()
     assert task.state == TaskState.SUCCESS
     lines = sorted(task.stdout().splitlines())
@@ -62,7 +61,7 @@ def test_advanced_range(conn):
 
 def test_failing_command(conn):
     task = conn.create_task("fails", "docker-batch")
-    task.constants["DOCKER_CMD"] = "echo oops >&2; exit 7"
+    task.constants["DOCKER_CMD"] = "sh -c 'echo oops >&2; exit 7'"
     task.run()
     assert task.state == TaskState.FAILURE
     assert task.completed_instances[0].exit_code == 7
@@ -71,16 +70,16 @@ def test_failing_command(conn):
 
 
 def test_abort_kills_the_running_command(conn):
+    marker = f"300.{time.monotonic_ns() % 10**6}"  # a sleep only this test starts
     task = conn.create_task("sleeper", "docker-batch")
-    task.constants["DOCKER_CMD"] = "sh -c 'echo child $$; exec sleep 300' & echo parent $$; wait"
+    task.constants["DOCKER_CMD"] = (f"sh -c '(setsid sleep {marker} &); sleep {marker} & "
+                                    "echo started; wait'")
     task.submit()
     deadline = time.monotonic() + 20
-    out = ""
-    while len(re.findall(r"\d+", out)) < 2 and time.monotonic() < deadline:
-        out += task.fresh_stdout()
+    while "started" not in task.fresh_stdout() and time.monotonic() < deadline:
         time.sleep(0.05)
-    pids = [int(p) for p in re.findall(r"(?:child|parent) (\d+)", out)]
-    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    pids = host_pids_with(marker)
+    assert len(pids) == 2
     task.abort()
     assert task.wait(timeout=30)
     assert task.state == TaskState.CANCELLED
@@ -92,7 +91,7 @@ def test_abort_kills_the_running_command(conn):
 
 def test_fresh_stdout_streams_while_running(conn):
     task = conn.create_task("stream", "docker-batch")
-    task.constants["DOCKER_CMD"] = "echo first; sleep 3; echo second"
+    task.constants["DOCKER_CMD"] = "sh -c 'echo first; sleep 3; echo second'"
     task.submit()
     seen, deadline = "", time.monotonic() + 20
     while "first" not in seen and time.monotonic() < deadline:
