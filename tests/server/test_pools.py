@@ -5,7 +5,7 @@ import pytest
 
 from qcompute.server.executors.base import Finished
 
-from .conftest import wait_for
+from .conftest import serving, wait_for
 
 
 def make_pool(cluster, **fields) -> str:
@@ -100,6 +100,20 @@ def test_closing_a_pool_whose_tasks_ended_closes_it_at_once_and_keeps_them(roomy
     assert roomy.executor.cancelled == []
     done = roomy.task(task)
     assert done["state"] == "Success" and done["errors"] == []
+
+
+def test_a_restart_while_closing_still_cancels_the_task_and_closes_the_pool(tmp_path):
+    with serving(tmp_path, scheduler_tick_seconds=0.05) as first:
+        uuid = make_pool(first, instanceCount=1)
+        task = first.submit("sleep 30", poolUuid=uuid, profile=None)
+        first.executor.start(first.wait_dispatched(task, 1)[0])
+        first.executor.cancel = lambda key: None  # the server stops before the runner does
+        assert first.post(f"/pools/{uuid}/close").status_code == 200
+        first.wait_state(task, "PendingCancel")
+    with serving(tmp_path, scheduler_tick_seconds=0.05) as second:  # not re-queued
+        assert second.wait_state(task, "Cancelled")["errors"][0]["code"] == "pool_closed"
+        assert wait_pool(second, uuid, "Closed")["totalSlotCapacity"] == 0
+        assert second.executor.specs == {}
 
 
 def test_a_failed_preparation_fails_the_pool_and_cancels_its_tasks(roomy):
