@@ -277,7 +277,7 @@ class Pool(OutputMethods, Dated, Resource):
         return self
 
     def close(self) -> "Pool":
-        """Close the pool (its tasks end, its nodes are released): ``POST
+        """Close the pool (its unfinished tasks are cancelled, its nodes are released): ``POST
         /pools/{uuid}/close``, then refresh."""
         self._require_submitted("close")
         self._conn._http.post(self._url("close"), not_found=MissingPoolException)

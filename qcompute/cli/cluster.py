@@ -34,6 +34,8 @@ def _data_dir(value: Optional[str]) -> Path:
 def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[int],
               workers: Optional[int]):
     try:
+        from pydantic import ValidationError
+
         from qcompute.server.settings import ServerSettings
     except ImportError as exc:
         raise click.ClickException(
@@ -41,7 +43,10 @@ def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[in
         ) from None
     overrides = {"data_dir": _data_dir(data_dir), "port": port, "s3_port": s3_port,
                  "max_concurrent_instances": workers}
-    return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # a bad QCOMPUTE_SERVER_* variable or option
+        raise click.ClickException(str(exc)) from None
 
 
 def _pid_file(data_dir: Path) -> Path:
@@ -94,7 +99,8 @@ def server(data_dir, port, s3_port, workers) -> None:
 
     settings = _settings(data_dir, port, s3_port, workers)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="info", timeout_graceful_shutdown=10)
+                timeout_keep_alive=settings.keep_alive_seconds, log_level="info",
+                timeout_graceful_shutdown=10)
 
 
 @click.command()

@@ -357,10 +357,12 @@ class Scheduler:
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
         cancelled, stopped = self.pools.drain_cancelled()
         for task in session.scalars(select(Task).where(Task.id.in_(cancelled))):
-            task.errors = [*task.errors, {"code": "pool_failed", "debug": None, "message":
-                           f"pool {task.document.get('poolUuid')} failed: its tasks cannot run"}]
+            task.errors = [*task.errors, cancelled[task.id]]
+            task.abort_requested = True  # as an abort: committed, so a restart completes it
             self._cancel_task(session, task)
             touched[task.id] = task
+        if cancelled:  # another round at once: the pool ends when its tasks have
+            self.wake()
         for key in stopped:  # its Finished event finds no slot and is dropped
             self.executor.cancel(key)
         rows = []

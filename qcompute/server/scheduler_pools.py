@@ -52,7 +52,7 @@ class PoolKeeper:
         self.busy: dict[int, set[InstanceKey]] = {}  # pool id → its task instances in flight
         self.preparing: dict[InstanceKey, int] = {}  # preparation run → PoolSlot id
         self._idle_since: dict[int, datetime] = {}
-        self._cancelled: list[int] = []  # tasks of failed pools, for the scheduler to stop
+        self._cancelled: dict[int, dict] = {}  # task id → why its pool cancels it
         self._stopped: list[InstanceKey] = []  # preparation runs of finished pools, to stop
 
     # -- accounting ---------------------------------------------------------------------------
@@ -66,11 +66,12 @@ class PoolKeeper:
     def started(self, pool_id: int, key: InstanceKey) -> None:
         self.busy.setdefault(pool_id, set()).add(key)
 
-    def drain_cancelled(self) -> tuple[list[int], list[InstanceKey]]:
-        """Tasks to cancel and preparation runs to stop, since the last call."""
-        ids, keys = self._cancelled, self._stopped
-        self._cancelled, self._stopped = [], []
-        return ids, keys
+    def drain_cancelled(self) -> tuple[dict[int, dict], list[InstanceKey]]:
+        """Tasks to cancel (id → the error saying why) and preparation runs to stop, since the
+        last call."""
+        tasks, keys = self._cancelled, self._stopped
+        self._cancelled, self._stopped = {}, []
+        return tasks, keys
 
     def ended(self, key: InstanceKey) -> None:
         for keys in self.busy.values():
@@ -103,11 +104,14 @@ class PoolKeeper:
             if pool.close_requested and not tasks_active or any(s.state == FAILED for s in slots):
                 self._finish(session, pool, slots, tasks_active, now, on_change)
                 continue
-            if not pool.close_requested:
+            if pool.close_requested:  # as on Qarnot, closing cancels the unfinished tasks
+                self._cancel_tasks(session, pool, "pool_closed",
+                                   f"pool {pool.uuid} was closed before the task ended")
+            else:
                 self._resize(session, pool, len(slots), now)
                 capacity_left -= self._hold(session, pool, slots, capacity_left, now)
                 self._release(session, pool, slots)
-            specs += self._preparations(session, pool, slots)
+                specs += self._preparations(session, pool, slots)
             counts = Counter(s.state for s in slots)
             state = derive_pool_state(target=pool.slot_target, slots=counts,
                                       close_requested=pool.close_requested,
@@ -205,8 +209,8 @@ class PoolKeeper:
         """Close (or fail, or delete) a pool: give back its slots."""
         failed = any(s.state == FAILED for s in slots)
         if failed and tasks_active:  # a pool that cannot prepare its slots runs nothing
-            self._cancelled += session.scalars(select(Task.id).where(
-                Task.pool_id == pool.id, Task.ended_at.is_(None))).all()
+            self._cancel_tasks(session, pool, "pool_failed",
+                               f"pool {pool.uuid} failed: its tasks cannot run")
         slot_ids = {s.id for s in slots}
         self._stopped += [key for key, slot_id in self.preparing.items() if slot_id in slot_ids]
         session.execute(delete(PoolSlot).where(PoolSlot.pool_id == pool.id))
@@ -220,6 +224,14 @@ class PoolKeeper:
         if set_pool_state(pool, P.FAILURE if failed else P.CLOSED, now):
             pool.delete_after = completion_deadline(pool.document, now)
             on_change(pool)
+
+    def _cancel_tasks(self, session: Session, pool: Pool, code: str, message: str) -> None:
+        """Hand the pool's unfinished tasks, not yet being aborted, to the scheduler to cancel."""
+        error = {"code": code, "message": message, "debug": None}
+        for task_id in session.scalars(select(Task.id).where(
+                Task.pool_id == pool.id, Task.ended_at.is_(None),
+                Task.abort_requested.is_(False))):
+            self._cancelled[task_id] = error
 
     # -- preparation events -------------------------------------------------------------------
 

@@ -52,6 +52,10 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8801
+    # Seconds an idle HTTP connection stays open: longer than any client's poll interval (the
+    # official SDK sleeps 5 s, uvicorn's default keep-alive, and may reuse a connection just as
+    # it is closed). 75, as common proxies use.
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     # SQLAlchemy URL; empty means SQLite at <data_dir>/qcompute.db.
     database_url: str = ""
 

@@ -57,3 +57,27 @@ def test_owner_config_file_works_for_the_official_sdk(cluster, bucket_name):
         assert name in [b.uuid for b in conn.buckets()]
     finally:
         bucket.delete()
+
+
+
+def test_polls_5_s_apart_keep_one_connection(qconn):
+    """``task.wait(5)`` sleeps exactly 5 s between polls and reuses its connection: the server
+    keeps idle connections longer (with uvicorn's default, 5 s, they race: ConnectionResetError,
+    or a new connection each time)."""
+    task = qconn.create_task("compat-keep-alive", "docker-batch", 1)
+    task.constants["DOCKER_CMD"] = "sleep 60"
+    task.submit()
+    ports: list[int] = []  # the local port of each request's connection
+
+    def record(response, *args, **kwargs):
+        ports.append(response.raw.connection.sock.getsockname()[1])
+
+    qconn._http.hooks["response"].append(record)
+    try:
+        for _ in range(7):
+            assert task.wait(5) is False  # GET, 5 s idle, GET: the task still runs
+    finally:
+        qconn._http.hooks["response"].remove(record)
+        task.abort()
+        task.delete()
+    assert len(ports) >= 14 and len(set(ports)) == 1, f"connections by local port: {ports}"

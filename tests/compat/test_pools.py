@@ -1,5 +1,6 @@
 """The official SDK's pool calls: a static pool with a preparation task and a task inside, an
-elastic pool resized by its work and changed live with commit(), retrieve, paging, close, delete.
+elastic pool resized by its work and changed live with commit(), retrieve, paging, close
+(which cancels the pool's running task), delete.
 
 A pool holds executor slots while it is open, and the cluster is shared with ``tests/e2e``: each
 test closes (or deletes) its pools in ``finally``. The SDK has no ``Pool.wait()``; ``wait_for``
@@ -106,6 +107,29 @@ def test_static_pool_prepares_its_slot_then_runs_a_task(qconn, tmp_path):
     assert pool.uuid is None and pool.state == "Deleted"  # set locally by the SDK
     _wait_gone(qconn, pool_uuid)
     assert qconn.retrieve_task(task.uuid).state == "Success"  # a pool's tasks are kept
+    task.delete()
+
+
+def test_close_cancels_the_running_task_then_the_pool_is_closed(qconn):
+    pool = qconn.create_pool("compat-close", "docker-batch", 1)
+    try:
+        pool.submit()
+        assert wait_for(pool, ["FullyExecuting"], timeout=30) == "FullyExecuting"
+        task = qconn.create_task("compat-cancelled-by-close", pool, 1)
+        task.constants["DOCKER_CMD"] = "sleep 30"
+        task.submit()
+        assert wait_for(task, ["FullyExecuting"], timeout=30) == "FullyExecuting"
+        started = time.monotonic()
+        pool.close()
+        assert wait_for(pool, POOL_FINAL, timeout=20) == "Closed"
+        assert wait_for(task, timeout=5) == "Cancelled"
+        assert time.monotonic() - started < 10, "close must stop the task, not wait for it"
+        assert [(e.code, e.message) for e in task.errors] == [
+            ("pool_closed", f"pool {pool.uuid} was closed before the task ended")]
+        assert pool.total_slot_capacity == 0
+    finally:
+        _close(pool)
+    pool.delete()
     task.delete()
 
 

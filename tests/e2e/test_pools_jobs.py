@@ -1,6 +1,8 @@
 """Pools, jobs with dependencies and retries on the real cluster, driven by the SDK."""
 from __future__ import annotations
 
+import time
+
 from qcompute import PoolState, TaskState
 from qcompute.dependencies import AdvancedDependency
 from qcompute.options import RetrySettings
@@ -24,6 +26,32 @@ def test_a_pool_prepares_its_slot_then_runs_tasks_inside(conn, tmp_path):
     pool.close()
     assert pool.wait(PoolState.CLOSED, timeout=30)
     assert pool.total_slot_capacity == 0
+
+
+def test_closing_a_pool_cancels_its_running_and_queued_tasks(conn):
+    pool = conn.create_pool("e2e-close", "docker-batch", 1).submit()
+    assert pool.wait(PoolState.FULLY_EXECUTING, timeout=60)
+    running = conn.create_task("long", pool, 1)
+    running.constants["DOCKER_CMD"] = "sleep 30"
+    running.submit()
+    queued = conn.create_task("waiting", pool, 1)  # the pool's one slot is taken
+    queued.constants["DOCKER_CMD"] = "sleep 30"
+    queued.submit()
+    deadline = time.monotonic() + 30
+    while running.state != TaskState.FULLY_EXECUTING and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running.update(flushcache=True)
+    assert running.state == TaskState.FULLY_EXECUTING
+    started = time.monotonic()
+    pool.close()
+    assert pool.wait(PoolState.CLOSED, timeout=20)
+    assert time.monotonic() - started < 10, "close must stop the task, not wait for it"
+    assert pool.total_slot_capacity == 0
+    for task in (running, queued):
+        task.update(flushcache=True)
+        assert task.state == TaskState.CANCELLED
+        assert [(e.code, e.message) for e in task.errors] == [
+            ("pool_closed", f"pool {pool.uuid} was closed before the task ended")]
 
 
 def test_a_job_pipeline_runs_its_dag_and_cancels_the_unreachable_branch(conn):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import wait_for
+from qcompute.server.executors.base import Finished
+
+from .conftest import serving, wait_for
 
 
 def make_pool(cluster, **fields) -> str:
@@ -58,22 +60,60 @@ def test_a_pool_holds_its_slots_away_from_other_tasks(roomy):
     assert len(roomy.executor.keys_of(other)) == 1  # 4 slots - 3 held
 
 
-def test_closing_waits_for_the_tasks_then_gives_the_slots_back(roomy):
-    uuid = make_pool(roomy, instanceCount=3)
+def test_closing_cancels_the_unfinished_tasks_then_gives_the_slots_back(roomy):
+    uuid = make_pool(roomy, instanceCount=1)
     wait_pool(roomy, uuid, "FullyExecuting")
-    task = roomy.submit("sleep", poolUuid=uuid, profile=None)
-    key = roomy.wait_dispatched(task, 1)[0]
+    running = roomy.submit("sleep 30", poolUuid=uuid, profile=None, instanceCount=2)
+    queued = roomy.submit("sleep 30", poolUuid=uuid, profile=None)
+    key = roomy.wait_dispatched(running, 1)[0]
+    roomy.executor.start(key)
+    stopping: list = []
+    roomy.executor.cancel = stopping.append  # the runner takes its time to stop
     assert roomy.post(f"/pools/{uuid}/close").status_code == 200
-    assert wait_pool(roomy, uuid, "Closing")
+    wait_for(lambda: stopping == [key])
+    assert roomy.wait_state(running, "PendingCancel")["poolUuid"] == uuid
+    assert roomy.wait_state(queued, "Cancelled")["errors"][0]["code"] == "pool_closed"
+    assert pool(roomy, uuid)["state"] == "Closing"
     refused = roomy.post("/tasks", json={"name": "late", "poolUuid": uuid,
                                        "constants": [{"key": "DOCKER_CMD", "value": "x"}]})
-    assert refused.status_code == 400 and "takes no new tasks" in refused.json()["message"]
-    roomy.executor.run(key)
+    assert refused.status_code == 400 and refused.json()["code"] == "pool_closed"
+    roomy.executor.on_event(Finished(key, exit_code=-15, cancelled=True))
     doc = wait_pool(roomy, uuid, "Closed")
     assert doc["endDate"] and doc["totalSlotCapacity"] == 0
+    ended = roomy.wait_state(running, "Cancelled")
+    assert ended["errors"] == [{"code": "pool_closed", "debug": None,
+                                "message": f"pool {uuid} was closed before the task ended"}]
+    assert [i["state"] for i in ended["completedInstances"]] == ["Cancelled", "Cancelled"]
     other = roomy.submit("echo", instanceCount=4)
     assert len(roomy.wait_dispatched(other, 4)) == 4
     assert roomy.post(f"/pools/{uuid}/close").status_code == 403
+
+
+def test_closing_a_pool_whose_tasks_ended_closes_it_at_once_and_keeps_them(roomy):
+    uuid = make_pool(roomy, instanceCount=1)
+    wait_pool(roomy, uuid, "FullyExecuting")
+    task = roomy.submit("echo", poolUuid=uuid, profile=None)
+    roomy.executor.run(roomy.wait_dispatched(task, 1)[0])
+    roomy.wait_state(task, "Success")
+    assert roomy.post(f"/pools/{uuid}/close").json()["uuid"] == uuid
+    assert wait_pool(roomy, uuid, "Closed")["totalSlotCapacity"] == 0
+    assert roomy.executor.cancelled == []
+    done = roomy.task(task)
+    assert done["state"] == "Success" and done["errors"] == []
+
+
+def test_a_restart_while_closing_still_cancels_the_task_and_closes_the_pool(tmp_path):
+    with serving(tmp_path, scheduler_tick_seconds=0.05) as first:
+        uuid = make_pool(first, instanceCount=1)
+        task = first.submit("sleep 30", poolUuid=uuid, profile=None)
+        first.executor.start(first.wait_dispatched(task, 1)[0])
+        first.executor.cancel = lambda key: None  # the server stops before the runner does
+        assert first.post(f"/pools/{uuid}/close").status_code == 200
+        first.wait_state(task, "PendingCancel")
+    with serving(tmp_path, scheduler_tick_seconds=0.05) as second:  # not re-queued
+        assert second.wait_state(task, "Cancelled")["errors"][0]["code"] == "pool_closed"
+        assert wait_pool(second, uuid, "Closed")["totalSlotCapacity"] == 0
+        assert second.executor.specs == {}
 
 
 def test_a_failed_preparation_fails_the_pool_and_cancels_its_tasks(roomy):

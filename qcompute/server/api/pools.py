@@ -128,7 +128,7 @@ def update_resources(uuid: str, session: SessionDep, user: CurrentUser, ctx: Con
     return {"uuid": uuid, "resourcesVersion": pool.resources_version}
 
 
-@router.post("/pools/{uuid}/close", summary="Close a pool once its tasks have finished")
+@router.post("/pools/{uuid}/close", summary="Close a pool, cancelling its unfinished tasks")
 def close_pool(uuid: str, request: Request, body: RawBody, session: SessionDep,
                user: CurrentUser, ctx: ContextDep):
     response = run_once(request, session, user, body, lambda: (

@@ -145,6 +145,7 @@ def update_pool(session: Session, user: User, pool_uuid: str, body: dict[str, An
 
 
 def close_pool(session: Session, user: User, pool_uuid: str) -> Pool:
+    """Mark the pool closing; the scheduler cancels its unfinished tasks, then closes it."""
     pool = get_pool(session, user, pool_uuid)
     if P(pool.state).is_final() or pool.state == P.PENDING_DELETE.value:
         raise Forbidden(f"pool {pool_uuid} is already {pool.state}", code="pool_not_open")
@@ -177,7 +178,7 @@ def derive_pool_state(*, target: int, slots: Mapping[str, int], close_requested:
     """The pool's state from its slots (a count per slot state).
 
     * a failed preparation: Failure;
-    * closing: Closing while its tasks are unfinished, then Closed;
+    * closing: Closing while its cancelled tasks stop, then Closed;
     * otherwise: Submitted (no slot yet) → Partially/FullyDispatched (slots held, preparing) →
       Partially/FullyExecuting (slots ready). An elastic pool scaled to 0 is FullyExecuting.
     """
