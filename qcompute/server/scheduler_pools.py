@@ -214,8 +214,7 @@ class PoolKeeper:
         slot_ids = {s.id for s in slots}
         self._stopped += [key for key, slot_id in self.preparing.items() if slot_id in slot_ids]
         session.execute(delete(PoolSlot).where(PoolSlot.pool_id == pool.id))
-        if not tasks_active:  # nothing runs there any more
-            shutil.rmtree(Path(self.share_dir(pool)).parent, ignore_errors=True)
+        shutil.rmtree(Path(self.share_dir(pool)).parent, ignore_errors=True)  # /share goes too
         self.busy.pop(pool.id, None)
         self._idle_since.pop(pool.id, None)
         if pool.state == P.PENDING_DELETE.value and not tasks_active:
