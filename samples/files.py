@@ -27,7 +27,7 @@ try:
         task = conn.create_task("upper-case lorem", "docker-batch")
         task.resources = [resources]
         task.results = results
-        task.constants["DOCKER_CMD"] = "tr a-z A-Z < lorem.txt > LOREM.txt"
+        task.constants["DOCKER_CMD"] = "sh -c 'tr a-z A-Z < lorem.txt > LOREM.txt'"
         task.run(output_dir="output")
 
         if task.state != qcompute.TaskState.SUCCESS:

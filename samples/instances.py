@@ -11,11 +11,11 @@ import qcompute
 
 conn = qcompute.Connection()
 task = conn.create_task("four instances", "docker-batch", 4)
-task.constants["DOCKER_CMD"] = (
-    "for step in 1 2 3; do "
+task.constants["DOCKER_CMD"] = (  # ${NAME} is filled in by the cluster; the loop needs a shell
+    "sh -c 'for step in 1 2 3; do "
     "echo \"instance ${INSTANCE_ID} of ${INSTANCE_COUNT}: step $step\"; "
     "sleep 1; "
-    "done"
+    "done'"
 )
 task.submit()
 

@@ -27,7 +27,7 @@ def step(name, command, after=(), when=None):
 
 
 prepare = step("prepare", "echo data ready")
-train = step("train", "echo training...; exit 3", after=[prepare])
+train = step("train", "sh -c 'echo training...; exit 3'", after=[prepare])
 publish = step("publish", "echo publishing the model", after=[train])
 report = step("report-failure", "echo training failed, paging someone", after=[train],
               when=["failure", "cancelled"])

@@ -18,7 +18,7 @@ try:
     task = conn.create_task("checkpoints", "docker-batch")
     task.results = results
     task.constants["DOCKER_CMD"] = (
-        "for i in 1 2 3 4 5 6 7 8; do echo step $i > checkpoint-$i.txt; sleep 1; done")
+        "sh -c 'for i in 1 2 3 4 5 6 7 8; do echo step $i > checkpoint-$i.txt; sleep 1; done'")
     task.snapshot(2)  # periodic: every 2 s while it runs
     task.submit()
 
