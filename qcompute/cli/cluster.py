@@ -93,6 +93,7 @@ def server(data_dir, port, s3_port, workers) -> None:
     from qcompute.server.app import create_app
 
     settings = _settings(data_dir, port, s3_port, workers)
+    os.umask(0o077)  # what the server (and SeaweedFS, the runners) create is private
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level="info", timeout_graceful_shutdown=10)
 
