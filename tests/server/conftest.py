@@ -25,7 +25,6 @@ class StubStorage:
     """Storage without S3: records the identities the server provisions."""
 
     endpoint_url = "http://127.0.0.1:9"
-    admin_access = None
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[str, str | None]] = {}
