@@ -9,7 +9,7 @@ from qcompute.server.crypto import unseal
 from qcompute.server.db.models import Instance, Pool, Task, User
 from qcompute.server.executors.base import S3Access
 
-from .conftest import database_bytes, wait_for
+from .conftest import database_bytes, serving, wait_for
 
 EXPORT = {"privileges": {"exportApiAndStorageCredentialsInEnvironment": True}}
 S3_URL = "http://127.0.0.1:9"  # the stub storage's endpoint
@@ -157,3 +157,11 @@ def test_an_unknown_token_fails_the_preparation_and_the_pool(roomy):
     pool = wait_for(lambda: (p := row(roomy, Pool, uuid)).state == "Failure" and p)
     assert "qcompute user rotate alice@example.com" in pool.errors[0]["message"]
     assert roomy.executor.keys_of(uuid) == []
+
+
+def test_an_owner_made_before_sealing_gets_its_token_sealed_at_start(tmp_path):
+    with serving(tmp_path) as cluster:
+        forget_token(cluster, OWNER)
+    with serving(tmp_path) as cluster:  # read back from qcompute.conf, then sealed
+        with db(cluster) as session:
+            assert unseal(session, sealed_token(cluster, OWNER)) == cluster.headers["Authorization"]
