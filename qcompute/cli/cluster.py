@@ -98,6 +98,7 @@ def server(data_dir, port, s3_port, workers) -> None:
     from qcompute.server.app import create_app
 
     settings = _settings(data_dir, port, s3_port, workers)
+    os.umask(0o077)  # what the server (and SeaweedFS, the runners) create is private
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 timeout_keep_alive=settings.keep_alive_seconds, log_level="info",
                 timeout_graceful_shutdown=10)

@@ -1,8 +1,8 @@
 """``create_app(settings)``: the FastAPI application, with nothing started at import time.
 
-The lifespan starts, in order: the database (migrated), the storage (embedded SeaweedFS or an
-external S3), the owner account and client config, then the scheduler and its executor; it stops
-them in reverse order.
+The lifespan starts, in order: the data dir (made private), the key that seals secrets and
+tokens, the database (migrated), the storage (embedded SeaweedFS or an external S3), the owner
+account and client config, then the scheduler and its executor; it stops them in reverse order.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from qcompute._version import __version__
 
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
-from .bootstrap import ensure_owner
+from .bootstrap import ensure_owner, make_private
+from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
 from .errors import install_error_handlers
 from .executors.base import Executor
@@ -78,11 +79,14 @@ def create_app(settings: ServerSettings, *, storage=None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings)
+        sealer = load_sealer(settings)
         log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
         engine = make_engine(settings.resolved_database_url)
-        migrate(engine)
-        sessions = make_session_factory(engine)
+        migrate(engine, sealer)
+        sessions = make_session_factory(engine, sealer)
+        with sessions() as session:
+            check_key(session, key_path(settings))
         if storage is None:
             from .storage import make_storage
         store = storage or make_storage(settings)
@@ -93,8 +97,7 @@ def create_app(settings: ServerSettings, *, storage=None,
             scheduler = Scheduler(settings=settings, sessions=sessions,
                                   executor_factory=executor_factory
                                   or _default_executor(settings, store),
-                                  outputs=outputs, s3=store.admin_access,
-                                  storage_url=store.endpoint_url)
+                                  outputs=outputs, storage=store)
             scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,

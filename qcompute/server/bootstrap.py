@@ -1,4 +1,5 @@
-"""First start: the owner account, and the client config file that `qcompute up` hands out."""
+"""Every start: the data dir made private, the owner account, and the client config file that
+`qcompute up` hands out."""
 from __future__ import annotations
 
 import configparser
@@ -7,14 +8,32 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from .services.users import create_user, get_owner, hash_token, rotate_token
+from .services.users import create_user, get_owner, hash_token, remember_token, rotate_token
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 CLIENT_CONFIG_NAME = "qcompute.conf"
+
+
+def make_private(settings: ServerSettings) -> None:
+    """The data dir gets mode 0700 and a SQLite database file 0600 (made empty with that mode
+    when new, so that SQLite gives its WAL and shared-memory files the same)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.data_dir.chmod(0o700)
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") \
+            or url.query.get("uri"):
+        return
+    path = Path(url.database)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        if name.exists() and name.stat().st_mode & 0o077:
+            name.chmod(0o600)
+            log.info("made %s private (mode 0600)", name)
 
 
 def client_config_path(settings: ServerSettings) -> Path:
@@ -59,6 +78,8 @@ def ensure_owner(sessions: sessionmaker[Session], settings: ServerSettings, stor
         elif token is None or hash_token(token) != owner.token_hash:
             owner, token = rotate_token(session, owner.email)
             log.warning("the owner's token was not found in %s: issued a new one", path)
+        else:
+            remember_token(session, owner, token)  # an owner made before tokens were sealed
         storage.provision_user(owner.email, token, None)  # idempotent; survives S3 data loss
         session.commit()
         # No [storage] url: each SDK asks GET /settings, which hands the official qarnot SDK

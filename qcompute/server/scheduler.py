@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +24,8 @@ from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
 from .changes import TaskChanges
-from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, utcnow
+from .crypto import SealError
+from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, S3Access, Telemetry)
 from .scheduler_pools import PoolKeeper, resource_specs
@@ -35,10 +36,14 @@ from .services.output import OutputStore
 from .services.placement import dependents_of, resolve_dependencies
 from .services.jobs import refresh_job_state
 from .services.pools import completion_deadline
-from .services.secrets import merge_rights, payload_env
+from .services.secrets import exports_credentials, merge_rights, payload_env
 from .services.tasks import move_instance, refresh_task_state
 from .services.telemetry import TelemetryStore
+from .services.users import open_token
 from .settings import ServerSettings
+
+if TYPE_CHECKING:
+    from .storage import StorageBackend
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +87,17 @@ _STOP = object()
 class Scheduler:
     def __init__(self, *, settings: ServerSettings, sessions: sessionmaker[Session],
                  executor_factory: Callable[[Callable[[ExecutorEvent], None]], Executor],
-                 outputs: OutputStore, s3: Optional[S3Access],
-                 storage_url: Optional[str] = None) -> None:
+                 outputs: OutputStore, storage: "StorageBackend") -> None:
         self.settings = settings
         self.sessions = sessions
         self.outputs = outputs
-        self.s3 = s3
-        self.storage_url = storage_url or (s3.endpoint_url if s3 else None)  # for payloads
+        self.storage = storage  # runners get their task owner's S3 identity from it
+        self.storage_url = storage.endpoint_url  # for payloads
         self.masks = OutputMasks()  # secret values kept out of each instance's output
         self.executor = executor_factory(self._on_executor_event)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
-        self.pools = PoolKeeper(settings, s3, self._pool_secrets)
+        self.pools = PoolKeeper(settings, self._pool_payload)
         self.timers = Timers(self)
         self.controls = InstanceControls(self)  # snapshots and resource refreshes
         self._thread = threading.Thread(target=self._loop, name="qcompute-scheduler", daemon=True)
@@ -374,7 +378,14 @@ class Scheduler:
         for instance, task in rows:
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
-            spec = self._spec(session, task, instance)
+            try:
+                spec = self._spec(session, task, instance)
+            except SealError as exc:  # no owner identity: an infrastructure failure, no fallback
+                key = InstanceKey(task.uuid, instance.instance_id, instance.attempt)
+                self.masks.finish(key)
+                self._finish(instance, task, Finished(key, exit_code=None, error=str(exc)))
+                touched[task.id] = task
+                continue
             if task.pool_id is not None:
                 self.pools.started(task.pool_id, spec.key)
             specs.append(spec)
@@ -391,13 +402,24 @@ class Scheduler:
                    Task.waiting_on == 0, where)
             .order_by(Instance.id).limit(limit)).all())
 
-    def _pool_secrets(self, session: Session, pool: Pool, key: InstanceKey) -> dict[str, str]:
-        """A preparation run's granted secrets (no credentials: pools keep no token)."""
-        env, masked = payload_env(session, owner_id=pool.owner_id, document=pool.document,
-                                  exported_token=None, api_url=self.settings.api_url,
-                                  storage_url=self.storage_url, region=self.settings.s3_region)
+    def _owner_identity(self, session: Session, owner_id: int) -> tuple[str, S3Access]:
+        """The owner's API token and S3 identity; SealError if the token is not known."""
+        owner = session.get(User, owner_id)
+        token = open_token(session, owner)
+        return token, self.storage.owner_access(owner.email, token)
+
+    def _pool_payload(self, session: Session, pool: Pool,
+                      key: InstanceKey) -> tuple[dict[str, str], S3Access]:
+        """A preparation run's granted secrets and credentials (with the pool's privilege), and
+        the owner's S3 identity; SealError if the owner's token is not known."""
+        token, s3 = self._owner_identity(session, pool.owner_id)
+        env, masked = payload_env(
+            session, owner_id=pool.owner_id, document=pool.document,
+            exported_token=token if exports_credentials(pool.document) else None,
+            api_url=self.settings.api_url, storage_url=self.storage_url,
+            region=self.settings.s3_region)
         self.masks.register(key, masked)
-        return env
+        return env, s3
 
     def _spec(self, session: Session, task: Task, instance: Instance) -> InstanceSpec:
         doc = task.document
@@ -416,8 +438,10 @@ class Scheduler:
                "TASK_NAME": task.name}
         rights = doc if pool is None else {"secretsAccessRights": merge_rights(
             pool.document.get("secretsAccessRights"), doc.get("secretsAccessRights"))}
+        token, s3 = self._owner_identity(session, task.owner_id)  # SealError: token unknown
         extra, masked = payload_env(  # granted secrets (the pool's too), exported credentials
-            session, owner_id=task.owner_id, document=rights, exported_token=task.exported_token,
+            session, owner_id=task.owner_id, document=rights,
+            exported_token=token if exports_credentials(doc) else None,
             api_url=self.settings.api_url, storage_url=self.storage_url,
             region=self.settings.s3_region)
         self.masks.register(InstanceKey(task.uuid, instance.instance_id, instance.attempt), masked)
@@ -429,7 +453,7 @@ class Scheduler:
             task_uuid=task.uuid, instance_id=instance.instance_id, attempt=instance.attempt,
             command=command, env=env, secret_env=extra, network=profile.network if profile
             else True, share_dir=self.pools.share_dir(pool) if pool is not None else None,
-            workdir=str(workdir), s3=self.s3,
+            workdir=str(workdir), s3=s3,
             resources=tuple(resources), result_bucket=doc.get("resultBucket"),
             results_whitelist=doc.get("resultsWhitelist"),
             results_blacklist=doc.get("resultsBlacklist"),

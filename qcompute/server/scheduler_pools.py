@@ -12,13 +12,14 @@ import shutil
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from qcompute.states import PoolState as P
 
+from .crypto import SealError
 from .db.models import Pool, PoolSlot, Task, utcnow
 from .executors.base import Finished, InstanceKey, InstanceSpec, ResourceSpec, S3Access
 from .services.pools import (FAILED, PREPARING, READY, completion_deadline, derive_pool_state,
@@ -44,11 +45,13 @@ def resource_specs(document: dict) -> list[ResourceSpec]:
 
 
 class PoolKeeper:
-    def __init__(self, settings: ServerSettings, s3: Optional[S3Access],
-                 secrets_env: Callable[[Session, Pool, InstanceKey], dict[str, str]]) -> None:
+    def __init__(self, settings: ServerSettings,
+                 payload: Callable[[Session, Pool, InstanceKey],
+                                   tuple[dict[str, str], S3Access]]) -> None:
         self.settings = settings
-        self.s3 = s3
-        self.secrets_env = secrets_env  # the pool's granted secrets (their values get masked)
+        # A preparation run's secrets and credentials (their values get masked) and its
+        # owner's S3 identity; raises SealError when the owner's token is not known.
+        self.payload = payload
         self.busy: dict[int, set[InstanceKey]] = {}  # pool id → its task instances in flight
         self.preparing: dict[InstanceKey, int] = {}  # preparation run → PoolSlot id
         self._idle_since: dict[int, datetime] = {}
@@ -177,7 +180,14 @@ class PoolKeeper:
             if slot.state != PREPARING or slot.id in running:
                 continue
             slot.attempt += 1
-            spec = self._preparation_spec(session, pool, slot)
+            try:
+                spec = self._preparation_spec(session, pool, slot)
+            except SealError as exc:  # no owner identity: an infrastructure failure
+                key = InstanceKey(pool.uuid, slot.slot, slot.attempt)
+                self.preparing[key] = slot.id
+                self.preparation_ended(session, Finished(key, exit_code=None, error=str(exc)),
+                                       self.settings.max_infra_retries)
+                continue
             self.preparing[spec.key] = slot.id
             specs.append(spec)
         return specs
@@ -194,14 +204,14 @@ class PoolKeeper:
         env.update({c["key"]: c.get("value") or "" for c in doc.get("constants") or ()})
         env.update({"POOL_UUID": pool.uuid, "POOL_NAME": pool.name, "SLOT_ID": str(slot.slot),
                     "INSTANCE_ID": str(slot.slot), "INSTANCE_COUNT": str(pool.slot_target)})
-        secret_env = self.secrets_env(session, pool,
+        secret_env, s3 = self.payload(session, pool,
                                       InstanceKey(pool.uuid, slot.slot, slot.attempt))
         workdir = Path(self.settings.data_dir, "work", pool.uuid, f"slot-{slot.slot}-{slot.attempt}")
         return InstanceSpec(
             task_uuid=pool.uuid, instance_id=slot.slot, attempt=slot.attempt,
             command=doc["preparationTask"]["commandLine"], env=env, secret_env=secret_env,
             network=profile.network if profile else True, share_dir=self.share_dir(pool),
-            workdir=str(workdir), s3=self.s3, resources=tuple(resource_specs(doc)),
+            workdir=str(workdir), s3=s3, resources=tuple(resource_specs(doc)),
             kill_grace_seconds=self.settings.kill_grace_seconds)
 
     def _finish(self, session: Session, pool: Pool, slots: list[PoolSlot], tasks_active: bool,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import platformdirs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hardware import NodeCapabilities, NodeOverrides, detect
@@ -58,6 +58,9 @@ class ServerSettings(BaseSettings):
     keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     # SQLAlchemy URL; empty means SQLite at <data_dir>/qcompute.db.
     database_url: str = ""
+    # The key sealing secret values and tokens in the database (crypto.py); empty means
+    # <data_dir>/secrets.key, created on first start. A named file must exist and be valid.
+    secrets_key_file: Optional[Path] = None
 
     # Storage: "embedded" starts SeaweedFS `weed mini` under <data_dir>/s3; "external" uses s3_url.
     storage: Literal["embedded", "external"] = "embedded"
@@ -102,6 +105,11 @@ class ServerSettings(BaseSettings):
     node: NodeOverrides = Field(default_factory=NodeOverrides)
     nodes: list[NodeCapabilities] = Field(default_factory=list)
     default_user_email: str = "owner@qcompute.local"
+
+    @field_validator("secrets_key_file", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value):
+        return None if value == "" else value
 
     @property
     def resolved_database_url(self) -> str:

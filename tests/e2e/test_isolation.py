@@ -2,6 +2,10 @@
 that user's buckets; rotation and removal take effect at once, without a restart."""
 from __future__ import annotations
 
+import json
+import shlex
+import sqlite3
+import sys
 import uuid
 
 import boto3
@@ -237,3 +241,80 @@ def test_removal_takes_effect_at_once(cluster, add_user, owner):
     refused(lambda: again.s3.get_object(Bucket=bucket, Key="k"))
     owner.s3client.delete_object(Bucket=bucket, Key="k")
     owner.s3client.delete_bucket(Bucket=bucket)
+
+
+# -- runners and exported credentials: the task owner's identity ------------------------------
+
+BOTO_IN_TASK = """
+import os, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+print("as", os.environ["AWS_ACCESS_KEY_ID"])
+try:
+    s3.get_object(Bucket=os.environ["OTHER"], Key="secret.txt")
+    print("read the other user's bucket")
+except ClientError as exc:
+    print("other:", exc.response["Error"]["Code"])
+s3.put_object(Bucket=os.environ["OWN"], Key="from-task.txt", Body=b"written by the task")
+print("own: written")
+"""
+
+
+def test_exported_credentials_are_the_owners_own_keys(alice_bucket, bob):
+    own = f"{bob.prefix}exported"
+    bob.s3.create_bucket(Bucket=own)
+    with bob.connection() as conn:
+        task = conn.create_task("credentials", "docker-batch")
+        task.allow_credentials_to_be_exported_to_task_environment()
+        task.constants.update({"OTHER": alice_bucket, "OWN": own, "DOCKER_CMD": (
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(BOTO_IN_TASK)}")})
+        task.run(job_timeout=60)
+        assert task.state == "Success", (task.errors, task.stderr())
+        assert task.stdout() == f"as {bob.email}\nother: AccessDenied\nown: written\n"
+    got = bob.s3.get_object(Bucket=own, Key="from-task.txt")["Body"].read()
+    assert got == b"written by the task"
+
+
+def _post(account, path: str, doc: dict) -> str:
+    response = requests.post(f"{account.cluster.url}{path}", json=doc, timeout=30,
+                             headers={"Authorization": account.token})
+    assert response.status_code == 201, response.text
+    return response.json()["uuid"]
+
+
+def test_runners_fetch_resources_as_the_tasks_owner(cluster, alice_bucket, bob):
+    """Were the check at submit bypassed, B's runner still cannot read A's bucket."""
+    own = f"{bob.prefix}resources"
+    bob.s3.create_bucket(Bucket=own)
+    job = _post(bob, "/jobs", {"name": "held", "useDependencies": True})
+    parent = _post(bob, "/tasks", {"name": "hold", "profile": "docker-batch", "jobUuid": job,
+                                   "constants": [{"key": "DOCKER_CMD", "value": "sleep 300"}]})
+    child = _post(bob, "/tasks", {
+        "name": "steal", "profile": "docker-batch", "jobUuid": job, "resourceBuckets": [own],
+        "dependencies": {"advancedDependsOn": [{"taskUuid": parent}]},
+        "constants": [{"key": "DOCKER_CMD", "value": "cat secret.txt"}]})
+    with sqlite3.connect(cluster.data_dir / "qcompute.db", timeout=30) as db:
+        (text,) = db.execute("SELECT document FROM tasks WHERE uuid = ?", (child,)).fetchone()
+        db.execute("UPDATE tasks SET document = ? WHERE uuid = ?",
+                   (json.dumps({**json.loads(text), "resourceBuckets": [alice_bucket]}), child))
+    with bob.connection() as conn:
+        conn.retrieve_task(parent).abort()  # any final state releases the child
+        task = conn.retrieve_task(child)
+        task.wait(timeout=90)
+        assert task.state == "Failure"
+        assert "alice only" not in task.stdout()
+        message = " ".join(e.message for e in task.errors)
+    assert f"s3://{alice_bucket}/" in message and "AccessDenied" in message, message
+
+
+def test_the_data_dir_is_private(cluster, owner):
+    task = owner.create_task("modes", "docker-batch")
+    task.constants["DOCKER_CMD"] = "echo private"
+    task.run(job_timeout=60)
+    data = cluster.data_dir
+    assert data.stat().st_mode & 0o777 == 0o700
+    for path in (data / "qcompute.db", data / "secrets.key", data / "qcompute.conf",
+                 *(data / "output" / task.uuid).iterdir()):
+        assert path.stat().st_mode & 0o077 == 0, path  # made under the server's umask 077

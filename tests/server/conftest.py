@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from qcompute.server.app import create_app
 from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.executors.base import (Executor, Finished, InstanceKey, InstanceSpec, Output,
-                                            Phase, SnapshotDone, SnapshotRequest)
+                                            Phase, S3Access, SnapshotDone, SnapshotRequest)
 from qcompute.server.settings import ServerSettings
 
 
@@ -24,7 +25,6 @@ class StubStorage:
     """Storage without S3: records the identities the server provisions."""
 
     endpoint_url = "http://127.0.0.1:9"
-    admin_access = None
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[str, str | None]] = {}
@@ -38,6 +38,9 @@ class StubStorage:
 
     def describe(self) -> str:
         return "stub storage"
+
+    def owner_access(self, email: str, token: str) -> S3Access:
+        return S3Access(self.endpoint_url, email, token)
 
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)
@@ -182,6 +185,12 @@ class Cluster:
 
     def wait_dispatched(self, uuid: str, count: int) -> list[InstanceKey]:
         return wait_for(lambda: len(keys := self.executor.keys_of(uuid)) >= count and keys)
+
+
+def database_bytes(cluster: Cluster) -> bytes:
+    """The SQLite database as it is on disk: the main file and its write-ahead log."""
+    path = cluster.client.app.state.ctx.settings.data_dir / "qcompute.db"
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
 def make_cluster(tmp_path, capacity: int = 2, **settings_kw):

@@ -1,22 +1,29 @@
 """Alembic migrations: a database made by an older revision upgrades with its data intact."""
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from cryptography.fernet import Fernet
 
+from qcompute.server.crypto import Sealer
 from qcompute.server.db import make_engine, migrate
 from qcompute.server.db.session import _MIGRATIONS
 
 
-def _upgrade_to(engine, revision: str) -> None:
+def _upgrade_to(engine, revision: str, sealer=None, *, down: bool = False) -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["sealer"] = sealer
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        (command.downgrade if down else command.upgrade)(config, revision)
 
 
 def test_0002_backfills_instance_counts(tmp_path):
@@ -35,7 +42,7 @@ def test_0002_backfills_instance_counts(tmp_path):
                 "INSERT INTO instances (task_id, instance_id, rank, state, attempt, "
                 "infra_failures, exec_time_sec, wall_time_sec, peak_memory_mb) "
                 "VALUES (1, :iid, :iid, :state, 1, 0, 0, 0, 0)"), {"iid": iid, "state": state})
-    migrate(engine)  # to head
+    migrate(engine, Sealer(Fernet.generate_key()))  # to head
     with engine.connect() as db:
         counts = db.execute(sa.text("SELECT instance_counts FROM tasks WHERE id = 1")).scalar()
         version = db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
@@ -44,4 +51,88 @@ def test_0002_backfills_instance_counts(tmp_path):
             "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
     assert (pool, job, waiting) == (None, None, 0)
-    assert version == "0003"
+    assert version == "0004"
+
+
+# -- 0004: secrets and tokens sealed --------------------------------------------------------------
+
+SECRET = "clear-secret-value-0004"
+
+
+def _on_disk(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def _clear_0003(tmp_path) -> tuple:
+    """A database at 0003 holding a secret and exported tokens in clear: alice's current
+    token (twice), and bob's old one (he rotated since)."""
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade_to(engine, "0003")
+    alice, bob, bob_old = (secrets.token_hex(24) for _ in range(3))
+    with engine.begin() as db:
+        for uid, token in ((1, alice), (2, bob)):
+            db.execute(sa.text(
+                "INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, created_at) "
+                "VALUES (:id, :email, :hash, '', 0, '2026-01-01')"),
+                {"id": uid, "email": f"u{uid}@x.org",
+                 "hash": hashlib.sha256(token.encode()).hexdigest()})
+        db.execute(sa.text("INSERT INTO secrets (owner_id, key, value, created_at, updated_at) "
+                           "VALUES (1, 'db/password', :v, '2026-01-01', '2026-01-01')"),
+                   {"v": SECRET})
+        for tid, owner, token in ((1, 1, alice), (2, 1, alice), (3, 2, bob_old)):
+            db.execute(sa.text(
+                "INSERT INTO tasks (id, uuid, owner_id, name, shortname, document, "
+                "instance_count, state, state_transition_time, abort_requested, errors, "
+                "results_count, created_at, updated_at, exported_token) VALUES (:id, :uuid, "
+                ":owner, 't', 't', '{}', 1, 'Submitted', '2026-01-01', 0, '[]', 0, "
+                "'2026-01-01', '2026-01-01', :token)"),
+                {"id": tid, "uuid": f"u{tid}", "owner": owner, "token": token})
+            db.execute(sa.text("INSERT INTO instances (task_id, instance_id, rank, state, "
+                               "attempt, infra_failures, exec_time_sec, wall_time_sec, "
+                               "peak_memory_mb) VALUES (:id, 0, 0, 'Queued', 0, 0, 0, 0, 0)"),
+                       {"id": tid})
+    return engine, path, alice, bob_old
+
+
+def test_0004_seals_clear_values_and_leaves_none_on_disk(tmp_path):
+    engine, path, alice, bob_old = _clear_0003(tmp_path)
+    before = _on_disk(path)
+    assert SECRET.encode() in before and alice.encode() in before and bob_old.encode() in before
+    sealer = Sealer(Fernet.generate_key())
+    migrate(engine, sealer)
+    with engine.connect() as db:
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        value = db.execute(sa.text("SELECT value FROM secrets")).scalar()
+        tokens = dict(db.execute(sa.text("SELECT id, sealed_token FROM users")).all())
+        columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
+        instances = db.execute(sa.text("SELECT COUNT(*) FROM instances")).scalar()
+    assert value != SECRET and sealer.open(value) == SECRET
+    assert sealer.open(tokens[1]) == alice and tokens[2] is None  # bob's token was stale
+    assert "exported_token" not in columns and instances == 3  # no cascade from the drop
+    engine.dispose()
+    after = _on_disk(path)
+    for clear in (SECRET, alice, bob_old):
+        assert clear.encode() not in after, clear
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+
+
+def test_0004_needs_the_key_and_changes_nothing_without_it(tmp_path):
+    engine, path, alice, _ = _clear_0003(tmp_path)
+    with pytest.raises(RuntimeError, match="needs the server's key"):
+        _upgrade_to(engine, "head")
+    with engine.connect() as db:
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert db.execute(sa.text("SELECT value FROM secrets")).scalar() == SECRET
+        assert "sealed_token" not in {c["name"] for c in sa.inspect(db).get_columns("users")}
+
+
+def test_0004_downgrade_opens_the_values_again(tmp_path):
+    engine, _, _, _ = _clear_0003(tmp_path)
+    sealer = Sealer(Fernet.generate_key())
+    migrate(engine, sealer)
+    _upgrade_to(engine, "0003", sealer, down=True)
+    with engine.connect() as db:
+        assert db.execute(sa.text("SELECT value FROM secrets")).scalar() == SECRET
+        assert "exported_token" in {c["name"] for c in sa.inspect(db).get_columns("tasks")}
+        assert "sealed_token" not in {c["name"] for c in sa.inspect(db).get_columns("users")}

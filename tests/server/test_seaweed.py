@@ -141,6 +141,20 @@ def test_external_storage_uses_the_given_endpoint(tmp_path):
     storage.stop()
 
 
+def test_runners_get_the_owners_keys_except_on_an_external_s3(tmp_path, caplog):
+    embedded = EmbeddedStorage(ServerSettings(data_dir=tmp_path, s3_port=18999,
+                                              s3_region="eu-west-3"))
+    assert embedded.owner_access("ann@x.org", "tok") == S3Access(
+        "http://127.0.0.1:18999", "ann@x.org", "tok", "eu-west-3")
+    external = ExternalStorage(ServerSettings(
+        data_dir=tmp_path, storage="external", s3_url="http://s3.example",
+        s3_admin_access_key="AK", s3_admin_secret_key="SK"))
+    for email in ("ann@x.org", "bob@x.org"):  # no per-user keys there yet: warned, once
+        assert external.owner_access(email, "tok") == S3Access("http://s3.example", "AK", "SK")
+    warnings = [r for r in caplog.records if "admin keys" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+
+
 def test_half_given_admin_keys_are_refused(tmp_path):
     storage = EmbeddedStorage(ServerSettings(data_dir=tmp_path, s3_admin_access_key="only"))
     with pytest.raises(ValueError, match="both"):

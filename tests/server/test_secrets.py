@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from qcompute.server.db.models import Secret, Task
+from qcompute.server.crypto import unseal
+from qcompute.server.db.models import Secret
 from qcompute.server.executors.base import Finished, Output, Phase
 
-from .conftest import wait_for
+from .conftest import database_bytes, wait_for
 
 DATA = "/secrets-manager/data"
 
@@ -38,11 +39,6 @@ def add_user(cluster, email: str) -> dict:
     response = cluster.post("/admin/users", json={"email": email})
     assert response.status_code == 201, response.text
     return {"Authorization": response.json()["token"]}
-
-
-def row(cluster, uuid: str, column: str):
-    with cluster.client.app.state.ctx.sessions() as session:
-        return getattr(session.scalar(select(Task).where(Task.uuid == uuid)), column)
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -173,54 +169,17 @@ def test_secret_values_are_masked_even_split_across_chunks(cluster):
     assert len(cluster.client.app.state.ctx.scheduler.masks) == 0  # forgotten at the end
 
 
-# -- exported credentials -----------------------------------------------------------------------
+# -- sealed at rest ---------------------------------------------------------------------------
 
-EXPORT = {"privileges": {"exportApiAndStorageCredentialsInEnvironment": True}}
-
-
-def test_credentials_are_exported_masked_and_forgotten_at_the_end(cluster):
-    token = cluster.headers["Authorization"]
-    uuid = cluster.submit("env", **EXPORT)
-    assert row(cluster, uuid, "exported_token") == token
-    key = cluster.wait_dispatched(uuid, 1)[0]
-    env = cluster.executor.specs[key].secret_env
-    settings = cluster.client.app.state.ctx.settings
-    assert {k: env[k] for k in env if k.startswith(("QARNOT_", "QCOMPUTE_", "AWS_"))} == {
-        "QARNOT_CLUSTER_URL": settings.api_url, "QCOMPUTE_CLUSTER_URL": settings.api_url,
-        "QARNOT_CLIENT_TOKEN": token, "QCOMPUTE_CLIENT_TOKEN": token,
-        "QARNOT_STORAGE_URL": "http://127.0.0.1:9", "QCOMPUTE_STORAGE_URL": "http://127.0.0.1:9",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "owner@qcompute.local",
-        "AWS_SECRET_ACCESS_KEY": token, "AWS_DEFAULT_REGION": settings.s3_region}
-    assert "exported_token" not in str(cluster.task(uuid))
-    cluster.executor.run(key, stdout=f"token is {token}\n")
-    cluster.wait_state(uuid, "Success")
-    assert cluster.get(f"/tasks/{uuid}/stdout").text == "token is ***\n"
-    assert row(cluster, uuid, "exported_token") is None
-
-
-def test_credentials_only_when_granted_and_cleared_on_abort(cluster):
-    plain = cluster.submit("env")
-    assert row(cluster, plain, "exported_token") is None
-    key = cluster.wait_dispatched(plain, 1)[0]
-    env = cluster.executor.specs[key].secret_env
-    assert not {"QARNOT_CLIENT_TOKEN", "AWS_SECRET_ACCESS_KEY"} & env.keys()
-    token = cluster.headers["Authorization"]
-    bulk = cluster.post("/tasks", json=[{"name": "b", "profile": "docker-batch", **EXPORT,
-                                         "constants": [{"key": "DOCKER_CMD", "value": "env"}]}],
-                        headers={"Authorization": f"Bearer {token}"})
-    uuid = bulk.json()[0]["uuid"]
-    assert row(cluster, uuid, "exported_token") == token
-    assert cluster.post(f"/tasks/{uuid}/abort").status_code == 200
-    cluster.wait_state(uuid, "Cancelled")
-    assert row(cluster, uuid, "exported_token") is None
-
-
-def test_secret_rows_are_scoped_by_owner(cluster):
+def test_secrets_are_sealed_at_rest_and_scoped_by_owner(cluster):
     alice = add_user(cluster, "alice@example.com")
     put(cluster, "k/one", "owner-value")
     put(cluster, "k/one", "alice-value", headers=alice)
     with cluster.client.app.state.ctx.sessions() as session:
-        assert sorted(session.scalars(select(Secret.value))) == ["alice-value", "owner-value"]
+        stored = list(session.scalars(select(Secret.value)))
+        assert sorted(unseal(session, v) for v in stored) == ["alice-value", "owner-value"]
+    assert not {"alice-value", "owner-value"} & set(stored)
+    assert b"-value" not in database_bytes(cluster)
     uuid = cluster.submit("env", secretsAccessRights={"bySecret": [{"key": "k/one"}]})
     key = cluster.wait_dispatched(uuid, 1)[0]
     assert cluster.executor.specs[key].secret_env["QARNOT_SECRET__K_ONE"] == "owner-value"

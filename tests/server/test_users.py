@@ -4,10 +4,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qcompute.cli.users import _replace_token
 from qcompute.server.bootstrap import client_config_path, read_token, write_client_config
+from qcompute.server.crypto import Sealer, unseal
 from qcompute.server.db import make_engine, make_session_factory, migrate
 from qcompute.server.db.models import User
 from qcompute.server.services import users as service
@@ -25,6 +28,13 @@ def status_as(cluster, token: str, path: str = "/info") -> int:
     return cluster.client.get(path, headers={"Authorization": token}).status_code
 
 
+def token_kept(cluster, email: str):
+    """The user's sealed token, opened (None if the row has none)."""
+    with cluster.client.app.state.ctx.sessions() as session:
+        sealed = session.scalar(select(User.sealed_token).where(User.email.endswith(email)))
+        return sealed and unseal(session, sealed)
+
+
 def submit_as(cluster, token: str, command: str = "sleep 9") -> str:
     doc = {"name": "t", "profile": "docker-batch",
            "constants": [{"key": "DOCKER_CMD", "value": command}]}
@@ -38,8 +48,9 @@ def submit_as(cluster, token: str, command: str = "sleep 9") -> str:
 @pytest.fixture
 def session(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    with make_session_factory(engine)() as s:
+    sealer = Sealer(Fernet.generate_key())
+    migrate(engine, sealer)
+    with make_session_factory(engine, sealer)() as s:
         service.create_user(s, "owner@example.com", owner=True)
         yield s
     engine.dispose()
@@ -107,6 +118,7 @@ def test_rotate_token(cluster):
     assert info.status_code == 200 and info.json()["bucketPrefix"] == alice["bucketPrefix"]
     assert cluster.storage.identities["alice@example.com"] == (rotated["token"],
                                                                 alice["bucketPrefix"])
+    assert token_kept(cluster, "alice@example.com") == rotated["token"]
 
 
 def test_rotate_needs_the_owner_and_a_known_user(cluster):
@@ -128,6 +140,7 @@ def test_rotating_the_owner_rewrites_the_server_config(cluster):
     assert read_token(client_config_path(cluster.client.app.state.ctx.settings)) == token
     assert cluster.storage.identities["owner@qcompute.local"] == (token, None)
     assert status_as(cluster, token, "/admin/users") == 200
+    assert token_kept(cluster, "owner@qcompute.local") == token
 
 
 def test_the_cli_puts_a_rotated_token_in_its_config(tmp_path):
@@ -155,6 +168,7 @@ def test_remove_user(cluster):
                                "deletedTasks": 1, "message": "removed"}
     assert cluster.storage.removed == ["alice@example.com"]
     assert "alice@example.com" not in cluster.storage.identities
+    assert token_kept(cluster, "/alice@example.com") is None  # the tombstone keeps no token
     assert status_as(cluster, alice["token"]) == 401
     assert [u["email"] for u in cluster.get("/admin/users").json()] == ["owner@qcompute.local"]
     assert cluster.delete("/admin/users/alice@example.com").status_code == 404
@@ -234,6 +248,7 @@ def test_rotation_is_rolled_back_when_provisioning_fails(cluster, monkeypatch):
     response = cluster.post("/admin/users/alice@example.com/token")
     assert response.status_code == 503 and "token" not in response.json()
     assert status_as(cluster, alice["token"]) == 200
+    assert token_kept(cluster, "alice@example.com") == alice["token"]
 
 
 def test_removal_is_rolled_back_when_revoking_fails(cluster, monkeypatch):

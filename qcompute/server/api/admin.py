@@ -96,8 +96,8 @@ def rotate_token(email: str, session: SessionDep, _owner: OwnerUser, ctx: Contex
     try:
         session.commit()
     except Exception:
-        # The S3 secret is already the new token and the old one is not known (only its hash):
-        # the user must be rotated again.
+        # The S3 secret is already the new token while the database keeps the old one: the
+        # user must be rotated again.
         log.exception("rotating %s: S3 has the new secret but the database kept the old "
                       "token; rotate again", email)
         raise

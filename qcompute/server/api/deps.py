@@ -11,7 +11,7 @@ from ..db.models import User
 from ..errors import Forbidden
 from ..scheduler import Scheduler
 from ..services.output import OutputStore
-from ..services.users import authenticate
+from ..services.users import authenticate, bare_token, remember_token
 from ..settings import ServerSettings
 
 
@@ -39,9 +39,18 @@ def get_session(ctx: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def signed_in(session: Session, authorization: Optional[str]) -> User:
+    """The user of the token; an account that predates sealed tokens gets its token sealed
+    now, committed at once (the first thing the request's session does)."""
+    user = authenticate(session, authorization)
+    if user.sealed_token is None and remember_token(session, user, bare_token(authorization)):
+        session.commit()
+    return user
+
+
 def current_user(session: SessionDep,
                  authorization: Annotated[Optional[str], Header()] = None) -> User:
-    return authenticate(session, authorization)
+    return signed_in(session, authorization)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -20,7 +20,7 @@ router = APIRouter(prefix="/secrets-manager", tags=["secrets"])
 
 @router.get("/data/{key:path}", summary="A secret's value")
 def get_secret(key: str, session: SessionDep, user: CurrentUser):
-    return {"value": service.get_secret(session, user, key).value}
+    return {"value": service.secret_value(session, user, key)}
 
 
 @router.put("/data/{key:path}", status_code=201, summary="Create a secret (409 if it exists)",

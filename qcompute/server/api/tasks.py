@@ -21,8 +21,7 @@ from ..services.output import TASK_LEVEL
 from ..services.placement import dependencies_json, dependents_of
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
-from ..services.users import authenticate, bare_token
-from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
+from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep, signed_in
 from .idempotency import loads, run_once
 from .output import add_output_routes
 
@@ -40,21 +39,18 @@ def _parse_submit(item: Any) -> TaskSubmit:
 def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
                  ctx: ContextDep) -> Response:
     payload = loads(body)
-    token = bare_token(request.headers.get("Authorization"))  # kept if credentials are exported
     waiting: list[int] = []  # tasks with dependencies: the scheduler resolves them
 
     def work() -> tuple[int, Any]:
         if not isinstance(payload, list):
-            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload),
-                                       token=token)
+            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload))
             waiting.extend([task.id] if task.waiting_on else [])
             return 201, {"uuid": task.uuid}
         results = []
         for item in payload:  # each item stands alone: one bad task does not sink the rest
             try:
                 with session.begin_nested():
-                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item),
-                                               token=token)
+                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item))
                 waiting.extend([task.id] if task.waiting_on else [])
                 results.append({"statusCode": 201, "uuid": task.uuid, "message": "created"})
             except DomainError as exc:
@@ -132,7 +128,7 @@ def paginate_summaries(request: Request, body: RawBody, session: SessionDep, use
 def _load(ctx: AppContext, authorization: Optional[str], uuid: str) -> dict[str, Any]:
     """One task's document, in a session of its own (long polls hold no connection)."""
     with ctx.sessions() as session:
-        user = authenticate(session, authorization)
+        user = signed_in(session, authorization)
         return _full(ctx, session, service.get_task(session, user, uuid))
 
 
@@ -165,7 +161,7 @@ async def get_task(
 
 def _states(ctx: AppContext, authorization: Optional[str], uuids: list[str]) -> dict[str, str]:
     with ctx.sessions() as session:
-        user = authenticate(session, authorization)
+        user = signed_in(session, authorization)
         states = service.task_states(session, user, uuids)
     missing = [u for u in uuids if u not in states]
     if missing:

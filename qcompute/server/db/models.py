@@ -50,6 +50,9 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    # The token itself, sealed (crypto.py): the runners sign S3 with it, and tasks that export
+    # their credentials get it. None for an account made before 0004 until it authenticates.
+    sealed_token: Mapped[Optional[str]] = mapped_column(Text)
     bucket_prefix: Mapped[str] = mapped_column(String(64), default="")  # "" = any bucket name
     is_owner: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -87,9 +90,6 @@ class Task(Lifecycle, Base):
     # Timers the scheduler's tick acts on (indexed: the tick costs what is due, not the table).
     queue_deadline: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
     delete_after: Mapped[Optional[datetime]] = mapped_column(DateTime, index=True)
-    # privileges.exportApiAndStorageCredentialsInEnvironment: the submitter's raw token, kept
-    # (tokens are stored hashed) until the task is final, for its payload's environment.
-    exported_token: Mapped[Optional[str]] = mapped_column(String(256))
 
     tags: Mapped[list["TaskTag"]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="TaskTag.position")
@@ -262,7 +262,7 @@ class Secret(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(1024))
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text)  # sealed (crypto.py)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

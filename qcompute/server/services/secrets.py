@@ -2,7 +2,7 @@
 it (``secretsAccessRights``), and what reaches the payload's environment.
 
 Every query is scoped by owner: another user's secret is a 404. Services validate and write;
-they never commit.
+they never commit. Values are stored sealed (``crypto.py``) and opened when they are read.
 
 **Environment.** Each granted secret is exported as ``QARNOT_SECRET__<NAME>``, where ``NAME``
 is the key upper-cased with every character outside ``[A-Za-z0-9_]`` replaced by ``_``
@@ -21,13 +21,14 @@ from sqlalchemy import or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..crypto import seal, unseal
 from ..db.models import Secret, User, utcnow
 from ..errors import BadRequest, Conflict, NotFound
 from ..schemas.secrets import check_value, normalise_key
 
-__all__ = ["ENV_PREFIX", "get_secret", "create_secret", "update_secret", "delete_secret",
-           "search_secrets", "read_value", "granted_secrets", "secret_env_name",
-           "secrets_env", "credentials_env", "payload_env"]
+__all__ = ["ENV_PREFIX", "get_secret", "secret_value", "create_secret", "update_secret",
+           "delete_secret", "search_secrets", "read_value", "granted_secrets", "secret_env_name",
+           "secrets_env", "credentials_env", "exports_credentials", "payload_env"]
 
 ENV_PREFIX = "QARNOT_SECRET__"
 
@@ -61,6 +62,10 @@ def get_secret(session: Session, user: User, key: str) -> Secret:
     return secret
 
 
+def secret_value(session: Session, user: User, key: str) -> str:
+    return unseal(session, get_secret(session, user, key).value)
+
+
 def create_secret(session: Session, user: User, key: str, value: str) -> Secret:
     """A new secret; 409 if the key is taken (also when a concurrent create won the race)."""
     key = _key(key)
@@ -69,7 +74,8 @@ def create_secret(session: Session, user: User, key: str, value: str) -> Secret:
     if _find(session, user, key) is not None:
         raise taken
     now = utcnow()
-    secret = Secret(owner_id=user.id, key=key, value=value, created_at=now, updated_at=now)
+    secret = Secret(owner_id=user.id, key=key, value=seal(session, value), created_at=now,
+                    updated_at=now)
     try:
         with session.begin_nested():
             session.add(secret)
@@ -80,7 +86,7 @@ def create_secret(session: Session, user: User, key: str, value: str) -> Secret:
 
 def update_secret(session: Session, user: User, key: str, value: str) -> Secret:
     secret = get_secret(session, user, key)
-    secret.value, secret.updated_at = value, utcnow()
+    secret.value, secret.updated_at = seal(session, value), utcnow()
     return secret
 
 
@@ -125,7 +131,7 @@ def granted_secrets(session: Session, owner_id: int,
         return {}
     rows = session.execute(select(Secret.key, Secret.value).where(
         Secret.owner_id == owner_id, or_(*conditions)))
-    return dict(rows.all())
+    return {key: unseal(session, value) for key, value in rows}
 
 
 def secret_env_name(key: str) -> str:
@@ -158,11 +164,20 @@ def merge_rights(*rights: Optional[dict[str, Any]]) -> dict[str, list]:
             "byPrefix": [r for each in rights if each for r in each.get("byPrefix") or ()]}
 
 
+def exports_credentials(document: dict[str, Any]) -> bool:
+    """Whether a task's (or pool's) document grants
+    ``privileges.exportApiAndStorageCredentialsInEnvironment``."""
+    privileges = document.get("privileges")
+    return isinstance(privileges, dict) and \
+        privileges.get("exportApiAndStorageCredentialsInEnvironment") is True
+
+
 def payload_env(session: Session, *, owner_id: int, document: dict[str, Any],
                 exported_token: Optional[str], api_url: str, storage_url: Optional[str],
                 region: str = "us-east-1") -> tuple[dict[str, str], list[str]]:
-    """The environment a task's (or pool's) payload gets from its granted secrets and, when
-    ``exported_token`` is kept, its credentials; and the values to mask in its output."""
+    """The environment a task's (or pool's) payload gets from its granted secrets and, given
+    ``exported_token`` (the owner's token, when exported), its credentials; and the values to
+    mask in its output."""
     granted = granted_secrets(session, owner_id, document.get("secretsAccessRights"))
     env, masked = secrets_env(granted), list(granted.values())
     if exported_token:

@@ -58,9 +58,8 @@ def check_bucket_prefix(user: User, names: list[str]) -> None:
 
 
 def submit_task(session: Session, settings: ServerSettings, user: User,
-                doc: TaskSubmit, *, token: Optional[str] = None) -> Task:
-    """Validate a task document and store the task with its queued instances. ``token`` (the
-    submitter's raw token) is kept only if the task's privileges export the credentials."""
+                doc: TaskSubmit) -> Task:
+    """Validate a task document and store the task with its queued instances."""
     from .placement import place_task, record_dependencies  # noqa: PLC0415 (import cycle)
 
     place = place_task(session, user, doc)
@@ -96,8 +95,6 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
         tags=[TaskTag(tag=t, position=n) for n, t in enumerate(dict.fromkeys(doc.tags or ()))],
         pool_id=place.pool.id if place.pool else None, job_id=place.job.id if place.job else None,
     )
-    if doc.privileges and doc.privileges.export_api_and_storage_credentials_in_environment:
-        task.exported_token = token  # for the payload's environment; cleared once final
     session.add(task)
     session.flush()
     record_dependencies(session, task, doc, place.job)
@@ -237,11 +234,7 @@ def refresh_task_state(session: Session, task: Task, now: Optional[datetime] = N
     now = now or utcnow()
     counts = {I(s): n for s, n in (task.instance_counts or {}).items()}
     state = derive_task_state(counts, abort_requested=task.abort_requested)
-    if not task.move_to(state.value, now, final=state.is_final()):
-        return False
-    if state.is_final():
-        task.exported_token = None  # no instance will need the credentials again
-    return True
+    return task.move_to(state.value, now, final=state.is_final())
 
 
 # -- listing ----------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Users and their tokens. Tokens are random, shown once, and stored as SHA-256 hashes.
+"""Users and their tokens. Tokens are random and shown once. The database keeps a token's
+SHA-256 hash, to authenticate, and the token sealed (``crypto.py``), for the runners' S3
+identity and for tasks that export their credentials. An account made before tokens were
+sealed gets its sealed token the first time it authenticates (:func:`remember_token`).
 
 Bucket prefixes: the owner has none (any bucket name); every other user gets
 ``<slug>-<id>-``, where the slug is the e-mail's local part reduced to ``[a-z0-9]`` (no dash)
@@ -18,17 +21,19 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sqlalchemy import delete, func, not_, select
+from sqlalchemy import delete, func, not_, select, update
 from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
+from ..crypto import SealError, seal, unseal
 from ..db.models import IdempotencyRecord, Instance, Job, Pool, PoolSlot, Secret, Task, User
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
-__all__ = ["hash_token", "new_token", "bare_token", "authenticate", "create_user", "list_users",
-           "rotate_token", "get_owner", "find_user", "remove_user", "RemovedUser"]
+__all__ = ["hash_token", "new_token", "bare_token", "authenticate", "remember_token",
+           "open_token", "TokenUnknown", "create_user", "list_users", "rotate_token",
+           "get_owner", "find_user", "remove_user", "RemovedUser"]
 
 _REMOVED = "removed/"  # tombstone mark; '/' cannot appear in a live user's e-mail
 # What an S3 access key may hold (the embedded SeaweedFS uses the e-mail as access key).
@@ -60,6 +65,33 @@ def authenticate(session: Session, authorization: Optional[str]) -> User:
     if user is None:
         raise Unauthorized("invalid token", code="invalid_token")
     return user
+
+
+def remember_token(session: Session, user: User, token: str) -> bool:
+    """Seal the token of an account that has none yet (made before tokens were sealed), once:
+    the write is conditional, so concurrent first requests store it once. True if it wrote."""
+    if user.sealed_token is not None:
+        return False
+    written = session.execute(
+        update(User).where(User.id == user.id, User.token_hash == hash_token(token),
+                           User.sealed_token.is_(None))
+        .values(sealed_token=seal(session, token)).execution_options(synchronize_session=False))
+    session.refresh(user, ["sealed_token"])
+    return written.rowcount == 1
+
+
+class TokenUnknown(SealError):
+    """The server does not hold a user's token: it cannot act as that user."""
+
+
+def open_token(session: Session, user: User) -> str:
+    """The user's current API token, opened from its sealed copy."""
+    if user.sealed_token is None:
+        raise TokenUnknown(
+            f"the server does not know the API token of {user.email}: the account predates "
+            "sealed tokens and has not called the API since the upgrade. Submit the task "
+            f"again, or rotate the token (qcompute user rotate {user.email})")
+    return unseal(session, user.sealed_token)
 
 
 def _live():
@@ -106,7 +138,8 @@ def create_user(session: Session, email: str, *, owner: bool = False) -> tuple[U
     if session.scalar(select(User).where(User.email == email)) is not None:
         raise Conflict(f"user {email} already exists", code="user_exists")
     token = new_token()
-    user = User(email=email, token_hash=hash_token(token), is_owner=owner, bucket_prefix="")
+    user = User(email=email, token_hash=hash_token(token), sealed_token=seal(session, token),
+                is_owner=owner, bucket_prefix="")
     session.add(user)
     session.flush()  # the id makes the prefix
     if not owner:
@@ -119,7 +152,7 @@ def rotate_token(session: Session, email: str) -> tuple[User, str]:
     """Give ``email`` a new token (the old one stops authenticating once committed)."""
     user = find_user(session, email)
     token = new_token()
-    user.token_hash = hash_token(token)
+    user.token_hash, user.sealed_token = hash_token(token), seal(session, token)
     session.flush()
     return user, token
 
@@ -173,7 +206,7 @@ def remove_user(session: Session, email: str, *, force: bool = False) -> Removed
         session.execute(delete(model).where(model.owner_id == user.id))
     session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id))
     user.email = f"{_REMOVED}{user.id}/{user.email}"[:320]
-    user.token_hash = f"{_REMOVED}{user.id}"
+    user.token_hash, user.sealed_token = f"{_REMOVED}{user.id}", None
     session.flush()
     return removed
 

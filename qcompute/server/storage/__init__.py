@@ -8,6 +8,9 @@
 * :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
   uses its admin keys; the operator provides each user's keys on that endpoint.
 
+Runners reach S3 as the task's owner (:meth:`StorageBackend.owner_access`), never with the
+admin keys, except on an external endpoint, which has no per-user identities yet (a warning).
+
 ``make_storage(settings)`` picks one from ``settings.storage``.
 """
 from __future__ import annotations
@@ -43,6 +46,10 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def admin_access(self) -> S3Access:
         """The server's own credentials (every bucket)."""
+
+    @abc.abstractmethod
+    def owner_access(self, email: str, token: str) -> S3Access:
+        """The S3 identity a runner uses for a task (or pool) of the user ``email``."""
 
     @property
     def qarnot_sdk_endpoint_url(self) -> str:
@@ -102,6 +109,10 @@ class EmbeddedStorage(StorageBackend):
         weed = self._seaweed()
         return S3Access(self.endpoint_url, weed.admin_access_key, weed.admin_secret_key,
                         self._settings.s3_region)
+
+    def owner_access(self, email: str, token: str) -> S3Access:
+        """The user's own identity (e-mail, token): only the buckets of its prefix."""
+        return S3Access(self.endpoint_url, email, token, self._settings.s3_region)
 
     @property
     def seaweed(self) -> SeaweedFS:
@@ -195,6 +206,7 @@ class ExternalStorage(StorageBackend):
         if not settings.s3_url:
             raise ValueError("external storage needs s3_url (QCOMPUTE_SERVER_S3_URL)")
         self._settings = settings
+        self._warned = False
 
     @property
     def endpoint_url(self) -> str:
@@ -204,6 +216,14 @@ class ExternalStorage(StorageBackend):
     def admin_access(self) -> S3Access:
         return S3Access(self._settings.s3_url, self._settings.s3_admin_access_key,
                         self._settings.s3_admin_secret_key, self._settings.s3_region)
+
+    def owner_access(self, email: str, token: str) -> S3Access:
+        """The admin keys, for now: the server does not know users' keys on this endpoint."""
+        if not self._warned:
+            self._warned = True
+            log.warning("external S3: runners use the server's admin keys, so only the check "
+                        "at submit keeps a task inside its owner's buckets (see isolation docs)")
+        return self.admin_access
 
     def start(self) -> None:
         pass
