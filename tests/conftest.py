@@ -2,7 +2,9 @@
 cluster per test session for ``tests/e2e`` and ``tests/compat`` (both stopped by PID)."""
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import pytest
 
@@ -38,8 +40,11 @@ def s3_admin(seaweed):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """``qcompute server`` (SeaweedFS, SQLite, the local executor) on free loopback ports; the
-    same process for the e2e and compat suites. ``tests/server`` has its own ``cluster``."""
-    running = ClusterProcess(tmp_path_factory.mktemp("cluster"))
+    same process for the e2e and compat suites. ``tests/server`` has its own ``cluster``.
+    Instances see this interpreter's installation read-only, so a task can run
+    ``sys.executable`` with boto3 and the SDKs, as a user would install them on the host."""
+    running = ClusterProcess(tmp_path_factory.mktemp("cluster"), env={
+        "QCOMPUTE_SERVER_INSTANCE_RO_PATHS": json.dumps([sys.prefix])})
     running.start()
     yield running
     running.stop()

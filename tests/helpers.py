@@ -1,16 +1,24 @@
-"""Helpers shared by the test suites: free ports, a real SeaweedFS, S3 clients."""
+"""Helpers shared by the test suites: free ports, a real SeaweedFS, S3 clients, shell
+commands."""
 from __future__ import annotations
 
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any
 
 from qcompute.server.storage.seaweed import SeaweedFS
 from qcompute.server.testing import free_port
 
-__all__ = ["free_port", "start_seaweed", "s3_client", "ADMIN_ACCESS_KEY"]
+__all__ = ["free_port", "start_seaweed", "s3_client", "sh", "ADMIN_ACCESS_KEY"]
 
 ADMIN_ACCESS_KEY = "test-admin"
+
+
+def sh(script: str) -> str:
+    """A task command that runs ``script`` in a shell: commands run without one, as on a Qarnot
+    node."""
+    return "sh -c " + shlex.quote(script)
 
 
 def start_seaweed(data_dir: Path, timeout: float = 30.0) -> SeaweedFS:

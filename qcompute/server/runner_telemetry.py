@@ -38,7 +38,7 @@ def _hierarchies() -> dict[str, str]:
     with open("/proc/self/mountinfo") as lines:
         for line in lines:
             fields, _, rest = line.partition(" - ")
-            parts, (fstype, _source, options) = fields.split(), rest.split()[:3]
+            parts, (fstype, _, options) = fields.split(), rest.split()[:3]
             root, mount = parts[3], parts[4]
             names = [""] if fstype == "cgroup2" else (
                 [o for o in options.split(",") if o in _V1] if fstype == "cgroup" else [])

@@ -34,8 +34,10 @@ free_port = pick_free_port  # a loopback port whose +10000 neighbour (SeaweedFS 
 class ClusterProcess:
     """A ``python -m qcompute server`` child process on its own ports and data dir."""
 
-    def __init__(self, data_dir: Path, workers: int = 4) -> None:
+    def __init__(self, data_dir: Path, workers: int = 4,
+                 env: Optional[dict[str, str]] = None) -> None:
         self.data_dir = Path(data_dir)
+        self.env = {**os.environ, **(env or {})}  # the server's environment (its settings)
         self.port, self.s3_port, self.workers = free_port(), free_port(), workers
         self.process: Optional[subprocess.Popen] = None
 
@@ -57,7 +59,7 @@ class ClusterProcess:
                 [sys.executable, "-m", "qcompute", "server", "--data-dir", str(self.data_dir),
                  "--port", str(self.port), "--s3-port", str(self.s3_port),
                  "--workers", str(self.workers)],
-                stdout=log, stderr=log, start_new_session=True)
+                stdout=log, stderr=log, start_new_session=True, env=self.env)
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:

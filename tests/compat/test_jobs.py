@@ -13,6 +13,8 @@ from qarnot.dependency import (AdvancedDependency, DependencyStateConditionsFulf
 from qarnot.exceptions import MissingJobException, MissingTaskException, UnauthorizedException
 from qarnot.retry_settings import RetrySettings
 
+from tests.helpers import sh
+
 from .helpers import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:(flush|update) is deprecated as of 2.6.0")
@@ -46,7 +48,7 @@ def test_job_dependencies_terminate_and_paging(qconn):
     child = _task(qconn, "compat-child", "echo child", job)
     child.set_task_dependencies_from_tasks([parent])
     child.submit()
-    failing = _task(qconn, "compat-failing", "exit 3", job)
+    failing = _task(qconn, "compat-failing", sh("exit 3"), job)
     failing.submit()
     needs_success = _task(qconn, "compat-needs-success", "echo never", job)
     needs_success.set_task_dependencies_from_uuids([failing.uuid])
@@ -106,7 +108,7 @@ def test_job_delete_needs_force_while_a_task_runs(qconn):
     job = qconn.create_job("compat-running-job")
     job.submit()
     assert job.use_dependencies is False
-    task = _task(qconn, "compat-long", "echo started; sleep 60", job)
+    task = _task(qconn, "compat-long", sh("echo started; sleep 60"), job)
     task.submit()
     wait_for(task, ["FullyExecuting"], timeout=30)
     with pytest.raises(UnauthorizedException):  # 403 job_running
@@ -120,11 +122,13 @@ def test_job_delete_needs_force_while_a_task_runs(qconn):
         qconn.retrieve_task(task.uuid)
 
 
-def test_retry_settings_rerun_a_failed_instance(qconn, tmp_path):
-    marker = tmp_path / "failed-once"
+def test_retry_settings_rerun_a_failed_instance(qconn, bucket_name):
+    # the first attempt leaves a marker in the bucket it reads: the retry finds it
+    state = qconn.create_bucket(bucket_name("retry"))
     task = qconn.create_task("compat-retry", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = (f"if [ -f {marker} ]; then echo second try; "
-                                    f"else touch {marker}; echo first try; exit 1; fi")
+    task.resources, task.results = [state], state
+    task.constants["DOCKER_CMD"] = sh("if [ -f failed-once ]; then echo second try; "
+                                      "else touch failed-once; echo first try; exit 1; fi")
     task.retry_settings = RetrySettings(maxPerInstanceRetries=2)
     task.submit()
     assert wait_for(task) == "Success", task.errors

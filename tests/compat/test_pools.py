@@ -13,6 +13,8 @@ import uuid
 import pytest
 from qarnot.exceptions import MissingPoolException, QarnotGenericException
 
+from tests.helpers import sh
+
 from .helpers import wait_for
 
 # The SDK calls its own deprecated Bucket.flush() on submit.
@@ -53,19 +55,18 @@ def _wait_gone(qconn, pool_uuid: str, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def test_static_pool_prepares_its_slot_then_runs_a_task(qconn, tmp_path):
+def test_static_pool_prepares_its_slot_then_runs_a_task(qconn):
     tag = f"compat-pool-{uuid.uuid4().hex[:8]}"
-    marker = tmp_path / "prepared"
     pool = qconn.create_pool("compat-static", "docker-batch", 1)
     pool.constants["GREETING"] = "hello from the pool"
     # the SDK's attribute for preparationTask.commandLine
-    pool.preparation_command_line = f"echo preparing slot $SLOT_ID of $POOL_NAME; touch {marker}"
+    pool.preparation_command_line = sh("echo preparing slot $SLOT_ID of $POOL_NAME; "
+                                       "touch /share/prepared")  # /share: the pool's own
     pool.tags = [tag]
     try:
         pool.submit()
         assert pool.uuid and pool.state != "UnSubmitted"
         assert wait_for(pool, ["FullyExecuting"], timeout=30) == "FullyExecuting"
-        assert marker.exists()
         assert pool.stdout() == "preparing slot 0 of compat-static\n"
         assert pool.stdout(0) == pool.stdout()
         assert pool.fresh_stdout() == "preparing slot 0 of compat-static\n"
@@ -73,7 +74,7 @@ def test_static_pool_prepares_its_slot_then_runs_a_task(qconn, tmp_path):
         assert pool.total_slot_capacity == 1 and pool.running_instance_count == 1
 
         task = qconn.create_task("compat-in-pool", pool, 1)
-        task.constants["DOCKER_CMD"] = f'test -f {marker} && echo "$GREETING $INSTANCE_ID"'
+        task.constants["DOCKER_CMD"] = sh('test -f /share/prepared && echo "$GREETING $INSTANCE_ID"')
         task.submit()
         assert wait_for(task) == "Success", task.errors
         assert task.stdout() == "hello from the pool 0\n"
@@ -135,7 +136,7 @@ def test_close_cancels_the_running_task_then_the_pool_is_closed(qconn):
 
 def test_failed_preparation_fails_the_pool(qconn):
     pool = qconn.create_pool("compat-bad-prep", "docker-batch", 1)
-    pool.preparation_command_line = "echo broken >&2; exit 2"
+    pool.preparation_command_line = sh("echo broken >&2; exit 2")
     try:
         pool.submit()
         assert wait_for(pool, POOL_FINAL, timeout=30) == "Failure"
@@ -146,7 +147,7 @@ def test_failed_preparation_fails_the_pool(qconn):
     pool.delete()
 
 
-def test_elastic_pool_grows_for_its_task_and_takes_live_changes(qconn, tmp_path):
+def test_elastic_pool_grows_for_its_task_and_takes_live_changes(qconn):
     pool = qconn.create_elastic_pool("compat-elastic", "docker-batch", minimum_total_slots=0,
                                      maximum_total_slots=2, minimum_idle_slots=0,
                                      minimum_idle_time_seconds=0, resize_factor=1,
@@ -159,10 +160,9 @@ def test_elastic_pool_grows_for_its_task_and_takes_live_changes(qconn, tmp_path)
 
         # each instance waits (10 s at most) for the other: only 2 slots at once let both pass
         task = qconn.create_task("compat-elastic-task", pool, 2)
-        task.constants["DOCKER_CMD"] = (
-            f"touch {tmp_path}/$INSTANCE_ID; n=0; "
-            f"until [ -f {tmp_path}/0 ] && [ -f {tmp_path}/1 ]; do "
-            f"n=$((n+1)); [ $n -gt 200 ] && exit 1; sleep 0.05; done; echo elastic $INSTANCE_ID")
+        task.constants["DOCKER_CMD"] = sh(  # /share: the pool's directory, seen by its tasks
+            "touch /share/$INSTANCE_ID; n=0; until [ -f /share/0 ] && [ -f /share/1 ]; do "
+            "n=$((n+1)); [ $n -gt 200 ] && exit 1; sleep 0.05; done; echo elastic $INSTANCE_ID")
         task.submit()
         assert wait_for(task) == "Success", task.errors
         assert sorted(task.stdout().splitlines()) == ["elastic 0", "elastic 1"]

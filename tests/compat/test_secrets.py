@@ -10,6 +10,8 @@ import qarnot
 from qarnot.exceptions import SecretConflictException, SecretNotFoundException
 from qarnot.secrets import SecretsAccessRights
 
+from tests.helpers import sh
+
 from .helpers import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:(flush|update) is deprecated as of 2.6.0")
@@ -63,7 +65,7 @@ def test_task_reads_granted_secrets_masked_in_its_output(qconn, folder):
     env = folder.upper().replace("-", "_")
 
     task = qconn.create_task("compat-secrets", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = (
+    task.constants["DOCKER_CMD"] = sh(  # secrets are in the environment: a shell reads them
         f'echo "db=$QARNOT_SECRET__{env}_DB_PASSWORD"; '
         f'echo "len=${{#QARNOT_SECRET__{env}_DB_PASSWORD}}"; '
         f'echo "api=$QARNOT_SECRET__{env}_API_TOKEN_V2" >&2; '

@@ -13,6 +13,8 @@ from typing import Callable, TypeVar
 import pytest
 from qarnot.exceptions import UnauthorizedException
 
+from tests.helpers import sh
+
 from .helpers import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:(flush|update) is deprecated as of 2.6.0")
@@ -21,7 +23,7 @@ T = TypeVar("T")
 
 # Copies b.txt (a resource added later) into its results once it appears, ticks meanwhile, and
 # stops when stop.txt appears.
-COMMAND = ('mkdir -p out; i=0; seen=; echo ready; '
+COMMAND = sh('mkdir -p out; i=0; seen=; echo ready; '
            'while [ ! -f stop.txt ]; do '
            'i=$((i+1)); echo "$i" > out/tick.txt; '
            'if [ -f b.txt ] && [ -z "$seen" ]; then seen=1; cp b.txt out/b-copy.txt; '

@@ -8,6 +8,8 @@ import uuid
 import pytest
 from qarnot.exceptions import MissingTaskException, MissingTaskInstanceException
 
+from tests.helpers import sh
+
 from .helpers import S3Calls, wait_for
 
 # The SDK calls its own deprecated Bucket.flush() / update() on submit and delete.
@@ -26,7 +28,7 @@ def test_run(qconn, bucket_name, tmp_path):
     resources.add_string("hello compat\n", "in/lorem.txt")
     results = qconn.create_bucket(bucket_name("out"))
     task = _task(qconn, "compat-run",
-                 "tr a-z A-Z < in/lorem.txt > LOREM.txt && echo done $INSTANCE_ID")
+                 sh("tr a-z A-Z < in/lorem.txt > LOREM.txt && echo done $INSTANCE_ID"))
     task.resources = [resources]
     task.results = results
     # Not run(job_timeout=...): the SDK then calls abort() even on a finished task (§8.5).
@@ -40,7 +42,7 @@ def test_run(qconn, bucket_name, tmp_path):
 
 
 def test_stdout_and_fresh_stdout(qconn):
-    task = _task(qconn, "compat-output", "echo out-$INSTANCE_ID; echo err-$INSTANCE_ID >&2", 2)
+    task = _task(qconn, "compat-output", sh("echo out-$INSTANCE_ID; echo err-$INSTANCE_ID >&2"), 2)
     task.submit()
     assert wait_for(task) == "Success"
     assert sorted(task.stdout().splitlines()) == ["out-0", "out-1"]
@@ -59,8 +61,8 @@ def test_stdout_and_fresh_stdout(qconn):
 def test_advanced_range_and_instance_variables(qconn):
     """instancecount 0 + advanced_range, as Qarnot's Blender sample does; the payload sees
     INSTANCE_ID and its old alias FRAME_ID (the range's values), QRANK/QSIZE (rank and size)."""
-    task = _task(qconn, "compat-range",
-                 'echo "id=$INSTANCE_ID frame=$FRAME_ID rank=$QRANK size=$QSIZE"', 0)
+    task = _task(qconn, "compat-range",  # ${NAME} is filled in by the cluster: no shell needed
+                 "echo id=${INSTANCE_ID} frame=${FRAME_ID} rank=${QRANK} size=${QSIZE}", 0)
     task.advanced_range = "3-5,9"
     task.submit()
     assert wait_for(task) == "Success"
@@ -71,7 +73,7 @@ def test_advanced_range_and_instance_variables(qconn):
     assert task.stdout(instanceId=9) == "id=9 frame=9 rank=3 size=4\n"
     assert task.status.succeeded_range == "3-5,9"
     # the string form of create_task sets the range itself
-    other = _task(qconn, "compat-range-str", "echo $INSTANCE_ID", "1-2")
+    other = _task(qconn, "compat-range-str", "echo ${INSTANCE_ID}", "1-2")
     assert other.advanced_range == "1-2"
     other.submit()
     assert wait_for(other) == "Success"
@@ -119,7 +121,7 @@ def test_bulk_submit_and_paging_by_tags(qconn):
 
 
 def test_abort(qconn):
-    task = _task(qconn, "compat-abort", "echo started; sleep 60")
+    task = _task(qconn, "compat-abort", sh("echo started; sleep 60"))
     task.submit()
     wait_for(task, ["FullyExecuting"], timeout=30)
     task.abort()

@@ -171,7 +171,7 @@ def test_results_progress_on_task_run(conn, tmp_path):
     try:
         task = conn.create_task("results progress", "docker-batch")
         task.results = results
-        task.constants["DOCKER_CMD"] = "printf 0123456789 > ten.txt; printf abc > three.txt"
+        task.constants["DOCKER_CMD"] = "sh -c 'printf 0123456789 > ten.txt; printf abc > three.txt'"
         calls: list = []
         task.run(output_dir=str(tmp_path / "out"), results_progress=lambda *c: calls.append(c))
         assert task.state == qcompute.TaskState.SUCCESS, task.errors

@@ -168,7 +168,7 @@ def test_a_wrong_secret_or_key_is_refused(alice, alice_bucket):
 def test_sdk_tasks_and_buckets_are_scoped(alice, alice_bucket, bob, tmp_path):
     with alice.connection() as as_alice, bob.connection() as as_bob:
         task = as_alice.create_task("mine", "docker-batch")
-        task.constants["DOCKER_CMD"] = "echo from-alice > out.txt"
+        task.constants["DOCKER_CMD"] = "sh -c 'echo from-alice > out.txt'"
         task.results = as_alice.create_bucket(f"{alice.prefix}results")
         task.run(output_dir=str(tmp_path / "out"), job_timeout=60)
         assert task.state == "Success", task.errors

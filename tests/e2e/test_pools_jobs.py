@@ -8,17 +8,16 @@ from qcompute.dependencies import AdvancedDependency
 from qcompute.options import RetrySettings
 
 
-def test_a_pool_prepares_its_slot_then_runs_tasks_inside(conn, tmp_path):
-    marker = tmp_path / "prepared"
+def test_a_pool_prepares_its_slot_then_runs_tasks_inside(conn):
     pool = conn.create_pool("e2e-pool", "docker-batch", 1)
     pool.constants["GREETING"] = "hello from the pool"
-    pool.preparation_task = f"echo preparing slot $SLOT_ID; touch {marker}"
+    pool.preparation_task = "sh -c 'echo preparing slot $SLOT_ID; echo ready > /share/prepared'"
     pool.submit()
     assert pool.wait(PoolState.FULLY_EXECUTING, timeout=60)
-    assert marker.exists()
     assert "preparing slot 0" in pool.stdout()
     task = conn.create_task("in-pool", pool, 2)
-    task.constants["DOCKER_CMD"] = f'test -f {marker} && echo "$GREETING $INSTANCE_ID"'
+    task.constants["DOCKER_CMD"] = ("sh -c 'test -f /share/prepared && "
+                                    "echo \"$GREETING $INSTANCE_ID\"'")
     task.run(job_timeout=60)
     assert task.state == TaskState.SUCCESS
     assert sorted(task.stdout().splitlines()) == ["hello from the pool 0",
@@ -63,7 +62,7 @@ def test_a_job_pipeline_runs_its_dag_and_cancels_the_unreachable_branch(conn):
         return t
 
     prepare = task("prepare", "echo prepared").submit()
-    flaky = task("flaky", "exit 4")
+    flaky = task("flaky", "sh -c 'exit 4'")
     flaky.set_task_dependencies_from_tasks([prepare])
     flaky.submit()
     on_success = task("on-success", "echo never")
@@ -84,12 +83,15 @@ def test_a_job_pipeline_runs_its_dag_and_cancels_the_unreachable_branch(conn):
     assert job.wait(timeout=30)
 
 
-def test_a_failed_instance_is_retried_and_the_attempts_show(conn, tmp_path):
-    marker = tmp_path / "failed-once"
+def test_a_failed_instance_is_retried_and_the_attempts_show(conn):
+    # the first attempt leaves a marker in the bucket it reads: the retry finds it
+    state = conn.create_bucket(f"e2e-retry-{time.monotonic_ns()}")
     task = conn.create_task("retry", "docker-batch", 1)
-    task.constants["DOCKER_CMD"] = (f"if [ -f {marker} ]; then echo second try; "
-                                    f"else touch {marker}; exit 1; fi")
+    task.resources, task.results = [state], state
+    task.constants["DOCKER_CMD"] = ("sh -c 'if [ -f failed-once ]; then echo second try; "
+                                    "else touch failed-once; exit 1; fi'")
     task.retry_settings = RetrySettings(max_per_instance_retries=2)
     task.run(job_timeout=60)
     assert task.state == TaskState.SUCCESS
     assert task.completed_instances[0].execution_attempt_count == 2
+    state.delete()

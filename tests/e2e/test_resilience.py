@@ -9,7 +9,7 @@ import time
 import qcompute
 from qcompute import TaskState
 
-from .conftest import ClusterProcess, pid_alive
+from .conftest import ClusterProcess, host_pids_with, pid_alive
 
 
 class DropFirstResponseProxy:
@@ -100,19 +100,19 @@ def test_server_crash_mid_run_is_reconciled(tmp_path):
     running.start()
     try:
         conn = running.connection()
-        marker = tmp_path / "first-attempt-ran"
+        marker = f"300.{time.monotonic_ns() % 10**6}"  # a sleep only this test starts
         task = conn.create_task("survivor", "docker-batch")
-        # The first attempt leaves a long sleeper behind the shell; the second one just finishes.
-        task.constants["DOCKER_CMD"] = (
-            f"if [ -e {marker} ]; then echo finished; else touch {marker}; echo started $$; "
-            "sleep 300 & echo sleeper $!; wait; fi")
+        # Each attempt leaves a sleeper in a session of its own, then finishes in 3 s: the first
+        # attempt is cut short by the crash.
+        task.constants["DOCKER_CMD"] = (f"sh -c '(setsid sleep {marker} &); echo started; "
+                                        "sleep 3; echo finished'")
         task.submit()
         out, deadline = "", time.monotonic() + 20
-        while "sleeper" not in out and time.monotonic() < deadline:
+        while "started" not in out and time.monotonic() < deadline:
             out += task.fresh_stdout()
             time.sleep(0.05)
-        pids = [int(p) for p in re.findall(r"(?:started|sleeper) (\d+)", out)]
-        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        pids = host_pids_with(marker)
+        assert len(pids) == 1 and "finished" not in out
         running.kill()  # SIGKILL: no cleanup code runs in the server
         running.start()  # same data dir and ports
         conn = running.connection()

@@ -9,6 +9,8 @@ import sys
 from qcompute import TaskState
 from qcompute.options import SecretsAccessRights
 
+from tests.helpers import sh
+
 
 def test_a_granted_secret_is_usable_but_masked_in_output(conn):
     value = f"e2e-s3cr3t-{secrets.token_hex(8)}"
@@ -17,7 +19,7 @@ def test_a_granted_secret_is_usable_but_masked_in_output(conn):
     try:
         task = conn.create_task("secret", "docker-batch")
         task.secrets_access_rights = SecretsAccessRights().add_secret_by_key("e2e/password")
-        task.constants["DOCKER_CMD"] = (
+        task.constants["DOCKER_CMD"] = sh(
             'S=$QARNOT_SECRET__E2E_PASSWORD; echo "whole: $S"; echo "length: ${#S}"; '
             # the value split across two output chunks, half a second apart
             "printf 'split: %.6s' \"$S\"; sleep 0.5; printf '%s\\n' \"${S#??????}\"; "
@@ -36,8 +38,8 @@ def test_exported_credentials_reach_the_api_and_the_token_is_masked(conn):
     info = ("import json, os, urllib.request as r; print(json.load(r.urlopen(r.Request("
             "os.environ['QCOMPUTE_CLUSTER_URL'] + '/info', headers={'Authorization': "
             "os.environ['QARNOT_CLIENT_TOKEN']})))['email'])")
-    task.constants["DOCKER_CMD"] = (f"echo token $QCOMPUTE_CLIENT_TOKEN; "
-                                    f"{shlex.quote(sys.executable)} -c {shlex.quote(info)}")
+    task.constants["DOCKER_CMD"] = sh(f"echo token $QCOMPUTE_CLIENT_TOKEN; "
+                                      f"{shlex.quote(sys.executable)} -c {shlex.quote(info)}")
     task.run()
     assert task.state == TaskState.SUCCESS, (task.errors, task.stderr())
     email = conn._http.get("/info")["email"]

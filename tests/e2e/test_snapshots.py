@@ -8,6 +8,8 @@ import pytest
 from qcompute import TaskState
 from qcompute.exceptions import UnauthorizedException
 
+from tests.helpers import sh
+
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
@@ -26,7 +28,7 @@ def test_snapshots_and_resource_updates_of_a_running_task(conn):
     task.resources = [resources]
     task.results = results
     # copies each new resource into the results, then waits for the stop marker
-    task.constants["DOCKER_CMD"] = (
+    task.constants["DOCKER_CMD"] = sh(
         "mkdir -p out; echo started > out/state.txt; echo ready; "
         "while [ ! -f stop.txt ]; do [ -f b.txt ] && cp b.txt out/b-copy.txt; sleep 0.1; done")
     task.submit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -20,11 +19,6 @@ from qcompute.server.executors.base import (Finished, InstanceSpec, Output, Phas
 from qcompute.server.runner import ACCEPTED, _InstanceRun, run_instance
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def sh(script: str) -> str:
-    """A command that runs ``script`` in a shell (commands run without one)."""
-    return "sh -c " + shlex.quote(script)
 
 
 def make_spec(tmp_path: Path, command: str, **kw) -> InstanceSpec:

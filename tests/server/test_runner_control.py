@@ -20,7 +20,9 @@ from qcompute.server.runner import ACCEPTED, run_instance
 from qcompute.server.runner_control import InstanceControl
 
 from .test_local_executor import Events
-from .test_runner import Recorder, make_spec, result_keys, sh, start_worker
+from tests.helpers import sh
+
+from .test_runner import Recorder, make_spec, result_keys, start_worker
 
 
 @pytest.fixture

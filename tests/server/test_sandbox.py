@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,9 @@ from qcompute.server.executors.base import ResourceSpec, S3Access, Telemetry
 from qcompute.server.runner import run_instance
 from qcompute.server.sandbox import Sandbox, SandboxConfig
 
-from .test_runner import Recorder, make_spec, result_keys, sh
+from tests.helpers import sh
+
+from .test_runner import Recorder, make_spec, result_keys
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -284,3 +284,21 @@ def test_removing_a_user_takes_their_pools_jobs_and_secrets(cluster):
     with cluster.client.app.state.ctx.sessions() as session:
         for model in (Job, Pool, Secret):
             assert session.scalar(select(func.count()).select_from(model)) == 0
+
+
+# -- a cluster whose instances run unsandboxed -------------------------------------------------
+
+def test_users_are_refused_on_an_unsandboxed_cluster_unless_allowed(cluster, monkeypatch):
+    executor = cluster.client.app.state.ctx.scheduler.executor
+    monkeypatch.setattr(executor, "sandboxed", False)
+    monkeypatch.setattr(executor, "isolation", "UNSANDBOXED: bwrap not found")
+    refused = cluster.post("/admin/users", json={"email": "bob@example.com"})
+    assert refused.status_code == 409 and refused.json()["code"] == "unsandboxed_cluster"
+    assert "bubblewrap" in refused.json()["message"] and "--allow-unsandboxed" in \
+        refused.json()["message"]
+    assert [u["email"] for u in cluster.get("/admin/users").json()] == ["owner@qcompute.local"]
+    allowed = cluster.post("/admin/users", json={"email": "bob@example.com",
+                                                 "allowUnsandboxed": True})
+    assert allowed.status_code == 201, allowed.text
+    settings = cluster.client.get("/settings").json()
+    assert settings["sandboxed"] is False and settings["isolation"].startswith("UNSANDBOXED")
