@@ -17,7 +17,7 @@ from .test_pools import make_pool
     ("echo $FRAME_ID ${UNKNOWN} $$ ${}", ["echo", "$FRAME_ID", "${UNKNOWN}", "$$", "${}"]),
     ("sh -c 'echo $X; exit 3' > out", ["sh", "-c", "echo $X; exit 3", ">", "out"]),
     ('printf "%s\\n" "a  b" \'c "d"\' e\\ f', ["printf", "%s\\n", "a  b", 'c "d"', "e f"]),
-    ("run ${ARG}", ["run", "two words"]),  # filled in, then split as a shell would
+    ("run ${ARG}", ["run", "two", "words"]),  # filled in, then split as a shell would
     ("run '${ARG}'", ["run", "two words"]),
     ("", []),
 ])
