@@ -6,6 +6,7 @@ import json
 import shlex
 import sqlite3
 import sys
+import time
 import uuid
 
 import boto3
@@ -318,3 +319,66 @@ def test_the_data_dir_is_private(cluster, owner):
     for path in (data / "qcompute.db", data / "secrets.key", data / "qcompute.conf",
                  *(data / "output" / task.uuid).iterdir()):
         assert path.stat().st_mode & 0o077 == 0, path  # made under the server's umask 077
+
+
+SNOOP = r"""
+import json, os, socket, subprocess, sys
+data, other = sys.argv[1], sys.argv[2]
+ports = json.loads(sys.argv[3])
+for path in (f"{data}/qcompute.db", f"{data}/s3-admin.json", f"{data}/secrets.key",
+             f"{data}/s3/s3.json", other, "/proc/1/root/etc/shadow"):
+    try:
+        print(path, "READ", open(path, "rb").read(20))
+    except OSError as exc:
+        print(path, type(exc).__name__)
+print("env", sorted(k for k in os.environ if k.startswith(("QCOMPUTE_SERVER", "PYTEST"))))
+print("ps", sorted(p for p in os.listdir("/proc") if p.isdigit()) == ["1", "2"] or
+      sorted(open(f"/proc/{p}/comm").read().strip() for p in os.listdir("/proc") if p.isdigit()))
+for name, port in sorted(ports.items()):
+    try:
+        socket.create_connection(("127.0.0.1", port), 2).close()
+        print(name, "reachable")
+    except OSError as exc:
+        print(name, type(exc).__name__)
+for path in ("/etc/evil", "/usr/evil", "/evil", "/job/ok", "/tmp/ok"):
+    try:
+        open(path, "w").close()
+        print(path, "written")
+    except OSError as exc:
+        print(path, type(exc).__name__)
+"""
+
+
+def test_a_task_sees_nothing_of_the_server_nor_of_other_users(cluster, alice, bob):
+    """Probed from B's task while A's runs: the data dir, the S3 admin identity, the server's
+    environment, A's working directory and processes, the storage's internal ports."""
+    with alice.connection() as conn:
+        running = conn.create_task("alice-running", "docker-batch")
+        running.constants["DOCKER_CMD"] = "sh -c 'echo alice-data > mine.txt; sleep 60'"
+        running.submit()
+        deadline = time.monotonic() + 30
+        while not (found := list((cluster.data_dir / "work").glob(f"{running.uuid}/*/job/*"))):
+            assert time.monotonic() < deadline, "alice's task never wrote its file"
+            time.sleep(0.05)
+        other = found[0]
+        weed = json.loads((cluster.data_dir / "s3" / "ports.json").read_text())
+        ports = {**{f"weed-{k}": v for k, v in weed.items()},
+                 "api": int(cluster.url.rsplit(":", 1)[1]),
+                 "s3": int(_storage_url(cluster).rsplit(":", 1)[1])}
+        with bob.connection() as bconn:
+            task = bconn.create_task("snoop", "docker-batch")
+            task.constants["DOCKER_CMD"] = " ".join(shlex.quote(a) for a in (
+                sys.executable, "-c", SNOOP, str(cluster.data_dir), str(other),
+                json.dumps(ports)))
+            task.run(job_timeout=60)
+            out = task.stdout()
+        running.abort()
+    assert task.state == "Success", (task.errors, task.stderr())
+    assert "READ" not in out, out
+    assert "env []" in out and "ps True" in out, out
+    for name in weed:
+        assert f"weed-{name} ConnectionRefusedError" in out, out
+    assert "api reachable" in out and "s3 reachable" in out, out
+    for path in ("/etc/evil", "/usr/evil", "/evil"):
+        assert f"{path} OSError" in out, out
+    assert "/job/ok written" in out and "/tmp/ok written" in out, out
