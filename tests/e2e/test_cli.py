@@ -23,14 +23,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _cli(env: dict):
+    def qcompute(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "qcompute", *args], env=env, text=True,
+                              capture_output=True, timeout=180)
+    return qcompute
+
+
 def test_up_sample_users_status_down(tmp_path):
     data, config = tmp_path / "data", tmp_path / "client.conf"
     env = {**os.environ, "QCOMPUTE_CONFIG": str(config)}
     where = ["--data-dir", str(data)]
-
-    def qcompute(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "qcompute", *args], env=env, text=True,
-                              capture_output=True, timeout=180)
+    qcompute = _cli(env)
 
     ports = ["--port", str(free_port()), "--s3-port", str(free_port())]
     up = qcompute("up", *where, *ports, "--config", str(config))
@@ -59,6 +63,7 @@ def test_up_sample_users_status_down(tmp_path):
         status = qcompute("status", *where)
         assert status.returncode == 0 and "healthy" in status.stdout
         assert f"SeaweedFS (pid {children[0]})" in status.stdout
+        assert "instances: bubblewrap sandbox, isolated network" in status.stdout
         assert children, "the server should supervise SeaweedFS"
     finally:
         down = qcompute("down", *where)
@@ -66,3 +71,25 @@ def test_up_sample_users_status_down(tmp_path):
     assert not pid_alive(server_pid)
     assert not [pid for pid in children if pid_alive(pid)], "down left processes behind"
     assert qcompute("status", *where).returncode == 1
+
+
+def test_an_unsandboxed_cluster_says_so_and_refuses_users_unless_allowed(tmp_path):
+    data, config = tmp_path / "data", tmp_path / "client.conf"
+    qcompute = _cli({**os.environ, "QCOMPUTE_CONFIG": str(config),
+                     "QCOMPUTE_SERVER_SANDBOX": "off"})
+    where = ["--data-dir", str(data)]
+    up = qcompute("up", *where, "--port", str(free_port()), "--s3-port", str(free_port()),
+                  "--config", str(config))
+    assert up.returncode == 0, up.stderr
+    try:
+        status = qcompute("status", *where)
+        assert "instances: WARNING unsandboxed" in status.stdout, status.stdout
+        assert "INSTANCES RUN UNSANDBOXED" in (data / "server.log").read_text()
+        refused = qcompute("user", "add", "eve@example.com", "--config", str(config))
+        assert refused.returncode != 0
+        assert "unsandboxed" in refused.stderr and "bubblewrap" in refused.stderr
+        allowed = qcompute("user", "add", "eve@example.com", "--allow-unsandboxed",
+                           "--config", str(config))
+        assert allowed.returncode == 0 and "token:" in allowed.stdout, allowed.stderr
+    finally:
+        assert qcompute("down", *where).returncode == 0

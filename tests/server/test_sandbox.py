@@ -13,7 +13,8 @@ import pytest
 
 from qcompute.server.executors.base import ResourceSpec, S3Access, Telemetry
 from qcompute.server.runner import run_instance
-from qcompute.server.sandbox import Sandbox, SandboxConfig
+from qcompute.server import sandbox as sandbox_module
+from qcompute.server.sandbox import Sandbox, SandboxConfig, resolve
 
 from tests.helpers import sh
 
@@ -245,3 +246,20 @@ def test_a_link_swapped_in_during_a_snapshot_is_not_followed(sandbox, tmp_path, 
     (job / "f.txt").symlink_to(tmp_path / "host.txt")
     with pytest.raises(OSError):
         files._upload_from("f.txt", files.s3(), results, "stolen.txt")
+
+
+# -- what the server probes at start -------------------------------------------------------------
+
+def test_resolve_reports_what_works_here(monkeypatch):
+    wanted = SandboxConfig(enabled=True, network=True, forward_ports=(1,))
+    assert resolve(wanted) == (wanted, "bubblewrap sandbox, isolated network (API and S3 "
+                                       "reachable)")
+    real_which = sandbox_module.shutil.which
+    monkeypatch.setattr(sandbox_module.shutil, "which",
+                        lambda name: None if name == "pasta" else real_which(name))
+    config, note = resolve(wanted)
+    assert config.enabled and not config.network and "install the passt package" in note
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)
+    config, note = resolve(wanted)
+    assert not config.enabled and note.startswith("UNSANDBOXED") and "bubblewrap" in note
+    assert resolve(SandboxConfig(enabled=False))[1] == "unsandboxed (turned off by the operator)"
