@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from qcompute.server.executors.base import ResourceSpec, S3Access, Telemetry
+from qcompute.server.executors.base import ResourceSpec, Telemetry
 from qcompute.server.runner import run_instance
 from qcompute.server import sandbox as sandbox_module
 from qcompute.server.sandbox import Sandbox, SandboxConfig, resolve
@@ -19,6 +19,7 @@ from qcompute.server.sandbox import Sandbox, SandboxConfig, resolve
 from tests.helpers import sh
 
 from .test_runner import Recorder, make_spec, result_keys
+from .test_runner_control import s3  # noqa: F401 (a fixture: S3 access, two buckets)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,16 +197,6 @@ def test_memory_cap_kills_an_instance_that_goes_over(tmp_path):
 
 
 # -- files: resources in, results out ----------------------------------------------------------
-
-@pytest.fixture
-def s3(seaweed, s3_admin):
-    tag = uuid.uuid4().hex[:8]
-    resources, results = f"sbres-{tag}", f"sbout-{tag}"
-    s3_admin.create_bucket(Bucket=resources)
-    s3_admin.create_bucket(Bucket=results)
-    return (S3Access(seaweed.endpoint_url, seaweed.admin_access_key, seaweed.admin_secret_key),
-            resources, results)
-
 
 def test_resource_scripts_arrive_executable(sandbox, tmp_path, s3, s3_admin):
     access, resources, _ = s3
