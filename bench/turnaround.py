@@ -1,9 +1,10 @@
 """Turnaround: the wall time of ``task.run()`` for ``echo hello``, qcompute against the official
 ``qarnot`` SDK on the same embedded cluster, with the bare ``subprocess.run`` floor.
 
-Usage: ``python bench/turnaround.py [--runs 20] [--official-runs 20]``. Starts its own cluster
-on free loopback ports and stops it at the end. The official SDK polls every 10 s, so its runs
-take about 10 s each.
+Usage: ``python bench/turnaround.py [--runs 20] [--official-runs 20] [--sandbox auto|off]``.
+Starts its own cluster on free loopback ports (``--sandbox off``: instances unsandboxed, to
+measure what the sandbox costs) and stops it at the end. The official SDK polls every 10 s, so
+its runs take about 10 s each.
 """
 from __future__ import annotations
 
@@ -47,11 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--official-runs", type=int, default=20)
+    parser.add_argument("--sandbox", choices=("auto", "off"), default="auto")
     args = parser.parse_args()
 
     floor = _timed(args.runs, lambda: subprocess.run(["sh", "-c", "echo hello"], check=True,
                                                      capture_output=True))
-    with running_cluster(workers=2) as cluster:
+    with running_cluster(workers=2, env={"QCOMPUTE_SERVER_SANDBOX": args.sandbox}) as cluster:
+        isolation = cluster.connection()._http.get("/settings").get("isolation", "?")
         conn = cluster.connection()
         _qcompute_run(conn)  # warm-up: the first run reads /settings and opens connections
         ours = _timed(args.runs, lambda: _qcompute_run(conn))
@@ -65,8 +68,9 @@ def main() -> None:
     rows = [("subprocess.run floor", floor), ("qcompute task.run()", ours)]
     if official:
         rows.append(("official qarnot 2.23.0 task.run()", official))
-    print(f"\ntask.run() of `echo hello` on the embedded cluster ({args.runs} runs"
-          f"{f', official SDK {args.official_runs}' if official else ''})\n")
+    print(f"\ntask.run() of `echo hello` on the embedded cluster ({args.runs} runs after one "
+          f"warm-up{f', official SDK {args.official_runs}' if official else ''}; 2 workers; "
+          f"instances: {isolation})\n")
     print(f"| {'contender':36} | {'median s':>9} | {'min s':>7} | {'max s':>7} |")
     print(f"|{'-' * 38}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
     for name, times in rows:

@@ -48,13 +48,15 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # What of the host's /etc an instance sees: enough for libraries, TLS, DNS and Debian's
 # alternatives (awk, editors...). passwd, group and hosts are written by the sandbox.
 _ETC = ("alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "ld.so.cache",
-        "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "resolv.conf", "nsswitch.conf",
+        "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "nsswitch.conf",
         "host.conf", "gai.conf", "protocols", "services", "networks", "mime.types",
         "os-release", "debian_version", "fonts", "magic", "magic.mime", "python3",
         "inputrc", "profile", "bash.bashrc", "environment")
 _PASSWD = "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 _HOSTS = "127.0.0.1\tlocalhost qcompute\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+_RESOLV = "/etc/resolv.conf"
+_PRIVATE = shutil.ignore_patterns("private")  # /etc/ssl/private: the host's TLS keys
 _CLONE_NEWNET = 0x40000000
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _READY_SECONDS = 10.0
@@ -171,6 +173,27 @@ class SlotNetwork:
             self._pasta.stderr.close()
 
 
+def _minimal_etc(etc: Path) -> None:
+    """Fill ``etc`` with what an instance sees as /etc: copies of the allowed entries of the
+    host's (links kept as links), a synthetic passwd, group and hosts, and a mount point for
+    the live resolv.conf. One bind mount instead of one per entry saves ~6 ms per instance."""
+    for name in _ETC:
+        source = Path("/etc", name)
+        try:
+            if source.is_dir() and not source.is_symlink():
+                shutil.copytree(source, etc / name, symlinks=True, ignore=_PRIVATE)
+            elif source.exists() or source.is_symlink():
+                shutil.copy2(source, etc / name, follow_symlinks=False)
+        except OSError:  # unreadable: the instance goes without it
+            continue
+    for name, text in (("passwd", _PASSWD), ("group", _GROUP), ("hosts", _HOSTS),
+                       ("resolv.conf", "")):
+        (etc / name).write_text(text)
+    for path in (etc, *etc.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
 def _new_netns() -> None:
     if _LIBC.unshare(_CLONE_NEWNET) != 0:
         os._exit(126)
@@ -194,10 +217,7 @@ class Sandbox:
         if self._bwrap is None:
             raise SandboxError(f"bwrap not found: install the {BWRAP_PACKAGE} package")
         self._etc = tempfile.mkdtemp(prefix="qcompute-etc-")
-        for name, text in (("passwd", _PASSWD), ("group", _GROUP), ("hosts", _HOSTS)):
-            Path(self._etc, name).write_text(text)
-            os.chmod(Path(self._etc, name), 0o644)
-        os.chmod(self._etc, 0o755)
+        _minimal_etc(Path(self._etc))
         if self.config.network:
             self.network = SlotNetwork(self.config.forward_ports).start()
         return self
@@ -225,10 +245,8 @@ class Sandbox:
                 args += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 args += ["--ro-bind", path, path]
-        for name in _ETC:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        for name in ("passwd", "group", "hosts"):
-            args += ["--ro-bind", f"{self._etc}/{name}", f"/etc/{name}"]
+        # one mount for /etc (a copy made at start), plus the live resolver configuration
+        args += ["--ro-bind", self._etc, "/etc", "--ro-bind-try", _RESOLV, _RESOLV]
         for path in self.config.ro_paths:
             args += ["--ro-bind-try", path, path]
         args += ["--proc", "/proc", "--dev", "/dev", "--bind", job, JOB, "--bind", tmp, TMP,

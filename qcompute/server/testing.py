@@ -98,10 +98,12 @@ class ClusterProcess:
 
 
 @contextlib.contextmanager
-def running_cluster(workers: int = 4, keep: bool = False) -> Iterator[ClusterProcess]:
-    """Start a cluster in a temporary dir; stop it and remove the dir (unless ``keep``) after."""
+def running_cluster(workers: int = 4, keep: bool = False,
+                    env: Optional[dict[str, str]] = None) -> Iterator[ClusterProcess]:
+    """Start a cluster in a temporary dir (``env``: more server settings, as
+    ``QCOMPUTE_SERVER_*`` variables); stop it and remove the dir (unless ``keep``) after."""
     data_dir = Path(tempfile.mkdtemp(prefix="qcompute-cluster-"))
-    cluster = ClusterProcess(data_dir, workers=workers)
+    cluster = ClusterProcess(data_dir, workers=workers, env=env)
     try:
         cluster.start()
         yield cluster

@@ -92,12 +92,14 @@ def test_the_host_is_out_of_sight(sandbox, tmp_path, monkeypatch):
     secret.write_text("the data dir")
     monkeypatch.setenv("QCOMPUTE_SERVER_SECRET", "x")  # the runner's own environment
     rec, finished = run(sandbox, make_spec(tmp_path, sh(
-        f'cat {secret} 2>&1; ls /proc | grep -c "^[0-9]"; env; cat /etc/passwd')))
+        f'cat {secret} 2>&1; ls /proc | grep -c "^[0-9]"; env; cat /etc/passwd; '
+        'test -e /etc/ssl/private || echo no-host-keys; test -e /etc/shadow || echo no-shadow')))
     out = rec.text()
     assert finished.exit_code == 0
     assert "No such file or directory" in out and "the data dir" not in out
     assert int(out.splitlines()[1]) <= 4  # sh, ls, grep (and init): nothing of the host
     assert "QCOMPUTE_SERVER_SECRET" not in out and "root:x:0:0" in out
+    assert "no-host-keys" in out and "no-shadow" in out
 
 
 def test_writes_outside_job_and_tmp_fail(sandbox, tmp_path):
