@@ -131,16 +131,33 @@ class InstanceCgroup:
         return (int(current) if current else None), (int(peak) if peak else None)
 
     def remove(self) -> None:
-        """After the instance's processes are gone (a few tries: reaping takes a moment)."""
-        for path in set(self.dirs.values()):
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+        """Remove the cgroup once its processes are gone. The kernel empties it a few ms after
+        the sandbox's init is reaped: what is still busy is removed by a background thread, so
+        that the instance's end does not wait for it."""
+        busy = [path for path in set(self.dirs.values()) if not _rmdir(path)]
+        if busy:
+            threading.Thread(target=_rmdir_soon, args=(busy,), daemon=True,
+                             name="cgroup-remover").start()
+
+
+def _rmdir(path: str) -> bool:
+    """Whether ``path`` is gone (removed now, or already)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _rmdir_soon(paths: list[str], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while paths and time.monotonic() < deadline:
+        time.sleep(0.005)
+        paths = [path for path in paths if not _rmdir(path)]
+    for path in paths:
+        log.warning("cgroup %s still busy after %.0f s: left behind", path, seconds)
 
 
 class Sampler:
