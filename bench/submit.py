@@ -70,11 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--instances", default="1000,10000")
+    parser.add_argument("--sandbox", choices=("auto", "off"), default="auto",
+                        help="off: instances unsandboxed, to measure what the sandbox costs")
     parser.add_argument("--no-official", action="store_true")
     args = parser.parse_args()
     sizes = [int(n) for n in args.instances.split(",") if n]
 
-    with running_cluster(workers=2) as cluster:
+    with running_cluster(workers=2, env={"QCOMPUTE_SERVER_SANDBOX": args.sandbox}) as cluster:
         conn = cluster.connection()
         official = None
         if not args.no_official:
@@ -92,7 +94,8 @@ def main() -> None:
     if len(bulk) == 2:
         print(f"\nqcompute / official: {bulk[1][1] / bulk[0][1]:.1f}x faster")
     print(f"goal: >= 1000 tasks/s accepted (qcompute: {args.tasks / bulk[0][1]:.0f})")
-    print("\nDispatch: one task of N instances of `true`, 2 executor slots\n")
+    print(f"\nDispatch: one task of N instances of `true`, 2 executor slots, sandbox "
+          f"{args.sandbox}\n")
     print(f"| {'instances':>9} | {'to last start s':>15} | {'starts/s':>8} | {'to end s':>8} |")
     print(f"|{'-' * 11}|{'-' * 17}|{'-' * 10}|{'-' * 10}|")
     for n, last_start, end in dispatch:

@@ -184,11 +184,14 @@ class Sampler:
             self._thread.join()
 
     def _run(self) -> None:
+        # the baseline costs nothing: a fresh process tree (or cgroup) has used no CPU yet
+        last = (time.monotonic(), 0.0, *self._net())
+        if self._stop.wait(self.interval):  # most short instances end before their first sample
+            return
         import psutil
 
         cores = os.cpu_count() or 1
-        last = (time.monotonic(), self._cpu_seconds(psutil), *self._net())
-        while not self._stop.wait(self.interval):
+        while True:
             try:
                 now, cpu, net_in, net_out = time.monotonic(), self._cpu_seconds(psutil), \
                     *self._net()
@@ -209,6 +212,8 @@ class Sampler:
                 last = (now, cpu, net_in, net_out)
             except Exception:  # telemetry never takes the instance down
                 log.debug("telemetry of %s failed", self.key, exc_info=True)
+            if self._stop.wait(self.interval):
+                return
 
     def _net(self) -> tuple[int, int]:
         return self.net_counters() if self.net_counters else (0, 0)
