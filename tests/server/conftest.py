@@ -24,6 +24,7 @@ class StubStorage:
     """Storage without S3: records the identities the server provisions."""
 
     endpoint_url = "http://127.0.0.1:9"
+    create_bucket_url = None
     admin_access = None
 
     def __init__(self) -> None:

@@ -4,7 +4,9 @@
   under ``<data_dir>/s3``. Each user gets an S3 identity at run time: access key = e-mail,
   secret key = API token (the Qarnot convention), limited to buckets starting with the user's
   bucket prefix (the owner is unrestricted). The official ``qarnot`` SDK is handed a thin S3
-  front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200.
+  front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200, and
+  so is CreateBucket of a name Qarnot accepts and SeaweedFS refuses (``meshroomIn``), which the
+  front creates; qcompute's SDK sends only its CreateBucket requests there.
 * :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
   uses its admin keys; the operator provides each user's keys on that endpoint.
 
@@ -48,6 +50,11 @@ class StorageBackend(abc.ABC):
     def qarnot_sdk_endpoint_url(self) -> str:
         """The S3 URL ``GET /settings`` hands to the official ``qarnot`` SDK."""
         return self.endpoint_url
+
+    @property
+    def create_bucket_url(self) -> Optional[str]:
+        """Where qcompute's SDK sends CreateBucket, if not to :attr:`endpoint_url`."""
+        return None
 
     def describe(self) -> str:
         """One line for ``qcompute status``: what serves S3, and where."""
@@ -94,8 +101,13 @@ class EmbeddedStorage(StorageBackend):
     @property
     def qarnot_sdk_endpoint_url(self) -> str:
         """The S3 front (CreateBucket of an owned bucket is a 200), unless turned off."""
+        return self.create_bucket_url or self.endpoint_url
+
+    @property
+    def create_bucket_url(self) -> Optional[str]:
+        """The S3 front, which creates buckets whose names SeaweedFS refuses (``meshroomIn``)."""
         front = self._front
-        return front.endpoint_url if front is not None and front.is_running() else self.endpoint_url
+        return front.endpoint_url if front is not None and front.is_running() else None
 
     @property
     def admin_access(self) -> S3Access:
@@ -119,7 +131,8 @@ class EmbeddedStorage(StorageBackend):
     def start(self) -> None:
         self._seaweed().start()
         if self._settings.s3_front and self._front is None:
-            front = S3Front(self.endpoint_url, port=self._front_port())
+            front = S3Front(self.endpoint_url, port=self._front_port(),
+                            make_bucket=self._seaweed().make_bucket)
             try:
                 front.start()
             except OSError:
