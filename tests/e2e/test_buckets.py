@@ -234,6 +234,18 @@ def test_a_task_reads_and_writes_buckets_with_qarnot_names(conn, tmp_path):
             bucket.delete()
 
 
+def test_a_missing_result_bucket_with_a_qarnot_name_is_made_at_submit(conn, tmp_path):
+    """SeaweedFS makes a missing result bucket at the first upload, but not one it refuses to
+    create (``meshroomNew_Out``): the server makes that one when the task is submitted."""
+    task = conn.create_task("missing results bucket", "docker-batch")
+    task.results = qcompute.bucket.Bucket(conn, "meshroomNew_Out", create=False)
+    task.constants["DOCKER_CMD"] = "touch done.txt"
+    task.run(output_dir=str(tmp_path / "out"), job_timeout=60)
+    assert task.state == qcompute.TaskState.SUCCESS, task.errors
+    assert task.results.list_files() == ["done.txt"]
+    task.results.delete()
+
+
 @pytest.mark.parametrize("name, reason", [
     ("bk", "it has 2 characters"), ("a..b", "it must not contain '..'"),
     ("-x-", "it must start and end with a letter or a digit")])

@@ -30,6 +30,8 @@ class StubStorage:
     def __init__(self) -> None:
         self.identities: dict[str, tuple[str, str | None]] = {}
         self.removed: list[str] = []
+        self.prepared: list[str] = []  # result buckets
+        self.down = False
 
     def start(self) -> None:
         pass
@@ -39,6 +41,11 @@ class StubStorage:
 
     def describe(self) -> str:
         return "stub storage"
+
+    def prepare_result_bucket(self, name: str) -> None:
+        if self.down:
+            raise OSError("S3 is down")
+        self.prepared.append(name)
 
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)

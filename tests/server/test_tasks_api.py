@@ -73,6 +73,18 @@ def test_qarnot_bucket_names_reach_the_runner(cluster):
     spec = cluster.executor.specs[cluster.wait_dispatched(uuid, 1)[0]]
     assert [r.bucket for r in spec.resources] == ["etudepoutre2D-in", "meshroomIn"]
     assert spec.result_bucket == "vina_Out-1"
+    assert cluster.storage.prepared == ["vina_Out-1"]
+
+
+def test_a_result_bucket_the_storage_cannot_prepare_is_a_503(cluster):
+    cluster.storage.down = True
+    doc = {"name": "t", "profile": "docker-batch", "resultBucket": "meshroomOut",
+           "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
+    response = cluster.post("/tasks", json=doc)
+    assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
+    assert "'meshroomOut'" in response.json()["message"]
+    assert cluster.post("/tasks", json=[doc]).json()[0]["statusCode"] == 503  # bulk: per task
+    assert cluster.get("/tasks").json() == []
 
 
 def test_not_json_is_400(cluster):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from fastapi import APIRouter, Query
 
 from ..bootstrap import client_config_path, write_client_config
-from ..errors import BadRequest, DomainError, validate
+from ..errors import BadRequest, StorageUnavailable, validate
 from ..executors.base import InstanceKey
 from ..schemas import UserCreate
 from ..services import users as service
@@ -25,11 +25,6 @@ from .idempotency import loads
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-class StorageUnavailable(DomainError):
-    status_code = 503
-    code = "storage_unavailable"
 
 
 def _public(user) -> dict:

@@ -18,6 +18,7 @@ import abc
 import json
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,8 @@ from .seaweed import SeaweedFS, pick_free_port, port_is_free
 __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
 
 log = logging.getLogger(__name__)
+
+_S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # what SeaweedFS's CreateBucket takes
 
 
 class StorageBackend(abc.ABC):
@@ -71,6 +74,10 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def is_running(self) -> bool:
         """Whether the endpoint is usable."""
+
+    def prepare_result_bucket(self, name: str) -> None:
+        """Called when a task naming ``name`` as its result bucket is submitted. Nothing here:
+        on an external endpoint a missing result bucket is the user's to create."""
 
     @abc.abstractmethod
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
@@ -165,6 +172,12 @@ class EmbeddedStorage(StorageBackend):
         port = pick_free_port(exclude={self._settings.s3_port})
         path.write_text(str(port))
         return port
+
+    def prepare_result_bucket(self, name: str) -> None:
+        """SeaweedFS creates a missing bucket at a task's first upload, except when its
+        CreateBucket refuses the name (``meshroomOut``): such a bucket is made now if missing."""
+        if not _S3_NAME.fullmatch(name):
+            self._seaweed().make_bucket(name)
 
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
         self._seaweed().configure_identity(email, email, token, bucket_prefix)
