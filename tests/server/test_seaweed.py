@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import stat
 import uuid
@@ -186,11 +187,21 @@ class OldSeaweedFS(SeaweedFS):
     """SeaweedFS as qcompute started it before buckets moved: weed's default folder, /buckets
     (the store stays the one ``mini`` picks without a filer.toml: an empty one is refused)."""
 
-    def _filer_toml(self) -> str:
-        return super()._filer_toml().replace(f'buckets_folder = "{BUCKETS_FOLDER}"', "")
+    folder = ""
 
-    def _move_legacy_buckets(self) -> None:
+    def _filer_toml(self) -> str:
+        return super()._filer_toml().replace(f'"{BUCKETS_FOLDER}"', f'"{self.folder}"'
+                                             if self.folder else '"/buckets"')
+
+    def _move_legacy_buckets(self, timeout: float) -> None:
         pass
+
+
+class CutShort(OldSeaweedFS):
+    """Buckets in neither folder, to stage a move stopped half-way (the filer refuses moves
+    in and out of the buckets folder)."""
+
+    folder = "/elsewhere"
 
 
 def test_buckets_of_an_old_data_dir_are_moved_at_start(tmp_path):
@@ -202,18 +213,30 @@ def test_buckets_of_an_old_data_dir_are_moved_at_start(tmp_path):
         erin = s3_client(old, "erin@example.com", "tok")
         erin.create_bucket(Bucket="erin-data")
         erin.put_object(Bucket="erin-data", Key="a/b/c.txt", Body=b"abc")
-        big = os.urandom(11 * 1024 * 1024)
+        big = os.urandom(6 * 1024 * 1024)  # two parts
         erin.upload_fileobj(io.BytesIO(big), "erin-data", "big.bin", Config=TransferConfig(
             multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
         s3_client(old).put_object(Bucket="shared", Key="k", Body=b"v")  # made by the upload
         assert {"erin-data", "shared"} <= set(old._folders("/buckets"))
     finally:
         old.stop()
+    # a move cut short: the store copied (as start does), "a/" moved, then the server killed
+    shutil.copytree(tmp_path / "filerldb2", tmp_path / "copy")
+    cut = CutShort(tmp_path, port, "admin", secret)
+    cut.start()
+    try:
+        cut._shell(["fs.mkdir /qbuckets/erin-data", "fs.mv /buckets/erin-data/a /qbuckets/erin-data"],
+                   what="a move cut short")
+        assert cut._folders("/qbuckets/erin-data") == ["a"]  # fs.mv cannot finish this one
+    finally:
+        cut.stop()
+    (tmp_path / "copy").rename(tmp_path / "filerldb2.before-move")
 
     new = SeaweedFS(tmp_path, port, "admin", secret)
     for _ in range(2):  # the first start moves the buckets, the second finds nothing to move
         new.start()
         try:
+            assert not (tmp_path / "filerldb2.before-move").exists()
             assert not [n for n in new._folders("/buckets") if not n.startswith(".")]
             assert {"erin-data", "shared"} <= set(new._folders(BUCKETS_FOLDER))
             erin = s3_client(new, "erin@example.com", "tok")

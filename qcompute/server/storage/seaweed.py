@@ -59,6 +59,7 @@ _BUCKET_PREFIX = re.compile(r"[a-z0-9][a-z0-9.-]*")
 _SOCKET_PATH_MAX = 100  # a unix socket path has at most 107 bytes
 BUCKETS_FOLDER = "/qbuckets"  # any name but "buckets" (see the module doc)
 _LEGACY_FOLDER = "/buckets"  # SeaweedFS's default, used by data dirs made before
+_STORE = "filerldb2"  # the filer store, where mini keeps it by default
 
 
 class SeaweedError(RuntimeError):
@@ -159,12 +160,13 @@ class SeaweedFS:
                              "secretKey": self.admin_secret_key}],
             "actions": list(_FULL_ACTIONS)}]}))
         self._write_private(self.data_dir / "filer.toml", self._filer_toml())
+        self._roll_back_cut_short_move()
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
         self._proc = self._spawn(self._argv())
         try:
             self._wait_ready(started + timeout)
-            self._move_legacy_buckets()
+            self._move_legacy_buckets(timeout)
         except BaseException:
             self.stop(timeout=2)
             raise
@@ -219,7 +221,7 @@ class SeaweedFS:
     def _filer_toml(self) -> str:
         """Read by weed from its working directory. The store is the one ``mini`` uses by
         default (``<dir>/filerldb2``), so a data dir made before keeps its metadata."""
-        store = json.dumps(str(self.data_dir / "filerldb2"))  # a JSON string is a TOML string
+        store = json.dumps(str(self.data_dir / _STORE))  # a JSON string is a TOML string
         return ("# written by qcompute at each start (qcompute/server/storage/seaweed.py)\n"
                 f'[filer.options]\nbuckets_folder = "{BUCKETS_FOLDER}"\n\n'
                 f"[leveldb2]\nenabled = true\ndir = {store}\n")
@@ -351,25 +353,61 @@ class SeaweedFS:
                 return names
             last = page.get("LastFileName") or entries[-1]["FullPath"].rsplit("/", 1)[-1]
 
-    def _move_legacy_buckets(self) -> None:
-        """Move the buckets of ``/buckets`` (data dirs made before buckets moved) to
-        ``/qbuckets``: the filer moves metadata only (objects, owners and collections are
-        kept), one bucket at a time; a move cut short is finished at the next start."""
-        names = [n for n in self._folders(_LEGACY_FOLDER) if not n.startswith(".")]
+    def _legacy_buckets(self) -> list[str]:
+        return [n for n in self._folders(_LEGACY_FOLDER) if not n.startswith(".")]
+
+    def _move_legacy_buckets(self, timeout: float) -> None:
+        """Move the buckets of ``/buckets`` (data dirs made before) to ``/qbuckets``, once.
+
+        The filer moves metadata only (objects, owners and collections are kept), entry by
+        entry, and cannot resume a move cut short (the half-filled target is refused). So weed
+        is restarted around a copy of the filer store, taken while it is stopped; the copy is
+        dropped once every bucket moved, and a start that finds it rolls the store back to it
+        (:meth:`_roll_back_cut_short_move`) and moves again."""
+        names = self._legacy_buckets()
         if not names:
             return
-        log.warning("SeaweedFS: moving %d bucket(s) of this data dir from %s to %s, where names "
-                    "with upper case or '_' work (once; the objects are not copied)", len(names),
-                    _LEGACY_FOLDER, BUCKETS_FOLDER)
         for name in names:
             _check_value("a bucket name", name)  # weed shell splits its arguments on spaces
+        log.warning("SeaweedFS: moving %d bucket(s) of this data dir from %s to %s, where names "
+                    "with upper case or '_' work. Once; metadata only, about 1 ms per object: "
+                    "let it finish (if stopped, the next start starts it again)", len(names),
+                    _LEGACY_FOLDER, BUCKETS_FOLDER)
+        self.stop()
+        store, copy, copying, dropped = self._store_paths()
+        shutil.copytree(store, copying)
+        copying.rename(copy)
+        self._proc = self._spawn(self._argv())
+        self._wait_ready(time.monotonic() + timeout)
         self._filer("POST", BUCKETS_FOLDER + "/")  # it must be a folder: "fs.mv x folder"
         self._shell([f"fs.mv {_LEGACY_FOLDER}/{name} {BUCKETS_FOLDER}" for name in names],
-                    what="fs.mv of the old buckets")
-        left = [n for n in self._folders(_LEGACY_FOLDER) if not n.startswith(".")]
+                    what="fs.mv of the old buckets", timeout=None)
+        left = self._legacy_buckets()
         if left:
             raise SeaweedError(f"buckets still in {_LEGACY_FOLDER} after the move: {left}")
+        copy.rename(dropped)  # at once: a copy half deleted must never be rolled back to
+        shutil.rmtree(dropped)
         log.warning("SeaweedFS: %d bucket(s) moved to %s", len(names), BUCKETS_FOLDER)
+
+    def _roll_back_cut_short_move(self) -> None:
+        """Before weed starts: if a move of old buckets was cut short, put back the filer
+        store copied before it (each step can itself be cut short and redone)."""
+        store, copy, copying, dropped = self._store_paths()
+        if copy.exists():
+            log.warning("SeaweedFS: a move of old buckets was cut short; the filer store is "
+                        "rolled back to its copy from before the move, which starts again")
+            if store.exists():
+                shutil.rmtree(dropped, ignore_errors=True)
+                store.rename(dropped)
+            copy.rename(store)
+        shutil.rmtree(dropped, ignore_errors=True)
+        shutil.rmtree(copying, ignore_errors=True)
+
+    def _store_paths(self) -> tuple[Path, Path, Path, Path]:
+        """The filer store, its copy from before a move, that copy being made, a store being
+        deleted (renamed first: only whole stores keep their names)."""
+        return tuple(self.data_dir / f"{_STORE}{suffix}"  # type: ignore[return-value]
+                     for suffix in ("", ".before-move", ".copying", ".dropped"))
 
     # -- identities ---------------------------------------------------------------------------
 
@@ -403,7 +441,7 @@ class SeaweedFS:
                     what=f"s3.configure for {name!r}", missing_user=name)
 
     def _shell(self, commands: list[str], *, what: str, missing_user: str = "",
-               secret: str = "") -> None:
+               secret: str = "", timeout: Optional[float] = 60) -> None:
         """Run commands in one ``weed shell``; "user <missing_user> not found" is no failure."""
         if not self.is_running():
             raise SeaweedError("SeaweedFS is not running")
@@ -412,7 +450,7 @@ class SeaweedFS:
                 result = subprocess.run(
                     [str(self._binary), "shell", f"-master={self.master_address}"],
                     input="\n".join(commands) + "\n", capture_output=True, text=True,
-                    env=self._env, timeout=60)
+                    env=self._env, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 raise SeaweedError(f"weed shell timed out: {what}") from exc
         output = (result.stdout + "\n" + result.stderr).splitlines()
