@@ -359,8 +359,8 @@ class SeaweedFS:
     def _move_legacy_buckets(self, timeout: float) -> None:
         """Move the buckets of ``/buckets`` (data dirs made before) to ``/qbuckets``, once.
 
-        The filer moves metadata only (objects, owners and collections are kept), entry by
-        entry, and cannot resume a move cut short (the half-filled target is refused). So weed
+        The filer moves metadata only (objects, owners and collections are kept), one entry at
+        a time, and cannot resume a move cut short (the half-filled target is refused). So weed
         is restarted around a copy of the filer store, taken while it is stopped; the copy is
         dropped once every bucket moved, and a start that finds it rolls the store back to it
         (:meth:`_roll_back_cut_short_move`) and moves again."""
@@ -370,7 +370,7 @@ class SeaweedFS:
         for name in names:
             _check_value("a bucket name", name)  # weed shell splits its arguments on spaces
         log.warning("SeaweedFS: moving %d bucket(s) of this data dir from %s to %s, where names "
-                    "with upper case or '_' work. Once; metadata only, about 1 ms per object: "
+                    "with upper case or '_' work. Once; metadata only, seconds per 10,000 objects: "
                     "let it finish (if stopped, the next start starts it again)", len(names),
                     _LEGACY_FOLDER, BUCKETS_FOLDER)
         self.stop()
