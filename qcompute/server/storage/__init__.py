@@ -33,7 +33,7 @@ __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage
 
 log = logging.getLogger(__name__)
 
-_S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # what SeaweedFS's CreateBucket takes
+_S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # SeaweedFS takes these (not IPs)
 
 
 class StorageBackend(abc.ABC):

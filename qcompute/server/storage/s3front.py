@@ -1,4 +1,5 @@
-"""A thin S3 front for the official ``qarnot`` SDK: CreateBucket of an owned bucket is a 200.
+"""A thin S3 front for the official ``qarnot`` SDK: CreateBucket of an owned bucket is a 200,
+and buckets named like ``meshroomIn`` can be created (by both SDKs).
 
 The official SDK sends CreateBucket every time it builds a ``Bucket`` (``create_bucket`` of an
 existing name, ``retrieve_or_create_bucket``, reading ``task.results`` / ``task.resources`` of a
@@ -7,13 +8,13 @@ for a bucket the caller owns; SeaweedFS answers 409 ``BucketAlreadyOwnedByYou`` 
 ``BucketAlreadyExists`` when the server's admin identity created it, e.g. a result upload into
 a missing bucket). SeaweedFS has no switch for this (``weed mini -h``, 4.48).
 
-This front is an HTTP/1.1 relay on its own loopback port, handed out by ``GET /settings`` only to
-clients whose User-Agent starts with ``qarnot-sdk-python``; qcompute's SDK and the runners talk
-to SeaweedFS directly. Each client connection gets one thread and one upstream connection.
-Request and response heads are forwarded byte for byte (the Host header too, so SigV4
-signatures stay valid) and bodies are streamed in 1 MiB reads, never buffered; an upstream
-connection SeaweedFS closed while idle is reopened before the next request. Two things are
-changed:
+This front is an HTTP/1.1 relay on its own loopback port, handed out by ``GET /settings`` as the
+storage only to clients whose User-Agent starts with ``qarnot-sdk-python``; qcompute's SDK sends
+only CreateBucket here (``qcomputeCreateBucketUrl``), and the runners talk to SeaweedFS
+directly. Each client connection gets one thread and one upstream connection. Request and
+response heads are forwarded byte for byte (the Host header too, so SigV4 signatures stay valid)
+and bodies are streamed in 1 MiB reads, never buffered; an upstream connection SeaweedFS closed
+while idle is reopened before the next request. What is changed:
 
 * ``PUT /<bucket>`` without a query string (CreateBucket) answered 409 with
   ``BucketAlreadyOwnedByYou`` or ``BucketAlreadyExists`` becomes ``200 OK``. SeaweedFS checks
@@ -28,8 +29,8 @@ changed:
   not forwarded: SeaweedFS answers such a request at once, without a 100, and botocore then
   stalls on the next request of that connection until its read timeout (boto/boto3#3757).
 
-Measured cost and the choice against other options: ``docs/architecture.rst`` and
-``bench/s3front.py``.
+Measured cost and the choice against other options: ``docs/architecture.rst``,
+``bench/s3front.py`` and ``bench/create_bucket.py``.
 """
 from __future__ import annotations
 
