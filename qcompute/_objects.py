@@ -1,4 +1,7 @@
-"""S3 object keys, ETags and listings: pure helpers, no network and no boto3.
+"""Bucket names, S3 object keys, ETags and listings: pure helpers, no network and no boto3.
+
+Bucket names follow Qarnot's rule (:func:`bucket_name_problem`), the one rule the SDK and the
+server check names with.
 
 Keys are POSIX paths on every platform (:func:`normalize_key`). An ETag is computed locally the
 way S3 computes it (:func:`etag_for_label`): the MD5 of the content for a single-part upload, the
@@ -16,7 +19,8 @@ from typing import Optional, Union
 __all__ = [
     "MD5", "MULTIPART_SIZE", "MAX_PARTS", "COPY_LIMIT", "ObjectInfo", "normalize_key",
     "normalize_prefix", "join_key", "part_size_for", "upload_label", "etag_label",
-    "etag_for_label", "compute_etag", "denied_message",
+    "etag_for_label", "compute_etag", "denied_message", "bucket_name_problem",
+    "check_bucket_name",
 ]
 
 MULTIPART_SIZE = 8 * 1024 * 1024  # threshold and part size of uploads (ETags depend on it)
@@ -24,6 +28,37 @@ MAX_PARTS = 10_000
 COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's limit: larger duplicates are uploaded instead
 MD5 = "md5"  # the label of a plain MD5 ETag (see etag_label)
 _BLOCK = 1024 * 1024
+_NAME_CHARS = re.compile(r"[A-Za-z0-9._-]*", re.ASCII)
+_ALNUM = re.compile(r"[A-Za-z0-9]", re.ASCII)
+
+
+def bucket_name_problem(name: object) -> Optional[str]:
+    """Why Qarnot's storage refuses ``name`` as a bucket name, or None if it accepts it.
+
+    Accepted: 3 to 63 characters among letters (either case), digits, ``.``, ``-`` and ``_``,
+    starting and ending with a letter or digit, without ``..`` (``meshroomIn``,
+    ``autodock_vina-demo-input``).
+    """
+    if not isinstance(name, str):
+        return "a bucket name is a string"
+    if not 3 <= len(name) <= 63:
+        return f"it has {len(name)} characters, a bucket name has 3 to 63"
+    if not _NAME_CHARS.fullmatch(name):
+        bad = next(c for c in name if not _NAME_CHARS.fullmatch(c))
+        return f"{bad!r} is not allowed: use letters, digits, '.', '-' and '_'"
+    if not (_ALNUM.fullmatch(name[0]) and _ALNUM.fullmatch(name[-1])):
+        return "it must start and end with a letter or a digit"
+    if ".." in name:
+        return "it must not contain '..'"
+    return None
+
+
+def check_bucket_name(name: str) -> str:
+    """``name`` if Qarnot's storage accepts it (:func:`bucket_name_problem`), else ValueError."""
+    problem = bucket_name_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} is not a valid bucket name: {problem}")
+    return name
 
 
 def normalize_key(key: Union[str, "os.PathLike[str]"]) -> str:

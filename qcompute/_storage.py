@@ -28,6 +28,7 @@ from ._objects import (
     MD5,
     MULTIPART_SIZE,
     ObjectInfo,
+    bucket_name_problem,
     compute_etag,
     denied_message,
     etag_for_label,
@@ -264,6 +265,9 @@ class Storage:
             ``""``: any name; ``None``: unknown); called only to explain an AccessDenied.
         direct: send small PutObject / GetObject requests of multi-file calls straight through
             urllib3, signed by botocore (see :class:`_Direct`); boto3 remains the fallback.
+        create_url: returns where to send CreateBucket (``qcomputeCreateBucketUrl`` of ``GET
+            /settings``: the cluster's S3 front, which also creates names such as
+            ``meshroomIn``), or None for ``endpoint_url``; called on the first CreateBucket.
     """
 
     def __init__(
@@ -276,6 +280,7 @@ class Storage:
         retry_count: int = 5,
         bucket_prefix: Optional[Callable[[], Optional[str]]] = None,
         direct: bool = True,
+        create_url: Optional[Callable[[], Optional[str]]] = None,
     ) -> None:
         import boto3.session
         import botocore.session
@@ -316,10 +321,14 @@ class Storage:
             self._direct = _Direct(endpoint_url, self._session.get_credentials(), verify)
         self._resource: Any = None
         self._lock = threading.Lock()
+        self._create_url = create_url
+        self._creator: Any = None  # the client CreateBucket goes through (built on first use)
 
     def close(self) -> None:
         """Close the pooled connections (boto3's and the direct path's)."""
         self.client.close()
+        if self._creator not in (None, self.client):
+            self._creator.close()
         if self._resource is not None:
             self._resource.meta.client.close()
         if self._direct is not None:
@@ -343,16 +352,31 @@ class Storage:
 
     # -- buckets
     def create_bucket(self, bucket: str) -> None:
-        """CreateBucket; a bucket the caller already owns counts as created."""
+        """CreateBucket; a bucket the caller already owns counts as created. A name Qarnot's
+        storage refuses (:func:`~qcompute._objects.bucket_name_problem`) raises
+        :class:`~qcompute.StorageError` (code ``InvalidBucketName``) before any request."""
         from botocore.exceptions import ClientError
 
+        problem = bucket_name_problem(bucket)
+        if problem:
+            raise StorageError(f"CreateBucket: {bucket!r} is not a valid bucket name: {problem}",
+                               code="InvalidBucketName", operation="CreateBucket")
         with self._errors("CreateBucket", bucket):
             try:
-                self.client.create_bucket(Bucket=bucket)
+                self._bucket_creator().create_bucket(Bucket=bucket)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
                     raise
                 logger.debug("bucket %s already exists (owned by this user)", bucket)
+
+    def _bucket_creator(self) -> Any:
+        with self._lock:
+            if self._creator is None:
+                url = self._create_url() if self._create_url is not None else None
+                self._creator = self.client if not url or url == self.endpoint_url else (
+                    self._session.client("s3", endpoint_url=url, config=self._config,
+                                         verify=self._verify))
+            return self._creator
 
     def head_bucket(self, bucket: str) -> None:
         """HeadBucket: raises :class:`MissingBucketException` if it does not exist."""

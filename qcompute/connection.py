@@ -417,8 +417,19 @@ class Connection(ObjectsMixin):
                     self.storage_url, self._user_email(), self.config.client_token,
                     verify=self.config.storage_verify, retry_count=self.config.retry_count,
                     bucket_prefix=self._user_bucket_prefix,
+                    create_url=self._create_bucket_url,
                 )
             return self._storage_client
+
+    def _create_bucket_url(self) -> Optional[str]:
+        """Where CreateBucket goes: the cluster's S3 front (``qcomputeCreateBucketUrl`` of ``GET
+        /settings``, which also creates names such as ``meshroomIn``) when the storage in use
+        is the one the cluster advertises; else None (the storage itself)."""
+        doc = self._server_settings()
+        url, advertised = doc.get("qcomputeCreateBucketUrl"), doc.get("storage")
+        if url and str(advertised or "").rstrip("/") == self.storage_url:
+            return str(url).rstrip("/")
+        return None
 
     @property
     def s3client(self) -> Any:

@@ -50,6 +50,11 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class StorageUnavailable(DomainError):
+    status_code = 503
+    code = "storage_unavailable"
+
+
 def error_body(message: str, code: str) -> dict[str, str]:
     return {"message": message, "code": code}
 

@@ -41,6 +41,26 @@ def test_run(qconn, bucket_name, tmp_path):
     task.delete(purge_resources=True, purge_results=True)
 
 
+def test_buckets_with_qarnot_names(qconn, compat_user, tmp_path):
+    """Resources from a ``meshroomIn`` bucket, results to an upper-case bucket with '_'."""
+    prefix = compat_user["bucketPrefix"]
+    resources = qconn.create_bucket(prefix + "meshroomIn")
+    resources.add_string("scene data\n", "in.txt")
+    results = qconn.create_bucket(prefix + "meshroomOut_1")
+    task = _task(qconn, "compat-qarnot-names", "cp in.txt copied.txt")
+    task.resources = [resources]
+    task.results = results
+    task.submit()
+    assert wait_for(task) == "Success", task.errors
+    again = qconn.retrieve_task(task.uuid)  # its buckets send CreateBucket: a 200 here too
+    assert (again.results.uuid, again.resources[0].uuid) == (results.uuid, resources.uuid)
+    again.results.get_file("copied.txt", str(tmp_path / "copied.txt"))
+    assert (tmp_path / "copied.txt").read_text() == "scene data\n"
+    again.delete(purge_resources=True, purge_results=True)
+    names = [bucket.uuid for bucket in qconn.buckets()]
+    assert resources.uuid not in names and results.uuid not in names
+
+
 def test_stdout_and_fresh_stdout(qconn):
     task = _task(qconn, "compat-output", sh("echo out-$INSTANCE_ID; echo err-$INSTANCE_ID >&2"), 2)
     task.submit()

@@ -195,3 +195,66 @@ def test_odd_key_names_take_the_direct_path(conn, bucket, tmp_path):
         assert (out / name).read_bytes() == data
     assert sorted(bucket.list_files()) == sorted(names)
     assert conn._storage._direct._misses == 0  # signed and sent without falling back to boto3
+
+
+# ----------------------------------------------------------------------------- Qarnot's names
+@pytest.mark.parametrize("name", ["meshroomIn", "autodock_vina-demo-input"])
+def test_bucket_names_of_qarnot_samples(conn, tmp_path, name):
+    """Upper case and '_', refused by SeaweedFS's CreateBucket, work as on Qarnot."""
+    bucket = conn.create_bucket(name)
+    assert conn.create_bucket(name).name == name  # ours already: fine
+    src = _tree(tmp_path / "src", {"scene/a.obj": b"vertices", "b.txt": b"bravo",
+                                   "big.bin": os.urandom(9 * 1024 * 1024)})
+    bucket.sync_directory(str(src))
+    bucket.add_string("notes", "docs/notes.txt")
+    assert sorted(bucket.list_files()) == ["b.txt", "big.bin", "docs/notes.txt", "scene/a.obj"]
+    assert conn.retrieve_bucket(name).name == name and name in [b.name for b in conn.buckets()]
+    out = tmp_path / "out"
+    bucket.get_all_files(str(out))
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert (out / "scene" / "a.obj").read_bytes() == b"vertices"
+    bucket.delete()
+    assert name not in [b.name for b in conn.buckets()]
+
+
+def test_a_task_reads_and_writes_buckets_with_qarnot_names(conn, tmp_path):
+    resources, results = conn.create_bucket("meshroomIn"), conn.create_bucket("meshroomOut_1")
+    try:
+        resources.add_string("scene data\n", "in.txt")
+        task = conn.create_task("qarnot names", "docker-batch")
+        task.resources = [resources]
+        task.results = results
+        task.constants["DOCKER_CMD"] = "cp in.txt copied.txt"
+        task.run(output_dir=str(tmp_path / "out"), job_timeout=60)
+        assert task.state == qcompute.TaskState.SUCCESS, task.errors
+        assert results.list_files() == ["copied.txt"]
+        assert (tmp_path / "out" / "copied.txt").read_text() == "scene data\n"
+    finally:
+        for bucket in (resources, results):
+            bucket.delete()
+
+
+def test_a_missing_result_bucket_with_a_qarnot_name_is_made_at_submit(conn, tmp_path):
+    """SeaweedFS makes a missing result bucket at the first upload, but not one it refuses to
+    create (``meshroomNew_Out``): the server makes that one when the task is submitted."""
+    task = conn.create_task("missing results bucket", "docker-batch")
+    task.results = qcompute.bucket.Bucket(conn, "meshroomNew_Out", create=False)
+    task.constants["DOCKER_CMD"] = "touch done.txt"
+    task.run(output_dir=str(tmp_path / "out"), job_timeout=60)
+    assert task.state == qcompute.TaskState.SUCCESS, task.errors
+    assert task.results.list_files() == ["done.txt"]
+    task.results.delete()
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("bk", "it has 2 characters"), ("a..b", "it must not contain '..'"),
+    ("-x-", "it must start and end with a letter or a digit")])
+def test_names_qarnot_refuses_get_a_clear_error(conn, name, reason):
+    with pytest.raises(qcompute.StorageError, match=f"not a valid bucket name: {reason}") as caught:
+        conn.create_bucket(name)
+    assert caught.value.code == "InvalidBucketName"
+    task = conn.create_task("bad bucket", "docker-batch")
+    task.constants["DOCKER_CMD"] = "true"
+    task.results = qcompute.bucket.Bucket(conn, name, create=False)
+    with pytest.raises(qcompute.BadRequestError, match=f"resultBucket: '{name}' is not a valid"):
+        task.submit()

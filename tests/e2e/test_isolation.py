@@ -201,6 +201,37 @@ def test_the_owner_uses_free_bucket_names(owner, alice):
     bucket.delete()
 
 
+def test_buckets_with_qarnot_names_keep_their_rights(owner, alice, bob):
+    """Upper case and '_' go through the S3 front to be created; who may reach what stays
+    SeaweedFS's decision: the owner's bucket is closed to users, alice's prefix to bob."""
+    bucket = owner.create_bucket("OwnerScenes_1")
+    try:
+        bucket.add_string("owner data", "in/a.txt")
+        with alice.connection() as as_alice:
+            for name in ("OwnerScenes_1", "Alice_Outside"):
+                with pytest.raises(QComputeError, match=f"must start with '{alice.prefix}'"):
+                    as_alice.create_bucket(name)
+            mine = as_alice.create_bucket(f"{alice.prefix}Scenes_In")
+            mine.add_string("alice data", "k.txt")
+        client = alice.s3
+        refused(lambda: client.get_object(Bucket="OwnerScenes_1", Key="in/a.txt"))
+        refused(lambda: client.list_objects_v2(Bucket="OwnerScenes_1"))
+        refused(lambda: client.put_object(Bucket="OwnerScenes_1", Key="x", Body=b"x"))
+        refused(lambda: client.delete_object(Bucket="OwnerScenes_1", Key="in/a.txt"))
+        refused(lambda: client.delete_bucket(Bucket="OwnerScenes_1"))
+        names = [b["Name"] for b in client.list_buckets()["Buckets"]]
+        assert "OwnerScenes_1" not in names and f"{alice.prefix}Scenes_In" in names
+        refused(lambda: bob.s3.get_object(Bucket=f"{alice.prefix}Scenes_In", Key="k.txt"))
+        refused(lambda: bob.s3.put_object(Bucket=f"{alice.prefix}Scenes_In", Key="x", Body=b""))
+        assert bucket.list_files() == ["in/a.txt"]  # nothing changed
+        assert client.get_object(Bucket=f"{alice.prefix}Scenes_In",
+                                 Key="k.txt")["Body"].read() == b"alice data"
+        client.delete_object(Bucket=f"{alice.prefix}Scenes_In", Key="k.txt")
+        client.delete_bucket(Bucket=f"{alice.prefix}Scenes_In")
+    finally:
+        bucket.delete()
+
+
 def test_rotation_takes_effect_at_once(cluster, add_user):
     carol = add_user("carol")
     bucket = f"{carol.prefix}box"

@@ -25,10 +25,14 @@ class StubStorage:
     """Storage without S3: records the identities the server provisions."""
 
     endpoint_url = "http://127.0.0.1:9"
+    create_bucket_url = None
+    admin_access = None
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[str, str | None]] = {}
         self.removed: list[str] = []
+        self.prepared: list[str] = []  # result buckets
+        self.down = False
 
     def start(self) -> None:
         pass
@@ -41,6 +45,11 @@ class StubStorage:
 
     def owner_access(self, email: str, token: str) -> S3Access:
         return S3Access(self.endpoint_url, email, token)
+
+    def prepare_result_bucket(self, name: str) -> None:
+        if self.down:
+            raise OSError("S3 is down")
+        self.prepared.append(name)
 
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)

@@ -16,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from qcompute.server.storage.s3front import S3Front
+from qcompute.server.storage.seaweed import BUCKETS_FOLDER
 
 ERROR = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>{}</Code><Message>m</Message>"
          "<RequestId>r1</RequestId></Error>")
@@ -67,6 +68,9 @@ class Upstream(BaseHTTPRequestHandler):
             self._body()
             self._send(409, ERROR.format(codes[self.path.rstrip("/")]).encode(),
                        chunked=self.path.endswith("chunked"))
+        elif self.path in ("/Meshroom_In", "/bk"):  # names SeaweedFS's CreateBucket refuses
+            self._body()
+            self._send(400, ERROR.format("InvalidBucketName").encode())
         elif self.path == "/fresh":
             self._send(200, headers=(("Location", "/fresh"),))
         else:  # an object: answer with what arrived
@@ -133,6 +137,38 @@ def test_other_answers_pass_unchanged(scripted):
     assert response.status == 200
     _, response, body = _request(scripted, "PUT", "/owned?versioning", body=b"<x/>")
     assert response.status == 200 and response.getheader("x-length") == "4"  # not CreateBucket
+
+
+@pytest.mark.parametrize("outcome, status", [(None, 400), (True, 200), (False, 200),
+                                             (OSError("filer down"), 503)])
+def test_create_bucket_of_a_qarnot_name(scripted, outcome, status):
+    """SeaweedFS refuses ``Meshroom_In``, Qarnot accepts it: the front has it made (made now or
+    made before: a 200 both times); a failure is a 503; no ``make_bucket``: relayed as is."""
+    made = []
+
+    def make_bucket(name: str) -> bool:
+        made.append(name)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    front = S3Front(f"http://127.0.0.1:{scripted.upstream[1]}",
+                    make_bucket=None if outcome is None else make_bucket)
+    front.start()
+    try:
+        _, response, body = _request(front, "PUT", "/Meshroom_In")
+        assert response.status == status, body
+        assert made == ([] if outcome is None else ["Meshroom_In"])
+        if status == 200:
+            assert body == b"" and response.getheader("Location") == "/Meshroom_In"
+        else:
+            assert (b"InvalidBucketName" if status == 400 else b"ServiceUnavailable") in body
+        _, response, body = _request(front, "PUT", "/bk")  # refused by Qarnot too: says why
+        assert response.status == 400 and b"<Message>'bk' is not a valid bucket name: it has 2 " \
+            b"characters, a bucket name has 3 to 63</Message>" in body
+        assert made == ([] if outcome is None else ["Meshroom_In"])
+    finally:
+        front.stop()
 
 
 def test_framing_on_one_kept_alive_connection(scripted):
@@ -279,3 +315,48 @@ def test_seaweedfs_objects_through_the_front(seaweed, weed_front, s3_admin):
     assert keys == ["big", "empty", "small"]
     client.delete_objects(Bucket="front-objects", Delete={"Objects": [{"Key": k} for k in keys]})
     client.delete_bucket(Bucket="front-objects")
+
+
+def test_seaweedfs_qarnot_names_through_the_front(seaweed):
+    """CreateBucket of ``<prefix>Meshroom_In`` reaches make_bucket only once SeaweedFS checked the
+    signature and the right to that name: a wrong secret or another prefix is a 403 and makes
+    nothing; a name Qarnot refuses too is a 400 saying why."""
+    made = []
+
+    def make_bucket(name: str) -> bool:
+        made.append(name)
+        return seaweed.make_bucket(name)
+
+    front = S3Front(seaweed.endpoint_url, make_bucket=make_bucket)
+    front.start()
+    try:
+        seaweed.configure_identity("qn-user", "qn-user", "qn-secret", "qn-user-")
+        user = _client(front.endpoint_url, "qn-user", "qn-secret")
+        user.create_bucket(Bucket="qn-user-Meshroom_In")
+        user.create_bucket(Bucket="qn-user-Meshroom_In")  # again: a 200, as for one it owns
+        user.put_object(Bucket="qn-user-Meshroom_In", Key="in/a.txt", Body=b"a")
+        assert [o["Key"] for o in user.list_objects(Bucket="qn-user-Meshroom_In")["Contents"]] \
+            == ["in/a.txt"]
+        refused = {
+            "qn-user-Wrong_Secret": _client(front.endpoint_url, "qn-user", "wrong"),
+            "Other_Prefix": user,
+            "qn-user-Unknown_Key": _client(front.endpoint_url, "nobody", "x"),
+        }
+        for name, client in refused.items():
+            with pytest.raises(ClientError) as caught:
+                client.create_bucket(Bucket=name)
+            assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, name
+        admin = _client(front.endpoint_url, seaweed.admin_access_key, seaweed.admin_secret_key)
+        for client, name, words in [(admin, "bk", "3 to 63"), (user, "qn-user-a..b", "'..'"),
+                                    (user, "qn-user-x-", "start and end")]:
+            with pytest.raises(ClientError) as caught:
+                client.create_bucket(Bucket=name)
+            error = caught.value.response["Error"]
+            assert error["Code"] == "InvalidBucketName" and words in error["Message"], error
+        assert made == ["qn-user-Meshroom_In"] * 2
+        buckets = seaweed._folders(BUCKETS_FOLDER)
+        assert "qn-user-Meshroom_In" in buckets and not set(refused) & set(buckets)
+        user.delete_object(Bucket="qn-user-Meshroom_In", Key="in/a.txt")
+        user.delete_bucket(Bucket="qn-user-Meshroom_In")
+    finally:
+        front.stop()

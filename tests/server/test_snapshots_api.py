@@ -103,7 +103,7 @@ def test_snapshot_of_a_task_that_is_not_running_is_refused(cluster):
 @pytest.mark.parametrize("body", [{"interval": 0}, {"interval": -3}, {"interval": "5"},
                                   {"interval": 1.5}, {"interval": True}, {}, None, [5],
                                   {"interval": 5, "whitelist": "("},
-                                  {"interval": 5, "bucket": "Not_A_Bucket"}])
+                                  {"interval": 5, "bucket": "not..a-bucket"}])
 def test_periodic_snapshot_needs_a_positive_integer_interval(cluster, body):
     uuid = cluster.submit("sleep 1", resultBucket="results-bucket")
     response = cluster.post(f"/tasks/{uuid}/snapshot/periodic", json=body)

@@ -43,8 +43,12 @@ def test_bad_token_is_401_with_message(cluster, token):
       "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "instanceCount"),
     ({"name": "t", "profile": "docker-batch", "advancedRanges": "3-1",
       "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "advancedRanges"),
-    ({"name": "t", "profile": "docker-batch", "resultBucket": "Bad_Name",
-      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "bucket name"),
+    ({"name": "t", "profile": "docker-batch", "resultBucket": "-x-",
+      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "'-x-' is not a valid bucket"),
+    ({"name": "t", "profile": "docker-batch", "resourceBuckets": ["meshroomIn", "bk"],
+      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "'bk' is not a valid bucket"),
+    ({"name": "t", "profile": "docker-batch", "advancedResourceBuckets": [{"bucketName": "a..b"}],
+      "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "'a..b' is not a valid bucket"),
     ({"name": "t", "profile": "docker-batch", "resultsWhitelist": "(",
       "constants": [{"key": "DOCKER_CMD", "value": "x"}]}, 400, "regular expression"),
     ({"name": "t", "profile": "docker-batch", "poolUuid": "p",
@@ -60,6 +64,27 @@ def test_bad_submissions_are_named_and_store_nothing(cluster, doc, status, words
         assert response.json()["code"]
     else:
         assert response.json()[0]["statusCode"] == 400
+    assert cluster.get("/tasks").json() == []
+
+
+def test_qarnot_bucket_names_reach_the_runner(cluster):
+    """Upper case and '_' are Qarnot bucket names (its samples use them): accepted as is."""
+    uuid = cluster.submit("true", resourceBuckets=["meshroomIn"], resultBucket="vina_Out-1",
+                          advancedResourceBuckets=[{"bucketName": "etudepoutre2D-in"}])
+    spec = cluster.executor.specs[cluster.wait_dispatched(uuid, 1)[0]]
+    assert [r.bucket for r in spec.resources] == ["etudepoutre2D-in", "meshroomIn"]
+    assert spec.result_bucket == "vina_Out-1"
+    assert cluster.storage.prepared == ["vina_Out-1"]
+
+
+def test_a_result_bucket_the_storage_cannot_prepare_is_a_503(cluster):
+    cluster.storage.down = True
+    doc = {"name": "t", "profile": "docker-batch", "resultBucket": "meshroomOut",
+           "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
+    response = cluster.post("/tasks", json=doc)
+    assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
+    assert "'meshroomOut'" in response.json()["message"]
+    assert cluster.post("/tasks", json=[doc]).json()[0]["statusCode"] == 503  # bulk: per task
     assert cluster.get("/tasks").json() == []
 
 
@@ -246,6 +271,11 @@ def test_users_are_isolated(cluster):
            "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
     refused = cluster.client.post("/tasks", json=doc, headers=as_alice)
     assert refused.status_code == 403 and alice["bucketPrefix"] in refused.json()["message"]
+    upper = {**doc, "resultBucket": alice["bucketPrefix"].upper() + "Out"}  # prefixes are exact
+    refused = cluster.client.post("/tasks", json=upper, headers=as_alice)
+    assert refused.status_code == 403 and refused.json()["code"] == "bucket_forbidden"
+    mine = {**doc, "resultBucket": alice["bucketPrefix"] + "Out_1"}
+    assert cluster.client.post("/tasks", json=mine, headers=as_alice).status_code == 201
     again = cluster.post("/admin/users", json={"email": "alice@example.com"})
     assert again.status_code == 409
     assert cluster.post("/admin/users", json={"email": "nope"}).status_code == 400

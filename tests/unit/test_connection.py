@@ -204,6 +204,26 @@ def test_configured_storage_url_skips_settings(api: responses.RequestsMock) -> N
     assert [c.request.url for c in api.calls] == [f"{API}/info"]
 
 
+FRONT = "http://127.0.0.1:18334"
+
+
+@pytest.mark.parametrize("storage_url, settings, creator", [
+    (None, {"storage": S3 + "/", "qcomputeCreateBucketUrl": FRONT + "/"}, FRONT),
+    (S3, {"storage": S3, "qcomputeCreateBucketUrl": FRONT}, FRONT),
+    ("http://elsewhere.test", {"storage": S3, "qcomputeCreateBucketUrl": FRONT},
+     "http://elsewhere.test"),  # the front relays to the advertised storage only
+    (None, {"storage": S3}, S3),  # no front (or Qarnot's API): the storage itself
+])
+def test_create_bucket_url_comes_from_settings(api: responses.RequestsMock,
+                                               storage_url: Any, settings: dict[str, Any],
+                                               creator: str) -> None:
+    conn = Connection(client_token=TOKEN, cluster_url=API, storage_url=storage_url)
+    api.add("GET", f"{API}/settings", json=settings)
+    api.add("GET", f"{API}/info", json={"email": "me@x.org"})
+    assert conn._storage._bucket_creator().meta.endpoint_url == creator
+    conn.close()
+
+
 @pytest.mark.parametrize("settings", [{}, {"storage": None}])
 def test_no_storage_advertised(api: responses.RequestsMock, settings: dict[str, Any]) -> None:
     conn = Connection(client_token=TOKEN, cluster_url=API)

@@ -155,6 +155,36 @@ def test_create_bucket_owned_by_someone_else_fails(store: Storage, stub: Stubber
     assert (caught.value.code, caught.value.operation) == ("BucketAlreadyExists", "CreateBucket")
 
 
+@pytest.mark.parametrize("name, reason", [
+    ("bk", "it has 2 characters, a bucket name has 3 to 63"),
+    ("x" * 64, "it has 64 characters"), ("a..b", "it must not contain '..'"),
+    ("-x-", "it must start and end with a letter or a digit"), ("in_", "it must start and end"),
+    ("a b", "' ' is not allowed"), ("été-1", "'é' is not allowed"),
+])
+def test_create_bucket_refuses_what_qarnot_refuses(store: Storage, stub: Stubber, name: str,
+                                                   reason: str) -> None:
+    with pytest.raises(StorageError, match=f"is not a valid bucket name: {reason}") as caught:
+        store.create_bucket(name)  # before any request: the stub has no answer to give
+    assert (caught.value.code, caught.value.operation) == ("InvalidBucketName", "CreateBucket")
+
+
+def test_create_bucket_goes_through_the_create_url() -> None:
+    """Only CreateBucket goes to the cluster's S3 front (which creates ``meshroomIn``)."""
+    asked: list[str] = []
+    store = Storage("http://127.0.0.1:18333", "me@x.org", "token",
+                    create_url=lambda: asked.append("url") or "http://127.0.0.1:18334")
+    creator = store._bucket_creator()
+    assert creator.meta.endpoint_url == "http://127.0.0.1:18334" and creator is not store.client
+    with Stubber(creator) as front, Stubber(store.client):
+        for name in ("meshroomIn", "autodock_vina-demo-input"):
+            front.add_response("create_bucket", {}, expected_params={"Bucket": name})
+            store.create_bucket(name)
+        front.assert_no_pending_responses()
+    assert asked == ["url"]  # asked once
+    direct = Storage("http://s3.test", "a", "b", create_url=lambda: None)
+    assert direct._bucket_creator() is direct.client  # no front: the storage itself
+
+
 def test_missing_bucket_maps_to_missing_bucket_exception(store: Storage, stub: Stubber) -> None:
     stub.add_client_error("head_bucket", "404", "Not Found", http_status_code=404)
     stub.add_client_error("list_objects_v2", "NoSuchBucket", "gone", http_status_code=404)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from fastapi import APIRouter, Query
 
 from ..bootstrap import client_config_path, write_client_config
-from ..errors import BadRequest, Conflict, DomainError, validate
+from ..errors import BadRequest, Conflict, StorageUnavailable, validate
 from ..executors.base import InstanceKey
 from ..sandbox import BWRAP_PACKAGE
 from ..schemas import UserCreate
@@ -26,11 +26,6 @@ from .idempotency import loads
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-class StorageUnavailable(DomainError):
-    status_code = 503
-    code = "storage_unavailable"
 
 
 def _public(user) -> dict:

@@ -38,12 +38,17 @@ def settings(ctx: ContextDep, user_agent: Annotated[str, Header()] = ""):
     ``sandboxed``/``isolation`` say how instances are kept apart.
 
     The official SDK (User-Agent ``qarnot-sdk-python/...``) gets the S3 front where CreateBucket
-    of a bucket it owns answers 200, as Qarnot's storage does (``storage/s3front.py``)."""
+    of a bucket it owns answers 200, as Qarnot's storage does, and names such as ``meshroomIn``
+    can be created (``storage/s3front.py``). The others get SeaweedFS itself; every client gets
+    the front as ``qcomputeCreateBucketUrl``, where qcompute's SDK sends its CreateBucket."""
     storage = (ctx.storage.qarnot_sdk_endpoint_url if user_agent.startswith(QARNOT_SDK_AGENT)
                else ctx.storage.endpoint_url)
     executor = ctx.scheduler.executor
-    return {"storage": storage, "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds,
-            "sandboxed": executor.sandboxed, "isolation": executor.isolation}
+    doc = {"storage": storage, "taskWaitMaxSeconds": ctx.settings.long_poll_max_seconds,
+           "sandboxed": executor.sandboxed, "isolation": executor.isolation}
+    if ctx.storage.create_bucket_url:
+        doc["qcomputeCreateBucketUrl"] = ctx.storage.create_bucket_url
+    return doc
 
 
 @router.get("/versions", summary="API versions")

@@ -12,7 +12,7 @@ from qcompute.states import InstanceState as I
 from qcompute.states import TaskState
 
 from ..db.models import OutputCursor, Task, utcnow
-from ..errors import BadRequest, DomainError, NotFound, validate
+from ..errors import BadRequest, DomainError, NotFound, StorageUnavailable, validate
 from ..executors.base import InstanceKey
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
@@ -34,6 +34,19 @@ def _parse_submit(item: Any) -> TaskSubmit:
     return validate(TaskSubmit, item, code="invalid_task")
 
 
+def _submit(session, ctx: AppContext, user, item: Any) -> Task:
+    """Store one task; then the storage prepares its result bucket (see the storage backend)."""
+    doc = _parse_submit(item)
+    task = service.submit_task(session, ctx.settings, user, doc)
+    if doc.result_bucket:
+        try:
+            ctx.storage.prepare_result_bucket(doc.result_bucket)
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot prepare result bucket {doc.result_bucket!r}: "
+                                     f"{exc}") from None
+    return task
+
+
 @router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)",
              openapi_extra=openapi.body(TaskSubmit, or_array=True))
 def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
@@ -43,14 +56,14 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
 
     def work() -> tuple[int, Any]:
         if not isinstance(payload, list):
-            task = service.submit_task(session, ctx.settings, user, _parse_submit(payload))
+            task = _submit(session, ctx, user, payload)
             waiting.extend([task.id] if task.waiting_on else [])
             return 201, {"uuid": task.uuid}
         results = []
         for item in payload:  # each item stands alone: one bad task does not sink the rest
             try:
                 with session.begin_nested():
-                    task = service.submit_task(session, ctx.settings, user, _parse_submit(item))
+                    task = _submit(session, ctx, user, item)
                 waiting.extend([task.id] if task.waiting_on else [])
                 results.append({"statusCode": 201, "uuid": task.uuid, "message": "created"})
             except DomainError as exc:

@@ -5,8 +5,10 @@ from typing import Optional
 
 from pydantic import Field, StrictInt, field_validator
 
+from qcompute._objects import check_bucket_name
+
 from .common import Wire
-from .tasks import _check_regex, check_bucket_name
+from .tasks import _check_regex
 
 __all__ = ["SnapshotConfig", "PeriodicSnapshot"]
 

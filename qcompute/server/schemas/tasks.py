@@ -7,11 +7,10 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from qcompute._objects import check_bucket_name
+
 from .common import Dependencies, RetrySettings, parse_timespan
 from .secrets import Privileges, SecretsAccessRights
-
-# S3 bucket names: 3-63 characters, lowercase letters, digits, dots and hyphens.
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class _Wire(BaseModel):
@@ -38,13 +37,6 @@ class _PrefixFiltering(_Wire):
 
 class _StripPrefix(_Wire):
     strip_prefix: Optional[_Prefix] = None
-
-
-def check_bucket_name(name: str) -> str:
-    if not _BUCKET_NAME.match(name) or ".." in name:
-        raise ValueError(
-            f"{name!r} is not a valid bucket name (3-63 lowercase letters, digits, '.' or '-')")
-    return name
 
 
 class AdvancedBucket(_Wire):

@@ -4,7 +4,9 @@
   under ``<data_dir>/s3``. Each user gets an S3 identity at run time: access key = e-mail,
   secret key = API token (the Qarnot convention), limited to buckets starting with the user's
   bucket prefix (the owner is unrestricted). The official ``qarnot`` SDK is handed a thin S3
-  front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200.
+  front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200, and
+  so is CreateBucket of a name Qarnot accepts and SeaweedFS refuses (``meshroomIn``), which the
+  front creates; qcompute's SDK sends only its CreateBucket requests there.
 * :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
   uses its admin keys; the operator provides each user's keys on that endpoint.
 
@@ -19,6 +21,7 @@ import abc
 import json
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Optional
@@ -32,6 +35,8 @@ from .seaweed import SeaweedFS, pick_free_port, port_is_free
 __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
 
 log = logging.getLogger(__name__)
+
+_S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # SeaweedFS takes these (not IPs)
 
 
 class StorageBackend(abc.ABC):
@@ -56,6 +61,11 @@ class StorageBackend(abc.ABC):
         """The S3 URL ``GET /settings`` hands to the official ``qarnot`` SDK."""
         return self.endpoint_url
 
+    @property
+    def create_bucket_url(self) -> Optional[str]:
+        """Where qcompute's SDK sends CreateBucket, if not to :attr:`endpoint_url`."""
+        return None
+
     def describe(self) -> str:
         """One line for ``qcompute status``: what serves S3, and where."""
         return f"S3 at {self.endpoint_url}"
@@ -71,6 +81,10 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def is_running(self) -> bool:
         """Whether the endpoint is usable."""
+
+    def prepare_result_bucket(self, name: str) -> None:
+        """Called when a task naming ``name`` as its result bucket is submitted. Nothing here:
+        on an external endpoint a missing result bucket is the user's to create."""
 
     @abc.abstractmethod
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
@@ -101,8 +115,13 @@ class EmbeddedStorage(StorageBackend):
     @property
     def qarnot_sdk_endpoint_url(self) -> str:
         """The S3 front (CreateBucket of an owned bucket is a 200), unless turned off."""
+        return self.create_bucket_url or self.endpoint_url
+
+    @property
+    def create_bucket_url(self) -> Optional[str]:
+        """The S3 front, which creates buckets whose names SeaweedFS refuses (``meshroomIn``)."""
         front = self._front
-        return front.endpoint_url if front is not None and front.is_running() else self.endpoint_url
+        return front.endpoint_url if front is not None and front.is_running() else None
 
     @property
     def admin_access(self) -> S3Access:
@@ -130,7 +149,8 @@ class EmbeddedStorage(StorageBackend):
     def start(self) -> None:
         self._seaweed().start()
         if self._settings.s3_front and self._front is None:
-            front = S3Front(self.endpoint_url, port=self._front_port())
+            front = S3Front(self.endpoint_url, port=self._front_port(),
+                            make_bucket=self._seaweed().make_bucket)
             try:
                 front.start()
             except OSError:
@@ -163,6 +183,12 @@ class EmbeddedStorage(StorageBackend):
         port = pick_free_port(exclude={self._settings.s3_port})
         path.write_text(str(port))
         return port
+
+    def prepare_result_bucket(self, name: str) -> None:
+        """SeaweedFS creates a missing bucket at a task's first upload, except when its
+        CreateBucket refuses the name (``meshroomOut``): such a bucket is made now if missing."""
+        if not _S3_NAME.fullmatch(name):
+            self._seaweed().make_bucket(name)
 
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
         self._seaweed().configure_identity(email, email, token, bucket_prefix)

@@ -1,4 +1,5 @@
-"""A thin S3 front for the official ``qarnot`` SDK: CreateBucket of an owned bucket is a 200.
+"""A thin S3 front for the official ``qarnot`` SDK: CreateBucket of an owned bucket is a 200,
+and buckets named like ``meshroomIn`` can be created (by both SDKs).
 
 The official SDK sends CreateBucket every time it builds a ``Bucket`` (``create_bucket`` of an
 existing name, ``retrieve_or_create_bucket``, reading ``task.results`` / ``task.resources`` of a
@@ -7,24 +8,29 @@ for a bucket the caller owns; SeaweedFS answers 409 ``BucketAlreadyOwnedByYou`` 
 ``BucketAlreadyExists`` when the server's admin identity created it, e.g. a result upload into
 a missing bucket). SeaweedFS has no switch for this (``weed mini -h``, 4.48).
 
-This front is an HTTP/1.1 relay on its own loopback port, handed out by ``GET /settings`` only to
-clients whose User-Agent starts with ``qarnot-sdk-python``; qcompute's SDK and the runners talk
-to SeaweedFS directly. Each client connection gets one thread and one upstream connection.
-Request and response heads are forwarded byte for byte (the Host header too, so SigV4
-signatures stay valid) and bodies are streamed in 1 MiB reads, never buffered; an upstream
-connection SeaweedFS closed while idle is reopened before the next request. Two things are
-changed:
+This front is an HTTP/1.1 relay on its own loopback port, handed out by ``GET /settings`` as the
+storage only to clients whose User-Agent starts with ``qarnot-sdk-python``; qcompute's SDK sends
+only CreateBucket here (``qcomputeCreateBucketUrl``), and the runners talk to SeaweedFS
+directly. Each client connection gets one thread and one upstream connection. Request and
+response heads are forwarded byte for byte (the Host header too, so SigV4 signatures stay valid)
+and bodies are streamed in 1 MiB reads, never buffered; an upstream connection SeaweedFS closed
+while idle is reopened before the next request. What is changed:
 
 * ``PUT /<bucket>`` without a query string (CreateBucket) answered 409 with
   ``BucketAlreadyOwnedByYou`` or ``BucketAlreadyExists`` becomes ``200 OK``. SeaweedFS checks
-  the caller's rights before it looks for the bucket (an identity limited to its prefix gets
-  403 elsewhere), so a 409 means the caller may administer that bucket.
+  the signature and the caller's ``Admin:<prefix>*`` right before it looks at the bucket (an
+  identity limited to its prefix gets 403 elsewhere), so a 409 means the caller may administer
+  that bucket.
+* For the same reason a CreateBucket answered 400 ``InvalidBucketName`` proves the caller may
+  create that name. If Qarnot accepts the name (upper case, ``_``: ``meshroomIn``), the front
+  has ``make_bucket`` create it (:meth:`SeaweedFS.make_bucket`, the server's own access) and
+  answers 200, existing or not; otherwise the error's message says why Qarnot refuses it too.
 * ``Expect: 100-continue`` on an empty body is answered ``100 Continue`` by the front itself and
   not forwarded: SeaweedFS answers such a request at once, without a 100, and botocore then
   stalls on the next request of that connection until its read timeout (boto/boto3#3757).
 
-Measured cost and the choice against other options: ``docs/architecture.rst`` and
-``bench/s3front.py``.
+Measured cost and the choice against other options: ``docs/architecture.rst``,
+``bench/s3front.py`` and ``bench/create_bucket.py``.
 """
 from __future__ import annotations
 
@@ -33,8 +39,11 @@ import re
 import select
 import socket
 import threading
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
+
+from qcompute._objects import bucket_name_problem
 
 __all__ = ["S3Front"]
 
@@ -46,6 +55,8 @@ _IDLE_SECONDS = 60.0  # a client connection waiting for its next request (Seawee
 _IO_SECONDS = 600.0  # one read or write while a request is under way
 _CREATE_BUCKET_PATH = re.compile(rb"/[^/?]+/?")
 _OWNED_CODES = (b"<Code>BucketAlreadyOwnedByYou</Code>", b"<Code>BucketAlreadyExists</Code>")
+_INVALID_NAME = b"<Code>InvalidBucketName</Code>"
+_MESSAGE = re.compile(rb"<Message>.*?</Message>", re.S)
 
 
 class _Closed(Exception):
@@ -240,19 +251,35 @@ def _created(head: bytes, bucket: bytes) -> bytes:
                          b"Content-Length: 0"]) + b"\r\n\r\n"
 
 
+def _with_body(head: bytes, body: bytes) -> bytes:
+    """A response read whole, sent with a Content-Length."""
+    head = _drop_header(_drop_header(head, b"transfer-encoding"), b"content-length")
+    return head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _error(status: bytes, code: str, message: str) -> bytes:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{escape(message)}</Message></Error>").encode()
+    return (b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+            % (status, len(body)) + body)
+
+
 class S3Front:
     """The relay: ``start()`` binds ``host:port`` (0: a free port) in front of ``upstream_url``.
 
-    Every connection runs in a daemon thread; ``stop()`` closes the listener and every open
-    connection.
+    ``make_bucket(name)`` creates a bucket SeaweedFS's CreateBucket refuses (see the module
+    doc); without it such a CreateBucket is relayed as is. Every connection runs in a daemon
+    thread; ``stop()`` closes the listener and every open connection.
     """
 
-    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0,
+                 make_bucket: Optional[Callable[[str], bool]] = None) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
             raise ValueError(f"the S3 front relays to a plain http://host:port, not {upstream_url}")
         self.upstream = (parts.hostname, parts.port or 80)
         self.host, self.port = host, port
+        self._make_bucket = make_bucket
         self._listener: Optional[socket.socket] = None
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -393,14 +420,9 @@ class S3Front:
             response = up_reader.head()
         close = close or _wants_close(response.split(b" ", 1)[0], answer)
 
-        if create_bucket and status == b"409":
-            body = up_reader.read_body(answer)
-            if any(code in body for code in _OWNED_CODES):
-                client.sendall(_created(response, target.rstrip(b"/")))
-            else:
-                client.sendall(_drop_header(_drop_header(response, b"transfer-encoding"),
-                                            b"content-length")[:-2]
-                               + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        if create_bucket and status in (b"400", b"409"):
+            client.sendall(self._create_answer(response, status, up_reader.read_body(answer),
+                                               target.rstrip(b"/")))
             return not close
         body_length = _length(answer)
         if method == b"HEAD" or status in (b"204", b"304"):
@@ -418,6 +440,26 @@ class S3Front:
             up_reader.relay_to_close(client)
             return False
         return not close
+
+    def _create_answer(self, head: bytes, status: bytes, body: bytes, path: bytes) -> bytes:
+        """What the client gets for a CreateBucket SeaweedFS answered 409 or 400."""
+        if status == b"409" and any(code in body for code in _OWNED_CODES):
+            return _created(head, path)
+        if status == b"400" and _INVALID_NAME in body:
+            name = path[1:].decode("latin-1")
+            problem = bucket_name_problem(name)
+            if problem:  # refused by Qarnot too: say why
+                message = escape(f"{name!r} is not a valid bucket name: {problem}").encode()
+                body = _MESSAGE.sub(lambda _: b"<Message>" + message + b"</Message>", body, 1)
+            elif self._make_bucket is not None:
+                try:
+                    self._make_bucket(name)
+                except Exception as exc:  # noqa: BLE001 - any failure: the client gets a 503
+                    log.warning("S3 front: cannot create bucket %r: %s", name, exc)
+                    return _error(b"503 Service Unavailable", "ServiceUnavailable",
+                                  f"bucket {name!r} could not be created: try again")
+                return _created(head, path)
+        return _with_body(head, body)
 
     @staticmethod
     def _await_continue(reader: _Reader, up_reader: _Reader) -> Optional[bytes]:

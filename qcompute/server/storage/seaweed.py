@@ -10,7 +10,12 @@ Start-up follows the measured recipe (docs: reference/engine-and-storage.md, par
 * always a static ``-s3.config`` holding the admin identity (no identity = anonymous access);
 * ``GOMEMLIMIT=512MiB``, no ``AWS_*`` variables (they would become an extra admin identity);
 * glog files under ``<dir>/logs`` (rotated); stdout/stderr in ``<dir>/weed.log``;
-* ready when an S3 put + get succeeds; stop = SIGTERM, then SIGKILL (SIGTERM can hang).
+* ready when an S3 put + get succeeds; stop = SIGTERM, then SIGKILL (SIGTERM can hang);
+* buckets live in ``/qbuckets``, not SeaweedFS's default ``/buckets``: a ``filer.toml`` in weed's
+  working directory (the data dir) says so. The filer refuses upper case and ``_`` in any path
+  under a folder named ``buckets``; elsewhere it takes them, so a bucket Qarnot accepts
+  (``meshroomIn``) works once :meth:`SeaweedFS.make_bucket` made its directory (S3's CreateBucket
+  still refuses such names). Buckets of a data dir made before are moved there at start.
 
 The master, volume, filer and admin ports are picked free on first start and kept in
 ``<dir>/ports.json`` (the master's metadata directory is named after its port). User identities
@@ -19,6 +24,7 @@ are added at run time with ``weed shell s3.configure`` and live in the filer: th
 from __future__ import annotations
 
 import glob
+import http.client
 import json
 import logging
 import os
@@ -33,11 +39,13 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
+from qcompute._objects import check_bucket_name
 from qcompute._storage import no_continue_for_empty_body
 from qcompute.server.runner import pdeathsig_preexec
 
-__all__ = ["SeaweedFS", "SeaweedError", "pick_free_port", "port_is_free"]
+__all__ = ["SeaweedFS", "SeaweedError", "pick_free_port", "port_is_free", "BUCKETS_FOLDER"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ _ADMIN_NAME = "qcompute-admin"
 _SAFE_VALUE = re.compile(r"[\w@.+=/~-]+", re.ASCII)  # weed shell splits its arguments on spaces
 _BUCKET_PREFIX = re.compile(r"[a-z0-9][a-z0-9.-]*")
 _SOCKET_PATH_MAX = 100  # a unix socket path has at most 107 bytes
+BUCKETS_FOLDER = "/qbuckets"  # any name but "buckets" (see the module doc)
+_LEGACY_FOLDER = "/buckets"  # SeaweedFS's default, used by data dirs made before
+_STORE = "filerldb2"  # the filer store, where mini keeps it by default
 
 
 class SeaweedError(RuntimeError):
@@ -131,7 +142,8 @@ class SeaweedFS:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start ``weed mini`` and return once S3 answers a put + get; SeaweedError otherwise."""
+        """Start ``weed mini`` and return once S3 answers a put + get and the buckets of an older
+        data dir are in :data:`BUCKETS_FOLDER`; SeaweedError otherwise."""
         if self.is_running():
             return
         started = time.monotonic()
@@ -147,11 +159,14 @@ class SeaweedFS:
             "credentials": [{"accessKey": self.admin_access_key,
                              "secretKey": self.admin_secret_key}],
             "actions": list(_FULL_ACTIONS)}]}))
+        self._write_private(self.data_dir / "filer.toml", self._filer_toml())
+        self._roll_back_cut_short_move()
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
         self._proc = self._spawn(self._argv())
         try:
             self._wait_ready(started + timeout)
+            self._move_legacy_buckets(timeout)
         except BaseException:
             self.stop(timeout=2)
             raise
@@ -202,6 +217,14 @@ class SeaweedFS:
             taken.add(ports[name])
         saved_path.write_text(json.dumps(ports))
         return ports
+
+    def _filer_toml(self) -> str:
+        """Read by weed from its working directory. The store is the one ``mini`` uses by
+        default (``<dir>/filerldb2``), so a data dir made before keeps its metadata."""
+        store = json.dumps(str(self.data_dir / _STORE))  # a JSON string is a TOML string
+        return ("# written by qcompute at each start (qcompute/server/storage/seaweed.py)\n"
+                f'[filer.options]\nbuckets_folder = "{BUCKETS_FOLDER}"\n\n'
+                f"[leveldb2]\nenabled = true\ndir = {store}\n")
 
     def _argv(self) -> list[str]:
         d, p = self.data_dir, self.ports
@@ -290,6 +313,102 @@ class SeaweedFS:
             handle.write(text)
         tmp.replace(path)
 
+    # -- buckets ------------------------------------------------------------------------------
+
+    def make_bucket(self, name: str) -> bool:
+        """Create the bucket ``name`` as a filer directory, as CreateBucket would (without an
+        owner: the identities' prefix rights decide who reaches it). For names S3 refuses but
+        Qarnot accepts; the caller checks the rights. True if made, False if it existed."""
+        check_bucket_name(name)  # also keeps "/" and "%" out of the filer path
+        status, body = self._filer("POST", f"{BUCKETS_FOLDER}/{name}/", "?mode=0777")
+        if status in (200, 201, 409):  # 409: it exists
+            return status != 409
+        raise SeaweedError(f"the filer refused to create bucket {name!r}: HTTP {status} "
+                           f"{body[:200]!r}")
+
+    def _filer(self, method: str, path: str, query: str = "") -> tuple[int, bytes]:
+        """One request to the filer's HTTP API (loopback, never given to users)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["filer"], timeout=30)
+        try:
+            conn.request(method, quote(path) + query, headers={"Accept": "application/json"})
+            reply = conn.getresponse()
+            return reply.status, reply.read()
+        finally:
+            conn.close()
+
+    def _folders(self, path: str) -> list[str]:
+        """The names of the directories in ``path`` (none if it does not exist)."""
+        names: list[str] = []
+        last = ""
+        while True:
+            status, body = self._filer("GET", path + "/", f"?limit=1000&lastFileName={quote(last)}")
+            if status == 404:
+                return names
+            if status != 200:
+                raise SeaweedError(f"cannot list {path} on the filer: HTTP {status}")
+            page = json.loads(body)
+            entries = page.get("Entries") or []
+            names += [e["FullPath"].rsplit("/", 1)[-1] for e in entries if e.get("Mode", 0) >> 31]
+            if not entries or not page.get("ShouldDisplayLoadMore"):
+                return names
+            last = page.get("LastFileName") or entries[-1]["FullPath"].rsplit("/", 1)[-1]
+
+    def _legacy_buckets(self) -> list[str]:
+        return [n for n in self._folders(_LEGACY_FOLDER) if not n.startswith(".")]
+
+    def _move_legacy_buckets(self, timeout: float) -> None:
+        """Move the buckets of ``/buckets`` (data dirs made before) to ``/qbuckets``, once.
+
+        The filer moves metadata only (objects, owners and collections are kept), one entry at
+        a time, and cannot resume a move cut short (the half-filled target is refused). So weed
+        is restarted around a copy of the filer store, taken while it is stopped; the copy is
+        dropped once every bucket moved, and a start that finds it rolls the store back to it
+        (:meth:`_roll_back_cut_short_move`) and moves again."""
+        names = self._legacy_buckets()
+        if not names:
+            return
+        for name in names:
+            _check_value("a bucket name", name)  # weed shell splits its arguments on spaces
+        log.warning("SeaweedFS: moving %d bucket(s) of this data dir from %s to %s, where names "
+                    "with upper case or '_' work. Once; metadata only, seconds per 10,000 objects: "
+                    "let it finish (if stopped, the next start starts it again)", len(names),
+                    _LEGACY_FOLDER, BUCKETS_FOLDER)
+        self.stop()
+        store, copy, copying, dropped = self._store_paths()
+        shutil.copytree(store, copying)
+        copying.rename(copy)
+        self._proc = self._spawn(self._argv())
+        self._wait_ready(time.monotonic() + timeout)
+        self._filer("POST", BUCKETS_FOLDER + "/")  # it must be a folder: "fs.mv x folder"
+        self._shell([f"fs.mv {_LEGACY_FOLDER}/{name} {BUCKETS_FOLDER}" for name in names],
+                    what="fs.mv of the old buckets", timeout=None)
+        left = self._legacy_buckets()
+        if left:
+            raise SeaweedError(f"buckets still in {_LEGACY_FOLDER} after the move: {left}")
+        copy.rename(dropped)  # at once: a copy half deleted must never be rolled back to
+        shutil.rmtree(dropped)
+        log.warning("SeaweedFS: %d bucket(s) moved to %s", len(names), BUCKETS_FOLDER)
+
+    def _roll_back_cut_short_move(self) -> None:
+        """Before weed starts: if a move of old buckets was cut short, put back the filer
+        store copied before it (each step can itself be cut short and redone)."""
+        store, copy, copying, dropped = self._store_paths()
+        if copy.exists():
+            log.warning("SeaweedFS: a move of old buckets was cut short; the filer store is "
+                        "rolled back to its copy from before the move, which starts again")
+            if store.exists():
+                shutil.rmtree(dropped, ignore_errors=True)
+                store.rename(dropped)
+            copy.rename(store)
+        shutil.rmtree(dropped, ignore_errors=True)
+        shutil.rmtree(copying, ignore_errors=True)
+
+    def _store_paths(self) -> tuple[Path, Path, Path, Path]:
+        """The filer store, its copy from before a move, that copy being made, a store being
+        deleted (renamed first: only whole stores keep their names)."""
+        return tuple(self.data_dir / f"{_STORE}{suffix}"  # type: ignore[return-value]
+                     for suffix in ("", ".before-move", ".copying", ".dropped"))
+
     # -- identities ---------------------------------------------------------------------------
 
     def configure_identity(self, name: str, access_key: str, secret_key: str,
@@ -313,15 +432,17 @@ class SeaweedFS:
         self._shell([f"s3.configure -user={name} -delete -apply",
                      f"s3.configure -user={name} -access_key={access_key} "
                      f"-secret_key={secret_key} -actions={actions} -apply"],
-                    missing_user=name, secret=secret_key)
+                    what=f"s3.configure for {name!r}", missing_user=name, secret=secret_key)
 
     def delete_identity(self, name: str) -> None:
         """Remove the identity ``name`` (its keys stop working at once); unknown names are fine."""
         _check_value("the identity name", name)
-        self._shell([f"s3.configure -user={name} -delete -apply"], missing_user=name)
+        self._shell([f"s3.configure -user={name} -delete -apply"],
+                    what=f"s3.configure for {name!r}", missing_user=name)
 
-    def _shell(self, commands: list[str], *, missing_user: str, secret: str = "") -> None:
-        """Run commands in one ``weed shell``; "user not found" errors are not failures."""
+    def _shell(self, commands: list[str], *, what: str, missing_user: str = "",
+               secret: str = "", timeout: Optional[float] = 60) -> None:
+        """Run commands in one ``weed shell``; "user <missing_user> not found" is no failure."""
         if not self.is_running():
             raise SeaweedError("SeaweedFS is not running")
         with self._shell_lock:
@@ -329,16 +450,16 @@ class SeaweedFS:
                 result = subprocess.run(
                     [str(self._binary), "shell", f"-master={self.master_address}"],
                     input="\n".join(commands) + "\n", capture_output=True, text=True,
-                    env=self._env, timeout=60)
+                    env=self._env, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
-                raise SeaweedError(f"weed shell timed out for {missing_user!r}") from exc
+                raise SeaweedError(f"weed shell timed out: {what}") from exc
         output = (result.stdout + "\n" + result.stderr).splitlines()
-        errors = [line for line in output
-                  if line.startswith(("error", "unknown command"))
-                  and f"user {missing_user} not found" not in line]
-        if errors or (result.returncode and not any("not found" in line for line in output)):
+        errors = [line for line in output if line.startswith(("error", "unknown command"))
+                  and not (missing_user and f"user {missing_user} not found" in line)]
+        if errors or (result.returncode and not (
+                missing_user and any("not found" in line for line in output))):
             detail = "; ".join(errors) or f"exit code {result.returncode}"
             if secret:
                 detail = detail.replace(secret, "***")
-            raise SeaweedError(f"weed shell s3.configure for {missing_user!r} failed: {detail}")
+            raise SeaweedError(f"weed shell {what} failed: {detail}")
 
