@@ -100,7 +100,7 @@ def test_running_instances_info_of_a_pool_slot(roomy):
     roomy.executor.on_event(sample(key, cpu=60.0))
     entries = wait_for(lambda: [e for e in roomy.get(f"/pools/{pool}").json()["status"]
                                 ["runningInstancesInfo"]["perRunningInstanceInfo"]
-                                if e["cpuUsage"]])
+                                if e["cpuUsage"] and e["phase"] == "execution"])
     info = roomy.get(f"/pools/{pool}").json()["status"]["runningInstancesInfo"]
     assert len(info["perRunningInstanceInfo"]) == 2  # one entry per slot held
     assert entries[0]["cpuUsage"] == 60.0 and entries[0]["phase"] == "execution"
