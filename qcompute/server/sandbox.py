@@ -113,7 +113,14 @@ class SlotNetwork:
                 ["cat"], stdin=read_end, stdout=subprocess.DEVNULL, preexec_fn=_new_netns)
         finally:
             os.close(read_end)
-        self.fd = os.open(f"/proc/{self._holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(f"/proc/{self._holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if self._holder.poll() is not None:
+                raise OSError("the holder exited")
+        except OSError as exc:
+            self.close()
+            raise SandboxError("cannot create the instances' network namespace (the server "
+                               f"needs root for it): {exc}") from exc
         ports = ",".join(map(str, self._ports)) or "none"
         self._pasta = subprocess.Popen(
             [pasta, "-f", "-q", "--runas", str(os.geteuid()), "-4", "--config-net", "--no-map-gw",
