@@ -23,6 +23,7 @@ from qcompute import (
     MissingTaskInstanceException,
     ReadOnlyFieldError,
     ResourceStateError,
+    RunningInstance,
     Task,
     TaskState,
 )
@@ -197,6 +198,24 @@ def test_server_documents_are_parsed(api: responses.RequestsMock, conn: Connecti
     assert task.resources == [Bucket(conn, "in", create=False, prefix_filtering="a/")]
     assert task.results.name == "out"
     assert len(api.calls) == 0  # nothing fetched, and no bucket created
+
+
+def test_running_instances_are_read_from_the_status(api: responses.RequestsMock,
+                                                     conn: Connection) -> None:
+    entry = {"instanceId": 3, "phase": "execution", "cpuModel": "AMD EPYC", "cpuUsage": 42.5,
+             "currentFrequencyGHz": 2.5, "maxFrequencyGHz": 3, "currentMemoryMB": 300,
+             "maxMemoryMB": 512, "memoryUsage": 0.29, "networkInKbps": 8, "networkOutKbps": 4,
+             "executionTimeSec": 12.5, "executionTimeGHz": 7.5, "executionAttemptCount": 2,
+             "progress": 0, "activeForwards": [], "vpnConnections": []}
+    task = submitted(api, conn, state="FullyExecuting", status={
+        "runningInstancesInfo": {"averageCpuUsage": 42.5, "perRunningInstanceInfo": [entry]}})
+    assert task.running_instances == [RunningInstance(
+        instance_id=3, phase="execution", progress=0.0, cpu_model="AMD EPYC", cpu_usage=42.5,
+        current_frequency_ghz=2.5, max_frequency_ghz=3.0, current_memory_mb=300.0,
+        max_memory_mb=512.0, memory_usage=0.29, network_in_kbps=8.0, network_out_kbps=4.0,
+        execution_time_sec=12.5, execution_time_ghz=7.5, execution_attempt_count=2)]
+    assert task.status.running_instances_info["averageCpuUsage"] == 42.5  # the raw object
+    assert len(api.calls) == 0
 
 
 def test_unknown_state_is_kept_as_text(api: responses.RequestsMock, conn: Connection) -> None:
