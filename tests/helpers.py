@@ -2,6 +2,7 @@
 commands."""
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from qcompute.server.storage.seaweed import SeaweedFS
 from qcompute.server.testing import free_port
 
-__all__ = ["free_port", "start_seaweed", "s3_client", "sh", "ADMIN_ACCESS_KEY"]
+__all__ = ["free_port", "start_seaweed", "s3_client", "sh", "host_pids_with", "ADMIN_ACCESS_KEY"]
 
 ADMIN_ACCESS_KEY = "test-admin"
 
@@ -19,6 +20,24 @@ def sh(script: str) -> str:
     """A task command that runs ``script`` in a shell: commands run without one, as on a Qarnot
     node."""
     return "sh -c " + shlex.quote(script)
+
+
+def host_pids_with(argument: str) -> list[int]:
+    """Live (not zombie) processes of this host with ``argument`` in their command line: an
+    instance's own pids are those of its PID namespace, so tests find its processes by a
+    unique argument."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if argument.encode() not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def start_seaweed(data_dir: Path, timeout: float = 30.0) -> SeaweedFS:

@@ -188,36 +188,39 @@ class _InstanceRun:
         if not argv:
             self.exit_code = 0
             return
-        config = self.sandbox.config if self.sandbox else None
-        cgroup = InstanceCgroup.create(config.memory_mb, config.max_pids) if config else None
+        # env finds the program in the command's PATH and exits 127 (not found) or 126 (not
+        # executable), as a shell would
+        command = ["/usr/bin/env", "--", *argv]
+        if self.sandbox is not None:
+            self._run_sandboxed(self.sandbox, command, env)
+            return
+        watchdog, lifeline = _start_watchdog()
         try:
-            if self.sandbox is not None:
-                self._run_sandboxed(self.sandbox, argv, env, cgroup)
-            else:
-                watchdog, lifeline = _start_watchdog()
-                try:
-                    # env finds the program in the command's PATH, as in the sandbox
-                    self._run_watched(["/usr/bin/env", "--", *argv], env, _chain(
-                        pdeathsig_preexec(report_group_to=lifeline),
-                        cgroup.enter if cgroup else None), cgroup=cgroup)
-                finally:
-                    watchdog.kill()  # first: with its lifeline closed it would signal a stale group
-                    watchdog.wait()
-                    os.close(lifeline)
+            self._run_watched(command, env, pdeathsig_preexec(report_group_to=lifeline))
+        finally:
+            watchdog.kill()  # first: with its lifeline closed it would signal a stale group id
+            watchdog.wait()
+            os.close(lifeline)
+
+    def _run_sandboxed(self, sandbox: Sandbox, command: list[str], env: dict[str, str]) -> None:
+        """bwrap runs the command; its PID namespace's init (reported on the info pipe) leads
+        the command's process group, and its death takes down everything the command left.
+        Where cgroups are writable the instance gets one of its own."""
+        cgroup = InstanceCgroup.create(sandbox.config.memory_mb, sandbox.config.max_pids)
+        try:
+            self._run_bwrap(sandbox, command, env, cgroup)
         finally:
             if cgroup is not None:
                 cgroup.remove()
 
-    def _run_sandboxed(self, sandbox: Sandbox, argv: list[str], env: dict[str, str],
-                       cgroup: Optional[InstanceCgroup]) -> None:
-        """bwrap runs the command; its PID namespace's init (reported on the info pipe) leads
-        the command's process group, and its death takes down everything the command left."""
+    def _run_bwrap(self, sandbox: Sandbox, command: list[str], env: dict[str, str],
+                   cgroup: Optional[InstanceCgroup]) -> None:
         preexec = _chain(pdeathsig_preexec(), sandbox.join_network(self.spec.network),
                          cgroup.enter if cgroup else None)
         info_read, info_write = os.pipe()
         args = os.memfd_create("bwrap-args")  # keeps host paths out of the sandbox's ps
         try:
-            bwrap = sandbox.argv(argv, job=self.workdir, tmp=self.tmpdir,
+            bwrap = sandbox.argv(command, job=self.workdir, tmp=self.tmpdir,
                                  share=self.spec.share_dir, network=self.spec.network,
                                  info_fd=info_write)
             split = bwrap.index("--")  # options in the file; the command stays in argv
@@ -295,11 +298,10 @@ class _InstanceRun:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere: the code is whatever Popen knows
             code = proc.poll()
-            self.exit_code = None if code is None else 128 - code if code < 0 else code
+            self.exit_code = None if code is None else _shell_code(code)
             return
-        if pid:  # killed by signal N: 128 + N, as a shell and a container runtime report it
-            code = os.waitstatus_to_exitcode(status)
-            self.exit_code = proc.returncode = 128 - code if code < 0 else code
+        if pid:
+            self.exit_code = proc.returncode = _shell_code(os.waitstatus_to_exitcode(status))
             self.peak_kb = usage.ru_maxrss
 
     def _signal_group(self, sig: int) -> None:
@@ -400,6 +402,11 @@ def _start_watchdog() -> tuple[subprocess.Popen, int]:
     finally:
         os.close(read_end)
     return watchdog, write_end
+
+
+def _shell_code(code: int) -> int:
+    """Killed by signal N (Python's -N): 128 + N, as a shell and a container runtime say."""
+    return 128 - code if code < 0 else code
 
 
 def _chain(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ _V1 = ("memory", "pids", "cpuacct")
 _names = itertools.count()
 
 
+@functools.cache  # a runner's own cgroup does not change: read once per process
 def _hierarchies() -> dict[str, str]:
     """Controller (``""`` for cgroup v2) -> this process's cgroup directory in it."""
     own: dict[str, str] = {}

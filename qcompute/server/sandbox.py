@@ -219,12 +219,22 @@ class Sandbox:
         self.network: Optional[SlotNetwork] = None
         self._etc: Optional[str] = None
         self._bwrap = shutil.which("bwrap")
+        self._system: list[str] = []  # the bwrap options for the host's system, made at start
 
     def start(self) -> "Sandbox":
         if self._bwrap is None:
             raise SandboxError(f"bwrap not found: install the {BWRAP_PACKAGE} package")
         self._etc = tempfile.mkdtemp(prefix="qcompute-etc-")
         _minimal_etc(Path(self._etc))
+        for path in _SYSTEM_DIRS:
+            if os.path.islink(path):
+                self._system += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                self._system += ["--ro-bind", path, path]
+        # one mount for /etc (the copy), plus the live resolver configuration
+        self._system += ["--ro-bind", self._etc, "/etc", "--ro-bind-try", _RESOLV, _RESOLV]
+        for path in self.config.ro_paths:
+            self._system += ["--ro-bind-try", path, path]
         if self.config.network:
             self.network = SlotNetwork(self.config.forward_ports).start()
         return self
@@ -247,22 +257,11 @@ class Sandbox:
                 "--info-fd", str(info_fd), "--hostname", "qcompute"]
         if not (network and self.network is not None):
             args.append("--unshare-net")
-        for path in _SYSTEM_DIRS:
-            if os.path.islink(path):
-                args += ["--symlink", os.readlink(path), path]
-            elif os.path.isdir(path):
-                args += ["--ro-bind", path, path]
-        # one mount for /etc (a copy made at start), plus the live resolver configuration
-        args += ["--ro-bind", self._etc, "/etc", "--ro-bind-try", _RESOLV, _RESOLV]
-        for path in self.config.ro_paths:
-            args += ["--ro-bind-try", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--bind", job, JOB, "--bind", tmp, TMP,
+        args += [*self._system, "--proc", "/proc", "--dev", "/dev", "--bind", job, JOB, "--bind", tmp, TMP,
                  "--size", str(self.config.ramfs_mb * 1024 * 1024), "--tmpfs", RAMFS]
         if share is not None:
             args += ["--bind", share, SHARE]
-        # env resolves the program in the sandbox's PATH and exits 127 (not found) or 126 (not
-        # executable), as a shell would; the root stays read-only.
-        return args + ["--remount-ro", "/", "--chdir", JOB, "--", "/usr/bin/env", "--", *command]
+        return args + ["--remount-ro", "/", "--chdir", JOB, "--", *command]  # root read-only
 
     def join_network(self, network: bool) -> Optional[Callable[[], None]]:
         """The preexec step that puts a child in the slot's network (None: nothing to do)."""
@@ -279,8 +278,7 @@ def resolve(config: SandboxConfig) -> tuple[SandboxConfig, str]:
     if error and config.network:
         without = replace(config, network=False)
         if _try(without) is None:
-            return without, (f"bubblewrap sandbox, NO network for instances ({error}; install "
-                             f"the {PASTA_PACKAGE} package)")
+            return without, f"bubblewrap sandbox, NO network for instances ({error})"
     if error:
         return replace(config, enabled=False, network=False), f"UNSANDBOXED: {error}"
     return config, "bubblewrap sandbox, " + (

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from qcompute.server.testing import ClusterProcess, free_port  # noqa: F401 (used by tests)
+from tests.helpers import host_pids_with  # noqa: F401 (used by tests)
 
 
 @pytest.fixture
@@ -28,16 +29,3 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
 
-
-def host_pids_with(argument: str) -> list[int]:
-    """Live processes of this host with ``argument`` in their command line (an instance's own
-    pids are those of its PID namespace: tests find its processes by a unique argument)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if argument.encode() in handle.read().split(b"\0") and pid_alive(int(entry)):
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found

@@ -2,7 +2,6 @@
 runner: what an instance sees, what it cannot reach, and what it cannot leave behind."""
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import threading
@@ -16,7 +15,7 @@ from qcompute.server.runner import run_instance
 from qcompute.server import sandbox as sandbox_module
 from qcompute.server.sandbox import Sandbox, SandboxConfig, resolve
 
-from tests.helpers import sh
+from tests.helpers import host_pids_with, sh
 
 from .test_runner import Recorder, make_spec, result_keys
 from .test_runner_control import s3  # noqa: F401 (a fixture: S3 access, two buckets)
@@ -64,18 +63,6 @@ def run(sandbox: Sandbox, spec, rec: Recorder = None) -> tuple[Recorder, object]
     return rec, run_instance(spec, rec, rec.cancel, sandbox=sandbox)
 
 
-def host_processes_with(argument: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if argument.encode() in handle.read().split(b"\0"):
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def test_layout_and_environment_of_a_qarnot_node(sandbox, tmp_path):
     rec, finished = run(sandbox, make_spec(tmp_path, sh(
         'pwd; echo "$TASK_PATH $TMP_PATH $TMP_RAMFS_PATH $HOME"; '
@@ -115,9 +102,9 @@ def test_nothing_the_instance_starts_outlives_it(sandbox, tmp_path):
         f"setsid sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & echo started")))
     assert finished.exit_code == 0 and rec.text() == "started\n"
     deadline = time.monotonic() + 3
-    while host_processes_with(marker) and time.monotonic() < deadline:
+    while host_pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert host_processes_with(marker) == []
+    assert host_pids_with(marker) == []
 
 
 def test_cancel_ends_the_whole_sandbox_after_the_grace_period(sandbox, tmp_path):
@@ -132,11 +119,11 @@ def test_cancel_ends_the_whole_sandbox_after_the_grace_period(sandbox, tmp_path)
     while "up" not in rec.text():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert host_processes_with(marker)
+    assert host_pids_with(marker)
     rec.cancel.set()
     thread.join(5)
     assert result["f"].cancelled and result["f"].exit_code == 128 + 15  # sh got SIGTERM
-    assert host_processes_with(marker) == []  # the TERM-proof child got the SIGKILL
+    assert host_pids_with(marker) == []  # the TERM-proof child got the SIGKILL
 
 
 def test_network_reaches_the_forwarded_ports_only(sandbox, listeners, tmp_path):

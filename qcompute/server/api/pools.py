@@ -1,7 +1,7 @@
 """Pool routes: thin wrappers that validate, call one service, and answer in the dialect."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
@@ -23,16 +23,14 @@ from .output import add_output_routes
 router = APIRouter(tags=["pools"])
 
 
-def _full(session, pool: Pool, ctx: Optional[AppContext] = None) -> dict[str, Any]:
-    """The pool's document; with ``ctx``, its running slots' live telemetry too."""
-    if ctx is None:
-        return pool_to_json(session, pool, utcnow())
+def _full(ctx: AppContext, session, pool: Pool) -> dict[str, Any]:
+    """The pool's document, with the live telemetry of what runs on its slots."""
     return pool_to_json(session, pool, utcnow(), ctx.scheduler.telemetry.get,
                         ctx.settings.node_kinds[0].cpu_model)
 
 
-def _summary(session, pool: Pool) -> dict[str, Any]:
-    doc = _full(session, pool)
+def _summary(ctx: AppContext, session, pool: Pool) -> dict[str, Any]:
+    doc = _full(ctx, session, pool)
     keep = ("uuid", "name", "shortname", "profile", "state", "previousState",
             "stateTransitionTime", "previousStateTransitionTime", "lastModified",
             "creationDate", "endDate", "runningInstanceCount", "runningCoreCount",
@@ -61,24 +59,24 @@ def submit_pool(request: Request, body: RawBody, session: SessionDep, user: Curr
 
 
 @router.get("/pools", summary="All pools (older clients)")
-def list_pools(session: SessionDep, user: CurrentUser):
+def list_pools(session: SessionDep, user: CurrentUser, ctx: ContextDep):
     pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_full(session, p) for p in pools]
+    return [_full(ctx, session, p) for p in pools]
 
 
 @router.get("/pools/summaries", summary="Pool summaries (older clients)")
-def list_summaries(session: SessionDep, user: CurrentUser):
+def list_summaries(session: SessionDep, user: CurrentUser, ctx: ContextDep):
     pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_summary(session, p) for p in pools]
+    return [_summary(ctx, session, p) for p in pools]
 
 
-def _page(request: Request, body: bytes, session, user, summary: bool):
+def _page(request: Request, body: bytes, session, user, ctx: AppContext, summary: bool):
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
 
     def work() -> tuple[int, Any]:
         pools, next_token = listing.page_pools(session, user, page)
         render = _summary if summary else _full
-        return 200, {"data": [render(session, p) for p in pools], "token": page.token,
+        return 200, {"data": [render(ctx, session, p) for p in pools], "token": page.token,
                      "nextToken": next_token, "isTruncated": next_token is not None}
 
     return run_once(request, session, user, body, work)
@@ -86,19 +84,21 @@ def _page(request: Request, body: bytes, session, user, summary: bool):
 
 @router.post("/pools/paginate", summary="A page of pools, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
-    return _page(request, body, session, user, summary=False)
+def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+             ctx: ContextDep):
+    return _page(request, body, session, user, ctx, summary=False)
 
 
 @router.post("/pools/summaries/paginate", summary="A page of pool summaries, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
-    return _page(request, body, session, user, summary=True)
+def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+                       ctx: ContextDep):
+    return _page(request, body, session, user, ctx, summary=True)
 
 
 @router.get("/pools/{uuid}", summary="One pool")
 def get_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    return _full(session, service.get_pool(session, user, uuid), ctx)
+    return _full(ctx, session, service.get_pool(session, user, uuid))
 
 
 @router.put("/pools/{uuid}", summary="Update a pool: name, tags, labels, elastic settings")
@@ -110,7 +110,7 @@ def update_pool(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser
     pool = service.update_pool(session, user, uuid, payload, ctx.scheduler.executor.capacity)
     session.commit()
     ctx.scheduler.wake()
-    return _full(session, pool)
+    return _full(ctx, session, pool)
 
 
 @router.patch("/pools/{uuid}", summary="Push new resource files to the pool's running tasks")

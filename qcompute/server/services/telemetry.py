@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 
 from ..executors.base import InstanceKey, Telemetry
 
-__all__ = ["TelemetryStore", "PHASES", "instance_info", "running_info"]
+__all__ = ["TelemetryStore", "PHASES", "instance_info", "running_info", "running_seconds"]
 
 # instance state -> the dialect's phase of a running instance
 PHASES = {"Dispatched": "environment", "Downloading": "download", "Running": "execution",
