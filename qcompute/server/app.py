@@ -50,7 +50,8 @@ def _default_executor(settings: ServerSettings, store) -> ExecutorFactory:
     else:
         log.info("instances: %s", note)
     return lambda on_event: LocalExecutor(on_event, capacity=settings.max_concurrent_instances,
-                                          sandbox=config, isolation=note)
+                                          sandbox=config, isolation=note,
+                                          stall_seconds=settings.runner_stall_seconds)
 
 
 def _loopback_port(url: str) -> Optional[int]:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SANDBOX_START_SECONDS = 30.0
 SANDBOX_ENV = "QCOMPUTE_SANDBOX"  # the worker's SandboxConfig, as JSON
+HEARTBEAT_ENV = "QCOMPUTE_RUNNER_HEARTBEAT"  # serve(): seconds between ALIVE lines; 0: none
 _POLL_SECONDS = 0.05  # how often the wait loop looks at the process and the cancel flag
 _DRAIN_SECONDS = 1.0  # output still read after the command's group is gone
 _READ_BYTES = 65536
@@ -441,6 +442,7 @@ def _memory_limit_mb(sandbox: Optional[Sandbox]) -> float:
 
 
 ACCEPTED = '{"kind": "accepted"}'  # serve(): a spec was read; SIGTERM now cancels it
+ALIVE = '{"kind": "alive"}'  # serve(): the worker still runs its instance (a heartbeat)
 _CANCEL_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -506,6 +508,15 @@ def _route(line: bytes, specs: queue.SimpleQueue, active: _Active) -> None:
         log.warning("bad control line %r: %s", line[:200], exc)
 
 
+def _heartbeat(write: Callable[[str], None], active: _Active, interval: float) -> None:
+    """While an instance runs, say so every ``interval`` seconds (the executor's watchdog ends
+    a worker that falls silent)."""
+    while True:
+        time.sleep(interval)
+        if active[0] is not None:
+            write(ALIVE)
+
+
 def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> int:
     """Run instances one after another: read a spec JSON line, answer :data:`ACCEPTED`, write
     its events (Finished last), repeat; exit at EOF (after the running instance, if any).
@@ -529,6 +540,10 @@ def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> in
     reader = threading.Thread(target=_read_stdin, args=(sys.stdin.fileno(), specs, active),
                               name="stdin-reader", daemon=True)
     reader.start()
+    interval = float(os.environ.get(HEARTBEAT_ENV) or 0)
+    if interval > 0:
+        threading.Thread(target=_heartbeat, args=(write, active, interval), name="heartbeat",
+                         daemon=True).start()
     while (line := specs.get()) is not None:
         spec = InstanceSpec.from_json(line.decode())
         while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:

@@ -6,6 +6,11 @@ One thread, woken by events (a submit, an abort, an executor event), never by sl
    follows what it dispatches, not the length of the queue);
 3. marks them dispatched, commits, and only then hands them to the executor.
 Output chunks do not go through the loop: they are appended to the output store as they arrive.
+
+A round that fails is rolled back and its events are applied again one by one, each in a round
+of its own, so that one bad event fails alone; an instance's end that fails even alone is still
+recorded (``Recovery.last_resort``). Every tick compares the executor's running set with the
+database and settles what the executor lost (``scheduler_recovery.py``).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from qcompute.states import InstanceState as I
+from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
 from .changes import TaskChanges
@@ -29,6 +35,7 @@ from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcno
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, S3Access, Telemetry)
 from .scheduler_pools import PoolKeeper, resource_specs
+from .scheduler_recovery import Recovery, WorkDirs, storable
 from .scheduler_snapshots import InstanceControls, PeriodicChanged, RefreshResources, TakeSnapshot
 from .scheduler_timers import Timers
 from .services.masking import OutputMasks
@@ -105,6 +112,9 @@ class Scheduler:
         self._ticker = threading.Thread(target=self._tick, name="qcompute-ticker", daemon=True)
         self.changes = TaskChanges()  # long-polling requests wait on it
         self.telemetry = TelemetryStore()  # the latest sample of each running instance
+        self.recovery = Recovery(self)
+        self.workdirs = WorkDirs(Path(settings.data_dir, "work"))
+        self.injected_faults = 0  # tests only (settings.fault_injection): rounds left to fail
 
     # -- API side -----------------------------------------------------------------------------
 
@@ -120,6 +130,11 @@ class Scheduler:
         self._events.put(_STOP)
         self._thread.join(timeout=30)
         self.executor.shutdown()
+        self.workdirs.stop()
+
+    def alive(self) -> bool:
+        """Whether the scheduler's thread runs (for /health)."""
+        return self._thread.is_alive()
 
     def wake(self) -> None:
         self._events.put(_Wake())
@@ -155,20 +170,26 @@ class Scheduler:
     # -- executor side ------------------------------------------------------------------------
 
     def _on_executor_event(self, event: ExecutorEvent) -> None:
+        """From the executor's threads. Output that cannot be written (a full disk) is lost
+        with a log line; a state change never is."""
         if isinstance(event, Telemetry):
             self.telemetry.update(event)
             return
-        if isinstance(event, Output):
-            text = self.masks.feed(event.key, event.stream, event.data)
-            if text:
-                self.outputs.append(event.key.task_uuid, event.key.instance_id, event.stream,
-                                    text)
-            return
-        if isinstance(event, Finished):  # the output held back by masking, before the end
-            self.telemetry.forget(event.key)
-            for stream, text in self.masks.finish(event.key).items():
-                self.outputs.append(event.key.task_uuid, event.key.instance_id, stream, text)
-        self._events.put(event)
+        try:
+            if isinstance(event, Output):
+                text = self.masks.feed(event.key, event.stream, event.data)
+                if text:
+                    self.outputs.append(event.key.task_uuid, event.key.instance_id,
+                                        event.stream, text)
+                return
+            if isinstance(event, Finished):  # the output held back by masking, before the end
+                self.telemetry.forget(event.key)
+                for stream, text in self.masks.finish(event.key).items():
+                    self.outputs.append(event.key.task_uuid, event.key.instance_id, stream, text)
+        except Exception:
+            log.exception("the output of %s could not be written", event.key)
+        if not isinstance(event, Output):
+            self._events.put(event)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -184,14 +205,29 @@ class Scheduler:
                 return
             try:
                 specs, changed = self._round(events)
-            except Exception:  # never let the loop die; the next event retries
-                log.exception("scheduler round failed")
+            except Exception:
+                log.exception("a scheduler round failed: its %d events are applied again, one "
+                              "by one", len(events))
                 self.controls.discard()
-                continue
+                specs, changed = self._one_by_one(events)
             for spec in specs:
                 self._hand_over(spec)
             self.controls.send()
             self.changes.publish(changed)
+
+    def _one_by_one(self, events: list) -> tuple[list[InstanceSpec], set[str]]:
+        """After a failed round: each event in a round of its own, so a bad one fails alone."""
+        specs: list[InstanceSpec] = []
+        changed: set[str] = set()
+        for event in events:
+            try:
+                more, touched = self._round([event])
+            except Exception as exc:
+                self.controls.discard()
+                more, touched = [], self.recovery.last_resort(event, exc)
+            specs += more
+            changed |= touched
+        return specs, changed
 
     def _hand_over(self, spec: InstanceSpec) -> None:
         try:
@@ -211,12 +247,18 @@ class Scheduler:
             for event in events:
                 self._apply(session, event, touched)
             self._settle(session, touched)
+            if self.injected_faults:  # tests only: a round that fails after applying its events
+                self.injected_faults -= 1
+                raise RuntimeError("injected fault (fault_injection)")
             session.commit()
             dispatched: dict[int, Task] = {}
             specs = self._dispatch(session, dispatched, changed)
             self._settle(session, dispatched)
             session.commit()
             tasks = {**touched, **dispatched}.values()
+            for task in tasks:
+                if T(task.state).is_final():
+                    self.workdirs.remove(task.uuid)
             return specs, {t.uuid for t in tasks} | {s.task_uuid for s in specs} | changed
 
     def _settle(self, session: Session, touched: dict[int, Task]) -> None:
@@ -299,6 +341,7 @@ class Scheduler:
                 touched[task.id] = task
         elif isinstance(event, _Tick):
             self.timers.run(session, touched)
+            self.recovery.check(session)
         elif isinstance(event, _Forget):
             for key in event.keys:
                 if key in self._in_flight:
@@ -314,7 +357,7 @@ class Scheduler:
         if event.cancelled or task.abort_requested:
             move_instance(task, instance, I.CANCELLED)
         elif event.error:  # infrastructure failure: re-queue within a bound, no user retry used
-            instance.error = event.error
+            instance.error = storable(event.error)
             if instance.infra_failures < self.settings.max_infra_retries:
                 instance.infra_failures += 1
                 move_instance(task, instance, I.QUEUED)
@@ -380,10 +423,15 @@ class Scheduler:
             instance.attempt += 1
             try:
                 spec = self._spec(session, task, instance)
-            except SealError as exc:  # no owner identity: an infrastructure failure, no fallback
+            except Exception as exc:  # no owner identity (SealError), or a document it cannot
+                # run: an infrastructure failure of this instance alone, re-queued within a bound
+                if not isinstance(exc, SealError):
+                    log.exception("cannot prepare %s/%d", task.uuid, instance.instance_id)
                 key = InstanceKey(task.uuid, instance.instance_id, instance.attempt)
                 self.masks.finish(key)
-                self._finish(instance, task, Finished(key, exit_code=None, error=str(exc)))
+                error = str(exc) if isinstance(exc, SealError) else \
+                    f"the instance could not be prepared: {exc}"
+                self._finish(instance, task, Finished(key, exit_code=None, error=error))
                 touched[task.id] = task
                 continue
             if task.pool_id is not None:
@@ -488,3 +536,6 @@ class Scheduler:
             session.commit()
             if rows:
                 log.info("reconciled %d instances left running by the previous server", len(rows))
+            final = [s.value for s in P if s.is_final()]
+            self.workdirs.sweep(set(session.scalars(select(Pool.uuid).where(
+                Pool.state.not_in(final)))))

@@ -82,6 +82,9 @@ class ServerSettings(BaseSettings):
     kill_grace_seconds: float = Field(default=5.0, ge=0)
     max_instances_per_task: int = Field(default=100_000, ge=1)
     max_infra_retries: int = Field(default=2, ge=0)  # re-queues after a lost runner or a restart
+    # A runner worker holding an instance that sends nothing (not even its heartbeat, every
+    # quarter of this) for this long is killed: an infrastructure failure. 0: never.
+    runner_stall_seconds: float = Field(default=60.0, ge=0, le=86400)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
 
     # Sandbox (sandbox.py): "auto" runs every instance under bubblewrap where it works, else

@@ -301,3 +301,72 @@ def test_workers_are_recycled(events, tmp_path, monkeypatch):
                for _ in range(4)]
     assert parents[0] == parents[1] != parents[2] == parents[3]
     executor.shutdown()
+
+
+def _wait_for_worker(executor: LocalExecutor) -> int:
+    deadline = time.monotonic() + 10
+    while not executor.worker_pids():
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.02)
+    return executor.worker_pids()[0]
+
+
+def test_a_stalled_worker_is_killed_and_its_instance_fails_as_infrastructure(events, tmp_path):
+    """A worker that stops (SIGSTOP: no heartbeat) while it runs an instance is killed after
+    ``stall_seconds``; the instance ends as an infrastructure failure that says why."""
+    ex = LocalExecutor(events, capacity=1, stall_seconds=2.0)
+    try:
+        spec = make_spec(tmp_path, "sleep 30")
+        ex.submit(spec)
+        assert isinstance(events.next(), Phase)  # running
+        worker = _wait_for_worker(ex)
+        os.kill(worker, signal.SIGSTOP)
+        finished = events.until_finished(spec.key, timeout=20)[-1]
+        assert finished.exit_code is None and "stalled" in finished.error
+        follow = make_spec(tmp_path, "true")  # the slot has a fresh worker
+        ex.submit(follow)
+        assert events.until_finished(follow.key)[-1].exit_code == 0
+    finally:
+        ex.shutdown()
+
+
+def test_a_busy_heartbeat_keeps_a_long_quiet_instance_alive(events, tmp_path):
+    ex = LocalExecutor(events, capacity=1, stall_seconds=1.0)
+    try:
+        spec = make_spec(tmp_path, "sleep 3")  # three times the stall bound, without output
+        ex.submit(spec)
+        finished = events.until_finished(spec.key)[-1]
+        assert finished.exit_code == 0 and finished.error is None
+    finally:
+        ex.shutdown()
+
+
+def test_submit_never_blocks_on_a_worker_that_does_not_read(events, tmp_path):
+    """A spec bigger than a pipe buffer, for a stopped worker: submit returns at once (the
+    slot's thread writes it), and the other slot keeps serving."""
+    ex = LocalExecutor(events, capacity=2, stall_seconds=2.0)
+    try:
+        deadline = time.monotonic() + 10
+        while len(ex.worker_pids()) < 2:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.02)
+        stopped = ex.worker_pids()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        big = make_spec(tmp_path, "true", env={"BIG": "x" * (4 << 20)})
+        ex.submit(big)  # before: a blocking write under the executor's lock, for ever
+        for pid in stopped:
+            if pid != _worker_of(ex, big.key):
+                os.kill(pid, signal.SIGCONT)
+        small = make_spec(tmp_path, "echo small")
+        ex.submit(small)
+        assert events.until_finished(small.key)[-1].exit_code == 0
+        finished = events.until_finished(big.key, timeout=20)[-1]
+        assert "stalled" in finished.error
+    finally:
+        ex.shutdown()
+
+
+def _worker_of(ex: LocalExecutor, key) -> int:
+    slot = next(s for s in ex._slots if s.run is not None and s.run.spec.key == key)
+    return slot.proc.pid

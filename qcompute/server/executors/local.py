@@ -3,10 +3,16 @@
 The executor keeps ``capacity`` slots. Each slot has a thread that lives as long as the executor
 and keeps one worker, ``python -m qcompute.server.runner --serve``, spawned in a new session with
 PR_SET_PDEATHSIG (tied to that thread, so workers die with the server and each command's watchdog
-then kills the command's group). ``submit`` writes the spec as one JSON line to an idle worker's
+then kills the command's group). ``submit`` queues the spec as one JSON line for an idle worker's
 stdin; the worker answers ``ACCEPTED``, writes the instance's events as JSON lines on stdout,
 Finished last, and waits for the next line. EOF on its stdin makes it exit. Worker stderr (its
 own logs) goes to this module's logger.
+
+No lock is held across I/O, and no caller ever blocks on a worker: every line for a worker is
+appended to its slot's outbox, and the slot's thread, the only one touching that worker's pipes,
+writes it (non-blocking) as the worker reads. A busy worker sends ``ALIVE`` every
+``stall_seconds / 4``; one that sends nothing for ``stall_seconds`` (stopped, wedged) is killed,
+and its instance ends as an infrastructure failure.
 
 ``snapshot``, ``set_periodic_snapshot`` and ``refresh_resources`` write a control line to the
 busy worker's stdin (one JSON object: ``{"control": "snapshot"|"periodic"|"refresh", "key":
@@ -36,7 +42,7 @@ from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
-from qcompute.server.runner import ACCEPTED, SANDBOX_ENV, pdeathsig_preexec
+from qcompute.server.runner import ACCEPTED, ALIVE, HEARTBEAT_ENV, SANDBOX_ENV, pdeathsig_preexec
 from qcompute.server.sandbox import SandboxConfig
 
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, SnapshotRequest,
@@ -51,6 +57,8 @@ _BACKSTOP_EXTRA_SECONDS = 5.0
 _MAX_INSTANCES_PER_WORKER = 1000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding qcompute/
 _ACCEPTED = ACCEPTED.encode()
+_ALIVE = ALIVE.encode()
+_WRITE_CHUNK = 1 << 16
 
 
 class _Run:
@@ -76,15 +84,20 @@ class _Slot:
         self.run: Optional[_Run] = None  # until its Finished event is delivered
         self.served = 0  # instances the current worker accepted
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=10)
+        self.outbox = bytearray()  # lines for the current worker, written by the slot's thread
+        self.closing = False  # close the worker's stdin once the outbox is written
+        self.heard = 0.0  # monotonic time of the worker's last line (or of the last spec sent)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # nudges the thread
 
 
 class LocalExecutor(Executor):
     """Runs up to ``capacity`` instances at once in warm runner workers of ``python``, each
-    keeping the instances' ``sandbox`` (none by default)."""
+    keeping the instances' ``sandbox`` (none by default). A worker silent for ``stall_seconds``
+    while it holds an instance is killed (0: never)."""
 
     def __init__(self, on_event: Callable[[ExecutorEvent], None], capacity: int,
                  python: str = sys.executable, sandbox: Optional[SandboxConfig] = None,
-                 isolation: Optional[str] = None) -> None:
+                 isolation: Optional[str] = None, stall_seconds: float = 60.0) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         super().__init__(on_event)
@@ -96,10 +109,12 @@ class LocalExecutor(Executor):
         self._accepting = True
         self._stopping = False  # no more workers are started
         self._silenced = False  # after shutdown(): no more events
+        self._stall = stall_seconds
         pythonpath = os.environ.get("PYTHONPATH")
         self._env = {**os.environ,
                      "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, pythonpath])),
-                     SANDBOX_ENV: (sandbox or SandboxConfig()).to_json()}
+                     SANDBOX_ENV: (sandbox or SandboxConfig()).to_json(),
+                     HEARTBEAT_ENV: str(stall_seconds / 4 if stall_seconds else 0)}
         self._slots = [_Slot(i) for i in range(capacity)]
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._keep, args=(slot,), daemon=True,
@@ -175,7 +190,7 @@ class LocalExecutor(Executor):
                 raise KeyError(f"instance {key} is not running here")
             if not slot.run.accepted:
                 slot.run.controls.append(line)
-            elif not self._write(slot, line):
+            elif not self._post(slot, line):
                 raise KeyError(f"the worker of instance {key} cannot be reached")
 
     def shutdown(self) -> None:
@@ -231,8 +246,11 @@ class LocalExecutor(Executor):
             log.error("cannot start a runner worker: %s", exc)
             self._lose(slot, f"cannot start the runner: {exc}", only_sent=False)
             return False
+        os.set_blocking(proc.stdin.fileno(), False)  # type: ignore[union-attr]
         with self._lock:
             slot.proc, slot.open, slot.served = proc, True, 0
+            slot.outbox.clear()
+            slot.closing = False
             slot.stderr_tail.clear()
             if self._stopping:
                 self._close(slot)
@@ -259,21 +277,34 @@ class LocalExecutor(Executor):
         return healthy
 
     def _read_pipes(self, slot: _Slot, proc: subprocess.Popen) -> None:
-        """Events from stdout, log lines from stderr, until both pipes close."""
+        """The worker's pipes, until its stdout and stderr close: events from stdout, log lines
+        from stderr, the slot's outbox to stdin; and the stall watchdog."""
         partial = {proc.stdout: b"", proc.stderr: b""}
+        reading, stdin = set(partial), proc.stdin
         with selectors.DefaultSelector() as selector:
-            for pipe in partial:
+            for pipe in reading:
                 selector.register(pipe, selectors.EVENT_READ)
-            while selector.get_map():
-                for key, _ in selector.select():
+            selector.register(slot.wake_r, selectors.EVENT_READ)
+            while reading:
+                stdin = self._tend_stdin(slot, selector, stdin)
+                for key, _ in selector.select(self._stall / 4 if self._stall else None):
                     pipe = key.fileobj
+                    if pipe is slot.wake_r:
+                        _drain(slot.wake_r)
+                        continue
+                    if pipe is stdin:
+                        stdin = self._flush(slot, selector, stdin)
+                        continue
                     data = os.read(key.fd, 65536)
                     if data:
                         *lines, partial[pipe] = (partial[pipe] + data).split(b"\n")
                     else:
                         lines, partial[pipe] = [partial[pipe]], b""
+                        reading.discard(pipe)
                         selector.unregister(pipe)
                         pipe.close()  # type: ignore[union-attr]
+                    if pipe is proc.stdout:
+                        slot.heard = time.monotonic()
                     for line in filter(None, lines):
                         if pipe is proc.stdout:
                             self._on_line(slot, line)
@@ -281,8 +312,63 @@ class LocalExecutor(Executor):
                             text = line.decode(errors="replace")
                             slot.stderr_tail.append(text)
                             runner_log.warning("worker %d: %s", proc.pid, text)
+                self._watch(slot)
+
+    def _tend_stdin(self, slot: _Slot, selector: selectors.BaseSelector, stdin):
+        """Watch stdin for writing while the outbox holds data; close it when asked and
+        everything is written. Returns stdin, or None once closed."""
+        if stdin is None:
+            return None
+        with self._lock:
+            pending, close = bool(slot.outbox), slot.closing and not slot.outbox
+        registered = stdin in selector.get_map()
+        if close:
+            if registered:
+                selector.unregister(stdin)
+            stdin.close()
+            return None
+        if pending and not registered:
+            selector.register(stdin, selectors.EVENT_WRITE)
+        elif not pending and registered:
+            selector.unregister(stdin)
+        return stdin
+
+    def _flush(self, slot: _Slot, selector: selectors.BaseSelector, stdin):
+        """Write what the worker's pipe takes now. A worker that is gone gets nothing more."""
+        with self._lock:
+            chunk = bytes(slot.outbox[:_WRITE_CHUNK])
+        try:
+            written = os.write(stdin.fileno(), chunk)
+        except BlockingIOError:
+            return stdin
+        except OSError:  # the worker closed its stdin: it is exiting, its pipes tell the rest
+            with self._lock:
+                slot.outbox.clear()
+                slot.open = False
+            selector.unregister(stdin)
+            stdin.close()
+            return None
+        with self._lock:
+            del slot.outbox[:written]
+        return stdin
+
+    def _watch(self, slot: _Slot) -> None:
+        """Kill a worker that holds an instance and has been silent for ``stall_seconds``."""
+        if not self._stall:
+            return
+        with self._lock:
+            run = slot.run
+            silent = time.monotonic() - slot.heard
+            if run is None or not run.sent or silent <= self._stall:
+                return
+            log.warning("runner of %s sent nothing for %.0f s: killing it", run.spec.key, silent)
+            slot.stderr_tail.append(f"the runner sent nothing for {silent:.0f} s (stalled)")
+            slot.open = False
+            self._kill(slot)
 
     def _on_line(self, slot: _Slot, line: bytes) -> None:
+        if line == _ALIVE:
+            return
         if line == _ACCEPTED:
             with self._lock:
                 run = slot.run
@@ -292,7 +378,7 @@ class LocalExecutor(Executor):
                     if run.cancel_requested:
                         self._signal(slot)
                     for control in run.controls:
-                        self._write(slot, control)
+                        self._post(slot, control)
                     run.controls.clear()
             return
         try:
@@ -330,35 +416,27 @@ class LocalExecutor(Executor):
         slot.run = None
 
     def _send(self, slot: _Slot) -> None:
-        """Lock held: write the slot's instance to its (idle, open) worker. A worker that is
-        gone gets nothing: the instance waits for the next one."""
-        assert slot.run is not None and slot.proc is not None
-        if self._write(slot, (slot.run.spec.to_json() + "\n").encode()):
-            slot.run.sent = True
-        else:
-            slot.open = False
+        """Lock held: queue the slot's instance for its (idle, open) worker."""
+        assert slot.run is not None
+        slot.run.sent = self._post(slot, (slot.run.spec.to_json() + "\n").encode())
+        slot.heard = time.monotonic()
 
-    def _write(self, slot: _Slot, data: bytes) -> bool:
-        """Lock held: write a line to the worker's stdin; False if it cannot be written. (The
-        worker reads its stdin all along, so this does not block for long.)"""
+    def _post(self, slot: _Slot, data: bytes) -> bool:
+        """Lock held: queue a line for the worker's stdin (the slot's thread writes it); False
+        if the worker takes no more lines."""
         if slot.proc is None or not slot.open:
             return False
-        try:
-            fd = slot.proc.stdin.fileno()  # type: ignore[union-attr]
-            while data:
-                data = data[os.write(fd, data):]
-        except (OSError, ValueError):
-            return False
+        slot.outbox += data
+        _nudge(slot.wake_w)
         return True
 
     def _close(self, slot: _Slot) -> None:
-        """Lock held: close the worker's stdin; it exits once idle."""
+        """Lock held: close the worker's stdin once its outbox is written; it then exits once
+        idle."""
         if slot.proc is not None and slot.open:
             slot.open = False
-            try:
-                slot.proc.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+            slot.closing = True
+            _nudge(slot.wake_w)
 
     def _deliver(self, event: ExecutorEvent) -> None:
         if self._silenced:
@@ -396,6 +474,21 @@ class LocalExecutor(Executor):
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _nudge(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except BlockingIOError:  # already nudged
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _runner_preexec() -> Callable[[], None]:
