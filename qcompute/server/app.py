@@ -117,5 +117,8 @@ def create_app(settings: ServerSettings, *, storage=None,
     app.add_middleware(_MergeSlashes)
     for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):
         app.include_router(module.router)
+    if settings.fault_injection:
+        from .api import faults
+        app.include_router(faults.router)
     openapi.install(app)
     return app

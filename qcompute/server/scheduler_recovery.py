@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
 
-from .db.models import Instance, Task
+from .db.models import Instance, Task, utcnow
 from .executors.base import Finished, InstanceKey
 from .services.tasks import move_instance, refresh_task_state
 
@@ -103,7 +103,7 @@ class Recovery:
                 if found is None or not I(found[0].state).is_active():
                     return set()
                 instance, task = found
-                instance.exit_code = event.exit_code
+                instance.exit_code, instance.ended_at = event.exit_code, utcnow()
                 instance.error = storable(
                     f"the server could not record this instance's end ({type(exc).__name__}: "
                     f"{exc}); it is marked failed" + (f"; its own error: {event.error}"

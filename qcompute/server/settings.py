@@ -86,6 +86,7 @@ class ServerSettings(BaseSettings):
     # quarter of this) for this long is killed: an infrastructure failure. 0: never.
     runner_stall_seconds: float = Field(default=60.0, ge=0, le=86400)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
+    fault_injection: bool = False  # tests only: POST /admin/faults makes scheduler rounds fail
 
     # Sandbox (sandbox.py): "auto" runs every instance under bubblewrap where it works, else
     # unsandboxed with a loud warning (and `user add` refused); "bubblewrap" refuses to start
