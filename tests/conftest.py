@@ -48,3 +48,11 @@ def cluster(tmp_path_factory):
     running.start()
     yield running
     running.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """``-m "not cluster"`` runs the unit and API suites alone; ``-m "not slow"`` skips the
+    fault and load tests that start clusters of their own."""
+    for item in items:
+        if any(part in ("e2e", "compat") for part in item.path.parts):
+            item.add_marker(pytest.mark.cluster)
