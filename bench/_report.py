@@ -11,7 +11,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-__all__ = ["cluster_facts", "conditions", "cpu_seconds", "percentile", "rss_kb"]
+__all__ = ["QARNOT_AGENT", "cluster_facts", "conditions", "cpu_seconds", "percentile", "rotated",
+           "rss_kb", "storage_urls"]
+
+QARNOT_AGENT = "qarnot-sdk-python/v2.23.0"  # the official SDK's User-Agent
 
 
 def _version(package: str) -> str:
@@ -30,6 +33,18 @@ def cluster_facts(url: str) -> dict[str, Any]:
             "instances": health.get("isolation", "?")}
 
 
+def storage_urls(url: str) -> dict[str, str]:
+    """The S3 URL ``GET /settings`` hands out: ``direct`` to qcompute's SDK (SeaweedFS itself),
+    ``front`` to the official SDK (the S3 front, a relay in the server process)."""
+    found = {}
+    for path, agent in (("direct", "bench"), ("front", QARNOT_AGENT)):
+        request = urllib.request.Request(f"{url.rstrip('/')}/settings",
+                                         headers={"User-Agent": agent})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            found[path] = json.loads(response.read())["storage"]
+    return found
+
+
 def conditions(title: str, facts: Optional[Mapping[str, Any]] = None) -> None:
     """Print ``title`` and the conditions of the run: the machine, its load average now (so a
     busy machine shows next to its figures), the versions, then the bench's own ``facts``."""
@@ -39,7 +54,7 @@ def conditions(title: str, facts: Optional[Mapping[str, Any]] = None) -> None:
     lines = {
         "machine": f"{os.cpu_count()} CPUs, {_memory_gb()}, {platform.system()} "
                    f"{platform.release()}",
-        "load average (1, 5, 15 min)": load,
+        "load average now (1, 5, 15 min)": load,
         "versions": f"Python {platform.python_version()}, qcompute {qcompute.__version__} "
                     f"({Path(qcompute.__file__).parent.parent}), qarnot {_version('qarnot')}, "
                     f"boto3 {_version('boto3')}",
@@ -47,7 +62,7 @@ def conditions(title: str, facts: Optional[Mapping[str, Any]] = None) -> None:
     }
     print(f"\n{title}")
     for name, value in lines.items():
-        print(f"  {name + ':':30} {value}")
+        print(f"  {name + ':':34} {value}")
     sys.stdout.flush()
 
 
@@ -56,6 +71,13 @@ def _memory_gb() -> str:
         if line.startswith("MemTotal:"):
             return f"{int(line.split()[1]) / 1024 ** 2:.0f} GB of RAM"
     return "? GB of RAM"
+
+
+def rotated(names: list[str], round_: int) -> list[str]:
+    """The contenders' order in a round: shifted by one each round, so none always goes first
+    (and none always runs right after the same other one, with three or fewer)."""
+    shift = round_ % len(names)
+    return names[shift:] + names[:shift]
 
 
 def percentile(values: Iterable[float], share: float) -> float:

@@ -42,7 +42,7 @@ ID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def route_kind(method: str, path: str, hold: float) -> str:
-    """``POST /tasks`` → submit, ``GET /tasks/{uuid}`` → get, held calls apart, else the route."""
+    """``POST /tasks``: submit, ``GET /tasks/{uuid}``: get, held calls apart, else the route."""
     route = ID.sub("/{uuid}", path)
     if (method, route) == ("POST", "/tasks"):
         return "submit (POST /tasks)"
