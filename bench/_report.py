@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+import qcompute
+
 __all__ = ["QARNOT_AGENT", "cluster_facts", "conditions", "cpu_seconds", "percentile", "rotated",
            "rss_kb", "storage_urls"]
 
@@ -49,8 +51,6 @@ def conditions(title: str, facts: Optional[Mapping[str, Any]] = None) -> None:
     """Print ``title`` and the conditions of the run: the machine, its load average now (so a
     busy machine shows next to its figures), the versions, then the bench's own ``facts``."""
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    import qcompute
-
     lines = {
         "machine": f"{os.cpu_count()} CPUs, {_memory_gb()}, {platform.system()} "
                    f"{platform.release()}",

@@ -275,7 +275,7 @@ def big_round(cluster: Any, path: Path, work: Path, contender: str,
               transfers: tuple[str, str] = ("8x8", "8x8")) -> dict[str, Any]:
     reply = subprocess.run(
         [sys.executable, __file__, "--child", contender, "--conf", str(cluster.config),
-         "--path", str(path), "--work", str(work), "--transfers", ",".join(transfers)],
+         "--path", str(path), "--work", str(work), "--transfers=" + ",".join(transfers)],
         capture_output=True, text=True, check=False)
     if reply.returncode != 0:
         raise RuntimeError(f"{contender} child failed:\n{reply.stderr[-3000:]}")
@@ -405,60 +405,82 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     print(f"load average {load_at_start:.2f}; data in {work}", flush=True)
     try:
-        src = work / "small"
-        files = make_small_files(src, args.files, args.size)
+        files = make_small_files(work / "small", args.files, args.size)
         with running_cluster() as cluster:
             facts = {**cluster_facts(cluster.url), **_storage_paths(cluster.url, contenders)}
-            threads = (16, 16)
-            if "boto3" in contenders:
-                threads = sweep_small(cluster, files, work,
-                                      [int(n) for n in args.boto3_threads.split(",")])
-            rounds = []
-            for i in range(-args.warmup, args.rounds):
-                tag = f"{'w' if i < 0 else 'r'}{abs(i)}-{os.getpid()}"
-                result = small_round(cluster, src, files, work, tag, rotated(contenders, i),
-                                     threads)
-                shutil.rmtree(work / "cache", ignore_errors=True)  # every round starts cold
-                print(("warm-up" if i < 0 else f"round {i + 1}") + ": " + ", ".join(
-                    f"{name} " + " ".join(f"{k}={v:.2f}" for k, v in r.items())
-                    for name, r in result.items()), flush=True)
-                if i >= 0:
-                    rounds.append(result)
-            small = {name: {key: statistics.median(r[name][key] for r in rounds)
-                            for key in rounds[0][name]} for name in contenders}
-            big: dict[str, dict[str, Any]] = {}
-            transfers = ("-", "-")
-            if args.big_mb:
-                path = work / "big.bin"
-                make_big_file(path, args.big_mb)
-                if "boto3" in contenders:
-                    transfers = sweep_big(cluster, path, work, args.boto3_transfers.split(","))
-                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
-                for i in range(args.big_rounds):
-                    for name in rotated(contenders, i):
-                        runs[name].append(big_round(cluster, path, work, name, transfers))
-                        print(f"{args.big_mb} MB round {i + 1} {name}: {runs[name][-1]}",
-                              flush=True)
-                big = {name: _summary(r) for name, r in runs.items()}
-                path.unlink()
-        conditions("Storage: qcompute, the official qarnot SDK and the boto3 floor", {
-            **facts,
-            "load average at the start": f"{load_at_start:.2f} (1 min)",
-            "small files": f"{args.files} x {args.size} B in 20 folders; median of "
-                           f"{args.rounds} rounds after {args.warmup} warm-up round(s); new "
-                           f"buckets each round, one object written and deleted in each before "
-                           f"the timing; qcompute's ETag cache cold each round",
-            "large file": f"{args.big_mb} MB, each contender in a process of its own; median "
-                          f"of {args.big_rounds} rounds" if args.big_mb else "skipped",
-            "order": "rotated each round: " + "; ".join(
-                ",".join(rotated(contenders, i)) for i in range(len(contenders))),
-            "boto3 settings": f"small files {threads[0]} threads up, {threads[1]} down (of "
-                              f"{args.boto3_threads}); large file {_transfer_text(transfers)} "
-                              f"(of {args.boto3_transfers}), the fastest of a sweep in this "
-                              f"run unless one value was given"})
+            small, threads = run_small(cluster, files, work, contenders, args)
+            big, transfers = run_big(cluster, work, contenders, args)
+        conditions("Storage: qcompute, the official qarnot SDK and the boto3 floor",
+                   {**facts, **_run_facts(args, contenders, load_at_start, threads, transfers)})
         report(small, big, args.files, args.size, args.big_mb)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_small(cluster: Any, files: dict[str, str], work: Path, contenders: list[str],
+              args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], tuple[int, int]]:
+    """boto3's sweep, the warm-up rounds, then the timed rounds: their medians, boto3's threads."""
+    threads = (16, 16)
+    if "boto3" in contenders:
+        threads = sweep_small(cluster, files, work,
+                              [int(n) for n in args.boto3_threads.split(",")])
+    rounds = []
+    for i in range(-args.warmup, args.rounds):
+        tag = f"{'w' if i < 0 else 'r'}{abs(i)}-{os.getpid()}"
+        result = small_round(cluster, work / "small", files, work, tag, rotated(contenders, i),
+                             threads)
+        shutil.rmtree(work / "cache", ignore_errors=True)  # every round starts cold
+        print(("warm-up" if i < 0 else f"round {i + 1}") + ": " + ", ".join(
+            f"{name} " + " ".join(f"{k}={v:.2f}" for k, v in r.items())
+            for name, r in result.items()), flush=True)
+        if i >= 0:
+            rounds.append(result)
+    small = {name: {key: statistics.median(r[name][key] for r in rounds)
+                    for key in rounds[0][name]} for name in contenders}
+    return small, threads
+
+
+def run_big(cluster: Any, work: Path, contenders: list[str],
+            args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], tuple[str, str]]:
+    """boto3's sweep, then the rounds of the large file: each contender's summary, boto3's
+    transfer settings."""
+    if not args.big_mb:
+        return {}, ("-", "-")
+    path = work / "big.bin"
+    make_big_file(path, args.big_mb)
+    transfers = ("-", "-")
+    if "boto3" in contenders:
+        transfers = sweep_big(cluster, path, work, args.boto3_transfers.split(","))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    for i in range(args.big_rounds):
+        for name in rotated(contenders, i):
+            runs[name].append(big_round(cluster, path, work, name, transfers))
+            print(f"{args.big_mb} MB round {i + 1} {name}: {runs[name][-1]}", flush=True)
+    path.unlink()
+    return {name: _summary(r) for name, r in runs.items()}, transfers
+
+
+def _run_facts(args: argparse.Namespace, contenders: list[str], load_at_start: float,
+               threads: tuple[int, int], transfers: tuple[str, str]) -> dict[str, str]:
+    facts = {
+        "load average at the start": f"{load_at_start:.2f} (1 min)",
+        "small files": f"{args.files} x {args.size} B in 20 folders; median of {args.rounds} "
+                       f"rounds after {args.warmup} warm-up round(s); new buckets each round, "
+                       f"one object written and deleted in each before the timing; "
+                       f"qcompute's ETag cache cold each round",
+        "large file": f"{args.big_mb} MB, each contender in a process of its own; median of "
+                      f"{args.big_rounds} rounds" if args.big_mb else "skipped",
+        "order": "rotated each round: " + "; ".join(
+            ",".join(rotated(contenders, i)) for i in range(len(contenders))),
+    }
+    if "boto3" in contenders:
+        up, down = (t.replace("x", " threads x ") + " MiB parts" for t in transfers)
+        facts["boto3 settings"] = (
+            f"small files {threads[0]} threads up, {threads[1]} down (of {args.boto3_threads}); "
+            + (f"large file up {up}, down {down} (of {args.boto3_transfers}); "
+               if args.big_mb else "")
+            + "the fastest of a sweep in this run, unless one value was given")
+    return facts
 
 
 def _storage_paths(url: str, contenders: list[str]) -> dict[str, str]:
@@ -467,12 +489,6 @@ def _storage_paths(url: str, contenders: list[str]) -> dict[str, str]:
              "official": f"the S3 front, a relay in the server process ({urls['front']})",
              "boto3": f"SeaweedFS direct ({urls['direct']})"}
     return {f"storage of {name}": paths[name] for name in contenders}
-
-
-def _transfer_text(transfers: tuple[str, str]) -> str:
-    up, down = (t.replace("x", " threads x ") + " MiB parts" if "x" in t else t
-                for t in transfers)
-    return f"up {up}, down {down}"
 
 
 if __name__ == "__main__":
