@@ -31,6 +31,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._report import conditions  # noqa: E402
 from qcompute.server.settings import ServerSettings  # noqa: E402
 from qcompute.server.storage import EmbeddedStorage  # noqa: E402
 from qcompute.server.storage.seaweed import BUCKETS_FOLDER, SeaweedFS  # noqa: E402
@@ -109,6 +110,10 @@ def main() -> None:
     parser.add_argument("--buckets", type=int, default=50)
     parser.add_argument("--objects", type=int, default=100)
     args = parser.parse_args()
+    conditions("CreateBucket latency, and the move of an older data dir's buckets", {
+        "storage": "embedded SeaweedFS and the S3 front, no API server",
+        "runs": f"{args.buckets} CreateBucket calls per path, in this order; "
+                f"{args.buckets} x {args.objects} objects moved"})
     with tempfile.TemporaryDirectory(prefix="qc-bench-") as tmp:
         create_latency(Path(tmp) / "latency", args.buckets)
         move_time(Path(tmp) / "move", args.buckets, args.objects)

@@ -13,8 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-import qcompute
-from qcompute.server.settings import default_data_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import qcompute  # noqa: E402
+from bench._report import cluster_facts, conditions, rss_kb  # noqa: E402
+from qcompute.server.settings import default_data_dir  # noqa: E402
 
 
 def _tree(root: int) -> list[int]:
@@ -33,16 +36,6 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
@@ -56,7 +49,7 @@ def main(runs: int = 10) -> None:
 
     def sample() -> None:
         while not stop.is_set():
-            total = sum(_status_kb(pid, "VmRSS") for pid in _tree(server_pid))
+            total = sum((rss_kb(pid) or 0) for pid in _tree(server_pid))
             peak_total[0] = max(peak_total[0], total)
             time.sleep(0.01)
 
@@ -74,11 +67,13 @@ def main(runs: int = 10) -> None:
         task.delete()
     stop.set()
     sampler.join()
+    conditions("Hello world on the cluster of `qcompute up`", {
+        **cluster_facts(conn.cluster_url), "runs": f"{runs}, no warm-up"})
     print(f"task.run() of hello world, {runs} runs: median {statistics.median(times):.3f} s, "
           f"min {min(times):.3f} s, max {max(times):.3f} s")
     print("peak RSS of the long-lived cluster processes (VmHWM):")
     for pid in _tree(server_pid):
-        print(f"  {_status_kb(pid, 'VmHWM') / 1024:7.1f} MB  {_name(pid)}")
+        print(f"  {(rss_kb(pid, 'VmHWM') or 0) / 1024:7.1f} MB  {_name(pid)}")
     print(f"peak of the summed RSS of the whole tree (runners included): "
           f"{peak_total[0] / 1024:.1f} MB")
 

@@ -29,20 +29,12 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._cluster import running_cluster  # noqa: E402
+from bench._report import cluster_facts, conditions, cpu_seconds, storage_urls  # noqa: E402
 
 MB = 1024 * 1024
-AGENT = "qarnot-sdk-python/v2.23.0"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(action: Callable[[], object], server_pid: int) -> tuple[float, float]:
@@ -75,8 +67,8 @@ def main() -> None:
         with running_cluster() as cluster:
             pid = cluster.process.pid
             token = qarnot_token(cluster.config)
-            urls = {"direct": settings_storage(cluster.url, "bench"),
-                    "front": settings_storage(cluster.url, AGENT)}
+            urls = storage_urls(cluster.url)
+            facts = cluster_facts(cluster.url)
             conns = {path: qarnot.Connection(cluster_url=cluster.url, client_token=token,
                                              storage_url=url, show_bucket_warnings=False)
                      for path, url in urls.items()}
@@ -85,7 +77,7 @@ def main() -> None:
                 for path, conn in (conns.items() if round_ % 2 == 0
                                    else reversed(list(conns.items()))):
                     run_round(conn, path, small, large, work, pid, rows, args.files)
-            report(rows, args, urls)
+            report(rows, args, urls, facts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -96,10 +88,6 @@ def qarnot_token(config: Path) -> str:
     parser = configparser.ConfigParser()
     parser.read(config)
     return parser.get("client", "token")
-
-
-def settings_storage(url: str, agent: str) -> str:
-    return requests.get(f"{url}/settings", headers={"User-Agent": agent}, timeout=10).json()["storage"]
 
 
 def run_round(conn, path: str, small: Path, large: Path, work: Path, pid: int,
@@ -122,9 +110,14 @@ def run_round(conn, path: str, small: Path, large: Path, work: Path, pid: int,
     bucket.delete()
 
 
-def report(rows: dict, args: argparse.Namespace, urls: dict[str, str]) -> None:
-    print(f"official qarnot SDK, direct {urls['direct']} vs front {urls['front']}; "
-          f"{args.rounds} rounds, median; server CPU = the server process (front included)")
+def report(rows: dict, args: argparse.Namespace, urls: dict[str, str], facts: dict) -> None:
+    conditions("The S3 front's cost: the official qarnot SDK straight to SeaweedFS (direct) "
+               "and through the front", {
+                   **facts, "storage": f"direct {urls['direct']}, front {urls['front']}",
+                   "runs": f"{args.rounds} rounds (median), the two paths in turn (the order "
+                           f"swapped each round), new buckets each round",
+                   "server CPU": "the server process (the front runs in it)"})
+    print()
     header = (f"{'operation':<34}{'direct':>10}{'front':>10}{'front/direct':>14}"
               f"{'server CPU direct':>19}{'front':>8}")
     print(header)

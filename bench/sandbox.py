@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import conditions, rotated  # noqa: E402
 from qcompute.server.executors.base import InstanceSpec  # noqa: E402
 from qcompute.server.runner import run_instance  # noqa: E402
 from qcompute.server.sandbox import Sandbox, SandboxConfig  # noqa: E402
@@ -40,24 +41,29 @@ def main() -> None:
     started = time.perf_counter()
     sandbox = Sandbox(SandboxConfig(enabled=True, network=True, forward_ports=(1,))).start()
     setup = time.perf_counter() - started
-    rows = []
+    modes = {"unsandboxed": (None, False), "bubblewrap, no network": (sandbox, False),
+             "bubblewrap, worker's network": (sandbox, True)}
+    rows: dict[str, list[float]] = {name: [] for name in modes}
     try:
         with tempfile.TemporaryDirectory() as root:
             counter = iter(range(10**9))
-            for name, box, network in (("unsandboxed", None, False),
-                                       ("bubblewrap, no network", sandbox, False),
-                                       ("bubblewrap, worker's network", sandbox, True)):
+            for box, network in modes.values():
                 _once(box, root, next(counter), network)  # warm-up
-                rows.append((name, [_once(box, root, next(counter), network)
-                                    for _ in range(args.runs)]))
+            for i in range(args.runs):  # one run of each mode in turn, the order rotated
+                for name in rotated(list(modes), i):
+                    box, network = modes[name]
+                    rows[name].append(_once(box, root, next(counter), network))
     finally:
         sandbox.close()
-    print(f"\none instance of `echo hello` through the runner ({args.runs} runs after one "
-          f"warm-up, {os.cpu_count()} CPUs; cgroups per instance where writable)\n")
+    conditions("The sandbox's cost: one instance of `echo hello` through the runner, "
+               "in-process", {"runs": f"{args.runs} per mode after one warm-up, one run of "
+                                      f"each mode in turn, the order rotated; cgroups per "
+                                      f"instance where writable"})
+    print()
     print(f"| {'mode':30} | {'median ms':>9} | {'min ms':>7} | {'p90 ms':>7} | {'added ms':>8} |")
     print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
-    base = statistics.median(rows[0][1])
-    for name, times in rows:
+    base = statistics.median(rows["unsandboxed"])
+    for name, times in rows.items():
         times.sort()
         median = statistics.median(times)
         print(f"| {name:30} | {median * 1e3:9.2f} | {times[0] * 1e3:7.2f} "

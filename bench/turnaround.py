@@ -19,14 +19,23 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._cluster import running_cluster  # noqa: E402
+from bench._report import cluster_facts, conditions, rotated  # noqa: E402
 
 
-def _timed(runs: int, once: Callable[[], None]) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
+FLOOR, OURS, THEIRS = ("subprocess.run floor", "qcompute task.run()",
+                       "official qarnot 2.23.0 task.run()")
+
+
+def _interleaved(contenders: dict[str, tuple[int, Callable[[], None]]]) -> dict[str, list[float]]:
+    """Time each contender's ``(runs, once)``, one run of each in turn, the order rotated."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for i in range(max(runs for runs, _ in contenders.values())):
+        for name in rotated(list(contenders), i):
+            runs, once = contenders[name]
+            if len(times[name]) < runs:
+                start = time.perf_counter()
+                once()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -51,33 +60,35 @@ def main() -> None:
     parser.add_argument("--sandbox", choices=("auto", "off"), default="auto")
     args = parser.parse_args()
 
-    floor = _timed(args.runs, lambda: subprocess.run(["sh", "-c", "echo hello"], check=True,
-                                                     capture_output=True))
     with running_cluster(workers=2, env={"QCOMPUTE_SERVER_SANDBOX": args.sandbox}) as cluster:
-        isolation = cluster.connection()._http.get("/settings").get("isolation", "?")
+        facts = cluster_facts(cluster.url)
         conn = cluster.connection()
         _qcompute_run(conn)  # warm-up: the first run reads /settings and opens connections
-        ours = _timed(args.runs, lambda: _qcompute_run(conn))
-        official = []
+        contenders = {
+            FLOOR: (args.runs, lambda: subprocess.run(["sh", "-c", "echo hello"], check=True,
+                                                      capture_output=True)),
+            OURS: (args.runs, lambda: _qcompute_run(conn))}
         if args.official_runs:
             import qarnot
 
             official_conn = qarnot.Connection(str(cluster.config))
-            official = _timed(args.official_runs, lambda: _official_run(official_conn))
+            _official_run(official_conn)  # warm-up, as for qcompute
+            contenders[THEIRS] = (args.official_runs, lambda: _official_run(official_conn))
+        times = _interleaved(contenders)
 
-    rows = [("subprocess.run floor", floor), ("qcompute task.run()", ours)]
-    if official:
-        rows.append(("official qarnot 2.23.0 task.run()", official))
-    print(f"\ntask.run() of `echo hello` on the embedded cluster ({args.runs} runs after one "
-          f"warm-up{f', official SDK {args.official_runs}' if official else ''}; 2 workers; "
-          f"instances: {isolation})\n")
+    ours, official = times[OURS], times.get(THEIRS, [])
+    conditions("Turnaround: task.run() of `echo hello` on the embedded cluster", {
+        **facts, "runs": f"{args.runs} after one warm-up each"
+                         + (f"; official SDK {args.official_runs}" if official else "")
+                         + "; one run of each contender in turn, the order rotated"})
+    print()
     print(f"| {'contender':36} | {'median s':>9} | {'min s':>7} | {'max s':>7} |")
     print(f"|{'-' * 38}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
-    for name, times in rows:
-        print(f"| {name:36} | {statistics.median(times):9.3f} | {min(times):7.3f} "
-              f"| {max(times):7.3f} |")
+    for name, runs in times.items():
+        print(f"| {name:36} | {statistics.median(runs):9.3f} | {min(runs):7.3f} "
+              f"| {max(runs):7.3f} |")
     median = statistics.median(ours)
-    print(f"\nqcompute / floor: {median / statistics.median(floor):.1f}x")
+    print(f"\nqcompute / floor: {median / statistics.median(times[FLOOR]):.1f}x")
     if official:
         print(f"official / qcompute: {statistics.median(official) / median:.1f}x (goal: >= 20x)")
     print(f"qcompute median {median:.3f} s (goal: < 0.3 s)")
