@@ -66,6 +66,7 @@ class _Run:
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
+        self.line = (spec.to_json() + "\n").encode()  # made before the executor's lock is taken
         self.sent = False  # its spec line was written to the slot's current worker
         self.accepted = False  # the worker read it: SIGTERM now cancels it
         self.cancel_requested = False
@@ -418,7 +419,7 @@ class LocalExecutor(Executor):
     def _send(self, slot: _Slot) -> None:
         """Lock held: queue the slot's instance for its (idle, open) worker."""
         assert slot.run is not None
-        slot.run.sent = self._post(slot, (slot.run.spec.to_json() + "\n").encode())
+        slot.run.sent = self._post(slot, slot.run.line)
         slot.heard = time.monotonic()
 
     def _post(self, slot: _Slot, data: bytes) -> bool:

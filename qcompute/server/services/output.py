@@ -3,7 +3,8 @@
 Each stream of each instance is appended to ``<root>/<task>/<instance>.<stream>``, and to
 ``<root>/<task>/task.<stream>`` for the whole task in arrival order. When a file passes its bound
 the oldest bytes are dropped; ``<file>.dropped`` counts them so that read cursors (logical byte
-offsets, kept in SQL by the caller) stay valid.
+offsets, kept in SQL by the caller) stay valid. Each task's files have a lock of their own (one
+of a fixed set of stripes), so one task's flood of output never waits on another's.
 """
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ __all__ = ["OutputStore", "STREAMS"]
 
 STREAMS = ("stdout", "stderr")
 TASK_LEVEL = -1  # instance id used for the whole task's stream
+_STRIPES = 64
 
 
 class OutputStore:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def _lock(self, task_uuid: str) -> threading.Lock:
+        return self._locks[hash(task_uuid) % _STRIPES]
 
     def _path(self, task_uuid: str, instance_id: int, stream: str) -> Path:
         name = "task" if instance_id == TASK_LEVEL else str(instance_id)
@@ -30,7 +35,7 @@ class OutputStore:
 
     def append(self, task_uuid: str, instance_id: int, stream: str, text: str) -> None:
         data = text.encode()
-        with self._lock:
+        with self._lock(task_uuid):
             for target in (instance_id, TASK_LEVEL):
                 path = self._path(task_uuid, target, stream)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,7 @@ class OutputStore:
              since: Optional[int] = None) -> tuple[str, int]:
         """Text from logical offset ``since`` (None: all that is kept); and the end offset."""
         path = self._path(task_uuid, instance_id, stream)
-        with self._lock:
+        with self._lock(task_uuid):
             if not path.exists():
                 return "", since or 0
             counter = path.with_name(path.name + ".dropped")
@@ -64,5 +69,5 @@ class OutputStore:
         return data[start:].decode(errors="replace"), dropped + len(data)
 
     def delete(self, task_uuid: str) -> None:
-        with self._lock:
+        with self._lock(task_uuid):
             shutil.rmtree(self.root / task_uuid, ignore_errors=True)
