@@ -45,7 +45,8 @@ from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey
                                             Output, Phase, SnapshotRequest, event_to_json)
 from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
-from qcompute.server.runner_files import InstanceFiles, compile_regex, reason_of, remove_workdir
+from qcompute.server.runner_files import (InstanceFiles, compile_regex, make_workdir,
+                                          remove_workdir)
 from qcompute.server.runner_telemetry import InstanceCgroup, Sampler
 from qcompute.server.sandbox import JOB, RAMFS, SHARE, TMP, Sandbox, SandboxConfig, SandboxError
 
@@ -119,7 +120,7 @@ class _InstanceRun:
         try:
             whitelist = compile_regex("results_whitelist", self.spec.results_whitelist)
             blacklist = compile_regex("results_blacklist", self.spec.results_blacklist)
-            self._make_workdir()
+            make_workdir(self.root, self.workdir, self.tmpdir, self.spec.share_dir)
             created = True
             if self.spec.resources and not self.cancel.is_set():
                 self.emit(Phase(self.spec.key, "downloading"))
@@ -149,24 +150,6 @@ class _InstanceRun:
                         wall_time_sec=round(time.monotonic() - started, 3),
                         peak_memory_mb=round(self.peak_kb / 1024), results_uploaded=self.uploaded,
                         results_failed=results_failed)
-
-    def _make_workdir(self) -> None:
-        try:
-            for _ in range(3):
-                try:
-                    os.makedirs(self.root, exist_ok=True)
-                    if os.listdir(self.root):
-                        raise _InfraError(f"working directory {self.root} exists and is not empty")
-                    os.mkdir(self.workdir)
-                    break
-                except FileNotFoundError:  # the task's directory went with another attempt's
-                    continue
-            os.mkdir(self.tmpdir)
-            if self.spec.share_dir:
-                os.makedirs(self.spec.share_dir, exist_ok=True)
-        except OSError as exc:
-            raise _InfraError(f"cannot create working directory {self.root}: "
-                              f"{reason_of(exc)}") from exc
 
     def _note(self, text: str) -> None:
         """A line of the runner's own on the instance's stderr."""

@@ -31,7 +31,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Optional
 from qcompute.server.executors.base import InstanceSpec, SnapshotRequest
 
 __all__ = ["InfraError", "InstanceFiles", "ResultsUpload", "SnapshotResult", "compile_regex",
-           "reason_of", "remove_workdir", "sweep"]
+           "make_workdir", "reason_of", "remove_workdir", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class ResultsUpload:
             parts.append(
                 f"results upload to s3://{self.bucket} failed after {self.tries} "
                 f"{'try' if self.tries == 1 else 'tries'} in {self.seconds:.0f} s: "
-                f"{len(self.pending)} of {total} files not uploaded: {_names(self.pending)}; "
+                f"{len(self.pending)} of {_files(total)} not uploaded: {_names(self.pending)}; "
                 f"last error: {self.last_error}")
         if self.refused:
-            parts.append(f"{len(self.refused)} result files cannot be stored in S3: "
+            parts.append(f"{_files(len(self.refused))} cannot be stored in S3: "
                          + _names(f"{name} ({why})" for name, why in self.refused))
         return "; ".join(parts) or None
 
@@ -204,9 +204,10 @@ class InstanceFiles:
                        note: Callable[[str], None] = lambda _: None) -> ResultsUpload:
         """Upload every result file to the result bucket. A failed upload is tried again, only
         for the files not uploaded yet, after a pause that doubles (1 s, 2 s ... 30 s), until
-        ``result_upload_attempts`` tries or ``result_upload_seconds``; ``note`` hears of each
-        pause. A cancel stops the tries (and, unless results are uploaded on cancel, the
-        upload). Never raises for a file: the outcome says which did not make it."""
+        ``result_upload_attempts`` tries in all, no try starting later than
+        ``result_upload_seconds`` after the first one failed; ``note`` hears of each pause. A
+        cancel stops the tries (and, unless results are uploaded on cancel, the upload). Never
+        raises for a file: the outcome says which did not make it."""
         bucket, prefix = self.spec.result_bucket or "", self.spec.results_prefix
         outcome = ResultsUpload(f"{bucket}/{prefix}")
         todo: dict[str, str] = {}  # relative path -> key
@@ -218,7 +219,7 @@ class InstanceFiles:
                 todo[rel] = prefix + rel
         if not todo:
             return outcome
-        client, started = self.s3(), time.monotonic()
+        client, started, deadline = self.s3(), time.monotonic(), None
         stop_on_cancel = not self.spec.upload_results_on_cancel
         pause = _FIRST_PAUSE
 
@@ -242,11 +243,13 @@ class InstanceFiles:
             if not todo or (stop_on_cancel and self.cancel.is_set()):
                 return outcome  # done, or cancelled: what was not sent is not wanted
             outcome.last_error = next(error for error in errors.values() if error)
-            left = started + self.spec.result_upload_seconds - time.monotonic()
+            if deadline is None:  # the time bound counts from the first failure
+                deadline = time.monotonic() + self.spec.result_upload_seconds
+            left = deadline - time.monotonic()
             if outcome.tries >= self.spec.result_upload_attempts or left <= 0:
                 break
             wait = min(pause, left)
-            note(f"{len(todo)} result files not uploaded yet ({outcome.last_error}); "
+            note(f"{_files(len(todo))} not uploaded yet ({outcome.last_error}); "
                  f"trying again in {wait:.0f} s (try {outcome.tries + 1} of at most "
                  f"{self.spec.result_upload_attempts})")
             if self.cancel.wait(wait):
@@ -342,6 +345,24 @@ class InstanceFiles:
                 yield path, rel, st
 
 
+def make_workdir(root: str, *subdirs: Optional[str]) -> None:
+    """Create an instance's working directory ``root``, which must be new or empty, and the
+    ``subdirs`` (absolute; None: skipped). InfraError if it cannot be."""
+    try:
+        for _ in range(3):
+            try:
+                os.makedirs(root, exist_ok=True)
+                if os.listdir(root):
+                    raise InfraError(f"working directory {root} exists and is not empty")
+                break
+            except FileNotFoundError:  # the task's directory went with another attempt's
+                continue
+        for subdir in filter(None, subdirs):
+            os.makedirs(subdir, exist_ok=True)
+    except OSError as exc:
+        raise InfraError(f"cannot create working directory {root}: {reason_of(exc)}") from exc
+
+
 def remove_workdir(path: str) -> None:
     """Remove an instance's working directory (``<work>/<task>/<instance>-<attempt>``), and its
     task's directory once no attempt is left in it. Never raises: a failure is logged."""
@@ -422,6 +443,10 @@ def _shown(name: str) -> str:
     except UnicodeEncodeError:
         shown = repr(os.fsencode(name))
     return shown if len(shown) <= _NAME_CHARS else shown[:_NAME_CHARS - 1] + "…"
+
+
+def _files(count: int) -> str:
+    return f"{count} result file{'' if count == 1 else 's'}"
 
 
 def _names(names: Iterable[str]) -> str:

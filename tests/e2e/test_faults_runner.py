@@ -81,7 +81,7 @@ def test_result_names_s3_cannot_store_end_the_task_with_them_named(conn):
     assert task.state == TaskState.FAILURE
     [instance] = task.completed_instances
     assert instance.exit_code == 0
-    assert instance.error.message == ("1 result files cannot be stored in S3: "
+    assert instance.error.message == ("1 result file cannot be stored in S3: "
                                       "b'bad\\xff.txt' (the name is not valid UTF-8)")
     assert any("bad\\xff.txt" in error.message for error in task.errors)
     assert [info.key for info in bucket.list_files()] == ["fine.txt"]  # the rest is uploaded

@@ -115,7 +115,8 @@ class InstanceSpec:
     network: bool = True  # False: the sandboxed instance gets no network at all
     share_dir: Optional[str] = None  # a pool's directory, seen as /share in the sandbox
     # a failed result upload is tried again (only the files not uploaded yet, with backoff) up
-    # to this many times in all, no try starting later than result_upload_seconds after the first
+    # to this many tries in all, none starting later than result_upload_seconds after the first
+    # failed
     result_upload_attempts: int = 8
     result_upload_seconds: float = 300.0
 
