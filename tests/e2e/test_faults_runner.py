@@ -14,12 +14,15 @@ from .conftest import host_pids_with, pid_alive
 
 
 def kill_when_running(marker: str, timeout: float = 30.0) -> int:
-    """SIGKILL the process of this host with ``marker`` in its command line, once it runs."""
+    """SIGKILL the process of this host with ``marker`` in its command line, once it runs; its
+    host pid."""
     deadline = time.monotonic() + timeout
     while not (pids := host_pids_with(marker)):
         assert time.monotonic() < deadline, f"no process with {marker} started"
         time.sleep(0.05)
     assert len(pids) == 1, pids
+    # the user's process, inside its sandbox (a PID namespace of its own)
+    assert os.readlink(f"/proc/{pids[0]}/ns/pid") != os.readlink("/proc/self/ns/pid")
     os.kill(pids[0], signal.SIGKILL)
     return pids[0]
 

@@ -17,8 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from qcompute.server.executors.base import (Finished, InstanceSpec, Output, Phase, ResourceSpec,
-                                            S3Access, event_from_json)
+from qcompute.server.executors.base import (Finished, InstanceKey, InstanceSpec, Output, Phase,
+                                            ResourceSpec, S3Access, SnapshotDone,
+                                            event_from_json, event_to_json)
 from qcompute.server.runner import ACCEPTED, _InstanceRun, run_instance
 from qcompute.server.runner_files import remove_workdir, sweep
 from tests.helpers import s3_client, start_seaweed
@@ -506,6 +507,17 @@ def test_runner_killed_takes_the_command_tree_with_it(tmp_path):
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pid_alive(grandchild)
+
+
+def test_event_errors_are_always_storable():
+    key = InstanceKey("t", 0, 1)
+    finished = Finished(key, exit_code=None, error="bad\udcff.txt\x00 " + "x" * 10000)
+    assert finished.error.startswith("bad\\xff.txt\\x00 xxx") and finished.error.endswith("…")
+    assert len(finished.error) == 4000 and finished.error.encode("utf-8")
+    assert event_from_json(event_to_json(finished)) == finished
+    done = SnapshotDone(key, "s", ok=False, error="\ud800", keys=("k\udcc3",))
+    assert (done.error, done.keys) == ("\\ud800", ("k\\xc3",))
+    assert Finished(key, exit_code=0).error is None
 
 
 # -- a full disk ------------------------------------------------------------------------------
