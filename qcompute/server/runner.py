@@ -33,7 +33,6 @@ import os
 import queue
 import select
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +45,8 @@ from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey
                                             Output, Phase, SnapshotRequest, event_to_json)
 from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
-from qcompute.server.runner_files import InstanceFiles, compile_regex
+from qcompute.server.runner_files import (InstanceFiles, compile_regex, make_workdir,
+                                          remove_workdir)
 from qcompute.server.runner_telemetry import InstanceCgroup, Sampler
 from qcompute.server.sandbox import JOB, RAMFS, SHARE, TMP, Sandbox, SandboxConfig, SandboxError
 
@@ -62,6 +62,7 @@ _POLL_SECONDS = 0.05  # how often the wait loop looks at the process and the can
 _DRAIN_SECONDS = 1.0  # output still read after the command's group is gone
 _READ_BYTES = 65536
 _PR_SET_PDEATHSIG = 1
+_DISK_FULL_BYTES = 1 << 20  # less free space than this after a failed command: a full disk
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the already-loaded C library: no I/O
 
 
@@ -112,13 +113,15 @@ class _InstanceRun:
         self._pgid: Optional[int] = None
 
     def execute(self) -> Finished:
+        """Run the instance. Its working directory is removed at the end, unless result files
+        that could be uploaded were not (the upload failed after its tries): those stay."""
         started = time.monotonic()
         error: Optional[str] = None
-        created = ran = False
+        created = ran = keep = results_failed = False
         try:
             whitelist = compile_regex("results_whitelist", self.spec.results_whitelist)
             blacklist = compile_regex("results_blacklist", self.spec.results_blacklist)
-            self._make_workdir()
+            make_workdir(self.root, self.workdir, self.tmpdir, self.spec.share_dir)
             created = True
             if self.spec.resources and not self.cancel.is_set():
                 self.emit(Phase(self.spec.key, "downloading"))
@@ -127,10 +130,13 @@ class _InstanceRun:
             if not self.cancel.is_set():
                 ran = True
                 self._run_command()
+                self._tell_if_disk_full()
             if self.spec.result_bucket and ran and (
                     not self.cancel.is_set() or self.spec.upload_results_on_cancel):
                 self.emit(Phase(self.spec.key, "uploading"))
-                self.uploaded = self.files.upload_results(whitelist, blacklist)
+                upload = self.files.upload_results(whitelist, blacklist, self._note)
+                self.uploaded, error = upload.uploaded, upload.error
+                results_failed, keep = error is not None, bool(upload.pending)
         except (_InfraError, SandboxError) as exc:
             error = str(exc)
         except Exception as exc:  # never die silently: report it as an infrastructure error
@@ -138,24 +144,29 @@ class _InstanceRun:
             error = f"runner failure: {exc!r}"
         finally:
             self.controller.close()  # before Finished: no control event may follow it
-            if created:
-                shutil.rmtree(self.root, ignore_errors=True)
+            if created and not keep:
+                remove_workdir(self.root)
         return Finished(self.spec.key, exit_code=self.exit_code, error=error,
                         cancelled=self.cancel.is_set(), exec_time_sec=round(self.exec_time, 3),
                         wall_time_sec=round(time.monotonic() - started, 3),
-                        peak_memory_mb=round(self.peak_kb / 1024), results_uploaded=self.uploaded)
+                        peak_memory_mb=round(self.peak_kb / 1024), results_uploaded=self.uploaded,
+                        results_failed=results_failed)
 
-    def _make_workdir(self) -> None:
+    def _note(self, text: str) -> None:
+        """A line of the runner's own on the instance's stderr."""
+        self.emit(Output(self.spec.key, "stderr", f"qcompute: {text}\n"))
+
+    def _tell_if_disk_full(self) -> None:
+        """A command that failed on a full disk: say so on its stderr (its exit code stands)."""
+        if self.exit_code in (0, None):
+            return
         try:
-            os.makedirs(self.root, exist_ok=True)
-            if os.listdir(self.root):
-                raise _InfraError(f"working directory {self.root} exists and is not empty")
-            os.mkdir(self.workdir)
-            os.mkdir(self.tmpdir)
-            if self.spec.share_dir:
-                os.makedirs(self.spec.share_dir, exist_ok=True)
-        except OSError as exc:
-            raise _InfraError(f"cannot create working directory {self.root}: {exc}") from exc
+            disk = os.statvfs(self.workdir)
+        except OSError:
+            return
+        if disk.f_bavail * disk.f_frsize < _DISK_FULL_BYTES:
+            self._note("the disk of the working directory is full: the command's files may "
+                       "be incomplete")
 
     # -- the command ------------------------------------------------------------------------
 

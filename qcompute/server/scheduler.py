@@ -33,9 +33,9 @@ from .changes import TaskChanges
 from .crypto import SealError
 from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                             Output, Phase, S3Access, Telemetry)
+                             Output, Phase, S3Access, Telemetry, storable)
 from .scheduler_pools import PoolKeeper, resource_specs
-from .scheduler_recovery import Recovery, WorkDirs, storable
+from .scheduler_recovery import Recovery, WorkDirs
 from .scheduler_snapshots import InstanceControls, PeriodicChanged, RefreshResources, TakeSnapshot
 from .scheduler_timers import Timers
 from .services.masking import OutputMasks
@@ -131,6 +131,11 @@ class Scheduler:
         self._thread.join(timeout=30)
         self.executor.shutdown()
         self.workdirs.stop()
+
+    def discard_files(self, uuid: str) -> None:
+        """A task or pool was deleted: its output goes now, its working dir in the background."""
+        self.outputs.delete(uuid)
+        self.workdirs.remove(uuid)
 
     def alive(self) -> bool:
         """Whether the scheduler's thread runs (for /health)."""
@@ -256,9 +261,6 @@ class Scheduler:
             self._settle(session, dispatched)
             session.commit()
             tasks = {**touched, **dispatched}.values()
-            for task in tasks:
-                if T(task.state).is_final():
-                    self.workdirs.remove(task.uuid)
             return specs, {t.uuid for t in tasks} | {s.task_uuid for s in specs} | changed
 
     def _settle(self, session: Session, touched: dict[int, Task]) -> None:
@@ -356,6 +358,9 @@ class Scheduler:
         task.results_count += event.results_uploaded
         if event.cancelled or task.abort_requested:
             move_instance(task, instance, I.CANCELLED)
+        elif event.results_failed:  # the command ran; a re-run would repeat it for its files
+            instance.error = storable(event.error)
+            move_instance(task, instance, I.FAILED)
         elif event.error:  # infrastructure failure: re-queue within a bound, no user retry used
             instance.error = storable(event.error)
             if instance.infra_failures < self.settings.max_infra_retries:
@@ -507,6 +512,8 @@ class Scheduler:
             results_blacklist=doc.get("resultsBlacklist"),
             upload_results_on_cancel=bool(doc.get("uploadResultsOnCancellation")),
             kill_grace_seconds=self.settings.kill_grace_seconds,
+            result_upload_attempts=self.settings.result_upload_attempts,
+            result_upload_seconds=self.settings.result_upload_seconds,
             **self.controls.spec_fields(session, task))
 
     # -- restart ------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ go of it, and that no working directory outlives its task.
 * :meth:`Recovery.last_resort` records the end of an instance whose ``Finished`` fails a round
   even on its own (the instance fails, and its error names why), so that one bad event strands
   nobody.
-* :class:`WorkDirs` removes a task's working directory once the task has ended, and sweeps what a
-  previous server left at start, in a thread of its own: never in a round.
+* :class:`WorkDirs` removes a deleted task's working directory (what is left of it: runners
+  remove their own once the results are stored), and sweeps what a previous server left at
+  start, in a thread of its own.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from qcompute.states import InstanceState as I
 
 from .db.models import Instance, Task, utcnow
-from .executors.base import Finished, InstanceKey
+from .executors.base import Finished, InstanceKey, storable
 from .services.tasks import move_instance, refresh_task_state
 
 if TYPE_CHECKING:
@@ -37,19 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recovery", "WorkDirs", "STRIKES", "storable"]
+__all__ = ["Recovery", "WorkDirs", "STRIKES"]
 
 STRIKES = 3  # ticks in a row an instance must be missing from the executor before it is settled
 _SYNTHESES = 2  # times a lost instance's end is synthesised before giving up on it (and saying so)
 _ACTIVE = [s.value for s in I if s.is_active()]
-_ERROR_CHARS = 4000
-
-
-def storable(text: str) -> str:
-    """Any text as a database column takes it: valid UTF-8 (lone surrogates, from undecodable
-    file names, are escaped), no NUL, bounded in length."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-    return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 1] + "…"
 
 
 class Recovery:
@@ -133,7 +126,7 @@ class WorkDirs:
         self._thread.start()
 
     def remove(self, uuid: str) -> None:
-        """The task ``uuid`` has ended: its directory goes."""
+        """The task or pool ``uuid`` was deleted: its directory goes."""
         self._queue.put(self.root / uuid)
 
     def sweep(self, open_pools: set[str]) -> None:

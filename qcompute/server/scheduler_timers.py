@@ -76,14 +76,14 @@ class Timers:
             log.info(reason)
 
     def _collect(self, session: Session, now) -> None:
-        outputs = self.scheduler.outputs
+        discard = self.scheduler.discard_files
         for task in session.scalars(select(Task).where(Task.delete_after <= now).limit(_BATCH)):
             remove_task(session, task)
-            outputs.delete(task.uuid)
+            discard(task.uuid)
         for job in session.scalars(select(Job).where(Job.delete_after <= now).limit(_BATCH)):
             owner = session.get(User, job.owner_id)
             for task in delete_job(session, owner, job.uuid, force=True):
-                outputs.delete(task.uuid)
+                discard(task.uuid)
         for pool in session.scalars(select(Pool).where(Pool.delete_after <= now).limit(_BATCH)):
             session.delete(pool)  # tasks.pool_id: ON DELETE SET NULL
-            outputs.delete(pool.uuid)
+            discard(pool.uuid)

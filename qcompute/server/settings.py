@@ -85,6 +85,10 @@ class ServerSettings(BaseSettings):
     # A runner worker holding an instance that sends nothing (not even its heartbeat, every
     # quarter of this) for this long is killed: an infrastructure failure. 0: never.
     runner_stall_seconds: float = Field(default=60.0, ge=0, le=86400)
+    # A failed results upload is tried again (only the files not uploaded yet), with backoff,
+    # up to this many tries in all, none starting later than this after the first failure.
+    result_upload_attempts: int = Field(default=8, ge=1, le=100)
+    result_upload_seconds: float = Field(default=300.0, ge=0, le=86400)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
     fault_injection: bool = False  # tests only: POST /admin/faults makes scheduler rounds fail
 

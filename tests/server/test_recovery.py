@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from qcompute.server.executors.base import Finished, InstanceKey, InstanceSpec
-from qcompute.server.scheduler_recovery import STRIKES, Recovery, storable
+from qcompute.server.scheduler_recovery import STRIKES, Recovery
 
 from .conftest import serving, wait_for
 
@@ -98,12 +98,6 @@ def test_an_unstorable_error_is_stored(cluster):
     cluster.wait_state(uuid, "Success")
 
 
-def test_storable_text():
-    assert storable("a\udcffb\x00c") == "a\\udcffb\\x00c"
-    assert len(storable("é" * 10_000)) == 4000
-    assert storable("plain") == "plain"
-
-
 def test_output_that_cannot_be_written_never_drops_the_end(cluster, monkeypatch):
     uuid = cluster.submit()
     [key] = cluster.wait_dispatched(uuid, 1)
@@ -117,7 +111,7 @@ def test_output_that_cannot_be_written_never_drops_the_end(cluster, monkeypatch)
     assert cluster.wait_state(uuid, "Failure")["completedInstances"][0]["exitCode"] == 3
 
 
-def test_work_dirs_go_when_their_task_ends_and_leftovers_at_start(tmp_path):
+def test_work_dirs_go_when_their_task_is_deleted_and_leftovers_at_start(tmp_path):
     work = tmp_path / "work"
     (work / "old-task" / "0-1").mkdir(parents=True)
     (work / "old-task" / "0-1" / "result.txt").write_text("left by a crash")
@@ -125,9 +119,11 @@ def test_work_dirs_go_when_their_task_ends_and_leftovers_at_start(tmp_path):
         wait_for(lambda: not (work / "old-task").exists(), timeout=10)
         uuid = cluster.submit()
         [key] = cluster.wait_dispatched(uuid, 1)
-        (work / uuid / "0-1").mkdir(parents=True)
+        (work / uuid / "0-1").mkdir(parents=True)  # as a runner keeps it after a failed upload
         cluster.executor.run(key, exit_code=0)
         cluster.wait_state(uuid, "Success")
+        assert (work / uuid / "0-1").is_dir()
+        assert cluster.delete(f"/tasks/{uuid}").status_code == 200
         wait_for(lambda: not (work / uuid).exists(), timeout=10)
 
 
@@ -135,3 +131,16 @@ def test_the_fault_route_exists_only_with_fault_injection(cluster, quick):
     assert cluster.post("/admin/faults", json={"schedulerRounds": 1}).status_code == 404
     bad = quick.post("/admin/faults", json={"schedulerRounds": -1})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_faults"
+
+
+def test_results_that_could_not_be_stored_fail_the_instance_without_a_rerun(cluster):
+    uuid = cluster.submit()
+    [key] = cluster.wait_dispatched(uuid, 1)
+    cluster.executor.specs.pop(key)
+    cluster.executor.on_event(Finished(key, exit_code=0, results_failed=True, error=(
+        "results upload to s3://out/ failed after 8 tries in 95 s: 1 of 1 result files not "
+        "uploaded: 'r.txt'")))
+    task = cluster.wait_state(uuid, "Failure")
+    [instance] = task["completedInstances"]
+    assert instance["executionAttemptCount"] == 1 and "'r.txt'" in instance["error"]
+    assert cluster.executor.keys_of(uuid) == []  # not queued again

@@ -10,13 +10,19 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from qcompute.server.executors.base import (Finished, InstanceSpec, Output, Phase, ResourceSpec,
-                                            S3Access, event_from_json)
+from qcompute.server.executors.base import (Finished, InstanceKey, InstanceSpec, Output, Phase,
+                                            ResourceSpec, S3Access, SnapshotDone,
+                                            event_from_json, event_to_json)
 from qcompute.server.runner import ACCEPTED, _InstanceRun, run_instance
+from qcompute.server.runner_files import remove_workdir, sweep
+from tests.helpers import s3_client, start_seaweed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,9 +39,22 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[float, object]] = []
         self.cancel = threading.Event()
+        self._hooks: list[tuple[str, Callable[[], object], threading.Event]] = []
 
     def __call__(self, event) -> None:
         self.events.append((time.monotonic(), event))
+        if isinstance(event, Output) and event.stream == "stderr":
+            for text, action, done in self._hooks:
+                if text in event.data and not done.is_set():
+                    done.set()
+                    action()
+
+    def on_stderr(self, text: str, action: Callable[[], object]) -> threading.Event:
+        """Call ``action`` (once) when a stderr chunk with ``text`` arrives; the returned
+        event tells whether it was called."""
+        done = threading.Event()
+        self._hooks.append((text, action, done))
+        return done
 
     def run(self, spec: InstanceSpec) -> Finished:
         return run_instance(spec, self, self.cancel)
@@ -353,13 +372,116 @@ def test_missing_resource_bucket_is_an_infra_error(tmp_path, buckets):
     assert rec.text() == "" and not os.path.exists(tmp_path / "work")
 
 
-def test_upload_failure_is_an_infra_error_with_the_exit_code(tmp_path, buckets):
+def test_upload_that_keeps_failing_names_the_files_and_keeps_them(tmp_path, buckets):
     access, _, results = buckets
     wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
-    finished = Recorder().run(make_spec(tmp_path, "sh -c 'echo r > r.txt'", s3=wrong,
-                                        result_bucket=results))
-    assert finished.exit_code == 0
-    assert f"s3://{results}/r.txt" in finished.error and "SignatureDoesNotMatch" in finished.error
+    runs = tmp_path / "runs"
+    rec = Recorder()
+    spec = make_spec(tmp_path, "sh -c 'echo run >> \"$RUNS\"; echo r > r.txt; mkdir sub; "
+                               "echo s > sub/s.txt'", env={"RUNS": str(runs)}, s3=wrong,
+                     result_bucket=results, results_prefix="p/", result_upload_attempts=2)
+    finished = rec.run(spec)
+    assert finished.exit_code == 0 and finished.results_failed
+    assert finished.results_uploaded == 0 and runs.read_text() == "run\n"
+    assert finished.error.startswith(f"results upload to s3://{results}/p/ failed after 2 tries")
+    assert "2 of 2 result files not uploaded: 'r.txt', 'sub/s.txt'; last error: upload of " \
+           f"s3://{results}/p/" in finished.error and "SignatureDoesNotMatch" in finished.error
+    assert "qcompute: 2 result files not uploaded yet" in rec.text("stderr")
+    assert "trying again in 1 s (try 2 of at most 2)" in rec.text("stderr")
+    assert (Path(spec.workdir) / "job" / "sub" / "s.txt").read_text() == "s\n"  # kept
+
+
+def test_no_upload_try_starts_after_the_time_bound(tmp_path, buckets):
+    access, _, results = buckets
+    wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
+    rec = Recorder()
+    finished = rec.run(make_spec(tmp_path, "sh -c 'echo r > r.txt'", s3=wrong,
+                                 result_bucket=results, result_upload_attempts=1000,
+                                 result_upload_seconds=2))
+    tries = int(finished.error.split(" failed after ")[1].split()[0])
+    assert 2 <= tries <= 4  # pauses of 1 s, then what is left of the 2 s after the first
+    assert rec.text("stderr").count("trying again") == tries - 1
+
+
+def test_a_cancel_stops_the_upload_tries(tmp_path, buckets):
+    access, _, results = buckets
+    wrong = S3Access(access.endpoint_url, access.access_key, "wrong-secret")
+    rec = Recorder()
+    spec = make_spec(tmp_path, "sh -c 'echo r > r.txt'", s3=wrong, result_bucket=results,
+                     result_upload_attempts=1000, result_upload_seconds=600)
+    cancel_when_retrying = rec.on_stderr("trying again", rec.cancel.set)
+    finished = rec.run(spec)
+    assert cancel_when_retrying.is_set()
+    assert finished.cancelled and finished.exit_code == 0
+    assert finished.error is None and not finished.results_failed  # its results are not wanted
+    assert not os.path.exists(spec.workdir)
+
+
+def test_only_the_files_not_uploaded_yet_are_sent_again(tmp_path, buckets, s3_admin):
+    access, _, results = buckets
+    rec = Recorder()
+    spec = make_spec(tmp_path, "sh -c 'echo run >> \"$RUNS\"; for f in a b c flaky; do "
+                               "echo $f > $f.txt; done'", env={"RUNS": str(tmp_path / "runs")},
+                     s3=access, result_bucket=results)
+    run = _InstanceRun(spec, rec, rec.cancel)
+    sent: Counter = Counter()
+
+    def drop_the_first_put_of_flaky(request, **_):  # a connection lost on the real client
+        key = unquote(urlsplit(request.url).path.split("/", 2)[2])
+        sent[key] += 1
+        if key == "flaky.txt" and sent[key] == 1:
+            raise OSError("injected: connection reset by peer")
+
+    run.files.s3().meta.events.register("before-send.s3.PutObject", drop_the_first_put_of_flaky)
+    finished = run.execute()
+    assert finished.error is None and finished.results_uploaded == 4
+    assert sent == {"a.txt": 1, "b.txt": 1, "c.txt": 1, "flaky.txt": 2}
+    assert result_keys(s3_admin, results)["flaky.txt"] == b"flaky\n"
+    assert (tmp_path / "runs").read_text() == "run\n"
+    assert "1 result file not uploaded yet (upload of s3://" in rec.text("stderr")
+    assert not os.path.exists(spec.workdir)
+
+
+def test_upload_waits_for_the_storage_to_come_back(tmp_path):
+    """A SeaweedFS of its own, stopped while the command runs, started again while the runner
+    tries: the results arrive, and the command ran once."""
+    weed = start_seaweed(tmp_path / "weed")
+    try:
+        s3 = s3_client(weed)
+        s3.create_bucket(Bucket="out")
+        weed.stop()
+        rec = Recorder()
+        spec = make_spec(tmp_path, "sh -c 'echo run >> \"$RUNS\"; echo r > r.txt'",
+                         env={"RUNS": str(tmp_path / "runs")},
+                         s3=S3Access(weed.endpoint_url, weed.admin_access_key,
+                                     weed.admin_secret_key),
+                         result_bucket="out", result_upload_attempts=20,
+                         result_upload_seconds=120)
+        rec.on_stderr("trying again", weed.start)  # in the recorder's thread: the runner waits
+        finished = rec.run(spec)
+        assert finished.error is None and finished.results_uploaded == 1, finished.error
+        assert s3_client(weed).get_object(Bucket="out", Key="r.txt")["Body"].read() == b"r\n"
+        assert (tmp_path / "runs").read_text() == "run\n"
+        assert not os.path.exists(spec.workdir)
+    finally:
+        weed.stop()
+
+
+def test_names_s3_cannot_store_are_named_and_the_rest_uploaded(tmp_path, buckets, s3_admin):
+    access, _, results = buckets
+    deep = "/".join(["d" * 200] * 6)  # a key of 1,205 bytes + the file name
+    command = ("python3 -c \"import os; open(b'bad\\xff.txt', 'w').write('x'); "
+               f"os.makedirs('{deep}'); open('{deep}/long-name.txt', 'w').write('x'); "
+               "open('fine.txt', 'w').write('ok')\"")
+    finished = Recorder().run(make_spec(tmp_path, command, s3=access, result_bucket=results))
+    assert finished.exit_code == 0 and finished.results_failed
+    assert finished.results_uploaded == 1
+    assert result_keys(s3_admin, results) == {"fine.txt": b"ok"}
+    assert finished.error.startswith("2 result files cannot be stored in S3: ")
+    assert "b'bad\\xff.txt' (the name is not valid UTF-8)" in finished.error
+    assert "(its key is over 1,024 bytes)" in finished.error and "'ddd" in finished.error
+    finished.error.encode("utf-8")  # storable
+    assert not os.path.exists(tmp_path / "work")  # nothing that could be sent again: removed
 
 
 def test_empty_result_files_do_not_stall_uploads(tmp_path, buckets, s3_admin):
@@ -385,3 +507,77 @@ def test_runner_killed_takes_the_command_tree_with_it(tmp_path):
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pid_alive(grandchild)
+
+
+def test_event_errors_are_always_storable():
+    key = InstanceKey("t", 0, 1)
+    finished = Finished(key, exit_code=None, error="bad\udcff.txt\x00 " + "x" * 10000)
+    assert finished.error.startswith("bad\\xff.txt\\x00 xxx") and finished.error.endswith("…")
+    assert len(finished.error) == 4000 and finished.error.encode("utf-8")
+    assert event_from_json(event_to_json(finished)) == finished
+    done = SnapshotDone(key, "s", ok=False, error="\ud800", keys=("k\udcc3",))
+    assert (done.error, done.keys) == ("\\ud800", ("k\\xc3",))
+    assert Finished(key, exit_code=0).error is None
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (the tests run as root), unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_resources_that_fill_the_disk_end_the_instance_with_a_reason(small_disk, buckets,
+                                                                      s3_admin):
+    access, resources, _ = buckets
+    s3_admin.put_object(Bucket=resources, Key="big/data.bin", Body=b"x" * (3 << 20))
+    rec = Recorder()
+    finished = rec.run(make_spec(small_disk, "echo never", s3=access,
+                                 resources=(ResourceSpec(resources, "big/"),)))
+    assert finished.exit_code is None and rec.text() == ""
+    assert finished.error == (f"download of s3://{resources}/big/data.bin failed: no space left "
+                              "on the node's disk for the working directory")
+    assert os.listdir(small_disk) == []  # removed: the disk is free again
+
+
+def test_a_command_that_fills_the_disk_is_told_so(small_disk):
+    rec = Recorder()
+    spec = make_spec(small_disk, "sh -c 'head -c 3000000 /dev/zero > big.bin'")
+    finished = rec.run(spec)
+    assert finished.exit_code == 1 and finished.error is None  # the command's own failure
+    assert "No space left on device" in rec.text("stderr")
+    assert "qcompute: the disk of the working directory is full" in rec.text("stderr")
+    assert os.listdir(small_disk) == []
+
+
+# -- working directories ----------------------------------------------------------------------
+
+def test_the_task_directory_goes_with_its_last_attempt(tmp_path):
+    task_dir = tmp_path / "work" / "t1"
+    first = InstanceSpec(task_uuid="t1", instance_id=0, attempt=1, command="true", env={},
+                         workdir=str(task_dir / "0-1"))
+    second = InstanceSpec(task_uuid="t1", instance_id=1, attempt=1, command="true", env={},
+                          workdir=str(task_dir / "1-1"))
+    (task_dir / "1-1").mkdir(parents=True)  # another instance's, still running
+    assert Recorder().run(first).exit_code == 0
+    assert os.listdir(task_dir) == ["1-1"]
+    remove_workdir(second.workdir)
+    assert not task_dir.exists() and (tmp_path / "work").exists()
+
+
+def test_sweep_removes_all_but_the_running_ones(tmp_path):
+    work = tmp_path / "work"
+    for attempt in ["t1/0-1", "t1/0-2", "t2/3-1"]:
+        (work / attempt / "job" / "sub").mkdir(parents=True)
+        (work / attempt / "job" / "sub" / "file").write_text("x")
+    (work / "t1" / "0-1" / "job" / "sub").chmod(0o500)  # the command made it read-only
+    assert sweep(str(work), keep=[str(work / "t1" / "0-2")]) == 2
+    assert sorted(str(p.relative_to(work)) for p in work.iterdir()) == ["t1"]
+    assert os.listdir(work / "t1") == ["0-2"]
+    assert sweep(str(work)) == 1 and os.listdir(work) == []
+    assert sweep(str(tmp_path / "none")) == 0

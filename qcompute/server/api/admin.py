@@ -123,6 +123,6 @@ def remove_user(email: str, session: SessionDep, _owner: OwnerUser, ctx: Context
         raise
     ctx.scheduler.forget([InstanceKey(*key) for key in removed.active])
     for uuid in removed.task_uuids:
-        ctx.outputs.delete(uuid)
+        ctx.scheduler.discard_files(uuid)
     return {"email": removed.email, "bucketPrefix": removed.bucket_prefix,
             "deletedTasks": len(removed.task_uuids), "message": "removed"}

@@ -107,5 +107,5 @@ def delete_job(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDe
     session.commit()
     ctx.scheduler.forget(keys)
     for task in tasks:
-        ctx.outputs.delete(task.uuid)
+        ctx.scheduler.discard_files(task.uuid)
     return {"uuid": uuid, "message": "deleted"}

@@ -144,7 +144,7 @@ def delete_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     for task_id in aborted:
         ctx.scheduler.abort(task_id)
     ctx.scheduler.wake()
-    ctx.outputs.delete(uuid)
+    ctx.scheduler.discard_files(uuid)
     return {"uuid": uuid, "message": "deleted"}
 
 

@@ -250,7 +250,7 @@ def delete_task(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     ctx.scheduler.forget(running)
     if children:
         ctx.scheduler.submitted(children)
-    ctx.outputs.delete(uuid)
+    ctx.scheduler.discard_files(uuid)
     return {"uuid": uuid, "message": "deleted"}
 
 

@@ -24,8 +24,30 @@ __all__ = [
     "Phase", "Output", "Telemetry", "SnapshotDone", "ResourcesRefreshed", "Finished",
     "ExecutorEvent",
     "Executor",
-    "event_to_json", "event_from_json",
+    "event_to_json", "event_from_json", "storable",
 ]
+
+ERROR_MAX_CHARS = 4000  # an event's error, as the scheduler stores it
+
+
+def storable(text: Optional[str], limit: int = ERROR_MAX_CHARS) -> Optional[str]:
+    """``text`` as any SQL database stores it: valid UTF-8 (bytes of a file name that are not
+    UTF-8 shown as ``\\xNN``, other characters that cannot be encoded as ``\\uNNNN``), no NUL,
+    at most ``limit`` characters (a cut ends with "…")."""
+    if text is None:
+        return None
+    try:  # a file name read by os.walk carries its non-UTF-8 bytes as surrogates
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _store_errors(event: object, *names: str) -> None:
+    """Make the named string fields of a frozen event storable (see :func:`storable`)."""
+    for name in names:
+        object.__setattr__(event, name, storable(getattr(event, name)))
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,7 @@ class InstanceSpec:
     attempt: int
     command: str  # ${NAME} filled in from env, split into words, run without a shell
     env: dict[str, str]  # constants, INSTANCE_ID, FRAME_ID, INSTANCE_COUNT, QRANK, QSIZE, ...
-    workdir: str  # a fresh directory the runner creates (and removes): job/ and tmp/ in it
+    workdir: str  # a fresh directory the runner creates, and removes once results are stored
     s3: Optional[S3Access] = None
     resources: tuple[ResourceSpec, ...] = ()
     result_bucket: Optional[str] = None
@@ -92,6 +114,11 @@ class InstanceSpec:
     secret_env: dict[str, str] = field(default_factory=dict)  # exported, never filled in
     network: bool = True  # False: the sandboxed instance gets no network at all
     share_dir: Optional[str] = None  # a pool's directory, seen as /share in the sandbox
+    # a failed result upload is tried again (only the files not uploaded yet, with backoff) up
+    # to this many tries in all, none starting later than result_upload_seconds after the first
+    # failed
+    result_upload_attempts: int = 8
+    result_upload_seconds: float = 300.0
 
     @property
     def key(self) -> InstanceKey:
@@ -167,6 +194,10 @@ class SnapshotDone:
     keys: tuple[str, ...] = ()
     kind: str = field(default="snapshot", init=False)
 
+    def __post_init__(self) -> None:
+        _store_errors(self, "error")
+        object.__setattr__(self, "keys", tuple(storable(key, 1100) for key in self.keys))
+
 
 @dataclass(frozen=True)
 class ResourcesRefreshed:
@@ -178,6 +209,9 @@ class ResourcesRefreshed:
     files: int = 0
     kind: str = field(default="refreshed", init=False)
 
+    def __post_init__(self) -> None:
+        _store_errors(self, "error")
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -187,7 +221,13 @@ class Finished:
       container runtimes report it), or None if the command never ran.
     * ``error`` is set for an infrastructure failure (resources could not be downloaded, results
       could not be uploaded, the runner died): the instance is not at fault.
+    * ``results_failed``: the command ran to its end (``exit_code``), but some of its result
+      files could not be stored: the upload failed after its retries, or a file's name cannot be
+      an S3 key. ``error`` names them. Running the command again would repeat its whole run
+      (and its side effects) for files that are still on the node.
     * ``cancelled`` is True when the instance ended because :meth:`Executor.cancel` was called.
+
+    ``error`` is always storable (see :func:`storable`).
     """
 
     key: InstanceKey
@@ -198,7 +238,11 @@ class Finished:
     wall_time_sec: float = 0.0  # time from the runner start to its end
     peak_memory_mb: int = 0
     results_uploaded: int = 0  # number of result files uploaded
+    results_failed: bool = False
     kind: str = field(default="finished", init=False)
+
+    def __post_init__(self) -> None:
+        _store_errors(self, "error")
 
 
 ExecutorEvent = Union[Phase, Output, Telemetry, SnapshotDone, ResourcesRefreshed, Finished]
