@@ -121,6 +121,10 @@ class Scheduler:
         self._thread.join(timeout=30)
         self.executor.shutdown()
 
+    def alive(self) -> bool:
+        """Whether the loop's thread runs (for ``/health``)."""
+        return self._thread.is_alive()
+
     def wake(self) -> None:
         self._events.put(_Wake())
 
