@@ -127,6 +127,11 @@ def test_a_killed_seaweedfs_comes_back_with_its_data_keys_and_front(tmp_path):
         front.put_object(Bucket="dora-keep", Key="after", Body=b"new")  # the same pooled client
         assert dora.get_object(Bucket="dora-keep", Key="after")["Body"].read() == b"new"
 
+        storage._front.stop()  # the official SDK's endpoint is part of the storage too
+        assert storage.check() == "the S3 front of the qarnot SDK is not running"
+        storage._front.start()
+        assert storage.check() is None
+
         os.kill(weed.pid, signal.SIGKILL)  # past s3_restart_limit = 1
         gone = wait_for(lambda: "stays down" in (storage.check() or "") and storage.check())
         assert gone.endswith("stays down (the limit: 1 restart in 600 s)")

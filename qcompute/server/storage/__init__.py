@@ -206,9 +206,13 @@ class EmbeddedStorage(StorageBackend):
         return self._weed is not None and self._weed.is_running()
 
     def check(self) -> Optional[str]:
-        """The supervisor's word first (restarting, down past the limit), then the probe."""
-        return (self._weed.problem() if self._weed is not None else "SeaweedFS is not started"
-                ) or super().check()
+        """The supervisor's word first (restarting, down past the limit), then the S3 front,
+        then the probe."""
+        problem = self._weed.problem() if self._weed is not None else "SeaweedFS is not started"
+        if not problem and self._settings.s3_front and not (
+                self._front is not None and self._front.is_running()):
+            problem = "the S3 front of the qarnot SDK is not running"
+        return problem or super().check()
 
     def _front_port(self) -> int:
         """The configured port, else the previous start's if still free, else a new one; kept
