@@ -122,7 +122,7 @@ class LocalExecutor(Executor):
     def problem(self) -> Optional[str]:
         if not self._accepting:
             return "shut down"
-        stopped = sum(not slot.thread.is_alive() for slot in self._slots)  # type: ignore[union-attr]
+        stopped = sum(not (slot.thread and slot.thread.is_alive()) for slot in self._slots)
         if stopped:
             return f"{stopped} of {self._capacity} worker slots have stopped"
         if not os.access(self._python, os.X_OK):
