@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
 
 __all__ = [
-    "Storage", "no_continue_for_empty_body", "TRANSFER_CONCURRENCY",
+    "Storage", "no_continue_for_empty_body", "client_config", "TRANSFER_CONCURRENCY",
     # re-exported from ._objects
     "ObjectInfo", "normalize_key", "normalize_prefix", "join_key", "part_size_for",
     "compute_etag", "etag_for_label", "etag_label", "upload_label", "denied_message",
@@ -62,6 +62,12 @@ REGION = "us-east-1"
 _IN_MEMORY_BODY = 256 * 1024  # smaller bodies are read into memory, larger ones streamed
 _DELETE_BATCH = 1000
 _BLOCK = 1024 * 1024
+CONNECT_TIMEOUT = 10.0  # seconds; a read may take botocore's 60 s (a large part on a slow link)
+# botocore's standard mode waits random(0, 2**n) s before retry n (at most 20 s). 5 retries wait
+# 15 s on average, but less than 5 s once in 65 calls: shorter than a restart of a cluster's
+# embedded storage (its backoff, then 1 to 6 s), and a multipart transfer makes many calls. Two
+# more wait 46 s on average and less than 10 s once in 3,000.
+_EXTRA_S3_RETRIES = 2
 
 Callback = Callable[[int], None]
 
@@ -79,6 +85,18 @@ def no_continue_for_empty_body(params: dict, **_: Any) -> None:
     body = params.get("body")
     if body is not None and "Expect" in params["headers"] and determine_content_length(body) == 0:
         del params["headers"]["Expect"]
+
+
+def client_config(*, retry_count: int, **options: Any) -> Any:
+    """A botocore ``Config`` for an S3 client: ``retry_count`` retries (0: none) of connection
+    errors, timeouts, throttles and 5xx answers, in standard mode, plus
+    :data:`_EXTRA_S3_RETRIES`; connections time out after :data:`CONNECT_TIMEOUT`. The runner's
+    client uses it too. ``options``: more ``Config`` arguments."""
+    from botocore.config import Config
+
+    retries = retry_count + _EXTRA_S3_RETRIES if retry_count else 0
+    return Config(connect_timeout=CONNECT_TIMEOUT,
+                  retries={"mode": "standard", "total_max_attempts": retries + 1}, **options)
 
 
 # ----------------------------------------------------------------------------- error mapping
@@ -260,7 +278,7 @@ class Storage:
         access_key: the user's email.
         secret_key: the API token.
         verify: TLS verification: True, False, or a CA bundle path.
-        retry_count: botocore retries (standard mode).
+        retry_count: retries of a failed S3 call, plus two (see :func:`client_config`).
         bucket_prefix: returns the user's bucket-name prefix (``bucketPrefix`` of ``GET /info``;
             ``""``: any name; ``None``: unknown); called only to explain an AccessDenied.
         direct: send small PutObject / GetObject requests of multi-file calls straight through
@@ -285,8 +303,6 @@ class Storage:
         import boto3.session
         import botocore.session
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
-
         self.endpoint_url = endpoint_url
         self._verify = verify
         self._prefix_of = bucket_prefix
@@ -297,13 +313,13 @@ class Storage:
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=REGION,
             botocore_session=core,
         )
-        self._config = Config(
+        self._config = client_config(
+            retry_count=retry_count,
             user_agent_extra=USER_AGENT,
             signature_version="s3v4",
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"total_max_attempts": retry_count + 1, "mode": "standard"},
             max_pool_connections=64,
         )
         self.transfer_config: "TransferConfig" = TransferConfig(

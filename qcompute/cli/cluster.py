@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -62,12 +63,26 @@ def _running_pid(data_dir: Path) -> Optional[int]:
         return None
 
 
-def _health(url: str, timeout: float = 2.0) -> Optional[dict]:
+_PARTS = ("database", "storage", "executor", "scheduler")
+
+
+def _health(url: str, timeout: float = 3.0) -> Optional[dict]:
+    """``GET /health``'s body: healthy (200) or degraded (503); None if it does not answer."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read()) if exc.code == 503 else None
+        except (OSError, ValueError):
+            return None
     except (OSError, ValueError):
         return None
+
+
+def _healthy(url: str, timeout: float = 3.0) -> bool:
+    health = _health(url, timeout)
+    return health is not None and health.get("status") == "ok"
 
 
 def _recorded_url(data_dir: Path) -> Optional[str]:
@@ -117,10 +132,10 @@ def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
     pid = _running_pid(data)
     if pid is not None:
         url = _recorded_url(data) or settings.api_url
-        if _health(url):
+        if _healthy(url):
             click.echo(f"qcompute is already up at {url} (pid {pid})")
             return
-        raise click.ClickException(f"a server (pid {pid}) runs but does not answer at {url}; "
+        raise click.ClickException(f"a server (pid {pid}) runs but is not healthy at {url}; "
                                    "see qcompute status, or qcompute down")
     data.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "qcompute", "server", "--data-dir", str(data),
@@ -131,7 +146,7 @@ def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
                                    start_new_session=True)
     _pid_file(data).write_text(f"{process.pid} {settings.api_url}\n")
     deadline = time.monotonic() + timeout
-    while not _health(settings.api_url, timeout=1.0):
+    while not _healthy(settings.api_url, timeout=3.0):
         if process.poll() is not None or time.monotonic() > deadline:
             if process.poll() is None:
                 process.terminate()
@@ -180,7 +195,7 @@ def down(data_dir, timeout) -> None:
 @click.command()
 @click.option("--data-dir", help="The cluster's data dir [platformdirs data dir].")
 def status(data_dir) -> None:
-    """Report what runs where."""
+    """Report each part's state and what runs where; exit code 1 unless every part is ok."""
     data = _data_dir(data_dir)
     pid = _running_pid(data)
     if pid is None:
@@ -188,12 +203,22 @@ def status(data_dir) -> None:
         raise SystemExit(1)
     url = _recorded_url(data) or "?"
     health = _health(url) if url != "?" else None
-    click.echo(f"server:   pid {pid}, API {url} ({'healthy' if health else 'not answering'})")
+    healthy = health is not None and health.get("status") == "ok"
+    state = "not answering" if health is None else "healthy" if healthy else "DEGRADED"
+    click.echo(f"server:    pid {pid}, API {url} ({state})")
     if health:
-        click.echo(f"storage:  {health.get('storageProcess', health['storage'])}")
-        click.echo(f"executor: {health['executor']}, {health['running']} of "
-                   f"{health['capacity']} slots busy")
+        parts = health.get("parts", {})
+        details = {"storage": health.get("storageProcess", health.get("storage")),
+                   "executor": f"{health.get('executor')}, {health.get('running')} of "
+                               f"{health.get('capacity')} slots busy"}
+        for part in _PARTS:
+            line = parts.get(part, "?")
+            if part in details:
+                line += f"; {details[part]}"
+            click.echo(f"{part + ':':<10} {line}")
         isolation = health.get("isolation", "?")
         click.echo(f"instances: {isolation}" if health.get("sandboxed") else
                    f"instances: WARNING {isolation}: keep this cluster to one trusted user")
-    click.echo(f"data dir: {data}")
+    click.echo(f"data dir:  {data}")
+    if not healthy:
+        raise SystemExit(1)

@@ -114,15 +114,14 @@ class InstanceFiles:
         if access is None:
             raise InfraError("the instance uses S3 but its spec has no S3 access")
         import boto3
-        from botocore.config import Config
 
-        from qcompute._storage import no_continue_for_empty_body
+        from qcompute._storage import client_config, no_continue_for_empty_body
 
         client = boto3.session.Session().client(
             "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,
             aws_secret_access_key=access.secret_key, region_name=access.region,
-            config=Config(max_pool_connections=4 * _TRANSFER_THREADS,
-                          retries={"mode": "standard", "max_attempts": 3}))
+            config=client_config(retry_count=5,  # as the SDK: rides out a storage restart
+                                 max_pool_connections=4 * _TRANSFER_THREADS))
         client.meta.events.register("before-call.s3", no_continue_for_empty_body)
         return client
 

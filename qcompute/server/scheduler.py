@@ -141,6 +141,10 @@ class Scheduler:
         """Whether the scheduler's thread runs (for /health)."""
         return self._thread.is_alive()
 
+    def alive(self) -> bool:
+        """Whether the loop's thread runs (for ``/health``)."""
+        return self._thread.is_alive()
+
     def wake(self) -> None:
         self._events.put(_Wake())
 

@@ -75,6 +75,13 @@ class ServerSettings(BaseSettings):
     # and kept in <data_dir>/s3-front.port.
     s3_front: bool = True
     s3_front_port: int = Field(default=0, ge=0, le=65535)
+    # Embedded only: a SeaweedFS that dies is started again after s3_restart_backoff_seconds,
+    # doubled for each restart already in the last s3_restart_window_seconds (at most 30 s); past
+    # s3_restart_limit restarts in that window (0: never restart) it stays down, and /health says
+    # so until the server is restarted.
+    s3_restart_limit: int = Field(default=5, ge=0)
+    s3_restart_window_seconds: float = Field(default=600.0, gt=0)
+    s3_restart_backoff_seconds: float = Field(default=1.0, ge=0, le=3600)
 
     # Executor
     executor: Literal["local"] = "local"

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from .conftest import free_port, pid_alive
+from .conftest import free_port, host_pids_with, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +64,9 @@ def test_up_sample_users_status_down(tmp_path):
 
         status = qcompute("status", *where)
         assert status.returncode == 0 and "healthy" in status.stdout
+        for part in ("database:  ok", "storage:   ok; embedded SeaweedFS", "executor:  ok; local",
+                     "scheduler: ok"):
+            assert part in status.stdout, status.stdout
         assert f"SeaweedFS (pid {children[0]})" in status.stdout
         assert "instances: bubblewrap sandbox, isolated network" in status.stdout
         assert children, "the server should supervise SeaweedFS"
@@ -71,6 +76,29 @@ def test_up_sample_users_status_down(tmp_path):
     assert not pid_alive(server_pid)
     assert not [pid for pid in children if pid_alive(pid)], "down left processes behind"
     assert qcompute("status", *where).returncode == 1
+
+
+def test_status_names_a_storage_that_stays_down_and_exits_non_zero(tmp_path):
+    data = tmp_path / "data"
+    qcompute = _cli({**os.environ, "QCOMPUTE_CONFIG": str(tmp_path / "client.conf"),
+                     "QCOMPUTE_SERVER_S3_RESTART_LIMIT": "0"})
+    where = ["--data-dir", str(data)]
+    up = qcompute("up", *where, "--port", str(free_port()), "--s3-port", str(free_port()))
+    assert up.returncode == 0, up.stderr
+    try:
+        weed = host_pids_with(f"-dir={(data / 's3').resolve()}")
+        assert len(weed) == 1
+        os.kill(weed[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "stays down" not in (status := qcompute("status", *where)).stdout:
+            assert time.monotonic() < deadline, status.stdout
+        assert status.returncode == 1
+        assert "(DEGRADED)" in status.stdout
+        assert (f"storage:   down: SeaweedFS (pid {weed[0]}) exited with code -9 (SIGKILL) and "
+                "stays down (restarts are off); embedded SeaweedFS (not running)") in status.stdout
+        assert "database:  ok" in status.stdout and "scheduler: ok" in status.stdout
+    finally:
+        assert qcompute("down", *where).returncode == 0
 
 
 def test_an_unsandboxed_cluster_says_so_and_refuses_users_unless_allowed(tmp_path):

@@ -43,6 +43,9 @@ class StubStorage:
     def describe(self) -> str:
         return "stub storage"
 
+    def check(self) -> str | None:
+        return "S3 is down" if self.down else None
+
     def owner_access(self, email: str, token: str) -> S3Access:
         return S3Access(self.endpoint_url, email, token)
 

@@ -135,11 +135,17 @@ def test_client_settings(store: Storage) -> None:
     assert config.s3 == {"addressing_style": "path"}
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
-    assert config.retries == {"total_max_attempts": 3, "mode": "standard"}
+    assert config.retries == {"total_max_attempts": 5, "mode": "standard"}  # 2 retries + 2
+    assert config.connect_timeout == 10
     assert "qcompute-sdk-python/" in config.user_agent_extra
     assert store.transfer_config.multipart_threshold == MULTIPART_SIZE
     assert store.transfer_config.multipart_chunksize == MULTIPART_SIZE
     assert store.transfer_config.max_request_concurrency == 8
+
+
+def test_no_retries_means_none_for_s3_too() -> None:
+    quiet = Storage("http://127.0.0.1:18333", "me@x.org", "token", retry_count=0, direct=False)
+    assert quiet.client.meta.config.retries == {"total_max_attempts": 1, "mode": "standard"}
 
 
 def test_create_bucket_already_owned_is_success(store: Storage, stub: Stubber) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from qcompute._version import __version__
@@ -13,22 +14,30 @@ from qcompute.states import TaskState as T
 from ..db.models import Pool, Task
 from ..errors import NotFound
 from ..services import hardware
+from ..services.health import OK, check_parts
 from .deps import ContextDep, CurrentUser, SessionDep
 
 router = APIRouter(tags=["catalogue"])
 QARNOT_SDK_AGENT = "qarnot-sdk-python"  # the official SDK: qarnot-sdk-python/v2.23.0
 
 
-@router.get("/health", summary="Liveness and what the cluster runs")
+@router.get("/health", summary="Each part's state, and what the cluster runs",
+            responses={503: {"description": "A part is down: ``status`` is ``degraded`` and "
+                                            "``parts`` names it and why"}})
 def health(ctx: ContextDep):
-    return {"status": "ok", "version": __version__, "storage": ctx.storage.endpoint_url,
-            "storageProcess": ctx.storage.describe(),
+    """``parts``: ``database``, ``storage``, ``executor`` and ``scheduler``, each ``ok`` or
+    ``down: <why>``. 200 with ``status`` ``ok`` when every part is ok; else 503, ``degraded``."""
+    parts = check_parts(sessions=ctx.sessions, storage=ctx.storage, scheduler=ctx.scheduler)
+    healthy = all(state == OK for state in parts.values())
+    body = {"status": "ok" if healthy else "degraded", "parts": parts, "version": __version__,
+            "storage": ctx.storage.endpoint_url, "storageProcess": ctx.storage.describe(),
             "executor": ctx.settings.executor,
             "sandboxed": ctx.scheduler.executor.sandboxed,
             "isolation": ctx.scheduler.executor.isolation,
             "capacity": ctx.scheduler.executor.capacity,
             "running": len(ctx.scheduler.executor.running()),
             "nodes": [node.to_json() for node in ctx.settings.node_kinds]}
+    return body if healthy else JSONResponse(body, status_code=503)
 
 
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")

@@ -312,6 +312,10 @@ class Executor(abc.ABC):
     def running(self) -> set[InstanceKey]:
         """The instances this executor is running now."""
 
+    def problem(self) -> Optional[str]:
+        """Why no instance can start here now, or None (for ``/health``)."""
+        return None
+
     @abc.abstractmethod
     def shutdown(self) -> None:
         """Stop every instance (as cancel) and release resources. No events after it returns."""

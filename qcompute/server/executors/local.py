@@ -135,6 +135,16 @@ class LocalExecutor(Executor):
         with self._lock:
             return [slot.proc.pid for slot in self._slots if slot.proc is not None]
 
+    def problem(self) -> Optional[str]:
+        if not self._accepting:
+            return "shut down"
+        stopped = sum(not (slot.thread and slot.thread.is_alive()) for slot in self._slots)
+        if stopped:
+            return f"{stopped} of {self._capacity} worker slots have stopped"
+        if not os.access(self._python, os.X_OK):
+            return f"runner workers cannot start: {self._python} is not executable"
+        return None
+
     def submit(self, spec: InstanceSpec) -> None:
         run = _Run(spec)
         with self._lock:

@@ -10,6 +10,9 @@
 * :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
   uses its admin keys; the operator provides each user's keys on that endpoint.
 
+The embedded SeaweedFS is supervised: restarted when it dies, with backoff, up to a limit
+(:mod:`.supervisor`). :meth:`StorageBackend.check` says whether S3 answers now (``/health``).
+
 Runners reach S3 as the task's owner (:meth:`StorageBackend.owner_access`), never with the
 admin keys, except on an external endpoint, which has no per-user identities yet (a warning).
 
@@ -31,12 +34,14 @@ from qcompute.server.settings import ServerSettings
 
 from .s3front import S3Front
 from .seaweed import SeaweedFS, pick_free_port, port_is_free
+from .supervisor import RestartPolicy
 
 __all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
 
 log = logging.getLogger(__name__)
 
 _S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # SeaweedFS takes these (not IPs)
+PROBE_TIMEOUT = 2.0  # seconds for the connection and the answer of check()'s ListBuckets
 
 
 class StorageBackend(abc.ABC):
@@ -81,6 +86,36 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def is_running(self) -> bool:
         """Whether the endpoint is usable."""
+
+    def check(self) -> Optional[str]:
+        """Why S3 cannot be used now, or None: a ListBuckets with the admin keys, one attempt
+        of at most :data:`PROBE_TIMEOUT` s each to connect and to read. Any S3 answer below 500
+        (an AccessDenied too) shows the endpoint serving."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._probe_client().list_buckets()
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 500
+            if status >= 500:
+                return f"S3 at {self.endpoint_url} answers {status}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - unreachable, timed out, ...: that is the answer
+            return f"S3 at {self.endpoint_url} does not answer: {exc}"
+        return None
+
+    def _probe_client(self):
+        client = getattr(self, "_probe", None)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            access = self.admin_access
+            client = self._probe = boto3.session.Session().client(
+                "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,
+                aws_secret_access_key=access.secret_key, region_name=access.region,
+                config=Config(connect_timeout=PROBE_TIMEOUT, read_timeout=PROBE_TIMEOUT,
+                              retries={"mode": "standard", "total_max_attempts": 1}))
+        return client
 
     def prepare_result_bucket(self, name: str) -> None:
         """Called when a task naming ``name`` as its result bucket is submitted. Nothing here:
@@ -141,6 +176,8 @@ class EmbeddedStorage(StorageBackend):
     def describe(self) -> str:
         weed = self._weed
         state = f"pid {weed.pid}" if weed is not None and weed.is_running() else "not running"
+        if weed is not None and weed.restarts:
+            state += f", restarted {weed.restarts} time{'s' if weed.restarts > 1 else ''}"
         front = (f"; qarnot SDK front at {self.qarnot_sdk_endpoint_url}"
                  if self._front is not None else "")
         return (f"embedded SeaweedFS ({state}) at {self.endpoint_url}, data in "
@@ -167,6 +204,15 @@ class EmbeddedStorage(StorageBackend):
 
     def is_running(self) -> bool:
         return self._weed is not None and self._weed.is_running()
+
+    def check(self) -> Optional[str]:
+        """The supervisor's word first (restarting, down past the limit), then the S3 front,
+        then the probe."""
+        problem = self._weed.problem() if self._weed is not None else "SeaweedFS is not started"
+        if not problem and self._settings.s3_front and not (
+                self._front is not None and self._front.is_running()):
+            problem = "the S3 front of the qarnot SDK is not running"
+        return problem or super().check()
 
     def _front_port(self) -> int:
         """The configured port, else the previous start's if still free, else a new one; kept
@@ -199,8 +245,13 @@ class EmbeddedStorage(StorageBackend):
     def _seaweed(self) -> SeaweedFS:
         if self._weed is None:
             access, secret = self._admin_keys()
-            self._weed = SeaweedFS(self._settings.data_dir / "s3", self._settings.s3_port,
-                                   access, secret)
+            settings = self._settings
+            self._weed = SeaweedFS(settings.data_dir / "s3", settings.s3_port, access, secret,
+                                   restarts=RestartPolicy(
+                                       settings.s3_restart_limit,
+                                       settings.s3_restart_window_seconds,
+                                       settings.s3_restart_backoff_seconds,
+                                       max(30.0, settings.s3_restart_backoff_seconds)))
         return self._weed
 
     def _admin_keys(self) -> tuple[str, str]:

@@ -11,6 +11,8 @@ Start-up follows the measured recipe (docs: reference/engine-and-storage.md, par
 * ``GOMEMLIMIT=512MiB``, no ``AWS_*`` variables (they would become an extra admin identity);
 * glog files under ``<dir>/logs`` (rotated); stdout/stderr in ``<dir>/weed.log``;
 * ready when an S3 put + get succeeds; stop = SIGTERM, then SIGKILL (SIGTERM can hang);
+* supervised (:mod:`.supervisor`): a weed that dies is started again on the same ports and
+  data, after a backoff, within a limit (:class:`RestartPolicy`); its log is appended to;
 * buckets live in ``/qbuckets``, not SeaweedFS's default ``/buckets``: a ``filer.toml`` in weed's
   working directory (the data dir) says so. The filer refuses upper case and ``_`` in any path
   under a folder named ``buckets``; elsewhere it takes them, so a bucket Qarnot accepts
@@ -45,7 +47,10 @@ from qcompute._objects import check_bucket_name
 from qcompute._storage import no_continue_for_empty_body
 from qcompute.server.runner import pdeathsig_preexec
 
-__all__ = ["SeaweedFS", "SeaweedError", "pick_free_port", "port_is_free", "BUCKETS_FOLDER"]
+from .supervisor import RestartPolicy, Supervised
+
+__all__ = ["SeaweedFS", "SeaweedError", "RestartPolicy", "pick_free_port", "port_is_free",
+           "BUCKETS_FOLDER"]
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +108,12 @@ def _check_value(label: str, value: str) -> None:
 
 
 class SeaweedFS:
-    """One supervised ``weed mini`` with its data under ``data_dir``, S3 on ``s3_port``."""
+    """One supervised ``weed mini`` with its data under ``data_dir``, S3 on ``s3_port``,
+    restarted when it dies as ``restarts`` says."""
 
     def __init__(self, data_dir: Path, s3_port: int, admin_access_key: str,
-                 admin_secret_key: str, weed_binary: Optional[str] = None) -> None:
+                 admin_secret_key: str, weed_binary: Optional[str] = None,
+                 restarts: RestartPolicy = RestartPolicy()) -> None:
         _check_value("the admin access key", admin_access_key)
         _check_value("the admin secret key", admin_secret_key)
         self.data_dir = Path(data_dir).resolve()
@@ -114,8 +121,9 @@ class SeaweedFS:
         self.admin_access_key, self.admin_secret_key = admin_access_key, admin_secret_key
         self._binary = weed_binary
         self.ports: dict[str, int] = {}
-        self._proc: Optional[subprocess.Popen] = None
-        self._release = threading.Event()  # ends the keeper thread (see _spawn)
+        self.restart_policy = restarts
+        self._keeper: Optional[Supervised] = None  # the process of this start, and its restarts
+        self._start_timeout = 30.0
         self._shell_lock = threading.Lock()  # one identity change at a time (delete + add)
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._env["GOMEMLIMIT"] = "512MiB"
@@ -125,8 +133,17 @@ class SeaweedFS:
         return f"http://127.0.0.1:{self.s3_port}"
 
     @property
+    def _proc(self) -> Optional[subprocess.Popen]:
+        return self._keeper.proc if self._keeper is not None else None
+
+    @property
     def pid(self) -> Optional[int]:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def restarts(self) -> int:
+        """How many times the current start's process was restarted after dying."""
+        return self._keeper.restarts if self._keeper is not None else 0
 
     @property
     def master_address(self) -> str:
@@ -139,6 +156,11 @@ class SeaweedFS:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def problem(self) -> Optional[str]:
+        """Why weed does not serve now: not started, restarting, or down for good past the
+        restart limit; None while its process runs."""
+        return self._keeper.problem() if self._keeper is not None else "SeaweedFS is not started"
+
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
@@ -146,7 +168,9 @@ class SeaweedFS:
         data dir are in :data:`BUCKETS_FOLDER`; SeaweedError otherwise."""
         if self.is_running():
             return
+        self.stop()  # a process that died: no restart of it may race this start
         started = time.monotonic()
+        self._start_timeout = timeout
         if self._binary is None:
             self._binary = _find_weed()
         if not (port_is_free(self.s3_port) and port_is_free(self.s3_port + GRPC_OFFSET)):
@@ -163,19 +187,22 @@ class SeaweedFS:
         self._roll_back_cut_short_move()
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
-        self._proc = self._spawn(self._argv())
+        self._spawn(self._argv())
         try:
             self._wait_ready(started + timeout)
             self._move_legacy_buckets(timeout)
         except BaseException:
             self.stop(timeout=2)
             raise
+        assert self._keeper is not None
+        self._keeper.arm()
         log.info("SeaweedFS ready at %s in %.2f s (pid %d, data %s)", self.endpoint_url,
                  time.monotonic() - started, self._proc.pid, self.data_dir)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process to end."""
-        proc = self._proc
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process to end. It is
+        not restarted."""
+        proc = self._keeper.release() if self._keeper is not None else None
         if proc is None:
             return
         if proc.poll() is None:
@@ -187,8 +214,7 @@ class SeaweedFS:
                             proc.pid, timeout)
                 proc.kill()
                 proc.wait()
-        self._release.set()
-        self._proc = None
+        self._keeper = None
         for port in [self.s3_port, *self.ports.values()]:  # sockets weed leaves in /tmp
             for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock") + glob.glob(
                     f"/tmp/seaweedfs-*-{port + GRPC_OFFSET}.sock"):
@@ -242,30 +268,24 @@ class SeaweedFS:
         return argv
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        """Start weed from a keeper thread that lives until stop(): PR_SET_PDEATHSIG fires when
-        the *thread* that spawned the child ends, so it must not be the caller's thread."""
-        box: list[Any] = []
-        spawned = threading.Event()
-        self._release = threading.Event()
+        """Start weed under a new :class:`Supervised` keeper, whose thread spawns it (and its
+        restarts): PR_SET_PDEATHSIG fires when the *thread* that spawned the child ends, so it
+        must not be the caller's thread."""
 
-        def keep() -> None:
-            try:
-                with open(self.log_path, "ab") as log_file:
-                    box.append(subprocess.Popen(
-                        argv, env=self._env, cwd=self.data_dir, stdin=subprocess.DEVNULL,
-                        stdout=log_file, stderr=subprocess.STDOUT,
-                        preexec_fn=pdeathsig_preexec()))
-            except OSError as exc:
-                box.append(exc)
-            spawned.set()
-            self._release.wait()
+        def spawn() -> subprocess.Popen:
+            with open(self.log_path, "ab") as log_file:
+                return subprocess.Popen(
+                    argv, env=self._env, cwd=self.data_dir, stdin=subprocess.DEVNULL,
+                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=pdeathsig_preexec())
 
-        threading.Thread(target=keep, name="seaweedfs-keeper", daemon=True).start()
-        spawned.wait()
-        if isinstance(box[0], OSError):
-            self._release.set()
-            raise SeaweedError(f"cannot start {argv[0]}: {box[0]}")
-        return box[0]
+        self._keeper = Supervised(
+            "SeaweedFS", spawn, lambda _: self._wait_ready(time.monotonic() + self._start_timeout),
+            self.restart_policy, log_tail=lambda: self.log_tail(5))
+        try:
+            return self._keeper.launch()
+        except OSError as exc:
+            self._keeper = None
+            raise SeaweedError(f"cannot start {argv[0]}: {exc}") from exc
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll until a put + get round trip works (then remove the probe bucket)."""
@@ -377,7 +397,7 @@ class SeaweedFS:
         store, copy, copying, dropped = self._store_paths()
         shutil.copytree(store, copying)
         copying.rename(copy)
-        self._proc = self._spawn(self._argv())
+        self._spawn(self._argv())
         self._wait_ready(time.monotonic() + timeout)
         self._filer("POST", BUCKETS_FOLDER + "/")  # it must be a folder: "fs.mv x folder"
         self._shell([f"fs.mv {_LEGACY_FOLDER}/{name} {BUCKETS_FOLDER}" for name in names],
