@@ -138,10 +138,6 @@ class Scheduler:
         self.workdirs.remove(uuid)
 
     def alive(self) -> bool:
-        """Whether the scheduler's thread runs (for /health)."""
-        return self._thread.is_alive()
-
-    def alive(self) -> bool:
         """Whether the loop's thread runs (for ``/health``)."""
         return self._thread.is_alive()
 
