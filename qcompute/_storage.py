@@ -22,23 +22,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, O
 from urllib.parse import quote, urlsplit
 
 from ._http import USER_AGENT
-from ._objects import (
-    COPY_LIMIT,
-    MAX_PARTS,
-    MD5,
-    MULTIPART_SIZE,
-    ObjectInfo,
-    bucket_name_problem,
-    compute_etag,
-    denied_message,
-    etag_for_label,
-    etag_label,
-    join_key,
-    normalize_key,
-    normalize_prefix,
-    part_size_for,
-    upload_label,
-)
+from ._objects import (COPY_LIMIT, MAX_PARTS, MD5, MULTIPART_SIZE, ObjectInfo,
+                       bucket_name_problem, compute_etag, denied_message, etag_for_label,
+                       etag_label, join_key, normalize_key, normalize_prefix, part_size_for,
+                       upload_label)
 from .exceptions import MissingBucketException, StorageError
 
 if TYPE_CHECKING:
@@ -63,10 +50,8 @@ _IN_MEMORY_BODY = 256 * 1024  # smaller bodies are read into memory, larger ones
 _DELETE_BATCH = 1000
 _BLOCK = 1024 * 1024
 CONNECT_TIMEOUT = 10.0  # seconds; a read may take botocore's 60 s (a large part on a slow link)
-# botocore's standard mode waits random(0, 2**n) s before retry n (at most 20 s). 5 retries wait
-# 15 s on average, but less than 5 s once in 65 calls: shorter than a restart of a cluster's
-# embedded storage (its backoff, then 1 to 6 s), and a multipart transfer makes many calls. Two
-# more wait 46 s on average and less than 10 s once in 3,000.
+# Standard mode waits random(0, 2**n) s before retry n: 5 retries may all fit in a storage restart
+# (< 5 s once in 65 calls); 2 more wait < 10 s once in 3,000.
 _EXTRA_S3_RETRIES = 2
 
 Callback = Callable[[int], None]
@@ -88,10 +73,8 @@ def no_continue_for_empty_body(params: dict, **_: Any) -> None:
 
 
 def client_config(*, retry_count: int, **options: Any) -> Any:
-    """A botocore ``Config`` for an S3 client: ``retry_count`` retries (0: none) of connection
-    errors, timeouts, throttles and 5xx answers, in standard mode, plus
-    :data:`_EXTRA_S3_RETRIES`; connections time out after :data:`CONNECT_TIMEOUT`. The runner's
-    client uses it too. ``options``: more ``Config`` arguments."""
+    """The botocore ``Config`` of every S3 client (the runner's too): ``retry_count`` (0: none)
+    plus :data:`_EXTRA_S3_RETRIES` retries in standard mode, and ``options``."""
     from botocore.config import Config
 
     retries = retry_count + _EXTRA_S3_RETRIES if retry_count else 0
@@ -303,6 +286,7 @@ class Storage:
         import boto3.session
         import botocore.session
         from boto3.s3.transfer import TransferConfig
+
         self.endpoint_url = endpoint_url
         self._verify = verify
         self._prefix_of = bucket_prefix
