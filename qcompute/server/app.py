@@ -113,9 +113,10 @@ def create_app(settings: ServerSettings, *, storage=None,
 
     app = FastAPI(title="qcompute", version=__version__, lifespan=lifespan,
                   description="A compute cluster speaking the Qarnot REST dialect.")
+    # innermost: a body refused while it streams raises a 413 that the error handlers render
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     app.add_middleware(_MergeSlashes)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)  # outermost
     for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):
         app.include_router(module.router)
     openapi.install(app)

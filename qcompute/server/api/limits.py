@@ -3,7 +3,9 @@
 * :class:`BodyLimit` (ASGI middleware): a body larger than ``max_request_bytes`` gets a 413
   ``{"message", "code": "request_too_large"}``. A ``Content-Length`` over the limit is refused
   before anything is read; a chunked body is counted as it arrives and refused as soon as it
-  passes the limit, so no more than the limit is ever held in memory.
+  passes the limit, so no more than the limit is ever held in memory. It must be the
+  innermost middleware: the error it raises while the route reads the body then reaches the
+  app's error handlers directly (``BaseHTTPMiddleware`` would wrap it in an exception group).
 * :func:`check_json_depth`: JSON nested deeper than :data:`MAX_JSON_DEPTH` is refused before
   it is parsed, so nothing downstream (the JSON decoder, pydantic, SQLAlchemy's JSON columns)
   ever recurses that deep.
