@@ -11,9 +11,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 __all__ = ["Wire", "RetrySettings", "Dependencies", "AdvancedDependency", "parse_timespan",
-           "format_timespan", "bounded_text", "Text", "ShortText", "Name", "ProfileName", "Tag", "Tags", "Labels", "Uuid", "TimeSpan", "Seconds",
-           "Count",
-           "MAX_SPAN", "MAX_SECONDS", "MAX_INSTANCE_ID", "MAX_LIST", "shown"]
+           "format_timespan", "bounded_text", "Text", "ShortText", "Name", "ProfileName",
+           "UuidRef", "Tag", "Tags", "Labels", "TimeSpan", "Seconds", "Count", "MAX_SPAN",
+           "MAX_SECONDS", "MAX_INSTANCE_ID", "MAX_LIST", "shown"]
 
 # .NET TimeSpan text: "[d.]hh:mm:ss[.fffffff]"
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,7}))?", re.ASCII)
@@ -42,12 +42,6 @@ def _whole(value: str) -> str:
     return value
 
 
-def _uuid(value: str) -> str:
-    if value and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
-        raise ValueError(f"{shown(value)} is not a uuid")
-    return value
-
-
 def bounded_text(max_length: int, min_length: int = 0) -> Any:
     """A string of ``min_length`` to ``max_length`` characters, with no NUL."""
     return Annotated[str, Field(min_length=min_length, max_length=max_length),
@@ -59,7 +53,7 @@ ShortText = bounded_text(512)  # shortnames
 Name = Annotated[bounded_text(512, 1), AfterValidator(_whole)]
 Tag = bounded_text(256, 1)
 ProfileName = bounded_text(256)
-Uuid = Annotated[str, AfterValidator(_uuid)]  # an object's id (empty: none)
+UuidRef = bounded_text(64)  # an object's uuid as sent (looked up as it is)
 Seconds = Annotated[int, Field(ge=0, le=MAX_SECONDS)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_LIST)]
@@ -124,8 +118,7 @@ class AdvancedDependency(Wire):
 
 class Dependencies(Wire):
     # each parent must end in Success
-    depends_on: Optional[list[Annotated[str, Field(max_length=64)]]] = Field(
-        default=None, max_length=MAX_LIST)
+    depends_on: Optional[list[UuidRef]] = Field(default=None, max_length=MAX_LIST)
     advanced_depends_on: Optional[list[AdvancedDependency]] = Field(default=None,
                                                                     max_length=MAX_LIST)
 

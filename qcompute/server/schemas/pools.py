@@ -6,7 +6,7 @@ from typing import Any, Optional
 from pydantic import Field, model_validator
 
 from .common import (MAX_LIST, MAX_SECONDS, Count, Labels, Name, ProfileName, RetrySettings,
-                     Seconds, ShortText, Tags, TimeSpan, Uuid, Wire, bounded_text)
+                     Seconds, ShortText, Tags, TimeSpan, UuidRef, Wire, bounded_text)
 from .secrets import Privileges, SecretsAccessRights
 from .tasks import AdvancedBucket, BucketName, Constant
 
@@ -89,7 +89,7 @@ class JobSubmit(Wire):
 
     name: Name
     shortname: Optional[ShortText] = None
-    pool_uuid: Optional[Uuid] = None
+    pool_uuid: Optional[UuidRef] = None
     tags: Optional[Tags] = None
     use_dependencies: bool = False
     max_wall_time: Optional[TimeSpan] = None

@@ -11,8 +11,8 @@ from pydantic.alias_generators import to_camel
 from qcompute._objects import check_bucket_name
 
 from .common import (MAX_INSTANCE_ID, MAX_LIST, MAX_SECONDS, Dependencies, Labels, Name,
-                     ProfileName, RetrySettings, Seconds, ShortText, Tags, Text, TimeSpan, Uuid,
-                     bounded_text, shown)
+                     ProfileName, RetrySettings, Seconds, ShortText, Tags, Text, TimeSpan,
+                     UuidRef, bounded_text, shown)
 from .secrets import Privileges, SecretsAccessRights
 
 __all__ = ["Constant", "AdvancedBucket", "TaskSubmit", "TaskUpdate", "PageRequest",
@@ -100,8 +100,8 @@ class TaskSubmit(_Wire):
     name: Name
     shortname: Optional[ShortText] = None
     profile: Optional[ProfileName] = None
-    pool_uuid: Optional[Uuid] = None
-    job_uuid: Optional[Uuid] = None
+    pool_uuid: Optional[UuidRef] = None
+    job_uuid: Optional[UuidRef] = None
     instance_count: Optional[int] = Field(default=None, ge=0, le=MAX_INSTANCE_ID)
     advanced_ranges: Optional[str] = Field(default=None, max_length=MAX_RANGE_TEXT)
     constants: Optional[list[Constant]] = None
@@ -155,6 +155,8 @@ MAX_PAGE_TOKEN = 2**63 - 1  # tokens are row ids
 def _filter_value(value: Any, where: str) -> None:
     if isinstance(value, str) and len(value) > MAX_FILTER_TEXT:
         raise ValueError(f"{where}: a value is longer than {MAX_FILTER_TEXT} characters")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where}: a value contains a NUL character")
     if isinstance(value, int) and not -MAX_PAGE_TOKEN <= value <= MAX_PAGE_TOKEN:
         raise ValueError(f"{where}: {value} is out of the 64-bit integer range")
 
@@ -209,6 +211,6 @@ class PageRequest(_Wire):
 class WaitRequest(_Wire):
     """``POST /tasks/wait``: hold until all (or any) of these tasks are final, or the timeout."""
 
-    uuids: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=10_000)
+    uuids: list[UuidRef] = Field(min_length=1, max_length=10_000)
     return_when: Literal["ALL", "ANY"] = "ALL"
     timeout: float = Field(default=30.0, ge=0, allow_inf_nan=False)
