@@ -145,6 +145,15 @@ def test_constants_past_the_servers_limits_are_refused(cluster):
                                  {"key": "DOCKER_CMD", "value": "echo " + "${A}" * 40}]))
 
 
+@pytest.mark.parametrize("constraint", [
+    {"discriminator": "MaximumCoreHardwareConstraint", "coreCount": 10**30},
+    {"discriminator": "MaximumRamHardwareConstraint", "maximumMemoryMB": 1e300},
+])
+def test_a_hardware_constraint_out_of_range_is_refused(cluster, constraint):
+    refused(cluster, "POST", "/tasks", 400, "invalid_hardware_constraint",
+            json=task(hardwareConstraints=[constraint]))
+
+
 def test_a_bulk_keeps_the_good_tasks_and_refuses_the_bad_one(cluster):
     before = rows(cluster)["tasks"]
     response = cluster.post("/tasks", json=[task(), task(constants=constants(("X=", "1")))])
@@ -246,6 +255,14 @@ def test_an_instance_id_out_of_range_is_refused(cluster, running, method, instan
             "instance_id")
 
 
+@pytest.mark.parametrize("uuid", ["a%00b", "x" * 100])
+def test_an_id_no_object_can_have_is_not_found(cluster, uuid):
+    for path in (f"/tasks/{uuid}", f"/pools/{uuid}", f"/jobs/{uuid}"):
+        response = cluster.get(path)
+        assert response.status_code == 404, response.text
+        assert response.json()["code"].endswith("_not_found")
+
+
 def test_a_wait_with_an_infinite_timeout_is_refused(cluster, running):
     refused(cluster, "POST", "/tasks/wait", 400, "invalid_wait_request", "timeout:",
             content=b'{"uuids": ["%s"], "timeout": Infinity}' % running.encode())
@@ -277,6 +294,7 @@ PAGES = {
                                                  operator="In")}, "value has more than"),
     "a huge Like pattern": ({"filter": leaf("%" * 60_000, operator="Like")},
                             "longer than 1024"),
+    "a NUL in a value": ({"filter": leaf(["a", "b\x00"], operator="In")}, "NUL"),
 }
 
 
