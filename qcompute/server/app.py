@@ -18,6 +18,7 @@ from qcompute._version import __version__
 
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
+from .api.limits import BodyLimit
 from .bootstrap import ensure_owner, make_private
 from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
@@ -113,6 +114,8 @@ def create_app(settings: ServerSettings, *, storage=None,
 
     app = FastAPI(title="qcompute", version=__version__, lifespan=lifespan,
                   description="A compute cluster speaking the Qarnot REST dialect.")
+    # innermost: a body refused while it streams raises a 413 that the error handlers render
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     app.add_middleware(_MergeSlashes)
     for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):

@@ -59,11 +59,21 @@ def error_body(message: str, code: str) -> dict[str, str]:
     return {"message": message, "code": code}
 
 
+def field_path(loc: Sequence[Any]) -> str:
+    """``("constants", 3, "key")`` → ``constants[3].key``."""
+    path = ""
+    for part in loc:
+        if part == "body":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
 def describe_validation(errors: Sequence[Any]) -> str:
-    """pydantic errors as one line: ``instanceCount: Input should be ...; name: ...``."""
+    """pydantic errors as one line: ``constants[3].key: ... contains '='; name: ...``."""
     parts = []
     for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        where = field_path(err.get("loc", ()))
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts) or "invalid request"

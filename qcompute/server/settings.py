@@ -14,9 +14,21 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hardware import NodeCapabilities, NodeOverrides, detect
+from .schemas.tasks import ARG_STRLEN
 from .sandbox import SandboxConfig
 
 __all__ = ["Profile", "ServerSettings", "default_data_dir", "sandbox_config"]
+
+
+ENVIRONMENT_HEADROOM = 256 * 1024  # ARG_MAX kept for what the runner adds (paths, secrets)
+
+
+def _arg_max() -> int:
+    """The kernel's limit on a process's arguments plus environment (0: unknown)."""
+    try:
+        return max(os.sysconf("SC_ARG_MAX"), 0)
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def default_data_dir() -> Path:
@@ -109,6 +121,16 @@ class ServerSettings(BaseSettings):
     instance_ramfs_mb: int = Field(default=64, ge=1, le=1_048_576)  # $TMP_RAMFS_PATH size
     instance_ro_paths: list[str] = Field(default_factory=list)  # more host paths, read-only
 
+    # Limits on what a request may hold (docs/tasks.rst, "Limits"). A body past
+    # max_request_bytes gets a 413. Constants become environment variables: each "KEY=value"
+    # must stay below the kernel's 128 KiB per string, and a task's constants, instance
+    # variables and command line together below max_environment_bytes, which leaves room in
+    # the kernel's ARG_MAX for the runner's variables and granted secrets.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    max_constants: int = Field(default=1000, ge=1)  # per task or pool
+    max_constant_bytes: int = Field(default=ARG_STRLEN - 1, ge=1024, le=ARG_STRLEN - 1)
+    max_environment_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+
     # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
     output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
@@ -125,6 +147,15 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_default(cls, value):
         return None if value == "" else value
+
+    @field_validator("max_environment_bytes")
+    @classmethod
+    def _below_arg_max(cls, value: int) -> int:
+        arg_max = _arg_max()
+        if arg_max and value > arg_max - ENVIRONMENT_HEADROOM:
+            raise ValueError(f"{value} leaves less than {ENVIRONMENT_HEADROOM} bytes of this "
+                             f"host's ARG_MAX ({arg_max}) for the runner's own variables")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

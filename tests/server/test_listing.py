@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from qcompute.server.db.models import Job, JobTag, Pool, PoolTag, Task, User
@@ -204,6 +205,6 @@ def test_job_pager(cluster):
         assert "'Profile'" in err.value.message and "Profile," not in err.value.message
         first, token = _page(page_jobs, session, owner, maximumResults=1)
         assert first == ["job0"] and token is not None
-        with pytest.raises(BadRequest):
+        with pytest.raises(ValidationError):  # PageRequest refuses it (a 400 over HTTP)
             _page(page_jobs, session, owner, token="-1")
         session.rollback()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..db.models import IdempotencyRecord, User, utcnow
 from ..errors import BadRequest, Conflict
+from .limits import check_json_depth
 
 HEADER = "Idempotency-Key"
 
@@ -82,8 +83,14 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
 
 
 def loads(body: bytes) -> Any:
+    """The JSON of a request body (UTF-8), refused (400) if it is not JSON or nests too deep."""
     try:
-        return json.loads(body or b"null")
+        text = body.decode("utf-8-sig") if body else "null"
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not UTF-8: {exc}", code="invalid_json") from None
+    check_json_depth(body)  # exact on UTF-8, where no byte of a character looks like '['
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}",
                          code="invalid_json") from None

@@ -46,9 +46,7 @@ for _path in ("/jobs/", "/jobs"):
 @router.get("/jobs", summary="All jobs (older clients); ?tag= filters")
 def list_jobs(session: SessionDep, user: CurrentUser,
               tag: Annotated[list[str] | None, Query()] = None):
-    leaves = [{"operator": "Equal", "field": "Tags", "value": t} for t in tag or ()]
-    page = PageRequest(filter={"operator": "Or", "filters": leaves} if leaves else None,
-                       maximumResults=1000)
+    page = validate(PageRequest, listing.tag_filter(tag), code="invalid_request")
     jobs, _ = listing.page_jobs(session, user, page)
     return [_full(session, j) for j in jobs]
 

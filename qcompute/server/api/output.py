@@ -5,13 +5,14 @@ kept in SQL per object, instance and stream). Without an instance id: the whole 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from ..db.models import User
+from ..schemas.common import MAX_INSTANCE_ID
 from ..services.output import STREAMS, TASK_LEVEL
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import run_once
@@ -20,6 +21,7 @@ __all__ = ["add_output_routes"]
 
 # (session, user, uuid, instance id) → the object's row id; raises NotFound for a bad one
 Find = Callable[[Session, User, str, int], int]
+InstanceId = Annotated[int, Path(ge=0, le=MAX_INSTANCE_ID)]  # an instance's, or a slot's
 
 
 def add_output_routes(router: APIRouter, kind: str, part: str, find: Find, cursor: type,
@@ -60,13 +62,13 @@ def _stream_routes(router: APIRouter, path: str, kind: str, part: str, stream: s
 
     @router.get(path + "/{instance_id}", response_class=PlainTextResponse,
                 summary=f"One {part}'s {stream} so far")
-    def one(uuid: str, instance_id: int, session: SessionDep, user: CurrentUser,
+    def one(uuid: str, instance_id: InstanceId, session: SessionDep, user: CurrentUser,
             ctx: ContextDep):
         return read(session, ctx, user, uuid, stream, instance_id, fresh=False)
 
     @router.post(path + "/{instance_id}", response_class=PlainTextResponse,
                  summary=f"One {part}'s {stream} since the last fresh read")
-    def one_fresh(uuid: str, instance_id: int, request: Request, body: RawBody,
+    def one_fresh(uuid: str, instance_id: InstanceId, request: Request, body: RawBody,
                   session: SessionDep, user: CurrentUser, ctx: ContextDep):
         return run_once(request, session, user, body, lambda: (
             200, read(session, ctx, user, uuid, stream, instance_id, fresh=True)))

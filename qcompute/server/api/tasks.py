@@ -18,6 +18,7 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
+from ..services.listing import tag_filter
 from ..services.placement import dependencies_json, dependents_of
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
@@ -92,9 +93,7 @@ def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
 
 
 def _tag_filter(tag: list[str] | None) -> PageRequest:
-    leaves = [{"operator": "Equal", "field": "Tags", "value": t} for t in tag or ()]
-    return PageRequest(filter={"operator": "Or", "filters": leaves} if leaves else None,
-                       maximumResults=1000)
+    return validate(PageRequest, tag_filter(tag), code="invalid_request")
 
 
 @router.get("/tasks", summary="All tasks (older clients); ?tag= filters")

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from ..errors import BadRequest
 from ..hardware import NodeCapabilities
+from ..schemas.common import MAX_COUNT
 
 __all__ = ["check_constraints", "offered_constraints", "search_cpu_models"]
 
@@ -17,22 +18,22 @@ Node = NodeCapabilities
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("a whole number of at least 1")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ValueError(f"a whole number from 1 to {MAX_COUNT}")
     return value
 
 
 def _megabytes(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or math.isinf(value):
-        raise ValueError("a number of megabytes, 0 or more")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value <= 1e12:  # NaN compares False
+        raise ValueError("a number of megabytes, from 0 to 1e12")
     return value
 
 
 def _ratio(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or math.isinf(value):
-        raise ValueError("a number of GB per core, 0 or more")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value <= 1e6:
+        raise ValueError("a number of GB per core, from 0 to 1e6")
     return value
 
 

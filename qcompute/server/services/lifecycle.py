@@ -4,12 +4,17 @@ Instances carry the real states. Nothing else decides what a task's state is.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
-__all__ = ["derive_task_state", "format_ranges", "parse_ranges"]
+from ..schemas.common import MAX_INSTANCE_ID, shown
+
+__all__ = ["derive_task_state", "format_ranges", "parse_ranges", "MAX_RANGE_PARTS"]
+
+_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
 
 
 def derive_task_state(counts: Mapping[I, int], *, abort_requested: bool = False) -> T:
@@ -43,25 +48,36 @@ def derive_task_state(counts: Mapping[I, int], *, abort_requested: bool = False)
     return T.SUBMITTED
 
 
+MAX_RANGE_PARTS = 10_000  # comma-separated parts of one advanced range
+
+
 def parse_ranges(text: str, *, limit: int) -> list[int]:
     """Parse an advanced range such as ``"1,3-8,12-19"`` into sorted, distinct instance ids.
+
+    Ids go from 0 to :data:`MAX_INSTANCE_ID`; at most :data:`MAX_RANGE_PARTS` parts.
 
     Raises:
         ValueError: with a message naming the bad part, or when more than ``limit`` ids result.
     """
+    parts = text.split(",")
+    if len(parts) > MAX_RANGE_PARTS:
+        raise ValueError(f"{len(parts)} parts: a range has at most {MAX_RANGE_PARTS}")
     ids: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
+    for part in (p.strip() for p in parts):
         if not part:
-            raise ValueError(f"empty element in range {text!r}")
-        low, sep, high = part.partition("-")
-        try:
-            start, end = int(low), int(high if sep else low)
-        except ValueError:
-            raise ValueError(f"{part!r} is not a number or a range like 3-8") from None
-        if start < 0 or end < start:
-            raise ValueError(f"{part!r} is not an increasing range of non-negative numbers")
+            raise ValueError(f"empty element in range {shown(text)}")
+        match = _PART.fullmatch(part)
+        if not match:
+            raise ValueError(f"{shown(part)} is not a number or a range like 3-8")
+        if any(len(n.lstrip("0")) > 10 for n in match.groups() if n):  # int() of huge text is slow
+            raise ValueError(f"{shown(part)}: instance ids go up to {MAX_INSTANCE_ID}")
+        start, end = int(match[1]), int(match[2] or match[1])
+        if end < start:
+            raise ValueError(f"{shown(part)} is not an increasing range")
+        if end > MAX_INSTANCE_ID:
+            raise ValueError(f"{shown(part)}: instance ids go up to {MAX_INSTANCE_ID}")
         if len(ids) + (end - start + 1) > limit:
-            raise ValueError(f"range {text!r} has more than {limit} instances")
+            raise ValueError(f"range {shown(text)} has more than {limit} instances")
         ids.update(range(start, end + 1))
     return sorted(ids)
 

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session
 from ..db.models import Job, JobTag, Pool, PoolTag, Task, TaskTag, User
 from ..errors import BadRequest
 from ..schemas import PageRequest
+from ..schemas.tasks import MAX_FILTER_DEPTH
 
 __all__ = ["DEFAULT_PAGE_SIZE", "JOB_COLUMNS", "POOL_COLUMNS", "TASK_COLUMNS", "page",
-           "page_jobs", "page_pools", "page_tasks"]
+           "page_jobs", "page_pools", "page_tasks", "tag_filter"]
 
 DEFAULT_PAGE_SIZE = 50
-MAX_DEPTH = 32
 
 TASK_COLUMNS = {"Name": Task.name, "Shortname": Task.shortname, "State": Task.state,
                 "Uuid": Task.uuid, "Profile": Task.profile, "CreationDate": Task.created_at}
@@ -89,8 +89,8 @@ class _Compiler:
     def compile(self, node: Any, depth: int = 0) -> Any:
         if not isinstance(node, dict):
             raise _bad(f"a filter must be an object with an operator, got {node!r}")
-        if depth > MAX_DEPTH:
-            raise _bad(f"the filter is nested more than {MAX_DEPTH} levels deep")
+        if depth > MAX_FILTER_DEPTH:  # PageRequest refuses it first
+            raise _bad(f"the filter is nested more than {MAX_FILTER_DEPTH} levels deep")
         operator = node.get("operator")
         if operator in ("And", "Or"):
             children = node.get("filters")
@@ -151,20 +151,26 @@ def page(session: Session, user: User, model: Any, tag_model: Any,
         The rows, and the token of the next page (``None`` on the last page).
 
     Raises:
-        BadRequest: a malformed filter (``invalid_filter``) or token (``invalid_token``).
+        BadRequest: a malformed filter (``invalid_filter``). The filter's size and the token
+            are checked by :class:`~qcompute.server.schemas.PageRequest`.
     """
     query = select(model).where(model.owner_id == user.id)
     if request.filter:
         query = query.where(_Compiler(model, tag_model, columns).compile(request.filter))
-    if request.token:
-        if not request.token.isdigit():
-            raise BadRequest(f"invalid page token {request.token!r}", code="invalid_token")
+    if request.token:  # digits within the 64-bit range (checked by PageRequest)
         query = query.where(model.id > int(request.token))
     size = request.maximum_results or DEFAULT_PAGE_SIZE
     rows = list(session.scalars(query.order_by(model.id).limit(size + 1)))
     if len(rows) > size:
         return rows[:size], str(rows[size - 1].id)
     return rows, None
+
+
+def tag_filter(tags: Optional[list[str]]) -> dict[str, Any]:
+    """The request of a legacy listing (``GET /tasks?tag=a&tag=b``): objects with any of
+    these tags, up to 1000 of them."""
+    leaf = {"operator": "In", "field": "Tags", "value": tags} if tags else None
+    return {"filter": leaf, "maximumResults": 1000}
 
 
 def page_tasks(session: Session, user: User,

@@ -11,6 +11,7 @@ import uuid as uuidlib
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,14 +19,14 @@ from qcompute.states import InstanceState as I
 from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
-from ..command import CommandError, check_command
 from ..db.models import Instance, Pool, PoolTag, Task, User, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, validate
-from ..schemas.common import parse_timespan
+from ..schemas.common import MAX_SPAN, parse_timespan
 from ..schemas.pools import ElasticProperty, PoolSubmit, PoolUpdate
 from ..settings import ServerSettings
 from .hardware import check_constraints
 from .owned import find_owned
+from .runnable import check_command_line, check_constants, instance_variables
 from .tasks import check_bucket_prefix, check_fixed_inputs, request_abort
 
 __all__ = ["submit_pool", "get_pool", "update_pool", "close_pool", "request_delete_pool",
@@ -37,8 +38,13 @@ PREPARING, READY, FAILED = "Preparing", "Ready", "Failed"  # the states of a poo
 
 def elastic_of(pool: Pool) -> Optional[ElasticProperty]:
     raw = pool.document.get("elasticProperty")
-    prop = ElasticProperty.model_validate(raw) if raw else None
-    return prop if prop and prop.is_elastic else None
+    if not raw:
+        return None
+    try:
+        prop = ElasticProperty.model_validate(raw)
+    except ValidationError:  # stored before its values were range-checked: take them as sent
+        prop = ElasticProperty.model_construct(**raw)
+    return prop if prop.is_elastic else None
 
 
 def submit_pool(session: Session, settings: ServerSettings, user: User, doc: PoolSubmit,
@@ -66,15 +72,13 @@ def submit_pool(session: Session, settings: ServerSettings, user: User, doc: Poo
                              f"{doc.slots_per_node()} slots); this cluster has {capacity}",
                              code="not_enough_slots")
     check_constraints(settings.node_kinds, doc.hardware_constraints)
+    check_constants(doc.constants, settings)
+    constants = {**settings.profile(doc.profile).constants,  # type: ignore[union-attr]
+                 **{c.key: c.value or "" for c in doc.constants or ()}}
     preparation = doc.preparation_task.command_line if doc.preparation_task else None
-    if preparation:
-        constants = {**settings.profile(doc.profile).constants,  # type: ignore[union-attr]
-                     **{c.key: c.value or "" for c in doc.constants or ()}}
-        try:
-            check_command(preparation, constants)
-        except CommandError as exc:
-            raise BadRequest(f"preparationTask.commandLine: {exc}",
-                             code="invalid_command") from None
+    variables = instance_variables(name=doc.name, count=target, last_id=max(target - 1, 0))
+    check_command_line("preparationTask.commandLine", preparation or "",
+                       {**constants, **variables}, settings)
     now = utcnow()
     pool_uuid = str(uuidlib.uuid4())
     pool = Pool(uuid=pool_uuid, owner_id=user.id, name=doc.name,
@@ -233,7 +237,11 @@ def completion_deadline(document: dict[str, Any], now: datetime) -> Optional[dat
     """When an object that finished ``now`` is collected (``autoDeleteOnCompletion``)."""
     if not document.get("autoDeleteOnCompletion"):
         return None
-    return now + parse_timespan(document.get("completionTimeToLive") or "00:00:00")
+    try:
+        span = parse_timespan(document.get("completionTimeToLive") or "00:00:00")
+    except ValueError:  # stored before time spans were range-checked
+        span = MAX_SPAN
+    return now + span
 
 
 def queued_in_pool(session: Session, pool_id: int) -> int:

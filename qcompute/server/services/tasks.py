@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
-from ..command import CommandError, check_command
 from ..db.models import Instance, Task, TaskTag, User, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, validate
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
@@ -24,6 +23,7 @@ from . import listing
 from .hardware import check_constraints
 from .owned import find_owned
 from .lifecycle import derive_task_state, parse_ranges
+from .runnable import check_command_line, check_constants, instance_variables
 
 __all__ = ["submit_task", "get_task", "task_states", "execution_seconds", "task_instances", "update_task", "request_abort",
            "delete_task", "page_tasks", "move_instance", "refresh_task_state"]
@@ -70,18 +70,18 @@ def submit_task(session: Session, settings: ServerSettings, user: User,
         known = ", ".join(p.name for p in settings.profiles)
         raise BadRequest(f"unknown profile {doc.profile!r}; available: {known}",
                          code="unknown_profile")
+    check_constants(doc.constants, settings)
     constants = {**profile.constants, **place.constants,
                  **{c.key: c.value or "" for c in doc.constants or ()}}
     if not constants.get(profile.command_constant, "").strip():
         raise BadRequest(f"constant {profile.command_constant} is empty: set the command to run",
                          code="missing_command")
-    try:
-        check_command(constants[profile.command_constant], constants)
-    except CommandError as exc:
-        raise BadRequest(f"{profile.command_constant}: {exc}", code="invalid_command") from None
+    ids = _instance_ids(doc, settings.max_instances_per_task)
+    variables = instance_variables(name=doc.name, count=len(ids), last_id=ids[-1])
+    check_command_line(profile.command_constant, constants[profile.command_constant],
+                       {**constants, **variables}, settings)
     check_bucket_prefix(user, _bucket_names(doc))
     check_constraints(settings.node_kinds, doc.hardware_constraints)
-    ids = _instance_ids(doc, settings.max_instances_per_task)
 
     now = utcnow()
     task_uuid = str(uuidlib.uuid4())
