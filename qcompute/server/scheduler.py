@@ -34,6 +34,7 @@ from .crypto import SealError
 from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, S3Access, Telemetry, storable)
+from .schemas.common import MAX_SECONDS
 from .scheduler_pools import PoolKeeper, resource_specs
 from .scheduler_recovery import Recovery, WorkDirs
 from .scheduler_snapshots import InstanceControls, PeriodicChanged, RefreshResources, TakeSnapshot
@@ -296,8 +297,8 @@ class Scheduler:
             return True
         if task.waiting_on == 0:
             seconds = task.document.get("maxTimeQueueSeconds")
-            if seconds and task.queue_deadline is None:
-                task.queue_deadline = utcnow() + timedelta(seconds=seconds)
+            if seconds and task.queue_deadline is None:  # clamped: rows stored before the limit
+                task.queue_deadline = utcnow() + timedelta(seconds=min(seconds, MAX_SECONDS))
             return True
         return False
 
