@@ -40,7 +40,7 @@ def submit_job(request: Request, body: RawBody, session: SessionDep, user: Curre
 for _path in ("/jobs/", "/jobs"):
     router.add_api_route(_path, submit_job, methods=["POST"], status_code=201,
                          summary="Create a job", include_in_schema=_path == "/jobs",
-                         openapi_extra=openapi.body(JobSubmit))
+                         openapi_extra=openapi.body(JobSubmit, example={"name": "pipeline"}))
 
 
 @router.get("/jobs", summary="All jobs (older clients); ?tag= filters")

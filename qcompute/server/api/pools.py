@@ -11,7 +11,7 @@ from qcompute.states import PoolState as P
 from ..db.models import Pool, PoolOutputCursor, Task, utcnow
 from ..errors import BadRequest, validate
 from ..schemas import PageRequest
-from ..schemas.pools import PoolSubmit
+from ..schemas.pools import PoolSubmit, PoolUpdate
 from ..services import listing
 from ..services import pools as service
 from ..services.wire_pools import pool_to_json
@@ -40,7 +40,8 @@ def _summary(ctx: AppContext, session, pool: Pool) -> dict[str, Any]:
 
 
 @router.post("/pools", status_code=201, summary="Create a pool",
-             openapi_extra=openapi.body(PoolSubmit))
+             openapi_extra=openapi.body(PoolSubmit, example={
+                 "name": "renders", "profile": "docker-batch", "instanceCount": 1}))
 def submit_pool(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
                 ctx: ContextDep):
     payload = loads(body)
@@ -101,7 +102,8 @@ def get_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep)
     return _full(ctx, session, service.get_pool(session, user, uuid))
 
 
-@router.put("/pools/{uuid}", summary="Update a pool: name, tags, labels, elastic settings")
+@router.put("/pools/{uuid}", summary="Update a pool: name, tags, labels, elastic settings",
+            openapi_extra=openapi.body(PoolUpdate))
 def update_pool(uuid: str, body: RawBody, session: SessionDep, user: CurrentUser,
                 ctx: ContextDep):
     payload = loads(body)

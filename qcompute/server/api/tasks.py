@@ -49,7 +49,9 @@ def _submit(session, ctx: AppContext, user, item: Any) -> Task:
 
 
 @router.post("/tasks", status_code=201, summary="Submit a task, or an array of tasks (bulk)",
-             openapi_extra=openapi.body(TaskSubmit, or_array=True))
+             openapi_extra=openapi.body(TaskSubmit, or_array=True, example={
+                 "name": "hello", "profile": "docker-batch",
+                 "constants": [{"key": "DOCKER_CMD", "value": "echo hello"}]}))
 def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
                  ctx: ContextDep) -> Response:
     payload = loads(body)

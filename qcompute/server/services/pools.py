@@ -174,7 +174,9 @@ def request_delete_pool(session: Session, user: User, pool_uuid: str) -> tuple[P
 
 
 def set_pool_state(pool: Pool, state: P, now: datetime) -> bool:
-    return pool.move_to(state.value, now, final=state.is_final())
+    """Enter ``state``; True if it changed. The scheduler asks every round: the same state
+    leaves the pool (and its ``lastModified``) as it was."""
+    return pool.state != state.value and pool.move_to(state.value, now, final=state.is_final())
 
 
 def derive_pool_state(*, target: int, slots: Mapping[str, int], close_requested: bool,
