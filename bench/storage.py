@@ -97,19 +97,25 @@ def _fresh(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- small files
-def small_qcompute(cluster: Any, src: Path, files: dict[str, str], work: Path,
-                   tag: str) -> dict[str, float]:
-    conn = cluster.connection()
-    bucket = conn.create_bucket(f"bench-qc-{tag}")
-    _warm(conn, bucket.name)
-    out = _fresh(work / "qc-out")
+def _sync_rounds(bucket: Any, src: Path, out: Path, count: int) -> dict[str, float]:
+    """Up, up again (nothing changed), down, down again: the same calls in both SDKs."""
     result = {
         "up": _timed(lambda: bucket.sync_directory(str(src))),
         "resync": _timed(lambda: bucket.sync_directory(str(src))),
         "down": _timed(lambda: bucket.get_all_files(str(out))),
         "redown": _timed(lambda: bucket.get_all_files(str(out))),
     }
-    assert len(list(out.rglob("*.bin"))) == len(files)
+    assert len(list(out.rglob("*.bin"))) == count
+    return result
+
+
+def small_qcompute(cluster: Any, src: Path, files: dict[str, str], work: Path,
+                   tag: str) -> dict[str, float]:
+    conn = cluster.connection()
+    bucket = conn.create_bucket(f"bench-qc-{tag}")
+    _warm(conn, bucket.name)
+    out = _fresh(work / "qc-out")
+    result = _sync_rounds(bucket, src, out, len(files))
     bucket.delete()
     conn.close()
     return result
@@ -125,13 +131,7 @@ def small_official(cluster: Any, src: Path, files: dict[str, str], work: Path,
     _warm(warm, bucket.uuid)
     warm.close()
     out = _fresh(work / "of-out")
-    result = {
-        "up": _timed(lambda: bucket.sync_directory(str(src))),
-        "resync": _timed(lambda: bucket.sync_directory(str(src))),
-        "down": _timed(lambda: bucket.get_all_files(str(out))),
-        "redown": _timed(lambda: bucket.get_all_files(str(out))),
-    }
-    assert len(list(out.rglob("*.bin"))) == len(files)
+    result = _sync_rounds(bucket, src, out, len(files))
     bucket.delete()
     return result
 
