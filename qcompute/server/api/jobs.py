@@ -15,7 +15,8 @@ from ..services.wire_pools import job_to_json
 from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
-from .tasks import _full as task_json
+from .tasks import _fulls as task_jsons
+from .tasks import tag_filter
 
 router = APIRouter(tags=["jobs"])
 
@@ -43,14 +44,11 @@ for _path in ("/jobs/", "/jobs"):
                          openapi_extra=openapi.body(JobSubmit))
 
 
-@router.get("/jobs", summary="All jobs (older clients); ?tag= filters")
+@router.get("/jobs", summary="All jobs (older clients), every one; ?tag= filters")
 def list_jobs(session: SessionDep, user: CurrentUser,
               tag: Annotated[list[str] | None, Query()] = None):
-    leaves = [{"operator": "Equal", "field": "Tags", "value": t} for t in tag or ()]
-    page = PageRequest(filter={"operator": "Or", "filters": leaves} if leaves else None,
-                       maximumResults=1000)
-    jobs, _ = listing.page_jobs(session, user, page)
-    return [_full(session, j) for j in jobs]
+    return [_full(session, j) for jobs in listing.every(listing.page_jobs, session, user,
+                                                        tag_filter(tag)) for j in jobs]
 
 
 @router.post("/jobs/paginate", summary="A page of jobs, with filters",
@@ -74,7 +72,7 @@ def get_job(uuid: str, session: SessionDep, user: CurrentUser):
 @router.get("/jobs/{uuid}/tasks", summary="The job's tasks")
 def job_tasks(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
     job = service.get_job(session, user, uuid)
-    return [task_json(ctx, session, t) for t in service.job_tasks(session, job)]
+    return task_jsons(ctx, session, service.job_tasks(session, job))
 
 
 @router.post("/jobs/{uuid}/terminate", summary="Cancel the job's unfinished tasks and end it")

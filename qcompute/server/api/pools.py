@@ -58,16 +58,16 @@ def submit_pool(request: Request, body: RawBody, session: SessionDep, user: Curr
     return response
 
 
-@router.get("/pools", summary="All pools (older clients)")
+@router.get("/pools", summary="All pools (older clients), every one")
 def list_pools(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_full(ctx, session, p) for p in pools]
+    return [_full(ctx, session, p)
+            for pools in listing.every(listing.page_pools, session, user) for p in pools]
 
 
-@router.get("/pools/summaries", summary="Pool summaries (older clients)")
+@router.get("/pools/summaries", summary="Pool summaries (older clients), every one")
 def list_summaries(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_summary(ctx, session, p) for p in pools]
+    return [_summary(ctx, session, p)
+            for pools in listing.every(listing.page_pools, session, user) for p in pools]
 
 
 def _page(request: Request, body: bytes, session, user, ctx: AppContext, summary: bool):

@@ -18,7 +18,8 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
 from ..services import tasks as service
 from ..services.output import TASK_LEVEL
-from ..services.placement import dependencies_json, dependents_of
+from ..services.listing import every
+from ..services.placement import dependencies_json, dependencies_of, dependents_of
 from ..services.wire import task_summary_to_json, task_to_json
 from . import openapi
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep, signed_in
@@ -79,9 +80,17 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
 
 
 def _full(ctx: AppContext, session, task: Task) -> dict[str, Any]:
-    return task_to_json(task, service.task_instances(session, task), utcnow(),
-                        dependencies_json(session, task), ctx.scheduler.telemetry.get,
-                        ctx.settings.node_kinds[0].cpu_model)
+    return _fulls(ctx, session, [task])[0]
+
+
+def _fulls(ctx: AppContext, session, tasks: list[Task]) -> list[dict[str, Any]]:
+    """Full documents of a page of tasks: their instances and parents in one query each."""
+    ids = [t.id for t in tasks]
+    instances, parents, now = service.instances_of(session, ids), dependencies_of(session, ids), utcnow()
+    return [task_to_json(t, instances[t.id], now,
+                         dependencies_json(session, t, parents.get(t.id, [])),
+                         ctx.scheduler.telemetry.get, ctx.settings.node_kinds[0].cpu_model)
+            for t in tasks]
 
 
 def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
@@ -91,23 +100,25 @@ def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
             for t in tasks]
 
 
-def _tag_filter(tag: list[str] | None) -> PageRequest:
+def tag_filter(tag: list[str] | None) -> Optional[dict[str, Any]]:
+    """``?tag=a&tag=b`` of the legacy listings: tasks with any of the tags."""
     leaves = [{"operator": "Equal", "field": "Tags", "value": t} for t in tag or ()]
-    return PageRequest(filter={"operator": "Or", "filters": leaves} if leaves else None,
-                       maximumResults=1000)
+    return {"operator": "Or", "filters": leaves} if leaves else None
 
 
-@router.get("/tasks", summary="All tasks (older clients); ?tag= filters")
+@router.get("/tasks", summary="All tasks (older clients), every one; ?tag= filters")
 def list_tasks(session: SessionDep, user: CurrentUser, ctx: ContextDep,
                tag: Annotated[list[str] | None, Query()] = None):
-    tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
-    return [_full(ctx, session, t) for t in tasks]
+    return [doc for tasks in every(service.page_tasks, session, user, tag_filter(tag))
+            for doc in _fulls(ctx, session, tasks)]
 
 
-@router.get("/tasks/summaries", summary="Task summaries (older clients); ?tag= filters")
-def list_summaries(session: SessionDep, user: CurrentUser, tag: Annotated[list[str] | None, Query()] = None):
-    tasks, _ = service.page_tasks(session, user, _tag_filter(tag))
-    return _summaries(session, tasks)
+@router.get("/tasks/summaries", summary="Task summaries (older clients), every one; ?tag= "
+            "filters")
+def list_summaries(session: SessionDep, user: CurrentUser,
+                   tag: Annotated[list[str] | None, Query()] = None):
+    return [doc for tasks in every(service.page_tasks, session, user, tag_filter(tag))
+            for doc in _summaries(session, tasks)]
 
 
 def _page(request: Request, body: bytes, session, user, ctx: AppContext,
@@ -116,8 +127,7 @@ def _page(request: Request, body: bytes, session, user, ctx: AppContext,
 
     def work() -> tuple[int, Any]:
         tasks, next_token = service.page_tasks(session, user, page)
-        data = _summaries(session, tasks) if summary else [_full(ctx, session, t)
-                                                            for t in tasks]
+        data = _summaries(session, tasks) if summary else _fulls(ctx, session, tasks)
         return 200, {"data": data, "token": page.token, "nextToken": next_token,
                      "isTruncated": next_token is not None}
 

@@ -9,7 +9,7 @@ of the column's type (ISO 8601 strings for dates). ``Like`` is a case-insensitiv
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import Column, DateTime, Float, Integer, and_, exists, not_, or_, select
 from sqlalchemy.orm import Session
@@ -18,10 +18,11 @@ from ..db.models import Job, JobTag, Pool, PoolTag, Task, TaskTag, User
 from ..errors import BadRequest
 from ..schemas import PageRequest
 
-__all__ = ["DEFAULT_PAGE_SIZE", "JOB_COLUMNS", "POOL_COLUMNS", "TASK_COLUMNS", "page",
-           "page_jobs", "page_pools", "page_tasks"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "JOB_COLUMNS", "POOL_COLUMNS", "TASK_COLUMNS",
+           "every", "page", "page_jobs", "page_pools", "page_tasks"]
 
 DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000  # PageRequest.maximumResults' bound
 MAX_DEPTH = 32
 
 TASK_COLUMNS = {"Name": Task.name, "Shortname": Task.shortname, "State": Task.state,
@@ -165,6 +166,20 @@ def page(session: Session, user: User, model: Any, tag_model: Any,
     if len(rows) > size:
         return rows[:size], str(rows[size - 1].id)
     return rows, None
+
+
+def every(pages: Callable[[Session, User, PageRequest], tuple[list[Any], Optional[str]]],
+          session: Session, user: User,
+          filter_: Optional[dict[str, Any]] = None) -> Iterator[list[Any]]:
+    """Every row the user owns, a page of :data:`MAX_PAGE_SIZE` at a time: the legacy ``GET``
+    listings answer the whole list, never a silent first page."""
+    token: Optional[str] = None
+    while True:
+        rows, token = pages(session, user, PageRequest(filter=filter_, token=token,
+                                                       maximumResults=MAX_PAGE_SIZE))
+        yield rows
+        if token is None:
+            return
 
 
 def page_tasks(session: Session, user: User,
