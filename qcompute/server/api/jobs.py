@@ -53,15 +53,12 @@ def list_jobs(session: SessionDep, user: CurrentUser,
 
 @router.post("/jobs/paginate", summary="A page of jobs, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+def paginate(body: RawBody, session: SessionDep, user: CurrentUser):
+    """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
-
-    def work() -> tuple[int, Any]:
-        jobs, next_token = listing.page_jobs(session, user, page)
-        return 200, {"data": [_full(session, j) for j in jobs], "token": page.token,
-                     "nextToken": next_token, "isTruncated": next_token is not None}
-
-    return run_once(request, session, user, body, work)
+    jobs, next_token = listing.page_jobs(session, user, page)
+    return {"data": [_full(session, j) for j in jobs], "token": page.token,
+            "nextToken": next_token, "isTruncated": next_token is not None}
 
 
 @router.get("/jobs/{uuid}", summary="One job")

@@ -121,31 +121,27 @@ def list_summaries(session: SessionDep, user: CurrentUser,
             for doc in _summaries(session, tasks)]
 
 
-def _page(request: Request, body: bytes, session, user, ctx: AppContext,
-          summary: bool) -> Response:
+def _page(body: bytes, session, user, ctx: AppContext, summary: bool) -> dict[str, Any]:
+    """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
-
-    def work() -> tuple[int, Any]:
-        tasks, next_token = service.page_tasks(session, user, page)
-        data = _summaries(session, tasks) if summary else _fulls(ctx, session, tasks)
-        return 200, {"data": data, "token": page.token, "nextToken": next_token,
-                     "isTruncated": next_token is not None}
-
-    return run_once(request, session, user, body, work)
+    tasks, next_token = service.page_tasks(session, user, page)
+    data = _summaries(session, tasks) if summary else _fulls(ctx, session, tasks)
+    return {"data": data, "token": page.token, "nextToken": next_token,
+            "isTruncated": next_token is not None}
 
 
 @router.post("/tasks/paginate", summary="A page of tasks, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+def paginate(body: RawBody, session: SessionDep, user: CurrentUser,
              ctx: ContextDep):
-    return _page(request, body, session, user, ctx, summary=False)
+    return _page(body, session, user, ctx, summary=False)
 
 
 @router.post("/tasks/summaries/paginate", summary="A page of task summaries, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+def paginate_summaries(body: RawBody, session: SessionDep, user: CurrentUser,
                        ctx: ContextDep):
-    return _page(request, body, session, user, ctx, summary=True)
+    return _page(body, session, user, ctx, summary=True)
 
 
 def _load(ctx: AppContext, authorization: Optional[str], uuid: str) -> dict[str, Any]:
