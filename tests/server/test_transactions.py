@@ -2,11 +2,13 @@
 exactly one request's work commit, even when a retry arrives while the first still runs."""
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, update
 
 from qcompute.server.api import tasks as tasks_api
 from qcompute.server.db.models import (IdempotencyRecord, Instance, Task, TaskDependency,
@@ -60,10 +62,36 @@ def _in_thread(fn):
     return thread, result
 
 
+# SQLite always; PostgreSQL too when QCOMPUTE_TEST_POSTGRES_URL names a server where the tests
+# may create databases (postgresql+psycopg://user@127.0.0.1:port/postgres).
+POSTGRES = os.environ.get("QCOMPUTE_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES else []))
+def database_url(request):
+    if request.param == "sqlite":
+        yield ""  # the default: <data dir>/qcompute.db
+        return
+    name = f"qcompute_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as db:
+        db.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
+
+
 @pytest.fixture
-def patient(tmp_path):
+def cluster(tmp_path, database_url):
+    with serving(tmp_path, database_url=database_url) as running:
+        yield running
+
+
+@pytest.fixture
+def patient(tmp_path, database_url):
     """A retry waits up to 5 s for the first request to finish."""
-    with serving(tmp_path, idempotency_wait_seconds=5) as running:
+    with serving(tmp_path, database_url=database_url, idempotency_wait_seconds=5) as running:
         yield running
 
 
@@ -114,8 +142,9 @@ def test_a_retry_during_the_first_request_replays_its_answer(patient, monkeypatc
     assert _rows(patient)["Task"] == 3
 
 
-def test_a_retry_that_waits_too_long_gets_409_then_the_replay(tmp_path, monkeypatch):
-    with serving(tmp_path, idempotency_wait_seconds=0.2) as cluster:
+def test_a_retry_that_waits_too_long_gets_409_then_the_replay(tmp_path, database_url,
+                                                              monkeypatch):
+    with serving(tmp_path, database_url=database_url, idempotency_wait_seconds=0.2) as cluster:
         gate = Gate(monkeypatch, hold_at=1)
         headers = {"Idempotency-Key": "bulk-3"}
         first, first_reply = _in_thread(lambda: cluster.post("/tasks", json=[DOC] * 2,
