@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, update
 
 from qcompute.server.api import tasks as tasks_api
+from qcompute.server.db import make_engine
 from qcompute.server.db.models import (IdempotencyRecord, Instance, Task, TaskDependency,
                                        utcnow)
 
@@ -205,3 +206,20 @@ def test_abandoned_work_cannot_commit_after_its_key_was_taken_over(patient, monk
     assert _rows(patient)["Task"] == 1  # only the retry's
     replay = patient.post("/tasks", json=DOC, headers=headers)
     assert replay.json() == retry.json()
+
+
+def test_sqlite_savepoints_live_inside_the_transaction(tmp_path):
+    """The engine's recipe, also on a connection that served AUTOCOMMIT (SQLAlchemy hands it
+    back with sqlite3's own transaction control on again)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as db:
+        db.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+        db.exec_driver_sql("VACUUM")  # refused inside a transaction: none was begun
+    with engine.connect() as db:
+        db.begin()
+        with db.begin_nested():
+            db.exec_driver_sql("INSERT INTO t VALUES (1)")
+        db.rollback()  # the released savepoint goes with the transaction
+        assert db.exec_driver_sql("SELECT COUNT(*) FROM t").scalar() == 0
+    engine.dispose()

@@ -34,7 +34,9 @@ def _sqlite_transactions(engine: Engine) -> None:
     everything it writes commits or rolls back as one. The recipe's plain ``BEGIN`` at the
     transaction's start would fail at once ("database is locked") whenever a transaction that
     has read tries to write after another writer: IMMEDIATE takes the write lock up front,
-    waiting for it (``timeout``), and reads before the first write still never block.
+    waiting for it (``timeout``), and reads before the first write still never block. (A
+    connection that served AUTOCOMMIT comes back with sqlite3's control on again; it does no
+    harm: our BEGIN comes first, and sqlite3 begins nothing inside a transaction.)
     """
 
     @event.listens_for(engine, "connect")
