@@ -9,7 +9,8 @@ Every REST call of the SDK goes through :meth:`HttpClient.request`. It
   resends the same prepared request, so every retry carries the same key and the server
   replays its first answer instead of acting twice);
 * retries with urllib3's :class:`~urllib3.util.retry.Retry`: connection and read errors, and
-  429/500/502/503/504, with capped exponential backoff and ``Retry-After`` honoured;
+  429/500/502/503/504 (and a 409 with ``Retry-After``: the same key still running), with capped
+  exponential backoff and ``Retry-After`` honoured;
 * maps an error reply once to the exception tree of :mod:`qcompute.exceptions`.
 """
 from __future__ import annotations
@@ -66,7 +67,12 @@ _sleep: Callable[[float], None] = time.sleep
 
 
 class _Retry(Retry):
-    """urllib3 Retry that logs each retry and sleeps through the patchable :data:`_sleep`."""
+    """urllib3 Retry that logs each retry and sleeps through the patchable :data:`_sleep`.
+
+    A 409 *with* ``Retry-After`` is retried too: the server's answer to a repeat of a request
+    that still runs (``idempotency_key_in_use``); other 409s carry no ``Retry-After``."""
+
+    RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {409}
 
     def increment(self, method=None, url=None, response=None, error=None, *args, **kwargs):  # type: ignore[no-untyped-def,override]
         new = super().increment(method, url, response, error, *args, **kwargs)

@@ -13,9 +13,12 @@ from .exceptions import APIError
 if TYPE_CHECKING:
     from ._http import HttpClient
 
-__all__ = ["Page", "TagsArg", "tag_filter", "uuid_filter", "paginate", "fetch_page"]
+__all__ = ["PAGE_SIZE", "Page", "TagsArg", "tag_filter", "uuid_filter", "paginate", "fetch_page"]
 
 T = TypeVar("T")
+# Documents asked per page when iterating: few round trips (the server's default page is small;
+# qcompute's server sends at most 1,000).
+PAGE_SIZE = 1000
 TagsArg = Union[str, Iterable[str], None]
 
 
@@ -67,10 +70,11 @@ def fetch_page(http: "HttpClient", path: str, filter_: Optional[dict[str, Any]],
 
 def paginate(http: "HttpClient", path: str,
              filter_: Optional[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every document, page after page, until ``isTruncated`` is false or no ``nextToken``."""
+    """Every document, page after page of :data:`PAGE_SIZE` (a server may send fewer), until
+    ``isTruncated`` is false or no ``nextToken``."""
     token: Optional[str] = None
     while True:
-        page = fetch_page(http, path, filter_, token)
+        page = fetch_page(http, path, filter_, token, PAGE_SIZE)
         yield from page.items
         if not page.is_truncated or not page.next_token:
             return

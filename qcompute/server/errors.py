@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class DomainError(Exception):
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None  # e.g. Retry-After
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -107,7 +108,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError):
-        return JSONResponse(error_body(exc.message, exc.code), exc.status_code)
+        return JSONResponse(error_body(exc.message, exc.code), exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):

@@ -134,6 +134,10 @@ class ServerSettings(BaseSettings):
     # Output: each stream of each instance keeps at most this many bytes (oldest bytes dropped).
     output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    # A repeat of a request still running waits this long for its answer, then gets a 409
+    # with Retry-After; a key claimed longer than the lease (its server died) is taken over.
+    idempotency_wait_seconds: float = Field(default=10.0, ge=0, le=600)
+    idempotency_lease_seconds: int = Field(default=600, ge=10)
     long_poll_max_seconds: float = Field(default=60.0, ge=1, le=600)  # GET /tasks/{uuid}?wait=
 
     profiles: list[Profile] = Field(default_factory=_default_profiles)

@@ -24,8 +24,11 @@ def test_profiles(qconn):
 def test_user_info(qconn):
     info = qconn.user_info
     assert info.email == COMPAT_EMAIL  # also the S3 access key the SDK signs with
-    assert info.max_task > 0 and info.max_instances > 0
+    assert info.max_instances > 0 and info.max_cores > 0  # the limits the server enforces
+    assert info.max_task is None and info.max_bucket is None  # no quota: absent, not invented
     assert isinstance(info.task_count, int) and isinstance(info.running_task_count, int)
+    assert isinstance(info.bucket_count, int) and isinstance(info.used_quota_bytes_bucket, int)
+    assert info.running_instance_count >= 0 and info.computing_quotas.user.flex.max_cores > 0
 
 
 def test_bad_token_is_refused(cluster):

@@ -11,6 +11,7 @@ import uuid
 
 import boto3
 import pytest
+import qarnot
 import requests
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -122,6 +123,42 @@ def test_each_user_gets_a_distinct_prefix(alice, bob, owner):
     with alice.connection() as conn:
         assert conn.user_info["bucketPrefix"] == alice.prefix
     assert owner.user_info["bucketPrefix"] == ""
+
+
+def test_info_counts_each_users_own_objects(cluster, add_user):
+    """GET /info: the caller's own tasks, running instances, buckets and bytes (from S3), read
+    by qcompute's SDK and by the official one; no invented quotas."""
+    carol, dave = add_user("carol"), add_user("dave")
+    for account, sizes in ((carol, (100, 2000)), (dave, (7,))):
+        for n, size in enumerate(sizes):
+            account.s3.create_bucket(Bucket=f"{account.prefix}b{n}")
+            account.s3.put_object(Bucket=f"{account.prefix}b{n}", Key="f", Body=b"x" * size)
+    with carol.connection() as conn:
+        task = conn.create_task("long", "docker-batch")
+        task.constants["DOCKER_CMD"] = "sleep 60"
+        task.submit()
+        deadline = time.monotonic() + 30
+        while task.state != "FullyExecuting" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            task.update(flushcache=True)
+        try:
+            mine = conn.user_info
+            with dave.connection() as other:
+                theirs = other.user_info
+            official = qarnot.Connection(cluster_url=cluster.url, client_token=carol.token,
+                                         storage_url=_storage_url(cluster)).user_info
+        finally:
+            task.abort()
+    assert (mine.task_count, mine.running_task_count, mine.running_instance_count) == (1, 1, 1)
+    assert (theirs.task_count, theirs.running_task_count, theirs.running_instance_count) == (
+        0, 0, 0)
+    assert (mine.bucket_count, mine.used_quota_bytes_bucket) == (2, 2100)
+    assert (theirs.bucket_count, theirs.used_quota_bytes_bucket) == (1, 7)
+    assert mine.max_task is None and mine.max_bucket is None and mine.max_instances > 0
+    assert (official.email, official.task_count, official.running_instance_count,
+            official.bucket_count, official.used_quota_bytes_bucket) == (carol.email, 1, 1, 2,
+                                                                        2100)
+    assert official.max_task is None and official.max_cores > 0
 
 
 def test_a_user_works_inside_its_prefix(alice, alice_bucket):

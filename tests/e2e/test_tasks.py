@@ -146,3 +146,31 @@ def test_wait_tasks_any_then_all(conn):
     assert not slow.state.is_final(), "ANY must return before the slow task ends"
     assert conn.wait_tasks([slow, fast], timeout=30, return_when=qcompute.ALL)
     assert slow.state == TaskState.SUCCESS
+
+
+def test_a_bulk_retried_after_a_client_timeout_creates_each_task_once(conn, cluster, caplog):
+    """The issue's case: 1,500 tasks, the client times out and retries with the same key while
+    the first attempt still runs. The retry waits for it and gets its answer: 1,500 tasks. (They
+    wait on a parent that sleeps, in a job terminated at the end: none of them runs.)"""
+    job = conn.create_job("bulk-retry", use_dependencies=True).submit()
+    parent = conn.create_task("parent", "docker-batch", job=job)
+    parent.constants["DOCKER_CMD"] = "sleep 120"
+    parent.submit()
+    try:
+        with cluster.connection(cluster_timeout=0.5, retry_count=10, retry_wait=0.25) as hasty:
+            tasks = []
+            for i in range(1500):
+                task = hasty.create_task(f"bulk {i}", "docker-batch", job=job.uuid)
+                task.constants["DOCKER_CMD"] = "true"
+                task.set_task_dependencies_from_tasks([parent])
+                tasks.append(task)
+            with caplog.at_level("DEBUG", logger="qcompute._http"):
+                hasty.submit_tasks(tasks)
+        assert any("retrying POST" in r.getMessage() and "/tasks" in r.getMessage()
+                   for r in caplog.records)  # the first attempt timed out
+        uuids = {t.uuid for t in tasks}
+        assert len(uuids) == 1500
+        listed = {t["uuid"] for t in conn._http.get(f"/jobs/{job.uuid}/tasks")}
+        assert listed == uuids | {parent.uuid}
+    finally:
+        job.terminate()

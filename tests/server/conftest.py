@@ -32,6 +32,7 @@ class StubStorage:
         self.identities: dict[str, tuple[str, str | None]] = {}
         self.removed: list[str] = []
         self.prepared: list[str] = []  # result buckets
+        self.buckets: dict[str, int] = {}  # what GET /info reads: name -> bytes
         self.down = False
 
     def start(self) -> None:
@@ -48,6 +49,15 @@ class StubStorage:
 
     def owner_access(self, email: str, token: str) -> S3Access:
         return S3Access(self.endpoint_url, email, token)
+
+    def usage(self, prefix: str):
+        """From ``buckets`` (name -> bytes): the test says what S3 holds."""
+        from qcompute.server.storage import BucketUsage
+
+        if self.down:
+            return None
+        mine = [size for name, size in self.buckets.items() if name.startswith(prefix)]
+        return BucketUsage(len(mine), sum(mine))
 
     def prepare_result_bucket(self, name: str) -> None:
         if self.down:

@@ -208,3 +208,37 @@ def test_job_pager(cluster):
         with pytest.raises(ValidationError):  # PageRequest refuses it (a 400 over HTTP)
             _page(page_jobs, session, owner, token="-1")
         session.rollback()
+
+
+# -- legacy listings: every item, never a silent first 1,000 ----------------------------------
+
+def test_legacy_task_listings_return_every_task(cluster):
+    doc = {"profile": "docker-batch", "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
+    bulk = [{**doc, "name": f"n{i}", "tags": ["odd" if i % 2 else "even"]} for i in range(1200)]
+    reply = cluster.post("/tasks", json=bulk)
+    assert reply.status_code == 200
+    uuids = [item["uuid"] for item in reply.json()]
+    listed = cluster.get("/tasks").json()
+    assert [t["uuid"] for t in listed] == uuids  # all 1,200, oldest first
+    assert all(t["status"] and "completedInstances" in t for t in listed)
+    assert [t["uuid"] for t in cluster.get("/tasks/summaries").json()] == uuids
+    odd = cluster.get("/tasks", params={"tag": "odd"}).json()
+    assert [t["uuid"] for t in odd] == uuids[1::2]
+
+
+def test_legacy_pool_and_job_listings_return_every_one(cluster):
+    with cluster.client.app.state.ctx.sessions() as session:
+        owner = _owner(session)
+        session.add_all(Pool(uuid=f"20000000-0000-0000-0000-{n:012d}", owner_id=owner.id,
+                             name=f"pool{n}", shortname=f"p{n}", profile="docker-batch",
+                             document={}, state="Closed") for n in range(1200))
+        session.add_all(Job(uuid=f"30000000-0000-0000-0000-{n:012d}", owner_id=owner.id,
+                            name=f"job{n}", shortname=f"j{n}", document={}, state="Completed",
+                            tags=[JobTag(tag="t")] if n % 3 == 0 else [])
+                        for n in range(1200))
+        session.commit()
+    names = [f"pool{n}" for n in range(1200)]
+    assert [p["name"] for p in cluster.get("/pools").json()] == names
+    assert [p["name"] for p in cluster.get("/pools/summaries").json()] == names
+    assert [j["name"] for j in cluster.get("/jobs").json()] == [f"job{n}" for n in range(1200)]
+    assert len(cluster.get("/jobs", params={"tag": "t"}).json()) == 400

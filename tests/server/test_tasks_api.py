@@ -324,3 +324,27 @@ def test_executor_refusal_is_an_infrastructure_failure(tmp_path):
         del executor.submit
         uuid2 = client.post("/tasks", json=doc, headers=headers).json()["uuid"]
         wait_for(lambda: executor.keys_of(uuid2))
+
+
+def test_info_counts_only_the_callers_own(roomy):
+    alice = roomy.post("/admin/users", json={"email": "alice@example.com"}).json()
+    as_alice = {"Authorization": alice["token"]}
+    prefix = alice["bucketPrefix"]
+    roomy.storage.buckets = {f"{prefix}in": 10, f"{prefix}out": 5, "owners-bucket": 100}
+    mine = roomy.submit("true", instanceCount=2)
+    roomy.wait_dispatched(mine, 2)
+    doc = {"name": "t", "profile": "docker-batch", "constants": [{"key": "DOCKER_CMD",
+                                                                  "value": "true"}]}
+    theirs = roomy.client.post("/tasks", json=doc, headers=as_alice).json()["uuid"]
+    roomy.wait_dispatched(theirs, 1)
+    roomy.wait_dispatched(roomy.submit("true"), 1)
+    owner, other = roomy.get("/info").json(), roomy.client.get("/info", headers=as_alice).json()
+    assert (owner["taskCount"], owner["runningTaskCount"]) == (2, 2)
+    assert (other["taskCount"], other["runningTaskCount"]) == (1, 1)
+    assert (owner["runningInstanceCount"], other["runningInstanceCount"]) == (3, 1)
+    assert (other["bucketCount"], other["usedQuotaBytesBucket"]) == (2, 15)
+    assert (owner["bucketCount"], owner["usedQuotaBytesBucket"]) == (3, 115)  # every bucket
+    assert owner["maxInstances"] == 100_000 and owner["maxFlexCores"] == 4  # the executor's slots
+    assert not {"maxTask", "maxPool", "maxBucket", "quotaBytesBucket"} & owner.keys()
+    roomy.storage.down = True
+    assert roomy.get("/info").json()["bucketCount"] is None  # S3 cannot say: null, not 0

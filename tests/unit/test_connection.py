@@ -80,8 +80,8 @@ def test_all_tasks_follows_next_token(api: responses.RequestsMock, conn: Connect
     tasks = list(conn.all_tasks())
     assert [t.uuid for t in tasks] == ["u1", "u2", "u3"]
     assert [body(c) for c in api.calls] == [
-        {"filter": None, "token": None, "maximumResults": None},
-        {"filter": None, "token": "t2", "maximumResults": None},
+        {"filter": None, "token": None, "maximumResults": 1000},  # few round trips
+        {"filter": None, "token": "t2", "maximumResults": 1000},
     ]
     keys = [c.request.headers["Idempotency-Key"] for c in api.calls]
     assert len(set(keys)) == 2

@@ -250,6 +250,21 @@ def test_retry_after_is_honoured_with_the_same_key(script: Any, clock: FakeClock
     assert len({seen[2]["Idempotency-Key"] for seen in server.seen}) == 1
 
 
+def test_a_key_still_in_use_is_retried_other_conflicts_are_not(script: Any,
+                                                               clock: FakeClock) -> None:
+    in_use = {"message": "still running", "code": "idempotency_key_in_use"}
+    server = script(("reply", 409, {"Retry-After": "1"}, in_use),
+                    ("reply", 200, {}, [{"statusCode": 201, "uuid": "u"}]),
+                    ("reply", 409, {}, {"message": "reused", "code": "idempotency_key_reused"}))
+    http = HttpClient(server.url, TOKEN, retry_count=3)
+    assert http.post("/tasks", json=[{}]) == [{"statusCode": 201, "uuid": "u"}]
+    assert clock.sleeps == [1.0]
+    assert server.seen[0][2]["Idempotency-Key"] == server.seen[1][2]["Idempotency-Key"]
+    with pytest.raises(ConflictError, match="reused"):
+        http.post("/tasks", json=[{}])
+    assert len(server.seen) == 3
+
+
 def test_backoff_grows_and_is_capped(script: Any, clock: FakeClock) -> None:
     server = script(*[("reply", 503, {}, {})] * 4, ("reply", 200, {}, {"ok": True}))
     assert HttpClient(server.url, TOKEN, retry_count=5, retry_wait=10.0).get("/x") == {"ok": True}

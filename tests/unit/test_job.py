@@ -169,7 +169,7 @@ def test_jobs_page_and_all_jobs(api: responses.RequestsMock, conn: Connection) -
     assert [j.uuid for j in conn.all_jobs(tags="x")] == ["j1", "j2"]
     assert body(api.calls[0]) == {
         "filter": {"operator": "Equal", "field": "Tags", "value": "x"}, "token": None,
-        "maximumResults": None}
+        "maximumResults": 1000}
     api.add("POST", f"{API}/jobs/paginate", json={
         "data": [job_doc("j2")], "token": "t", "nextToken": None, "isTruncated": False})
     page = conn.jobs_page(token="t", maximum=5)

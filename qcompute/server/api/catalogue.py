@@ -9,9 +9,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from qcompute._version import __version__
+from qcompute.states import InstanceState as I
+from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
-from ..db.models import Pool, Task
+from ..db.models import Instance, Pool, Task
 from ..errors import NotFound
 from ..services import hardware
 from ..services.health import OK, check_parts
@@ -65,25 +67,37 @@ def versions():
     return [{"version": "1", "endOfLife": None}]
 
 
-@router.get("/info", summary="The current user's account")
+_ACTIVE = [s.value for s in I if s.is_active()]
+_OPEN_POOL = [s.value for s in P if not s.is_final()]
+
+
+def _count(session, model, *where) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+@router.get("/info", summary="The current user's account: own counts, buckets and limits")
 def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    """Counts are the caller's own; bucket figures come from the storage (``null`` when it
+    cannot say). A limit is given only where the server enforces one: instances per task,
+    and the cluster's executor slots (one core each); the others are absent (no quota)."""
     final = [s.value for s in T if s.is_final()]
-    count = session.scalar(select(func.count()).select_from(Task).where(Task.owner_id == user.id))
-    running = session.scalar(select(func.count()).select_from(Task).where(
-        Task.owner_id == user.id, Task.state.not_in(final)))
-    limit = ctx.settings.max_instances_per_task
-    pools = session.scalar(select(func.count()).select_from(Pool).where(Pool.owner_id == user.id))
-    open_pools = session.scalar(select(func.count()).select_from(Pool).where(
-        Pool.owner_id == user.id, Pool.state.not_in(["Closed", "Failure"])))
+    running = _count(session, Instance, Instance.state.in_(_ACTIVE), Instance.task_id.in_(
+        select(Task.id).where(Task.owner_id == user.id)))
+    usage = ctx.storage.usage(user.bucket_prefix)
+    slots = ctx.scheduler.executor.capacity
     return {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
-            "poolCount": pools, "runningPoolCount": open_pools, "maxPool": 1_000_000,
-            "maxRunningPool": 1_000_000,
-            "taskCount": count, "runningTaskCount": running, "maxTask": 1_000_000,
-            "maxRunningTask": 1_000_000, "maxInstances": limit,
-            "maxFlexCores": ctx.settings.max_concurrent_instances,
-            "runningInstanceCount": len(ctx.scheduler.executor.running()),
-            "maxBucket": 1000, "bucketCount": 0, "quotaBytesBucket": 0,
-            "usedQuotaBytesBucket": 0, "projects": []}
+            "taskCount": _count(session, Task, Task.owner_id == user.id),
+            "runningTaskCount": _count(session, Task, Task.owner_id == user.id,
+                                       Task.state.not_in(final)),
+            "poolCount": _count(session, Pool, Pool.owner_id == user.id),
+            "runningPoolCount": _count(session, Pool, Pool.owner_id == user.id,
+                                       Pool.state.in_(_OPEN_POOL)),
+            "runningInstanceCount": running, "runningCoreCount": running,
+            "maxInstances": ctx.settings.max_instances_per_task,
+            "maxFlexInstances": slots, "maxFlexCores": slots,
+            "bucketCount": usage.buckets if usage else None,
+            "usedQuotaBytesBucket": usage.bytes if usage else None,
+            "projects": []}
 
 
 @router.get("/profiles", summary="Names of the profiles")

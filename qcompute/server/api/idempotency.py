@@ -1,44 +1,58 @@
 """``Idempotency-Key`` on POST: a repeat with the same key replays the first response.
 
-The stored response is written in the same transaction as the work it describes, so a request
-either did its work and left its record, or did neither. A concurrent duplicate loses the race on
-the unique (user, key) constraint, rolls back, and replays the winner.
+A request with a key first *claims* it: it inserts the key's record, without a response, in a
+short transaction of its own. Its work then runs in one transaction that also stores the
+response in that record, on the condition that the claim is still its own. So:
+
+* a repeat while the first request runs finds the claim, waits for it (up to
+  ``idempotency_wait_seconds``) and replays the stored response, or answers 409
+  ``idempotency_key_in_use`` with ``Retry-After`` (qcompute's SDK retries it);
+* work whose request fails leaves nothing, and gives the key back;
+* a claim older than ``idempotency_lease_seconds`` (its server died) is taken over; the request
+  that held it, if it still runs, can no longer commit (its conditional store finds another
+  claim and rolls back). At most one request's work commits per key.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+import uuid
 from datetime import timedelta
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Union
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db.models import IdempotencyRecord, User, utcnow
 from ..errors import BadRequest, Conflict
 from .limits import check_json_depth
+from ..settings import ServerSettings
 
 HEADER = "Idempotency-Key"
+_POLL_SECONDS = (0.02, 0.5)  # first and longest pause while a repeat waits for the first
 
 
-def _replay(record: IdempotencyRecord) -> Response:
+class KeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"a request with {HEADER} {key!r} is still running: retry later")
+        self.headers = {"Retry-After": "1"}
+
+
+_COLUMNS = (IdempotencyRecord.id, IdempotencyRecord.route, IdempotencyRecord.request_hash,
+            IdempotencyRecord.claim, IdempotencyRecord.created_at, IdempotencyRecord.status_code,
+            IdempotencyRecord.media_type, IdempotencyRecord.body)
+
+
+def _replay(record: Any) -> Response:
     response = Response(record.body, record.status_code, media_type=record.media_type)
     response.headers["Idempotent-Replayed"] = "true"
     return response
-
-
-def _find(session: Session, user: User, key: str,
-          ttl_seconds: int) -> Optional[IdempotencyRecord]:
-    record = session.scalar(select(IdempotencyRecord).where(
-        IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key))
-    if record is not None and record.created_at < utcnow() - timedelta(seconds=ttl_seconds):
-        session.delete(record)  # expired: the key may be used afresh
-        session.flush()
-        return None
-    return record
 
 
 def _render(status: int, content: Any) -> Response:
@@ -47,10 +61,95 @@ def _render(status: int, content: Any) -> Response:
     return JSONResponse(content, status)
 
 
+class _Key:
+    """One request's use of a key: claim it, store its response, or give it back."""
+
+    def __init__(self, session: Session, settings: ServerSettings, user: User, key: str,
+                 route: str, digest: str) -> None:
+        self.session, self.settings, self.key = session, settings, key
+        self.user_id, self.route, self.digest = user.id, route, digest
+        self.token = uuid.uuid4().hex
+        self.record_id = 0
+
+    def _mine(self):
+        return (IdempotencyRecord.id == self.record_id) & (IdempotencyRecord.claim == self.token)
+
+    def _try_insert(self) -> bool:
+        record = IdempotencyRecord(user_id=self.user_id, key=self.key, route=self.route,
+                                   request_hash=self.digest, status_code=0, media_type="",
+                                   body="", claim=self.token, created_at=utcnow())
+        self.session.add(record)
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            return False
+        self.record_id = record.id
+        return True
+
+    def _take_over(self, record: Any) -> bool:
+        """Claim a record whose holder's lease ran out (committed at once)."""
+        taken = self.session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.id == record.id, IdempotencyRecord.claim == record.claim)
+            .values(claim=self.token, created_at=utcnow())).rowcount
+        self.session.commit()
+        self.record_id = record.id if taken else 0
+        return bool(taken)
+
+    def claim(self) -> Union[None, Response]:
+        """Take the key (None), or the response of the request that already used it."""
+        wait = self.settings.idempotency_wait_seconds
+        deadline, pause = time.monotonic() + wait, _POLL_SECONDS[0]
+        while True:  # look before inserting: on SQLite a read never waits for a writer
+            record = self.session.execute(select(*_COLUMNS).where(
+                IdempotencyRecord.user_id == self.user_id,
+                IdempotencyRecord.key == self.key)).first()
+            self.session.rollback()  # end the read: the next look sees the newest commit
+            if record is None:
+                if self._try_insert():
+                    return None
+                continue  # another request took it first
+            now = utcnow()
+            if record.created_at < now - timedelta(seconds=self.settings.idempotency_ttl_seconds):
+                self.session.execute(delete(IdempotencyRecord).where(
+                    IdempotencyRecord.id == record.id,
+                    IdempotencyRecord.created_at == record.created_at))
+                self.session.commit()  # expired: the key may be used afresh
+                continue
+            if record.route != self.route or record.request_hash != self.digest:
+                raise Conflict(f"{HEADER} {self.key!r} was already used for a different "
+                               "request", code="idempotency_key_reused")
+            if record.claim is None:
+                return _replay(record)
+            lease = timedelta(seconds=self.settings.idempotency_lease_seconds)
+            if record.created_at < now - lease and self._take_over(record):
+                return None
+            if time.monotonic() + pause > deadline:
+                raise KeyInUse(self.key)
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_SECONDS[1])
+
+    def store(self, status: int, response: Response) -> bool:
+        """Write the response into the claimed record, in the work's transaction; False if
+        the claim was taken over meanwhile (the caller then rolls the work back)."""
+        return bool(self.session.execute(
+            update(IdempotencyRecord).where(self._mine())
+            .values(claim=None, status_code=status,
+                    media_type=response.media_type or "application/json",
+                    body=response.body.decode())).rowcount)
+
+    def give_back(self) -> None:
+        """After a failed request: the key is free again (if still ours)."""
+        self.session.rollback()
+        self.session.execute(delete(IdempotencyRecord).where(self._mine()))
+        self.session.commit()
+
+
 def run_once(request: Request, session: Session, user: User, body: bytes,
              work: Callable[[], tuple[int, Any]]) -> Response:
     """Run ``work`` (which writes to ``session`` without committing) at most once per key,
-    commit, and return its ``(status, content)`` as a response."""
+    commit it as one transaction, and return its ``(status, content)`` as a response."""
     key = request.headers.get(HEADER)
     if not key:
         status, content = work()
@@ -58,28 +157,22 @@ def run_once(request: Request, session: Session, user: User, body: bytes,
         return _render(status, content)
     if len(key) > 255:
         raise BadRequest(f"{HEADER} is longer than 255 characters", code="invalid_idempotency_key")
-    route = f"{request.method} {request.url.path}"
-    digest = hashlib.sha256(body).hexdigest()
-    ttl = request.app.state.ctx.settings.idempotency_ttl_seconds
-    record = _find(session, user, key, ttl)
-    if record is None:
+    settings = request.app.state.ctx.settings
+    claimed = _Key(session, settings, user, key, f"{request.method} {request.url.path}",
+                   hashlib.sha256(body).hexdigest())
+    replay = claimed.claim()
+    if replay is not None:
+        return replay
+    try:
         status, content = work()
         response = _render(status, content)
-        session.add(IdempotencyRecord(
-            user_id=user.id, key=key, route=route, request_hash=digest, status_code=status,
-            media_type=response.media_type or "application/json",
-            body=response.body.decode()))
-        try:
-            session.commit()
-            return response
-        except IntegrityError:  # a concurrent request with this key committed first
-            session.rollback()
-            record = _find(session, user, key, ttl)
-            assert record is not None
-    if record.route != route or record.request_hash != digest:
-        raise Conflict(f"{HEADER} {key!r} was already used for a different request",
-                       code="idempotency_key_reused")
-    return _replay(record)
+        if not claimed.store(status, response):  # a retry took the key over after our lease
+            raise KeyInUse(key)                  # ran out: our work rolls back, it answers
+        session.commit()
+    except BaseException:
+        claimed.give_back()
+        raise
+    return response
 
 
 def loads(body: bytes) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
 from ..db.models import Job, Pool, utcnow
 from ..errors import BadRequest, validate
@@ -15,7 +16,7 @@ from ..services.wire_pools import job_to_json
 from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
-from .tasks import _full as task_json
+from .tasks import _fulls as task_jsons
 
 router = APIRouter(tags=["jobs"])
 
@@ -43,25 +44,21 @@ for _path in ("/jobs/", "/jobs"):
                          openapi_extra=openapi.body(JobSubmit, example={"name": "pipeline"}))
 
 
-@router.get("/jobs", summary="All jobs (older clients); ?tag= filters")
+@router.get("/jobs", summary="All jobs (older clients), every one; ?tag= filters")
 def list_jobs(session: SessionDep, user: CurrentUser,
               tag: Annotated[list[str] | None, Query()] = None):
-    page = validate(PageRequest, listing.tag_filter(tag), code="invalid_request")
-    jobs, _ = listing.page_jobs(session, user, page)
-    return [_full(session, j) for j in jobs]
+    return JSONResponse([_full(session, j) for jobs in listing.every(
+        listing.page_jobs, session, user, listing.tag_filter(tag)) for j in jobs])
 
 
 @router.post("/jobs/paginate", summary="A page of jobs, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser):
+def paginate(body: RawBody, session: SessionDep, user: CurrentUser):
+    """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
-
-    def work() -> tuple[int, Any]:
-        jobs, next_token = listing.page_jobs(session, user, page)
-        return 200, {"data": [_full(session, j) for j in jobs], "token": page.token,
-                     "nextToken": next_token, "isTruncated": next_token is not None}
-
-    return run_once(request, session, user, body, work)
+    jobs, next_token = listing.page_jobs(session, user, page)
+    return JSONResponse({"data": [_full(session, j) for j in jobs], "token": page.token,
+                         "nextToken": next_token, "isTruncated": next_token is not None})
 
 
 @router.get("/jobs/{uuid}", summary="One job")
@@ -72,7 +69,7 @@ def get_job(uuid: str, session: SessionDep, user: CurrentUser):
 @router.get("/jobs/{uuid}/tasks", summary="The job's tasks")
 def job_tasks(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
     job = service.get_job(session, user, uuid)
-    return [task_json(ctx, session, t) for t in service.job_tasks(session, job)]
+    return JSONResponse(task_jsons(ctx, session, service.job_tasks(session, job)))
 
 
 @router.post("/jobs/{uuid}/terminate", summary="Cancel the job's unfinished tasks and end it")

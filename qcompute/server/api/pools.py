@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from qcompute.states import PoolState as P
@@ -59,42 +60,40 @@ def submit_pool(request: Request, body: RawBody, session: SessionDep, user: Curr
     return response
 
 
-@router.get("/pools", summary="All pools (older clients)")
+@router.get("/pools", summary="All pools (older clients), every one")
 def list_pools(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_full(ctx, session, p) for p in pools]
+    return JSONResponse([_full(ctx, session, p) for pools in listing.every(
+        listing.page_pools, session, user) for p in pools])
 
 
-@router.get("/pools/summaries", summary="Pool summaries (older clients)")
+@router.get("/pools/summaries", summary="Pool summaries (older clients), every one")
 def list_summaries(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    pools, _ = listing.page_pools(session, user, PageRequest(maximumResults=1000))
-    return [_summary(ctx, session, p) for p in pools]
+    return JSONResponse([_summary(ctx, session, p) for pools in listing.every(
+        listing.page_pools, session, user) for p in pools])
 
 
-def _page(request: Request, body: bytes, session, user, ctx: AppContext, summary: bool):
+def _page(body: bytes, session, user, ctx: AppContext, summary: bool):
+    """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
-
-    def work() -> tuple[int, Any]:
-        pools, next_token = listing.page_pools(session, user, page)
-        render = _summary if summary else _full
-        return 200, {"data": [render(ctx, session, p) for p in pools], "token": page.token,
-                     "nextToken": next_token, "isTruncated": next_token is not None}
-
-    return run_once(request, session, user, body, work)
+    pools, next_token = listing.page_pools(session, user, page)
+    render = _summary if summary else _full
+    return JSONResponse({"data": [render(ctx, session, p) for p in pools],
+                         "token": page.token, "nextToken": next_token,
+                         "isTruncated": next_token is not None})
 
 
 @router.post("/pools/paginate", summary="A page of pools, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+def paginate(body: RawBody, session: SessionDep, user: CurrentUser,
              ctx: ContextDep):
-    return _page(request, body, session, user, ctx, summary=False)
+    return _page(body, session, user, ctx, summary=False)
 
 
 @router.post("/pools/summaries/paginate", summary="A page of pool summaries, with filters",
              openapi_extra=openapi.body(PageRequest))
-def paginate_summaries(request: Request, body: RawBody, session: SessionDep, user: CurrentUser,
+def paginate_summaries(body: RawBody, session: SessionDep, user: CurrentUser,
                        ctx: ContextDep):
-    return _page(request, body, session, user, ctx, summary=True)
+    return _page(body, session, user, ctx, summary=True)
 
 
 @router.get("/pools/{uuid}", summary="One pool")

@@ -141,6 +141,9 @@ class IdempotencyRecord(Base):
     media_type: Mapped[str] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # While its request runs, the key is claimed: a random token of that request, and no
+    # response yet (status 0). None once the response is stored, with the work, in one commit.
+    claim: Mapped[Optional[str]] = mapped_column(String(32))
 
 
 class OutputCursor(Base):

@@ -13,20 +13,48 @@ if TYPE_CHECKING:
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+_READS = ("SELECT", "PRAGMA", "EXPLAIN")
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
+        _sqlite_transactions(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """SQLAlchemy's pysqlite recipe ("Serializable isolation / Savepoints / Transactional
+    DDL"): sqlite3 itself never begins a transaction (``isolation_level = None``); we do.
+
+    Left to sqlite3, a SAVEPOINT opened before the first INSERT begins a transaction of its own
+    and its RELEASE commits it: ``begin_nested()`` then commits item by item. Here the
+    transaction begins with ``BEGIN IMMEDIATE`` right before its first write (or SAVEPOINT), so
+    everything it writes commits or rolls back as one. The recipe's plain ``BEGIN`` at the
+    transaction's start would fail at once ("database is locked") whenever a transaction that
+    has read tries to write after another writer: IMMEDIATE takes the write lock up front,
+    waiting for it (``timeout``), and reads before the first write still never block. (A
+    connection that served AUTOCOMMIT comes back with sqlite3's control on again; it does no
+    harm: our BEGIN comes first, and sqlite3 begins nothing inside a transaction.)
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # WAL: readers never block the writer
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin_before_first_write(conn, cursor, statement, _params, _context, _many):
+        dbapi_conn = cursor.connection
+        if (dbapi_conn.in_transaction or statement.lstrip()[:7].upper().startswith(_READS)
+                or conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"):
+            return
+        dbapi_conn.execute("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine, sealer: "Sealer") -> sessionmaker[Session]:

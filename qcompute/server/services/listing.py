@@ -9,20 +9,21 @@ of the column's type (ISO 8601 strings for dates). ``Like`` is a case-insensitiv
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import Column, DateTime, Float, Integer, and_, exists, not_, or_, select
 from sqlalchemy.orm import Session
 
 from ..db.models import Job, JobTag, Pool, PoolTag, Task, TaskTag, User
-from ..errors import BadRequest
+from ..errors import BadRequest, validate
 from ..schemas import PageRequest
 from ..schemas.tasks import MAX_FILTER_DEPTH
 
-__all__ = ["DEFAULT_PAGE_SIZE", "JOB_COLUMNS", "POOL_COLUMNS", "TASK_COLUMNS", "page",
-           "page_jobs", "page_pools", "page_tasks", "tag_filter"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "JOB_COLUMNS", "POOL_COLUMNS", "TASK_COLUMNS",
+           "every", "page", "page_jobs", "page_pools", "page_tasks", "tag_filter"]
 
 DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000  # PageRequest.maximumResults' bound
 
 TASK_COLUMNS = {"Name": Task.name, "Shortname": Task.shortname, "State": Task.state,
                 "Uuid": Task.uuid, "Profile": Task.profile, "CreationDate": Task.created_at}
@@ -166,11 +167,28 @@ def page(session: Session, user: User, model: Any, tag_model: Any,
     return rows, None
 
 
-def tag_filter(tags: Optional[list[str]]) -> dict[str, Any]:
-    """The request of a legacy listing (``GET /tasks?tag=a&tag=b``): objects with any of
-    these tags, up to 1000 of them."""
+def tag_filter(tags: Optional[list[str]]) -> PageRequest:
+    """The request of a legacy listing (``GET /tasks?tag=a&tag=b``): objects with any of these
+    tags (400 for a tag that cannot be one)."""
     leaf = {"operator": "In", "field": "Tags", "value": tags} if tags else None
-    return {"filter": leaf, "maximumResults": 1000}
+    return validate(PageRequest, {"filter": leaf, "maximumResults": MAX_PAGE_SIZE},
+                    code="invalid_request")
+
+
+Pages = Callable[[Session, User, PageRequest], tuple[list[Any], Optional[str]]]
+
+
+def every(pages: Pages, session: Session, user: User,
+          request: Optional[PageRequest] = None) -> Iterator[list[Any]]:
+    """Every row the user owns (that ``request`` filters), a page of :data:`MAX_PAGE_SIZE` at a
+    time: the legacy ``GET`` listings answer the whole list, never a silent first page."""
+    request = request or tag_filter(None)
+    token: Optional[str] = None
+    while True:
+        rows, token = pages(session, user, request.model_copy(update={"token": token}))
+        yield rows
+        if token is None:
+            return
 
 
 def page_tasks(session: Session, user: User,

@@ -18,7 +18,7 @@ from .owned import find_owned
 from .pools import open_pool_for_tasks
 
 __all__ = ["Placement", "place_task", "record_dependencies", "resolve_dependencies",
-           "dependents_of", "dependencies_json"]
+           "dependents_of", "dependencies_of", "dependencies_json"]
 
 
 @dataclass
@@ -117,9 +117,20 @@ def dependents_of(session: Session, parent_uuid: str) -> list[Task]:
         .where(TaskDependency.parent_uuid == parent_uuid, Task.ended_at.is_(None))))
 
 
-def dependencies_json(session: Session, task: Task) -> Optional[dict]:
-    """``dependencies`` of the task document: the parents and how far they are."""
-    deps = list(session.scalars(select(TaskDependency).where(TaskDependency.task_id == task.id)))
+def dependencies_of(session: Session, task_ids: list[int]) -> dict[int, list[TaskDependency]]:
+    """The parents of each of these tasks (one query for a whole page)."""
+    found: dict[int, list[TaskDependency]] = {}
+    for dep in session.scalars(select(TaskDependency).where(TaskDependency.task_id.in_(task_ids))):
+        found.setdefault(dep.task_id, []).append(dep)
+    return found
+
+
+def dependencies_json(session: Session, task: Task,
+                      deps: Optional[list[TaskDependency]] = None) -> Optional[dict]:
+    """``dependencies`` of the task document: the parents and how far they are (``deps``:
+    already loaded by :func:`dependencies_of`)."""
+    if deps is None:
+        deps = dependencies_of(session, [task.id]).get(task.id, [])
     submitted = (task.document.get("dependencies") or {})
     if not deps:
         return {"dependsOn": [], "advancedDependsOn": [], "state": None} if submitted else None

@@ -17,8 +17,9 @@ __all__ = ["iso", "hms", "task_to_json", "task_summary_to_json"]
 
 
 def iso(value: Optional[datetime]) -> Optional[str]:
-    """``2026-11-21T10:00:00.123456Z``: at most 6 fraction digits (the official SDK's limit)."""
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-11-21T10:00:00.123456Z``: at most 6 fraction digits (the official SDK's limit).
+    Values are stored naive, in UTC; isoformat is many times cheaper than strftime."""
+    return None if value is None else value.isoformat(timespec="microseconds") + "Z"
 
 
 def hms(seconds: float) -> str:

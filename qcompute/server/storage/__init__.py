@@ -26,6 +26,9 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +39,10 @@ from .s3front import S3Front
 from .seaweed import SeaweedFS, pick_free_port, port_is_free
 from .supervisor import RestartPolicy
 
-__all__ = ["StorageBackend", "EmbeddedStorage", "ExternalStorage", "make_storage"]
+__all__ = ["BucketUsage", "StorageBackend", "EmbeddedStorage", "ExternalStorage",
+           "make_storage"]
+
+USAGE_TTL_SECONDS = 30.0  # GET /info's bucket figures are at most this old
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,34 @@ _S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # SeaweedFS takes th
 PROBE_TIMEOUT = 2.0  # seconds for the connection and the answer of check()'s ListBuckets
 
 
+@dataclass(frozen=True)
+class BucketUsage:
+    buckets: int
+    bytes: int
+
+
+def _list_usage(access: S3Access, prefix: str) -> BucketUsage:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=access.endpoint_url, aws_access_key_id=access.access_key,
+        aws_secret_access_key=access.secret_key, region_name=access.region,
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30))
+    names = [b["Name"] for b in client.list_buckets().get("Buckets", [])
+             if b["Name"].startswith(prefix)]
+    pages = (page for name in names
+             for page in client.get_paginator("list_objects_v2").paginate(Bucket=name))
+    size = sum(obj.get("Size", 0) for page in pages for obj in page.get("Contents", ()))
+    return BucketUsage(len(names), size)
+
+
 class StorageBackend(abc.ABC):
     """An S3 endpoint the server and the runners use, and its per-user identities."""
+
+    def __init__(self) -> None:
+        self._usage: dict[str, tuple[float, BucketUsage]] = {}  # prefix -> (when, usage)
+        self._usage_lock = threading.Lock()
 
     @property
     @abc.abstractmethod
@@ -121,6 +153,23 @@ class StorageBackend(abc.ABC):
         """Called when a task naming ``name`` as its result bucket is submitted. Nothing here:
         on an external endpoint a missing result bucket is the user's to create."""
 
+    def usage(self, prefix: str) -> Optional[BucketUsage]:
+        """The buckets whose names start with ``prefix`` (a user's; ``""``: all) and the bytes
+        their objects hold, listed with the admin keys and kept :data:`USAGE_TTL_SECONDS` per
+        prefix (a listing costs one request per 1,000 objects); None if S3 cannot say."""
+        with self._usage_lock:
+            known = self._usage.get(prefix)
+            if known is not None and time.monotonic() - known[0] < USAGE_TTL_SECONDS:
+                return known[1]
+        try:
+            found = _list_usage(self.admin_access, prefix)
+        except Exception as exc:  # /info answers without the figures rather than failing
+            log.warning("cannot read the bucket usage of prefix %r: %s", prefix, exc)
+            return None
+        with self._usage_lock:
+            self._usage[prefix] = (time.monotonic(), found)
+        return found
+
     @abc.abstractmethod
     def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
         """Give ``email`` the key pair (email, token), on buckets starting with ``bucket_prefix``
@@ -139,6 +188,7 @@ class EmbeddedStorage(StorageBackend):
     """
 
     def __init__(self, settings: ServerSettings) -> None:
+        super().__init__()
         self._settings = settings
         self._weed: Optional[SeaweedFS] = None
         self._front: Optional[S3Front] = None
@@ -282,6 +332,7 @@ class ExternalStorage(StorageBackend):
     def __init__(self, settings: ServerSettings) -> None:
         if not settings.s3_url:
             raise ValueError("external storage needs s3_url (QCOMPUTE_SERVER_S3_URL)")
+        super().__init__()
         self._settings = settings
         self._warned = False
 
