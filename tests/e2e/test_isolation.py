@@ -128,7 +128,7 @@ def test_each_user_gets_a_distinct_prefix(alice, bob, owner):
 def test_info_counts_each_users_own_objects(cluster, add_user):
     """GET /info: the caller's own tasks, running instances, buckets and bytes (from S3), read
     by qcompute's SDK and by the official one; no invented quotas."""
-    carol, dave = add_user("carol"), add_user("dave")
+    carol, dave = add_user("info-carol"), add_user("info-dave")  # the names are module-wide
     for account, sizes in ((carol, (100, 2000)), (dave, (7,))):
         for n, size in enumerate(sizes):
             account.s3.create_bucket(Bucket=f"{account.prefix}b{n}")
