@@ -1,6 +1,7 @@
 """The :class:`Connection`: configuration, the REST client, the S3 client, and list/create helpers."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -370,7 +371,10 @@ class Connection(ObjectsMixin):
         return {doc["uuid"]: doc.get("state") for doc in summaries}
 
     def submit_tasks(self, tasks: Iterable[Task]) -> None:
-        """Submit many tasks in one ``POST /tasks`` with an array.
+        """Submit many tasks with ``POST /tasks`` and an array: one request per
+        :data:`_BULK_TASKS` tasks or :data:`_BULK_BYTES` of JSON (well under the server's body
+        limit), each all-or-nothing on the server and retried safely with its own
+        Idempotency-Key.
 
         The reply lists ``{"statusCode", "uuid", "message"}`` in order. Accepted tasks get their
         uuid and keep the document sent, with no further request: the first read of a server
@@ -384,22 +388,20 @@ class Connection(ObjectsMixin):
         for task in tasks:
             if task._is_submitted():
                 raise ResourceStateError(f"task {task.uuid} is already submitted")
-        if not tasks:
-            return
-        documents = [t._submit_document() for t in tasks]
-        replies = self._http.post("/tasks", json=documents,
-                                  not_found=MissingBucketException)
-        if not isinstance(replies, list) or len(replies) != len(tasks):
-            raise APIError(f"POST /tasks with {len(tasks)} tasks got a reply of another shape: "
-                           f"{replies!r}")
         failures = []
-        for task, sent, reply in zip(tasks, documents, replies, strict=True):
-            status = reply.get("statusCode")
-            if isinstance(status, int) and 200 <= status < 300 and reply.get("uuid"):
-                task._accepted(reply["uuid"], sent)
-            else:
-                failures.append({"name": task.name, "statusCode": status,
-                                 "message": reply.get("message")})
+        for chunk in _bulk_chunks([(t, t._submit_document()) for t in tasks]):
+            replies = self._http.post("/tasks", json=[sent for _, sent in chunk],
+                                      not_found=MissingBucketException)
+            if not isinstance(replies, list) or len(replies) != len(chunk):
+                raise APIError(f"POST /tasks with {len(chunk)} tasks got a reply of another "
+                               f"shape: {replies!r}")
+            for (task, sent), reply in zip(chunk, replies, strict=True):
+                status = reply.get("statusCode")
+                if isinstance(status, int) and 200 <= status < 300 and reply.get("uuid"):
+                    task._accepted(reply["uuid"], sent)
+                else:
+                    failures.append({"name": task.name, "statusCode": status,
+                                     "message": reply.get("message")})
         if failures:
             listed = "; ".join(f"{f['name']!r} ({f['statusCode']}): {f['message']}"
                                for f in failures)
@@ -461,3 +463,22 @@ class Connection(ObjectsMixin):
     def buckets(self) -> list[Bucket]:
         """Every bucket of this user (ListBuckets)."""
         return [Bucket(self, name, create=False) for name in self._storage.list_buckets()]
+
+
+_BULK_TASKS = 1000  # tasks per bulk POST /tasks
+_BULK_BYTES = 4 << 20  # JSON bytes per bulk POST /tasks (the server takes 16 MiB by default)
+
+
+def _bulk_chunks(items: list[tuple[Task, dict]]) -> Iterator[list[tuple[Task, dict]]]:
+    """``(task, document)`` pairs in runs that fit one bulk request each."""
+    chunk: list[tuple[Task, dict]] = []
+    size = 0
+    for item in items:
+        length = len(json.dumps(item[1]))
+        if chunk and (len(chunk) == _BULK_TASKS or size + length > _BULK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += length + 1
+    if chunk:
+        yield chunk

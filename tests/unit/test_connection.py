@@ -1,6 +1,7 @@
 """Connection: account and profiles, listing with tag filters, bulk submit, lazy storage."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from qcompute import (
     StorageError,
     TaskState,
 )
+
+from qcompute import connection as connection_module
 
 from .helpers import API, S3, TASK_UUID, TOKEN, FakeStorage, body, task_doc
 
@@ -168,6 +171,27 @@ def test_submit_tasks_reports_every_failure(api: responses.RequestsMock,
         {"name": "bad1", "statusCode": 400, "message": "unknown profile"},
         {"name": "bad2", "statusCode": 402, "message": "no credits"}]
     assert tasks[0].uuid == "u0" and tasks[1].uuid is None
+
+
+def test_submit_tasks_sends_a_big_batch_in_requests_under_the_body_limit(
+        api: responses.RequestsMock, conn: Connection, monkeypatch) -> None:
+    monkeypatch.setattr(connection_module, "_BULK_BYTES", 2000)
+    tasks = [conn.create_task(f"t{i}", "docker-batch") for i in range(12)]
+    for task in tasks:
+        task.constants["DOCKER_CMD"] = "x" * 300
+
+    def reply(request):
+        sent = json.loads(request.body)
+        return 200, {}, json.dumps([{"statusCode": 201, "uuid": d["name"], "message": ""}
+                                    for d in sent])
+
+    api.add_callback("POST", f"{API}/tasks", callback=reply)
+    conn.submit_tasks(tasks)
+    sizes = [len(c.request.body) for c in api.calls]
+    assert len(sizes) > 1 and max(sizes) <= 2000
+    assert [d["name"] for c in api.calls for d in body(c)] == [f"t{i}" for i in range(12)]
+    assert len({c.request.headers["Idempotency-Key"] for c in api.calls}) == len(sizes)
+    assert [t.uuid for t in tasks] == [f"t{i}" for i in range(12)]
 
 
 def test_submit_tasks_refuses_submitted_tasks(api: responses.RequestsMock,
