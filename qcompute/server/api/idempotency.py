@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from ..db.models import IdempotencyRecord, User, utcnow
 from ..errors import BadRequest, Conflict
-from .limits import check_json_depth
 from ..settings import ServerSettings
+from .limits import check_json_depth
 
 HEADER = "Idempotency-Key"
 _POLL_SECONDS = (0.02, 0.5)  # first and longest pause while a repeat waits for the first
