@@ -16,15 +16,14 @@ import zlib
 from typing import Any, Iterator
 
 import pytest
+import schemathesis  # the [test] extra: missing, this file fails rather than skips
+import uvicorn
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 
-schemathesis = pytest.importorskip("schemathesis")  # the [test] extra
-import uvicorn  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from qcompute.server.bootstrap import client_config_path, read_token
 
-from qcompute.server.bootstrap import client_config_path, read_token  # noqa: E402
-
-from .conftest import make_cluster  # noqa: E402
+from .conftest import make_cluster
 
 EXAMPLES = int(os.environ.get("QCOMPUTE_FUZZ_EXAMPLES", "15"))
 REQUEST_TIMEOUT = 30  # seconds: more than the longest long poll the fuzzer can ask (below)
