@@ -68,7 +68,7 @@ def test_sigkill_of_the_server_with_100_instances_running(tmp_path):
                                         f"out-$INSTANCE_ID.txt' {marker}")
         task.results = bucket
         task.submit()
-        _wait(lambda: task.update() or task.running_core_count == 100, 120,
+        _wait(lambda: task.update(flushcache=True) or task.running_core_count == 100, 120,
               "100 instances to run")
         pids = host_pids_with(marker)  # each instance's sandbox and command
         running.kill()
@@ -113,7 +113,8 @@ def test_rounds_that_keep_failing_still_end_the_task_with_the_reason(faulty):
     task = conn.create_task("doomed round", "docker-batch")
     task.constants["DOCKER_CMD"] = "sleep 5"
     task.submit()
-    _wait(lambda: task.update() or task.state == TaskState.FULLY_EXECUTING, 20, "running")
+    _wait(lambda: task.update(flushcache=True) or task.state == TaskState.FULLY_EXECUTING, 20,
+          "running")  # flushcache: a cached state would be seen seconds late
     _inject(faulty, 1_000)  # every round fails, each event alone too
     try:
         assert task.wait(timeout=30), task.state
