@@ -68,7 +68,7 @@ def test_sigkill_of_the_server_with_100_instances_running(tmp_path):
                                         f"out-$INSTANCE_ID.txt' {marker}")
         task.results = bucket
         task.submit()
-        _wait(lambda: task.update(flushcache=True) or task.running_core_count == 100, 120,
+        _wait(lambda: task.update() or task.running_core_count == 100, 120,
               "100 instances to run")
         pids = host_pids_with(marker)  # each instance's sandbox and command
         running.kill()
