@@ -91,20 +91,43 @@ def validate(model: type[Model], data: Any, *, code: str) -> Model:
         raise BadRequest(describe_validation(exc.errors()), code=code) from None
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        request.state.request_id = rid
+class RequestId:
+    """ASGI middleware: every response carries ``X-Request-ID`` (the client's, or a new one),
+    and a bug becomes a 500 that names it, logged with the same id. Plain ASGI rather than
+    ``@app.middleware("http")``, whose task group and streams cost more than most routes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"),
+                   None) or uuid.uuid4().hex
+        header = (b"x-request-id", rid.encode("latin-1"))
+        started = False
+
+        async def tagged(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, tagged)
         except Exception:  # a bug: log it with the id the client sees
-            log.exception("unhandled error in %s %s (request %s)", request.method,
-                          request.url.path, rid)
+            log.exception("unhandled error in %s %s (request %s)", scope["method"],
+                          scope["path"], rid)
+            if started:
+                raise
             response = JSONResponse(
                 error_body(f"internal error (request id {rid})", "internal_error"), 500)
-        response.headers["X-Request-ID"] = rid
-        return response
+            await response(scope, receive, tagged)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(RequestId)
 
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError):

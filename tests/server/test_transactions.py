@@ -99,8 +99,9 @@ def patient(tmp_path, database_url):
 def test_a_failure_in_the_middle_of_a_bulk_leaves_nothing(cluster, monkeypatch):
     gate = Gate(monkeypatch, fail_at=3)
     headers = {"Idempotency-Key": "bulk-1"}
-    failed = cluster.post("/tasks", json=[DOC] * 5, headers=headers)
+    failed = cluster.post("/tasks", json=[DOC] * 5, headers={**headers, "X-Request-ID": "r-7"})
     assert failed.status_code == 500 and failed.json()["code"] == "internal_error"
+    assert failed.headers["X-Request-ID"] == "r-7" and "r-7" in failed.json()["message"]
     assert _rows(cluster) == {"Task": 0, "Instance": 0, "TaskDependency": 0,
                               "IdempotencyRecord": 0}  # the key was given back too
     gate.fail_at = 0
@@ -223,3 +224,11 @@ def test_sqlite_savepoints_live_inside_the_transaction(tmp_path):
         db.rollback()  # the released savepoint goes with the transaction
         assert db.exec_driver_sql("SELECT COUNT(*) FROM t").scalar() == 0
     engine.dispose()
+
+
+def test_every_response_names_its_request(cluster):
+    fresh = cluster.get("/versions").headers["X-Request-ID"]
+    assert len(fresh) == 32 and int(fresh, 16) >= 0  # a new uuid4, in hex
+    assert cluster.get("/versions").headers["X-Request-ID"] != fresh
+    assert cluster.get("/nowhere", headers={"X-Request-ID": "mine"}).headers["X-Request-ID"] \
+        == "mine"

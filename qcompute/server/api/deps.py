@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, AsyncIterator, Optional
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,14 +24,18 @@ class AppContext:
     storage: Any  # qcompute.server.storage.StorageBackend
 
 
-def get_context(request: Request) -> AppContext:
+# Dependencies that do no I/O are ``async``: FastAPI runs a sync one in the thread pool, and each
+# hop there costs a thread switch under the GIL (see bench/profile.md).
+async def get_context(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_session(ctx: ContextDep) -> Iterator[Session]:
+async def get_session(ctx: ContextDep) -> AsyncIterator[Session]:
+    """A session opens no connection until its first statement (in the route's thread); the
+    close at the end only hands the connection back to the pool."""
     with ctx.sessions() as session:
         yield session
 
