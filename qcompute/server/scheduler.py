@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from qcompute.states import InstanceState as I
 from qcompute.states import PoolState as P
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Scheduler"]
 
 _PHASE_STATES = {"downloading": I.DOWNLOADING, "running": I.RUNNING, "uploading": I.UPLOADING}
+_NO_TAGS = lazyload(Task.tags)  # the scheduler never reads a task's tags: no SELECT for them
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,12 @@ class Scheduler:
                 raise RuntimeError("injected fault (fault_injection)")
             session.commit()
             dispatched: dict[int, Task] = {}
-            specs = self._dispatch(session, dispatched, changed)
-            self._settle(session, dispatched)
-            session.commit()
+            if all(isinstance(event, Phase) for event in events):
+                specs = []  # a phase frees no slot and queues nothing: no dispatch
+            else:
+                specs = self._dispatch(session, dispatched, changed)
+                self._settle(session, dispatched)
+                session.commit()
             tasks = {**touched, **dispatched}.values()
             return specs, {t.uuid for t in tasks} | {s.task_uuid for s in specs} | changed
 
@@ -304,7 +308,7 @@ class Scheduler:
 
     def _instance(self, session: Session, key: InstanceKey) -> Optional[tuple[Instance, Task]]:
         row = session.execute(
-            select(Instance, Task).join(Task, Instance.task_id == Task.id)
+            select(Instance, Task).join(Task, Instance.task_id == Task.id).options(_NO_TAGS)
             .where(Task.uuid == key.task_uuid, Instance.instance_id == key.instance_id)).first()
         if row is None or row[0].attempt != key.attempt:
             return None  # a deleted task, or an event of an attempt that was replaced
@@ -333,13 +337,13 @@ class Scheduler:
                 self._finish(found[0], found[1], event)
                 touched[found[1].id] = found[1]
         elif isinstance(event, _Abort):
-            task = session.get(Task, event.task_id)
+            task = session.get(Task, event.task_id, options=[_NO_TAGS])
             if task is not None:
                 self._cancel_task(session, task)
                 touched[task.id] = task
         elif isinstance(event, _Submitted):
-            for task in session.scalars(select(Task).where(Task.id.in_(event.task_ids),
-                                                           Task.waiting_on > 0)):
+            for task in session.scalars(select(Task).options(_NO_TAGS).where(
+                    Task.id.in_(event.task_ids), Task.waiting_on > 0)):
                 self._resolve(session, task)
                 touched[task.id] = task
         elif isinstance(event, _Tick):
@@ -406,22 +410,26 @@ class Scheduler:
         """Pools first (their slots and preparation runs), then queued instances: into the free
         slots of their pool, or into the executor slots no pool holds."""
         general_busy = len(self._in_flight) - self.pools.in_flight()
-        unheld = self.executor.capacity - self.pools.held(session) - general_busy
+        held = self.pools.held(session)
+        unheld = self.executor.capacity - held - general_busy
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
         cancelled, stopped = self.pools.drain_cancelled()
-        for task in session.scalars(select(Task).where(Task.id.in_(cancelled))):
-            task.errors = [*task.errors, cancelled[task.id]]
-            task.abort_requested = True  # as an abort: committed, so a restart completes it
-            self._cancel_task(session, task)
-            touched[task.id] = task
-        if cancelled:  # another round at once: the pool ends when its tasks have
-            self.wake()
+        if cancelled:
+            for task in session.scalars(select(Task).options(_NO_TAGS)
+                                        .where(Task.id.in_(cancelled))):
+                task.errors = [*task.errors, cancelled[task.id]]
+                task.abort_requested = True  # as an abort: committed, so a restart completes it
+                self._cancel_task(session, task)
+                touched[task.id] = task
+            self.wake()  # another round at once: the pool ends when its tasks have
         for key in stopped:  # its Finished event finds no slot and is dropped
             self.executor.cancel(key)
         rows = []
-        for pool_id, free in self.pools.free_slots(session).items():
-            rows += self._queued(session, Task.pool_id == pool_id, free)
-        general_free = self.executor.capacity - self.pools.held(session) - general_busy
+        if held or self.pools.open_pools:  # counted again: the plan may have held or released
+            held = self.pools.held(session)
+            for pool_id, free in self.pools.free_slots(session).items():
+                rows += self._queued(session, Task.pool_id == pool_id, free)
+        general_free = self.executor.capacity - held - general_busy
         if general_free > 0:
             rows += self._queued(session, Task.pool_id.is_(None), general_free)
         for instance, task in rows:
@@ -451,7 +459,7 @@ class Scheduler:
     def _queued(session: Session, where, limit: int) -> list:
         """The oldest runnable queued instances (not aborted, not waiting on parents)."""
         return list(session.execute(
-            select(Instance, Task).join(Task, Instance.task_id == Task.id)
+            select(Instance, Task).join(Task, Instance.task_id == Task.id).options(_NO_TAGS)
             .where(Instance.state == I.QUEUED.value, Task.abort_requested.is_(False),
                    Task.waiting_on == 0, where)
             .order_by(Instance.id).limit(limit)).all())

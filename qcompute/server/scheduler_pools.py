@@ -57,6 +57,7 @@ class PoolKeeper:
         self._idle_since: dict[int, datetime] = {}
         self._cancelled: dict[int, dict] = {}  # task id → why its pool cancels it
         self._stopped: list[InstanceKey] = []  # preparation runs of finished pools, to stop
+        self.open_pools = 0  # found by the last plan(): none, and no slot is held by a pool
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -98,8 +99,10 @@ class PoolKeeper:
         """Resize, hold and release slots of every open pool; update pool states. Returns the
         preparation runs to start. ``capacity_left``: executor slots neither held nor busy."""
         specs: list[InstanceSpec] = []
-        for pool in session.scalars(select(Pool).where(Pool.state.not_in(_OPEN))
-                                    .order_by(Pool.id)):
+        pools = list(session.scalars(select(Pool).where(Pool.state.not_in(_OPEN))
+                                     .order_by(Pool.id)))
+        self.open_pools = len(pools)
+        for pool in pools:
             slots = list(session.scalars(select(PoolSlot).where(PoolSlot.pool_id == pool.id)
                                          .order_by(PoolSlot.slot)))
             tasks_active = session.scalar(select(exists().where(

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from qcompute.states import JobState as J
 from qcompute.states import TaskState as T
@@ -114,6 +114,7 @@ def resolve_dependencies(session: Session, task: Task) -> list[str]:
 def dependents_of(session: Session, parent_uuid: str) -> list[Task]:
     return list(session.scalars(
         select(Task).join(TaskDependency, TaskDependency.task_id == Task.id)
+        .options(lazyload(Task.tags))
         .where(TaskDependency.parent_uuid == parent_uuid, Task.ended_at.is_(None))))
 
 
