@@ -22,10 +22,11 @@ from ..services.wire import iso
 from . import openapi
 from .deps import ContextDep, OwnerUser, RawBody, SessionDep
 from .idempotency import loads
+from .rendering import JSONRoute
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=JSONRoute)
 
 
 def _public(user) -> dict:

@@ -18,8 +18,9 @@ from ..errors import NotFound
 from ..services import hardware
 from ..services.health import OK, check_parts
 from .deps import ContextDep, CurrentUser, SessionDep
+from .rendering import JSONRoute
 
-router = APIRouter(tags=["catalogue"])
+router = APIRouter(tags=["catalogue"], route_class=JSONRoute)
 QARNOT_SDK_AGENT = "qarnot-sdk-python"  # the official SDK: qarnot-sdk-python/v2.23.0
 
 

@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import validate
 from .deps import ContextDep, OwnerUser, RawBody
 from .idempotency import loads
+from .rendering import JSONRoute
 
-router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
+router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False,
+                   route_class=JSONRoute)
 
 
 class Faults(BaseModel):

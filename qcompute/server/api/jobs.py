@@ -17,8 +17,9 @@ from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 from .tasks import _fulls as task_jsons
+from .rendering import JSONRoute
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=JSONRoute)
 
 
 def _full(session, job: Job) -> dict[str, Any]:

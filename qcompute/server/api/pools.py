@@ -20,8 +20,9 @@ from . import openapi
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
 from .output import add_output_routes
+from .rendering import JSONRoute
 
-router = APIRouter(tags=["pools"])
+router = APIRouter(tags=["pools"], route_class=JSONRoute)
 
 
 def _full(ctx: AppContext, session, pool: Pool) -> dict[str, Any]:

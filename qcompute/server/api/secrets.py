@@ -14,8 +14,9 @@ from ..services import secrets as service
 from . import openapi
 from .deps import CurrentUser, RawBody, SessionDep
 from .idempotency import loads
+from .rendering import JSONRoute
 
-router = APIRouter(prefix="/secrets-manager", tags=["secrets"])
+router = APIRouter(prefix="/secrets-manager", tags=["secrets"], route_class=JSONRoute)
 
 
 @router.get("/data/{key:path}", summary="A secret's value")

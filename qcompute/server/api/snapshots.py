@@ -11,8 +11,9 @@ from ..services import snapshots as service
 from . import openapi
 from .deps import ContextDep, CurrentUser, RawBody, SessionDep
 from .idempotency import loads, run_once
+from .rendering import JSONRoute
 
-router = APIRouter(tags=["snapshots"])
+router = APIRouter(tags=["snapshots"], route_class=JSONRoute)
 
 
 @router.post("/tasks/{uuid}/snapshot/periodic",

@@ -26,8 +26,9 @@ from . import openapi
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep, signed_in
 from .idempotency import loads, run_once
 from .output import add_output_routes
+from .rendering import JSONRoute
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(tags=["tasks"], route_class=JSONRoute)
 
 
 def _parse_submit(item: Any) -> TaskSubmit:
