@@ -51,7 +51,7 @@ def test_0002_backfills_instance_counts(tmp_path):
             "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
     assert (pool, job, waiting) == (None, None, 0)
-    assert version == "0005"
+    assert version == "0006"
 
 
 # -- 0004: secrets and tokens sealed --------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_0004_seals_clear_values_and_leaves_none_on_disk(tmp_path):
     sealer = Sealer(Fernet.generate_key())
     migrate(engine, sealer)
     with engine.connect() as db:
-        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         value = db.execute(sa.text("SELECT value FROM secrets")).scalar()
         tokens = dict(db.execute(sa.text("SELECT id, sealed_token FROM users")).all())
         columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
