@@ -280,12 +280,12 @@ def abort_task(uuid: str, request: Request, body: RawBody, session: SessionDep,
     return response
 
 
-
 @router.get("/tasks/{uuid}/timeline",
             summary="When the task was accepted, and when each instance's current attempt "
                     "reached each step (qcompute; epoch seconds)")
 def get_timeline(uuid: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     return timeline.task_timeline(session, user, uuid)
+
 
 def _find(session, user, uuid: str, instance_id: int) -> int:
     task = service.get_task(session, user, uuid)
