@@ -398,6 +398,27 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
             except MissingBucketException:
                 logger.debug("bucket %s was already gone", bucket.name)
 
+    def timeline(self) -> dict[str, Any]:
+        """Where the task's time went, from the cluster's own clocks: when it was accepted, and
+        when each instance's current attempt reached each step. ``GET /tasks/{uuid}/timeline``,
+        a qcompute cluster's own route (Qarnot's cloud has none).
+
+        Returns:
+            ``{"uuid", "submitted", "instances": [{"instanceId", "attempt", "state",
+            "timeline"}]}``. Times are epoch seconds (floats). ``submitted`` is when the
+            task was accepted (its ``creation_date``); each ``timeline`` holds, in this order,
+            the steps its attempt reached: ``dispatched``, ``handedOver`` (to the executor),
+            ``runnerStarted``, ``commandStarted``, ``sandboxReady`` (sandboxed instances),
+            ``commandEnded``, ``resultsUploaded``, ``runnerEnded`` and ``ended`` (recorded by
+            the server). An instance in flight has only ``dispatched`` so far.
+
+        Raises:
+            ResourceStateError: the task was not submitted.
+            MissingTaskException: no such task (or not yours).
+        """
+        self._require_submitted("read the timeline")
+        return self._conn._http.get(self._url("timeline"), not_found=MissingTaskException)
+
     def download_results(self, output_dir: str, progress: Progress = None) -> str:
         """Download the whole result bucket into ``output_dir`` (created if needed).
 

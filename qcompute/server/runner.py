@@ -87,11 +87,12 @@ def pdeathsig_preexec(report_group_to: Optional[int] = None) -> Callable[[], Non
 
 def run_instance(spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
                  cancel_event: threading.Event, control: Optional[InstanceControl] = None,
-                 sandbox: Optional[Sandbox] = None) -> Finished:
+                 sandbox: Optional[Sandbox] = None, taken_at: Optional[float] = None) -> Finished:
     """Run one instance, calling ``emit`` (from more than one thread) for each event; the last
     one is the returned Finished. ``control`` takes snapshot and refresh requests meanwhile;
-    with ``sandbox`` (started), the command runs in it."""
-    finished = _InstanceRun(spec, emit, cancel_event, control, sandbox).execute()
+    with ``sandbox`` (started), the command runs in it. ``taken_at``: when the spec was taken
+    (``time.time()``; default: now), the start of the Finished event's timeline."""
+    finished = _InstanceRun(spec, emit, cancel_event, control, sandbox, taken_at).execute()
     emit(finished)
     return finished
 
@@ -99,8 +100,9 @@ def run_instance(spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
 class _InstanceRun:
     def __init__(self, spec: InstanceSpec, emit: Callable[[ExecutorEvent], None],
                  cancel: threading.Event, control: Optional[InstanceControl] = None,
-                 sandbox: Optional[Sandbox] = None) -> None:
+                 sandbox: Optional[Sandbox] = None, taken_at: Optional[float] = None) -> None:
         self.spec, self.emit, self.cancel, self.sandbox = spec, emit, cancel, sandbox
+        self.timeline = {"runner_started": taken_at or time.time()}  # see Finished.timeline
         self.root = os.path.abspath(spec.workdir)
         self.workdir = os.path.join(self.root, "job")  # /job in the sandbox
         self.tmpdir = os.path.join(self.root, "tmp")  # /tmp in the sandbox
@@ -137,6 +139,7 @@ class _InstanceRun:
                 upload = self.files.upload_results(whitelist, blacklist, self._note)
                 self.uploaded, error = upload.uploaded, upload.error
                 results_failed, keep = error is not None, bool(upload.pending)
+            self.timeline["results_uploaded"] = time.time()
         except (_InfraError, SandboxError) as exc:
             error = str(exc)
         except Exception as exc:  # never die silently: report it as an infrastructure error
@@ -150,7 +153,8 @@ class _InstanceRun:
                         cancelled=self.cancel.is_set(), exec_time_sec=round(self.exec_time, 3),
                         wall_time_sec=round(time.monotonic() - started, 3),
                         peak_memory_mb=round(self.peak_kb / 1024), results_uploaded=self.uploaded,
-                        results_failed=results_failed)
+                        results_failed=results_failed,
+                        timeline={**self.timeline, "runner_ended": time.time()})
 
     def _note(self, text: str) -> None:
         """A line of the runner's own on the instance's stderr."""
@@ -249,6 +253,7 @@ class _InstanceRun:
     def _run_watched(self, argv: list[str], env: dict[str, str], preexec: Callable[[], None],
                      info: Optional[tuple[int, int, int]] = None,
                      cgroup: Optional[InstanceCgroup] = None) -> None:
+        self.timeline["command_started"] = time.time()
         try:
             proc = subprocess.Popen(
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
@@ -261,6 +266,7 @@ class _InstanceRun:
                 os.close(info[1])
         if info:
             self._pgid = _sandbox_init(info[0], proc)  # the sandbox's session and group
+            self.timeline["sandbox_ready"] = time.time()
         else:
             self._pgid = proc.pid  # a new session: the group id is the pid
         started = time.monotonic()
@@ -276,6 +282,7 @@ class _InstanceRun:
             self.controller.command_started()
             self._wait(proc, pump)
         finally:
+            self.timeline["command_ended"] = time.time()
             sampler.stop()
             self.controller.command_ended()
             self._signal_group(signal.SIGKILL)  # nothing of the command outlives it
@@ -556,6 +563,7 @@ def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> in
         threading.Thread(target=_heartbeat, args=(write, active, interval), name="heartbeat",
                          daemon=True).start()
     while (line := specs.get()) is not None:
+        taken_at = time.time()
         spec = InstanceSpec.from_json(line.decode())
         while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:
             pass  # stale: meant for the previous instance
@@ -566,7 +574,7 @@ def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> in
         try:
             write(ACCEPTED)
             run_instance(spec, lambda event: write(event_to_json(event)), cancel, control,
-                         sandbox)
+                         sandbox, taken_at)
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
             active[0] = None

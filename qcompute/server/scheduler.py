@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -106,6 +107,8 @@ class Scheduler:
         self.executor = executor_factory(self._on_executor_event)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
+        # the dispatch and hand-over times of the instances in flight, written with their end
+        self._stamps: dict[InstanceKey, dict[str, float]] = {}
         self.pools = PoolKeeper(settings, self._pool_payload)
         self.timers = Timers(self)
         self.controls = InstanceControls(self)  # snapshots and resource refreshes
@@ -237,6 +240,9 @@ class Scheduler:
         return specs, changed
 
     def _hand_over(self, spec: InstanceSpec) -> None:
+        stamps = self._stamps.get(spec.key)
+        if stamps is not None:  # None: a pool's preparation run
+            stamps["handed_over"] = time.time()
         try:
             self.executor.submit(spec)
         except Exception as exc:  # an infrastructure failure: re-queued within the bound
@@ -320,6 +326,7 @@ class Scheduler:
         if isinstance(event, (Phase, Finished)) and event.key in self.pools.preparing:
             if isinstance(event, Finished):
                 self._in_flight.discard(event.key)
+                self._stamps.pop(event.key, None)
                 self.pools.preparation_ended(session, event, self.settings.max_infra_retries)
         elif isinstance(event, Phase):
             found = self._instance(session, event.key)
@@ -330,11 +337,12 @@ class Scheduler:
                 touched[found[1].id] = found[1]
         elif isinstance(event, Finished):
             self._in_flight.discard(event.key)
+            stamps = self._stamps.pop(event.key, None)
             self.controls.instance_ended(session, event.key)
             self.pools.ended(event.key)
             found = self._instance(session, event.key)
             if found and I(found[0].state).is_active():
-                self._finish(found[0], found[1], event)
+                self._finish(found[0], found[1], event, stamps)
                 touched[found[1].id] = found[1]
         elif isinstance(event, _Abort):
             task = session.get(Task, event.task_id, options=[_NO_TAGS])
@@ -354,7 +362,10 @@ class Scheduler:
                 if key in self._in_flight:
                     self.executor.cancel(key)
 
-    def _finish(self, instance: Instance, task: Task, event: Finished) -> None:
+    def _finish(self, instance: Instance, task: Task, event: Finished,
+                stamps: Optional[dict[str, float]] = None) -> None:
+        """Record an instance's end; ``stamps``: its dispatch and hand-over times."""
+        instance.timeline = {**(stamps or {}), **event.timeline, "ended": time.time()}
         instance.ended_at = utcnow()
         instance.exit_code = event.exit_code
         instance.exec_time_sec = event.exec_time_sec
@@ -435,6 +446,8 @@ class Scheduler:
         for instance, task in rows:
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
+            dispatched = time.time()
+            instance.timeline = {"dispatched": dispatched}  # the attempt's new timeline
             try:
                 spec = self._spec(session, task, instance)
             except Exception as exc:  # no owner identity (SealError), or a document it cannot
@@ -445,9 +458,11 @@ class Scheduler:
                 self.masks.finish(key)
                 error = str(exc) if isinstance(exc, SealError) else \
                     f"the instance could not be prepared: {exc}"
-                self._finish(instance, task, Finished(key, exit_code=None, error=error))
+                self._finish(instance, task, Finished(key, exit_code=None, error=error),
+                             {"dispatched": dispatched})
                 touched[task.id] = task
                 continue
+            self._stamps[spec.key] = {"dispatched": dispatched}
             if task.pool_id is not None:
                 self.pools.started(task.pool_id, spec.key)
             specs.append(spec)

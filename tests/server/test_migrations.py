@@ -51,7 +51,7 @@ def test_0002_backfills_instance_counts(tmp_path):
             "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
     assert (pool, job, waiting) == (None, None, 0)
-    assert version == "0005"
+    assert version == "0006"
 
 
 # -- 0004: secrets and tokens sealed --------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_0004_seals_clear_values_and_leaves_none_on_disk(tmp_path):
     sealer = Sealer(Fernet.generate_key())
     migrate(engine, sealer)
     with engine.connect() as db:
-        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         value = db.execute(sa.text("SELECT value FROM secrets")).scalar()
         tokens = dict(db.execute(sa.text("SELECT id, sealed_token FROM users")).all())
         columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
@@ -136,3 +136,30 @@ def test_0004_downgrade_opens_the_values_again(tmp_path):
         assert db.execute(sa.text("SELECT value FROM secrets")).scalar() == SECRET
         assert "exported_token" in {c["name"] for c in sa.inspect(db).get_columns("tasks")}
         assert "sealed_token" not in {c["name"] for c in sa.inspect(db).get_columns("users")}
+
+
+# -- 0006: instances.timeline ----------------------------------------------------------------------
+
+def test_0006_adds_an_empty_timeline_and_drops_it_on_downgrade(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    sealer = Sealer(Fernet.generate_key())
+    _upgrade_to(engine, "0005", sealer)
+    with engine.begin() as db:
+        db.execute(sa.text("INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, "
+                           "created_at) VALUES (1, 'a@b.c', 'h', '', 1, '2026-01-01')"))
+        db.execute(sa.text(
+            "INSERT INTO tasks (id, uuid, owner_id, name, shortname, document, instance_count, "
+            "state, state_transition_time, abort_requested, errors, results_count, created_at, "
+            "updated_at) VALUES (1, 'u', 1, 't', 't', '{}', 1, 'Success', '2026-01-01', 0, "
+            "'[]', 0, '2026-01-01', '2026-01-01')"))
+        db.execute(sa.text("INSERT INTO instances (task_id, instance_id, rank, state, attempt, "
+                           "infra_failures, exec_time_sec, wall_time_sec, peak_memory_mb) "
+                           "VALUES (1, 0, 0, 'Success', 1, 0, 0.5, 0, 0)"))
+    migrate(engine, sealer)
+    with engine.connect() as db:
+        row = db.execute(sa.text("SELECT state, exec_time_sec, timeline FROM instances")).one()
+    assert tuple(row) == ("Success", 0.5, None)  # an old row: no timeline, nothing else lost
+    _upgrade_to(engine, "0005", sealer, down=True)
+    with engine.connect() as db:
+        assert "timeline" not in {c["name"] for c in sa.inspect(db).get_columns("instances")}
+        assert db.execute(sa.text("SELECT state FROM instances")).scalar() == "Success"

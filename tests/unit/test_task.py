@@ -347,10 +347,24 @@ def test_abort_posts_then_refreshes_the_object(api: responses.RequestsMock,
     assert len(api.calls) == 2
 
 
+def test_timeline_gets_the_task_timeline(api: responses.RequestsMock,
+                                         conn: Connection) -> None:
+    task = submitted(api, conn, state="Success")
+    doc = {"uuid": TASK_UUID, "submitted": 1765000000.25, "instances": [
+        {"instanceId": 0, "attempt": 1, "state": "Success",
+         "timeline": {"dispatched": 1765000000.5, "ended": 1765000000.75}}]}
+    api.add("GET", f"{TASK_URL}/timeline", json=doc)
+    assert task.timeline() == doc
+    api.add("GET", f"{TASK_URL}/timeline", status=404, json={"message": "no such task"})
+    with pytest.raises(MissingTaskException):
+        task.timeline()
+    assert [c.request.method for c in api.calls] == ["GET", "GET"]
+
+
 def test_actions_need_a_submitted_task(conn: Connection) -> None:
     task = conn.create_task("t", "docker-batch")
     for action in (task.abort, task.delete, task.stdout, task.fresh_stderr,
-                   task.update_resources):
+                   task.update_resources, task.timeline):
         with pytest.raises(ResourceStateError, match="not submitted"):
             action()
 

@@ -18,6 +18,7 @@ from ..executors.base import InstanceKey
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
 from ..services import tasks as service
+from ..services import timeline
 from ..services.output import TASK_LEVEL
 from ..services.listing import every, tag_filter
 from ..services.placement import dependencies_json, dependencies_of, dependents_of
@@ -278,6 +279,13 @@ def abort_task(uuid: str, request: Request, body: RawBody, session: SessionDep,
     if "id" in holder:
         ctx.scheduler.abort(holder["id"])
     return response
+
+
+@router.get("/tasks/{uuid}/timeline",
+            summary="When the task was accepted, and when each instance's current attempt "
+                    "reached each step (qcompute; epoch seconds)")
+def get_timeline(uuid: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    return timeline.task_timeline(session, user, uuid)
 
 
 def _find(session, user, uuid: str, instance_id: int) -> int:

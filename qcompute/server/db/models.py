@@ -117,6 +117,9 @@ class Instance(Base):
     peak_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[Optional[str]] = mapped_column(Text)
     app_failures: Mapped[int] = mapped_column(Integer, default=0)  # maxPerInstanceRetries budget
+    # The current attempt's steps, in epoch seconds (services/timeline.py): written with the
+    # dispatch and with the end, never read by the scheduler (deferred: loaded only on request).
+    timeline: Mapped[Optional[dict[str, float]]] = mapped_column(JSON, deferred=True)
 
 
 class TaskTag(Base):

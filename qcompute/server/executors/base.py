@@ -226,6 +226,13 @@ class Finished:
       an S3 key. ``error`` names them. Running the command again would repeat its whole run
       (and its side effects) for files that are still on the node.
     * ``cancelled`` is True when the instance ended because :meth:`Executor.cancel` was called.
+    * ``timeline``: when the runner reached each step, in epoch seconds (``time.time()``):
+      ``runner_started`` (it took the spec), ``command_started`` (just before it starts the
+      command's process), ``sandbox_ready`` (the sandbox's init runs; sandboxed only),
+      ``command_ended`` (the command's exit was seen), ``results_uploaded`` (the results step
+      is over, whether or not there was anything to upload) and ``runner_ended`` (the working
+      directory is removed, this event is built). A step never reached is absent; an end the
+      executor synthesises has none.
 
     ``error`` is always storable (see :func:`storable`).
     """
@@ -239,6 +246,7 @@ class Finished:
     peak_memory_mb: int = 0
     results_uploaded: int = 0  # number of result files uploaded
     results_failed: bool = False
+    timeline: dict[str, float] = field(default_factory=dict, hash=False)
     kind: str = field(default="finished", init=False)
 
     def __post_init__(self) -> None:
