@@ -72,27 +72,29 @@ _ACTIVE = [s.value for s in I if s.is_active()]
 _OPEN_POOL = [s.value for s in P if not s.is_final()]
 
 
-def _count(session, model, *where) -> int:
-    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+def _count(model, *where):
+    return select(func.count()).select_from(model).where(*where).scalar_subquery()
 
 
 @router.get("/info", summary="The current user's account: own counts, buckets and limits")
 def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    """Counts are the caller's own; bucket figures come from the storage (``null`` when it
-    cannot say). A limit is given only where the server enforces one: instances per task,
-    and the cluster's executor slots (one core each); the others are absent (no quota)."""
+    """Counts are the caller's own, read in one query; bucket figures come from the storage
+    (``null`` when it cannot say). A limit is given only where the server enforces one:
+    instances per task, and the cluster's executor slots (one core each); the others are absent
+    (no quota)."""
     final = [s.value for s in T if s.is_final()]
-    running = _count(session, Instance, Instance.state.in_(_ACTIVE), Instance.task_id.in_(
-        select(Task.id).where(Task.owner_id == user.id)))
+    tasks, running_tasks, pools, running_pools, running = session.execute(select(
+        _count(Task, Task.owner_id == user.id),
+        _count(Task, Task.owner_id == user.id, Task.state.not_in(final)),
+        _count(Pool, Pool.owner_id == user.id),
+        _count(Pool, Pool.owner_id == user.id, Pool.state.in_(_OPEN_POOL)),
+        _count(Instance, Instance.state.in_(_ACTIVE), Instance.task_id.in_(
+            select(Task.id).where(Task.owner_id == user.id))))).one()
     usage = ctx.storage.usage(user.bucket_prefix)
     slots = ctx.scheduler.executor.capacity
     return {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
-            "taskCount": _count(session, Task, Task.owner_id == user.id),
-            "runningTaskCount": _count(session, Task, Task.owner_id == user.id,
-                                       Task.state.not_in(final)),
-            "poolCount": _count(session, Pool, Pool.owner_id == user.id),
-            "runningPoolCount": _count(session, Pool, Pool.owner_id == user.id,
-                                       Pool.state.in_(_OPEN_POOL)),
+            "taskCount": tasks, "runningTaskCount": running_tasks,
+            "poolCount": pools, "runningPoolCount": running_pools,
             "runningInstanceCount": running, "runningCoreCount": running,
             "maxInstances": ctx.settings.max_instances_per_task,
             "maxFlexInstances": slots, "maxFlexCores": slots,
