@@ -6,7 +6,8 @@ kept-alive HTTP connection, as the SDKs send them, after one warm-up request of 
 GETs are interleaved, the order rotated, while nothing runs. Then ``POST /tasks`` submits one
 task of ``true`` at a time (each task then runs, so the figure includes the cluster's own
 dispatch work competing for the CPU, as it would in use). Last, the server's CPU time per
-request is measured for each kind in a block of its own (a submit's includes its dispatch).
+request is measured for each kind, sent for 2 s in a block of its own (a submit's includes its
+dispatch; the idle server's own CPU is taken off).
 With ``--profile-seconds S``, it then sends one kind (``--profile``) for S seconds under ``py-spy record`` and
 prints the GIL samples of each server thread and the functions that take most of them.
 """
@@ -71,16 +72,20 @@ def _measure(calls: dict[str, Callable[[], None]], runs: int) -> dict[str, list[
     return times
 
 
-def _server_cpu(pid: int, calls: dict[str, Callable[[], None]], runs: int) -> dict[str, float]:
-    """CPU seconds of the server process per request, each kind in a block of its own; the
-    block ends when the server is idle again, so a submit's dispatch work is counted."""
+def _server_cpu(pid: int, calls: dict[str, Callable[[], None]],
+                seconds: float = 2.0) -> dict[str, float]:
+    """CPU seconds of the server process per request, each kind sent for ``seconds`` in a block
+    of its own; the block ends when the server is idle again (a submit's dispatch is counted),
+    and what the idle server spends in the same time is taken off."""
     spent = {}
     for name, once in calls.items():
-        before = cpu_seconds(pid)
-        for _ in range(runs):
+        before, start, count = cpu_seconds(pid), time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
             once()
+            count += 1
         time.sleep(1.0)  # the last submits' dispatch and end
-        spent[name] = (cpu_seconds(pid) - before - _idle_cpu(pid, 1.0)) / runs
+        elapsed = time.perf_counter() - start
+        spent[name] = (cpu_seconds(pid) - before - _idle_cpu(pid, elapsed)) / count
     return spent
 
 
@@ -144,7 +149,7 @@ def main() -> None:
         submit = calls.pop("POST /tasks")
         times = _measure(calls, args.runs)  # on an idle cluster: nothing runs
         times.update(_measure({"POST /tasks": submit}, args.runs))
-        cpu = _server_cpu(cluster.process.pid, {**calls, "POST /tasks": submit}, args.runs * 4)
+        cpu = _server_cpu(cluster.process.pid, {**calls, "POST /tasks": submit})
         if args.profile_seconds:
             _profile(cluster.process.pid, args.profile_seconds, args.profile,
                      {**calls, "POST /tasks": submit}[args.profile])

@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Scheduler"]
 
 _PHASE_STATES = {"downloading": I.DOWNLOADING, "running": I.RUNNING, "uploading": I.UPLOADING}
-_NO_TAGS = lazyload(Task.tags)  # the scheduler never reads a task's tags: no SELECT for them
+_NO_TAGS = lazyload(Task.tags)
+_IN_CHUNK = 5000  # values in one IN list  # the scheduler never reads a task's tags: no SELECT for them
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Scheduler:
         self.executor = executor_factory(self._on_executor_event)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
+        self._rows: Optional[dict] = None  # the round's instance rows, by (task uuid, id)
         # the dispatch and hand-over times of the instances in flight, written with their end
         self._stamps: dict[InstanceKey, dict[str, float]] = {}
         self.pools = PoolKeeper(settings, self._pool_payload)
@@ -257,8 +259,12 @@ class Scheduler:
         with self.sessions() as session:
             touched: dict[int, Task] = {}
             changed: set[str] = set()
-            for event in events:
-                self._apply(session, event, touched)
+            self._prefetch(session, events)
+            try:
+                for event in events:
+                    self._apply(session, event, touched)
+            finally:
+                self._rows = None
             self._settle(session, touched)
             if self.injected_faults:  # tests only: a round that fails after applying its events
                 self.injected_faults -= 1
@@ -313,12 +319,37 @@ class Scheduler:
         return False
 
     def _instance(self, session: Session, key: InstanceKey) -> Optional[tuple[Instance, Task]]:
-        row = session.execute(
-            select(Instance, Task).join(Task, Instance.task_id == Task.id).options(_NO_TAGS)
-            .where(Task.uuid == key.task_uuid, Instance.instance_id == key.instance_id)).first()
+        row = self._rows.get((key.task_uuid, key.instance_id)) if self._rows is not None else \
+            self._load_rows(session, [key]).get((key.task_uuid, key.instance_id))
         if row is None or row[0].attempt != key.attempt:
             return None  # a deleted task, or an event of an attempt that was replaced
-        return row[0], row[1]
+        return row
+
+    @staticmethod
+    def _load_rows(session: Session, keys) -> dict[tuple[str, int], tuple[Instance, Task]]:
+        """The instance rows (and their tasks) of these keys, in one indexed query: tasks by
+        uuid, then instances by (task, instance id); pairs not asked for are dropped."""
+        wanted = {(key.task_uuid, key.instance_id) for key in keys}
+        if not wanted:
+            return {}
+        uuids, ids = sorted({u for u, _ in wanted}), sorted({i for _, i in wanted})
+        found = {}
+        for start in range(0, len(uuids), _IN_CHUNK):  # within SQLite's bound parameters
+            for first in range(0, len(ids), _IN_CHUNK):
+                for instance, task in session.execute(
+                        select(Instance, Task).join(Task, Instance.task_id == Task.id)
+                        .options(_NO_TAGS).where(Task.uuid.in_(uuids[start:start + _IN_CHUNK]),
+                                                 Instance.instance_id.in_(
+                                                     ids[first:first + _IN_CHUNK]))):
+                    if (task.uuid, instance.instance_id) in wanted:
+                        found[(task.uuid, instance.instance_id)] = (instance, task)
+        return found
+
+    def _prefetch(self, session: Session, events: list) -> None:
+        """One query for the rows of every phase and end in the round, rather than one each."""
+        self._rows = self._load_rows(session, [
+            e.key for e in events if isinstance(e, (Phase, Finished))
+            and e.key not in self.pools.preparing])
 
     def _apply(self, session: Session, event, touched: dict[int, Task]) -> None:
         if self.controls.apply(session, event, touched):
