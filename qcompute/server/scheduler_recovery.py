@@ -4,10 +4,10 @@ go of it, and that no working directory outlives its task.
 * :class:`Recovery` runs on every tick. It compares what the scheduler believes runs (the
   database's active instances, and its own in-flight set, pool preparation runs included) with
   what the executor runs. A key missing from the executor on ``STRIKES`` ticks in a row gets a
-  synthesised ``Finished``: an infrastructure failure, re-queued within ``max_infra_retries``. The
-  strikes leave room for a real ``Finished`` on its way: the executor releases an instance just
-  before it reports it, so its event is queued before the next tick. A key the executor runs that
-  nothing believes in is cancelled after as many strikes.
+  synthesised ``Finished``: an infrastructure failure, re-queued within ``max_infra_retries``. An
+  executor keeps a key in ``running()`` until its ``Finished`` is queued, so a synthesised end is
+  always queued behind the real one, which wins; the strikes are a margin for any other short
+  gap. A key the executor runs that nothing believes in is cancelled after as many strikes.
 * :meth:`Recovery.last_resort` records the end of an instance whose ``Finished`` fails a round
   even on its own (the instance fails, and its error names why), so that one bad event strands
   nobody.

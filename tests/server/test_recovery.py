@@ -70,8 +70,8 @@ def test_an_instance_nothing_believes_in_is_cancelled(quick):
 
 
 def test_a_lost_key_needs_strikes_in_a_row():
-    """A Finished on its way (released by the executor, not applied yet) is not mistaken for a
-    loss: only STRIKES checks in a row settle a key, and a key that comes back resets."""
+    """A Finished on its way (queued, not applied yet) is not mistaken for a loss: only STRIKES
+    checks in a row settle a key, and a key that comes back resets."""
     key, back = InstanceKey("t", 0, 1), InstanceKey("t", 1, 1)
     queued: list = []
     scheduler = SimpleNamespace(_in_flight={key, back}, _events=SimpleNamespace(put=queued.append),
