@@ -265,6 +265,8 @@ class Scheduler:
                     self._apply(session, event, touched)
             finally:
                 self._rows = None
+            if any(isinstance(event, _Tick) for event in events):  # once, after the round's
+                self.recovery.check(session)  # events: an end in this round is no loss
             self._settle(session, touched)
             if self.injected_faults:  # tests only: a round that fails after applying its events
                 self.injected_faults -= 1
@@ -387,7 +389,6 @@ class Scheduler:
                 touched[task.id] = task
         elif isinstance(event, _Tick):
             self.timers.run(session, touched)
-            self.recovery.check(session)
         elif isinstance(event, _Forget):
             for key in event.keys:
                 if key in self._in_flight:

@@ -1,13 +1,14 @@
 """How the scheduler keeps its promise that no instance stays non-final once its executor has let
 go of it, and that no working directory outlives its task.
 
-* :class:`Recovery` runs on every tick. It compares what the scheduler believes runs (the
-  database's active instances, and its own in-flight set, pool preparation runs included) with
-  what the executor runs. A key missing from the executor on ``STRIKES`` ticks in a row gets a
-  synthesised ``Finished``: an infrastructure failure, re-queued within ``max_infra_retries``. The
-  strikes leave room for a real ``Finished`` on its way: the executor releases an instance just
-  before it reports it, so its event is queued before the next tick. A key the executor runs that
-  nothing believes in is cancelled after as many strikes.
+* :class:`Recovery` runs once per round that holds a tick, after the round's events. It compares
+  what the scheduler believes runs (the database's active instances, and its own in-flight set,
+  pool preparation runs included) with what the executor runs. A key missing from the executor
+  on ``STRIKES`` checks in a row gets a synthesised ``Finished``: an infrastructure failure,
+  re-queued within ``max_infra_retries``. An executor keeps a key in ``running()`` until its
+  ``Finished`` is queued, and the next round applies it before its check: a finished instance
+  gets at most one strike. A key the executor runs that nothing believes in is cancelled after
+  as many strikes.
 * :meth:`Recovery.last_resort` records the end of an instance whose ``Finished`` fails a round
   even on its own (the instance fails, and its error names why), so that one bad event strands
   nobody.
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Recovery", "WorkDirs", "STRIKES"]
 
-STRIKES = 3  # ticks in a row an instance must be missing from the executor before it is settled
+STRIKES = 3  # checks in a row an instance must be missing from the executor before it is settled
 _SYNTHESES = 2  # times a lost instance's end is synthesised before giving up on it (and saying so)
 _ACTIVE = [s.value for s in I if s.is_active()]
 
@@ -48,12 +49,12 @@ _ACTIVE = [s.value for s in I if s.is_active()]
 class Recovery:
     def __init__(self, scheduler: "Scheduler") -> None:
         self.scheduler = scheduler
-        self._missing: dict[InstanceKey, int] = {}  # key: ticks in a row it was missing
+        self._missing: dict[InstanceKey, int] = {}  # key: checks in a row it was missing
         self._strays: dict[InstanceKey, int] = {}
         self._synthesised: dict[InstanceKey, int] = {}
 
     def check(self, session: Session) -> None:
-        """Once a tick, in the scheduler's thread (after the events of its round)."""
+        """Once per round that holds a tick, in the scheduler's thread, after the round's events."""
         scheduler = self.scheduler
         running = scheduler.executor.running()
         active = {InstanceKey(*row) for row in session.execute(

@@ -33,6 +33,13 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
+def _fresh(task):
+    """The task as the server has it now. (``update`` returns whether it sent a request, not a
+    state: ``task.update(...) or <condition>`` ends a wait at its first request.)"""
+    task.update(flushcache=True)
+    return task
+
+
 def _gone(pids: list[int], timeout: float = 15) -> None:
     _wait(lambda: not any(pid_alive(p) for p in pids), timeout, f"{pids} to end")
 
@@ -63,13 +70,13 @@ def test_sigkill_of_the_server_with_100_instances_running(tmp_path):
         bucket = conn.create_bucket(f"crash-{time.monotonic_ns()}")
         marker = _marker("crash")
         task = conn.create_task("hundred", "docker-batch", 100)
-        # Long enough for all 100 to be running at once, even on a loaded machine.
-        task.constants["DOCKER_CMD"] = ("sh -c 'sleep 15; echo result of $INSTANCE_ID > "
+        # Long enough for all 100 to be running at once, even on a loaded machine (all 100
+        # ran 4 to 14 s after the submit at load averages of 27 to 46).
+        task.constants["DOCKER_CMD"] = ("sh -c 'sleep 30; echo result of $INSTANCE_ID > "
                                         f"out-$INSTANCE_ID.txt' {marker}")
         task.results = bucket
         task.submit()
-        _wait(lambda: task.update() or task.running_core_count == 100, 120,
-              "100 instances to run")
+        _wait(lambda: _fresh(task).running_core_count == 100, 120, "100 instances to run")
         pids = host_pids_with(marker)  # each instance's sandbox and command
         running.kill()
         _gone(pids)  # nothing of the first run outlived the server
@@ -113,8 +120,7 @@ def test_rounds_that_keep_failing_still_end_the_task_with_the_reason(faulty):
     task = conn.create_task("doomed round", "docker-batch")
     task.constants["DOCKER_CMD"] = "sleep 5"
     task.submit()
-    _wait(lambda: task.update(flushcache=True) or task.state == TaskState.FULLY_EXECUTING, 20,
-          "running")  # flushcache: a cached state would be seen seconds late
+    _wait(lambda: _fresh(task).state == TaskState.FULLY_EXECUTING, 20, "running")
     _inject(faulty, 1_000)  # every round fails, each event alone too
     try:
         assert task.wait(timeout=30), task.state

@@ -144,8 +144,8 @@ class FakeExecutor(Executor):
         self.on_event(Phase(key, "running"))
         if stdout:
             self.on_event(Output(key, "stdout", stdout))
-        self.specs.pop(key, None)
         self.on_event(Finished(key, exit_code=exit_code, error=error, exec_time_sec=0.5))
+        self.specs.pop(key, None)  # as a real executor: running until its Finished is queued
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +18,8 @@ from qcompute.server.executors.base import Finished, InstanceSpec, Output, Phase
 from qcompute.server.executors.local import LocalExecutor
 from qcompute.server.sandbox import SandboxConfig
 from qcompute.server.runner import ACCEPTED
+
+from .conftest import wait_for
 
 
 class Events:
@@ -370,3 +374,39 @@ def test_submit_never_blocks_on_a_worker_that_does_not_read(events, tmp_path):
 def _worker_of(ex: LocalExecutor, key) -> int:
     slot = next(s for s in ex._slots if s.run is not None and s.run.spec.key == key)
     return slot.proc.pid
+
+
+class HeldEnds(Events):
+    """An on_event that holds each Finished until released, as the scheduler does while it
+    writes the output held back for masking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handing, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Finished):
+            self.handing.set()
+            self.release.wait(15)
+        super().__call__(event)
+
+
+@pytest.mark.parametrize("worker", [None, "read spec; exit 3"], ids=["ended", "worker died"])
+def test_a_key_stays_running_until_its_finished_is_handed_over(tmp_path, worker):
+    """The scheduler settles a key missing from running() as lost: the key stays while its
+    Finished is on its way. Before: the slot let go of it first, and a slow hand-over earned
+    a finished instance strikes (and, after three, a synthesised loss)."""
+    events = HeldEnds()
+    ex = LocalExecutor(events, capacity=1,
+                       python=fake_python(tmp_path, worker) if worker else sys.executable)
+    try:
+        spec = make_spec(tmp_path, "true")
+        ex.submit(spec)
+        assert events.handing.wait(15)
+        assert ex.running() == {spec.key}  # the slot is free, its end not handed over yet
+        events.release.set()
+        assert isinstance(events.until_finished(spec.key)[-1], Finished)
+        wait_for(lambda: ex.running() == set())
+    finally:
+        events.release.set()
+        ex.shutdown()

@@ -3,6 +3,9 @@ executor lost or runs unknowingly, output that cannot be written, and working di
 from __future__ import annotations
 
 import errno
+import logging
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -70,8 +73,8 @@ def test_an_instance_nothing_believes_in_is_cancelled(quick):
 
 
 def test_a_lost_key_needs_strikes_in_a_row():
-    """A Finished on its way (released by the executor, not applied yet) is not mistaken for a
-    loss: only STRIKES checks in a row settle a key, and a key that comes back resets."""
+    """A Finished on its way (queued, not applied yet) is not mistaken for a loss: only STRIKES
+    checks in a row settle a key, and a key that comes back resets."""
     key, back = InstanceKey("t", 0, 1), InstanceKey("t", 1, 1)
     queued: list = []
     scheduler = SimpleNamespace(_in_flight={key, back}, _events=SimpleNamespace(put=queued.append),
@@ -84,6 +87,35 @@ def test_a_lost_key_needs_strikes_in_a_row():
     recovery.check(session)
     assert [(type(e), e.key) for e in queued] == [(Finished, key)]
     assert "lost" in queued[0].error
+
+
+def test_ticks_piled_up_behind_a_slow_round_do_not_strike_an_instance_that_ended(
+        quick, monkeypatch, caplog):
+    """A slow round lets ticks pile up, and an instance's end queues behind them. The check runs
+    once a round, after all its events: the end is applied before it looks. Before: every tick
+    of the batch counted a strike, and the instance was "settled as lost" (logged, and a
+    synthesised end queued behind the real one)."""
+    scheduler = _scheduler(quick)
+    uuid = quick.submit()
+    [key] = quick.wait_dispatched(uuid, 1)
+    held, release = threading.Event(), threading.Event()
+    run_timers = scheduler.timers.run
+
+    def slow_round(session, touched):
+        held.set()
+        release.wait(10)
+        run_timers(session, touched)
+
+    monkeypatch.setattr(scheduler.timers, "run", slow_round)
+    assert held.wait(5)
+    monkeypatch.setattr(scheduler.timers, "run", run_timers)  # the next rounds are quick
+    time.sleep(20 * 0.05)  # about 20 ticks queue up behind the held round
+    quick.executor.run(key, exit_code=0)  # its end queues behind them
+    with caplog.at_level(logging.WARNING, logger="qcompute.server.scheduler_recovery"):
+        release.set()
+        task = quick.wait_state(uuid, "Success")
+    assert not [r for r in caplog.records if "settling it as lost" in r.getMessage()]
+    assert task["completedInstances"][0]["executionAttemptCount"] == 1
 
 
 def test_an_unstorable_error_is_stored(cluster):

@@ -3,15 +3,21 @@ exactly one request's work commit, even when a retry arrives while the first sti
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import create_engine, func, select, text, update
 
 from qcompute.server.api import tasks as tasks_api
-from qcompute.server.db import make_engine
+import qcompute
+from qcompute.server.db import make_engine, make_session_factory
 from qcompute.server.db.models import (IdempotencyRecord, Instance, Task, TaskDependency,
                                        utcnow)
 
@@ -232,3 +238,76 @@ def test_every_response_names_its_request(cluster):
     assert cluster.get("/versions").headers["X-Request-ID"] != fresh
     assert cluster.get("/nowhere", headers={"X-Request-ID": "mine"}).headers["X-Request-ID"] \
         == "mine"
+
+
+# A writer in a process of its own, as the scheduler writes: one session, transactions that read
+# before they write, two commits in a row. It prints each value once its commit has returned.
+# "hold": it then writes one more transaction and waits before its commit; "loop": it commits
+# until it is killed.
+_WRITER = """
+import sys, time
+from sqlalchemy import text
+from qcompute.server.db import make_engine, make_session_factory
+sessions = make_session_factory(make_engine(sys.argv[1]), None)
+
+def step(session):
+    n = session.execute(text("SELECT n FROM counter")).scalar() + 1
+    session.execute(text("UPDATE counter SET n = :n"), {"n": n})
+    session.execute(text("INSERT INTO log (n) VALUES (:n)"), {"n": n})
+    return n
+
+with sessions() as session:
+    while True:
+        n = step(session)
+        session.commit()
+        n = step(session)
+        session.commit()
+        print(n, flush=True)
+        if sys.argv[2] == "hold":
+            print(step(session), "written", flush=True)
+            time.sleep(60)
+"""
+
+
+def _killed_writer(url: str, mode: str, acks: int) -> list[str]:
+    """Run the writer until it has printed ``acks`` lines, SIGKILL it: the lines it printed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(qcompute.__file__).parents[1])}
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, url, mode], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [writer.stdout.readline().strip() for _ in range(acks)]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    return lines + writer.stdout.read().split("\n")[:-1]
+
+
+def _committed(url: str) -> tuple[int, list[int]]:
+    engine = make_engine(url)  # this process opens the file anew (and recovers its WAL)
+    with engine.connect() as db:
+        counted = db.execute(text("SELECT n FROM counter")).scalar()
+        logged = list(db.execute(text("SELECT n FROM log ORDER BY n")).scalars())
+    engine.dispose()
+    return counted, logged
+
+
+@pytest.mark.parametrize("mode", ["hold", "loop"])
+def test_sqlite_commits_survive_a_sigkill_and_nothing_else_does(tmp_path, mode):
+    """The recipe on a file, across processes: a transaction the writer committed is in the
+    file after a SIGKILL, whole; one it had written but not committed is not there at all."""
+    for attempt in range(3 if mode == "hold" else 8):
+        url = f"sqlite:///{tmp_path / f'{mode}-{attempt}.db'}"
+        engine = make_engine(url)
+        with engine.begin() as db:
+            db.exec_driver_sql("CREATE TABLE counter (n INTEGER NOT NULL)")
+            db.exec_driver_sql("CREATE TABLE log (n INTEGER PRIMARY KEY)")
+            db.exec_driver_sql("INSERT INTO counter VALUES (0)")
+        engine.dispose()
+        if mode == "hold":  # killed with a written, uncommitted transaction open
+            acked, written = _killed_writer(url, mode, 2)
+            assert written.endswith("written")
+            assert _committed(url) == (int(acked), list(range(1, int(acked) + 1)))
+        else:  # killed anywhere in its loop: at most the two commits after its last ack
+            acked = int(_killed_writer(url, mode, random.randint(1, 200))[-1])
+            counted, logged = _committed(url)
+            assert counted - acked in (0, 1, 2) and logged == list(range(1, counted + 1))

@@ -318,7 +318,9 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def running(self) -> set[InstanceKey]:
-        """The instances this executor is running now."""
+        """The instances this executor is running now. A key leaves this set only once its
+        Finished has been handed to ``on_event``: the scheduler counts a key missing from it as
+        lost (``scheduler_recovery.Recovery``)."""
 
     def problem(self) -> Optional[str]:
         """Why no instance can start here now, or None (for ``/health``)."""

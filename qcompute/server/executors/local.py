@@ -25,6 +25,10 @@ As a backstop, an instance not finished ``kill_grace_seconds + 5`` s after the c
 worker's process group SIGKILLed. A worker that dies before reporting yields a synthesised
 Finished; a dead worker is replaced, and a worker is retired after
 ``_MAX_INSTANCES_PER_WORKER`` instances to bound its memory.
+
+An instance's key stays in ``running()`` until its Finished has been handed to ``on_event``
+(``_reporting`` covers the time between the slot's release and that hand-over, which writes the
+output held back for masking): a key missing from ``running()`` has its end already reported.
 """
 from __future__ import annotations
 
@@ -117,6 +121,7 @@ class LocalExecutor(Executor):
                      SANDBOX_ENV: (sandbox or SandboxConfig()).to_json(),
                      HEARTBEAT_ENV: str(stall_seconds / 4 if stall_seconds else 0)}
         self._slots = [_Slot(i) for i in range(capacity)]
+        self._reporting: set[InstanceKey] = set()  # released, their Finished not handed over yet
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._keep, args=(slot,), daemon=True,
                                            name=f"runner-worker-{slot.index}")
@@ -128,7 +133,8 @@ class LocalExecutor(Executor):
 
     def running(self) -> set[InstanceKey]:
         with self._lock:
-            return {slot.run.spec.key for slot in self._slots if slot.run is not None}
+            return {slot.run.spec.key for slot in self._slots if slot.run is not None} | \
+                self._reporting
 
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (for tests and diagnostics)."""
@@ -170,7 +176,7 @@ class LocalExecutor(Executor):
             run = slot.run
             run.cancel_requested = True
             if not run.sent:  # still waiting for a worker: it never starts
-                slot.run = None
+                self._release(slot)
             else:
                 if run.accepted:
                     self._signal(slot)
@@ -180,7 +186,7 @@ class LocalExecutor(Executor):
                 run.backstop.daemon = True
                 run.backstop.start()
                 return
-        self._deliver(Finished(key, exit_code=None, cancelled=True))
+        self._report_end(Finished(key, exit_code=None, cancelled=True))
 
     def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
         self._control(key, {"control": "snapshot", "request": asdict(request)})
@@ -403,11 +409,14 @@ class LocalExecutor(Executor):
             if run is None or not run.accepted or event.key != run.spec.key:
                 log.warning("runner event for no running instance: %r", event)
                 return
-            if isinstance(event, Finished):  # the slot is free before the scheduler hears of it
+            if isinstance(event, Finished):  # the slot is free; its key stays in running()
                 self._release(slot)
                 if slot.served >= _MAX_INSTANCES_PER_WORKER:
                     self._close(slot)  # retire it: its thread starts a fresh one
-        self._deliver(event)
+        if isinstance(event, Finished):
+            self._report_end(event)
+        else:
+            self._deliver(event)
 
     def _lose(self, slot: _Slot, error: str, *, only_sent: bool) -> None:
         """Report the slot's instance as lost. With ``only_sent``, an instance its worker never
@@ -417,13 +426,16 @@ class LocalExecutor(Executor):
             if run is None or (only_sent and not run.sent):
                 return
             self._release(slot)
-        self._deliver(Finished(run.spec.key, exit_code=None, error=error,
-                               cancelled=run.cancel_requested))
+        self._report_end(Finished(run.spec.key, exit_code=None, error=error,
+                                  cancelled=run.cancel_requested))
 
     def _release(self, slot: _Slot) -> None:
-        """Lock held: the slot's instance is over."""
-        if slot.run is not None and slot.run.backstop is not None:
-            slot.run.backstop.cancel()
+        """Lock held: the slot's instance is over; its key stays in ``running()`` until
+        ``_report_end`` has handed its Finished over."""
+        if slot.run is not None:
+            if slot.run.backstop is not None:
+                slot.run.backstop.cancel()
+            self._reporting.add(slot.run.spec.key)
         slot.run = None
 
     def _send(self, slot: _Slot) -> None:
@@ -448,6 +460,15 @@ class LocalExecutor(Executor):
             slot.open = False
             slot.closing = True
             _nudge(slot.wake_w)
+
+    def _report_end(self, event: Finished) -> None:
+        """Hand over a released instance's Finished; only then does its key leave
+        ``running()``."""
+        try:
+            self._deliver(event)
+        finally:
+            with self._lock:
+                self._reporting.discard(event.key)
 
     def _deliver(self, event: ExecutorEvent) -> None:
         if self._silenced:
