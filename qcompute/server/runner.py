@@ -579,7 +579,11 @@ def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> in
     if interval > 0:
         threading.Thread(target=_heartbeat, args=(write, active, interval), name="heartbeat",
                          daemon=True).start()
-    while (line := specs.get()) is not None:
+    while True:
+        if sandbox is not None:  # the next instance's cgroup, made while idle
+            InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
+        if (line := specs.get()) is None:
+            break
         spec = InstanceSpec.from_json(line.decode())
         while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:
             pass  # stale: meant for the previous instance

@@ -2,7 +2,8 @@
 
 * :class:`InstanceCgroup`: where cgroups are writable (v1 ``memory``/``pids``/``cpuacct``, or a
   v2 hierarchy), one cgroup per instance, made under the runner's own: it caps memory and
-  processes, and counts CPU time and memory of everything the instance starts.
+  processes, and counts CPU time and memory of everything the instance starts. A worker makes
+  the next one while it is idle (:meth:`InstanceCgroup.prepare`).
 * :class:`Sampler`: emits a :class:`Telemetry` event about once a second while the command runs
   (the runner's wait loop polls it: no thread of its own): CPU and memory from the cgroup (else
   from the process tree, with psutil), network from the instance's network namespace, clock from
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 _V1 = ("memory", "pids", "cpuacct")
 _names = itertools.count()
 _busy: list[str] = []  # cgroup directories not empty yet when their instance ended
+_spare: dict[tuple[int, int], "InstanceCgroup"] = {}  # (memory_mb, max_pids) -> made ahead
 
 
 @functools.cache  # a runner's own cgroup does not change: read once per process
@@ -60,6 +62,20 @@ class InstanceCgroup:
     @classmethod
     def create(cls, memory_mb: int, max_pids: int) -> Optional["InstanceCgroup"]:
         """A new cgroup with these caps (0: none), or None where none can be made."""
+        spare = _spare.pop((memory_mb, max_pids), None)
+        return spare if spare is not None else cls._make(memory_mb, max_pids)
+
+    @classmethod
+    def prepare(cls, memory_mb: int, max_pids: int) -> None:
+        """Make the next instance's cgroup now (and remove the busy ones that emptied), so that
+        the instance's start waits for none of it."""
+        if (memory_mb, max_pids) not in _spare:
+            group = cls._make(memory_mb, max_pids)
+            if group is not None:
+                _spare[(memory_mb, max_pids)] = group
+
+    @classmethod
+    def _make(cls, memory_mb: int, max_pids: int) -> Optional["InstanceCgroup"]:
         _remove_busy()
         try:
             found = _hierarchies()
@@ -161,7 +177,10 @@ def _remove_busy() -> None:
 
 
 def remove_leftover_cgroups(seconds: float = 10.0) -> None:
-    """At the runner's end: remove the cgroups still busy, waiting up to ``seconds``."""
+    """At the runner's end: remove the cgroups made ahead, and those still busy (waiting up
+    to ``seconds``)."""
+    while _spare:
+        _spare.popitem()[1].remove()
     deadline = time.monotonic() + seconds
     while _busy and time.monotonic() < deadline:
         _remove_busy()
