@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import os
+import threading
 import time
 from typing import Callable, Optional
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 _V1 = ("memory", "pids", "cpuacct")
 _names = itertools.count()
 _busy: list[str] = []  # cgroup directories not empty yet when their instance ended
+_busy_lock = threading.Lock()  # in-process runs may end in several threads at once
 _spare: dict[tuple[int, int], "InstanceCgroup"] = {}  # (memory_mb, max_pids) -> made ahead
 
 
@@ -158,7 +160,9 @@ class InstanceCgroup:
         the sandbox's init is reaped: what is still busy is removed before the next instance's
         cgroup is made (or by :func:`remove_leftover_cgroups`), so that the instance's end waits
         for nothing and no thread is needed."""
-        _busy.extend(path for path in set(self.dirs.values()) if not _rmdir(path))
+        busy = [path for path in set(self.dirs.values()) if not _rmdir(path)]
+        with _busy_lock:
+            _busy.extend(busy)
 
 
 def _rmdir(path: str) -> bool:
@@ -173,7 +177,8 @@ def _rmdir(path: str) -> bool:
 
 
 def _remove_busy() -> None:
-    _busy[:] = [path for path in _busy if not _rmdir(path)]
+    with _busy_lock:
+        _busy[:] = [path for path in _busy if not _rmdir(path)]
 
 
 def remove_leftover_cgroups(seconds: float = 10.0) -> None:
