@@ -22,6 +22,11 @@ sandbox, the PID namespace ends whatever the command leaves behind; unsandboxed,
 process kills the command's group if the runner dies first. On cancel the group gets SIGTERM,
 then SIGKILL after ``kill_grace_seconds``; once the command ends, nothing of it is left.
 While it runs, :mod:`qcompute.server.runner_telemetry` reports its CPU, memory and network.
+
+An instance costs the worker no thread and no fork of itself: bwrap is started with vfork (no
+Python runs in the child), and the wait for the command is one ``select`` on its output pipes
+and its pidfd, woken by output, by its exit, by the next telemetry sample or a poll of the
+cancel flag.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
 from qcompute.server.runner_files import (InstanceFiles, compile_regex, make_workdir,
                                           remove_workdir)
-from qcompute.server.runner_telemetry import InstanceCgroup, Sampler
+from qcompute.server.runner_telemetry import InstanceCgroup, Sampler, remove_leftover_cgroups
 from qcompute.server.sandbox import JOB, RAMFS, SHARE, TMP, Sandbox, SandboxConfig, SandboxError
 
 __all__ = ["run_instance", "pdeathsig_preexec", "main", "serve", "ACCEPTED"]
@@ -148,7 +153,7 @@ class _InstanceRun:
         finally:
             self.controller.close()  # before Finished: no control event may follow it
             if created and not keep:
-                remove_workdir(self.root)
+                remove_workdir(self.root, self.workdir, self.tmpdir)
         return Finished(self.spec.key, exit_code=self.exit_code, error=error,
                         cancelled=self.cancel.is_set(), exec_time_sec=round(self.exec_time, 3),
                         wall_time_sec=round(time.monotonic() - started, 3),
@@ -205,14 +210,17 @@ class _InstanceRun:
             self.exit_code = 0
             return
         # env finds the program in the command's PATH and exits 127 (not found) or 126 (not
-        # executable), as a shell would
-        command = ["/usr/bin/env", "--", *argv]
+        # executable), as a shell would; a program the sandbox surely finds needs no env
         if self.sandbox is not None:
-            self._run_sandboxed(self.sandbox, command, env)
+            if not self.sandbox.finds(argv[0], env["PATH"]):
+                argv = ["/usr/bin/env", "--", *argv]
+            self._run_sandboxed(self.sandbox, argv, env)
             return
         watchdog, lifeline = _start_watchdog()
         try:
-            self._run_watched(command, env, pdeathsig_preexec(report_group_to=lifeline))
+            proc = self._spawn(["/usr/bin/env", "--", *argv], env,
+                               preexec_fn=pdeathsig_preexec(report_group_to=lifeline))
+            self._watch(proc, proc.pid)  # a new session: the group id is the pid
         finally:
             watchdog.kill()  # first: with its lifeline closed it would signal a stale group id
             watchdog.wait()
@@ -231,59 +239,83 @@ class _InstanceRun:
 
     def _run_bwrap(self, sandbox: Sandbox, command: list[str], env: dict[str, str],
                    cgroup: Optional[InstanceCgroup]) -> None:
-        preexec = _chain(pdeathsig_preexec(), sandbox.join_network(self.spec.network),
-                         cgroup.enter if cgroup else None)
+        """bwrap is started with nothing to run in the child before exec: it joins the slot's
+        network from the spawning thread, gets PR_SET_PDEATHSIG from ``--die-with-parent``
+        (before it reports on the info pipe, which only this process reads: were the runner
+        gone by then, the write would kill bwrap), and its init enters the cgroup while it
+        waits on the block pipe, before it starts the command."""
         info_read, info_write = os.pipe()
+        block_read, block_write = os.pipe() if cgroup else (None, None)
         args = os.memfd_create("bwrap-args")  # keeps host paths out of the sandbox's ps
         try:
             bwrap = sandbox.argv(command, job=self.workdir, tmp=self.tmpdir,
                                  share=self.spec.share_dir, network=self.spec.network,
-                                 info_fd=info_write)
+                                 info_fd=info_write, block_fd=block_read)
             split = bwrap.index("--")  # options in the file; the command stays in argv
             data = b"".join(arg.encode() + b"\0" for arg in bwrap[1:split])
             while data:
                 data = data[os.write(args, data):]
             os.lseek(args, 0, os.SEEK_SET)
-            self._run_watched([bwrap[0], "--args", str(args), *bwrap[split:]], env, preexec,
-                              info=(info_read, info_write, args), cgroup=cgroup)
+            passed = (info_write, args) if block_read is None else (info_write, args, block_read)
+            proc: Optional[subprocess.Popen] = None
+            try:
+                with sandbox.spawning(self.spec.network):
+                    proc = self._spawn([bwrap[0], "--args", str(args), *bwrap[split:]], env,
+                                       pass_fds=passed)
+            except SandboxError:  # the thread could not leave the network: stop right there
+                if proc is not None:
+                    proc.kill()
+                    proc.communicate()
+                raise
+            finally:
+                for fd in (info_write, block_read):
+                    if fd is not None:
+                        os.close(fd)
+                info_write = block_read = None
+            assert proc is not None
+            init = _sandbox_init(info_read, proc)  # the sandbox's session and group
+            self.timeline["sandbox_ready"] = time.time()
+            if cgroup is not None:
+                cgroup.add(init)
+                try:
+                    os.write(block_write, b"\0")  # type: ignore[arg-type]
+                except OSError:  # bwrap is gone: its exit code and stderr tell why
+                    pass
+            self._watch(proc, init, cgroup)
         finally:
-            os.close(info_read)
-            os.close(args)
+            for fd in (info_read, info_write, block_read, block_write, args):
+                if fd is not None:
+                    os.close(fd)
 
-    def _run_watched(self, argv: list[str], env: dict[str, str], preexec: Callable[[], None],
-                     info: Optional[tuple[int, int, int]] = None,
-                     cgroup: Optional[InstanceCgroup] = None) -> None:
+    def _spawn(self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (),
+               preexec_fn: Optional[Callable[[], None]] = None) -> subprocess.Popen:
         self.timeline["command_started"] = time.time()
         try:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                pass_fds=info[1:] if info else (), preexec_fn=preexec)
+                pass_fds=pass_fds, preexec_fn=preexec_fn)
         except OSError as exc:
             raise _InfraError(f"cannot start the command: {exc}") from exc
-        finally:
-            if info:
-                os.close(info[1])
-        if info:
-            self._pgid = _sandbox_init(info[0], proc)  # the sandbox's session and group
-            self.timeline["sandbox_ready"] = time.time()
-        else:
-            self._pgid = proc.pid  # a new session: the group id is the pid
+
+    def _watch(self, proc: subprocess.Popen, pgid: int,
+               cgroup: Optional[InstanceCgroup] = None) -> None:
+        """Stream the command's output and telemetry until it ends; then nothing of its
+        process group ``pgid`` is left."""
+        self._pgid = pgid
         started = time.monotonic()
         pump = _OutputPump({"stdout": proc.stdout, "stderr": proc.stderr},
                            lambda stream, text: self.emit(Output(self.spec.key, stream, text)),
                            exit_of=proc.pid)
         network = self.sandbox.network if self.sandbox and self.spec.network else None
-        sampler = Sampler(self.spec.key, self.emit, self._pgid, cgroup,
-                          network.counters if network else None,
-                          _memory_limit_mb(self.sandbox)).start()
+        sampler = Sampler(self.spec.key, self.emit, pgid, cgroup,
+                          network.counters if network else None, _memory_limit_mb(self.sandbox))
         try:
             self.emit(Phase(self.spec.key, "running"))
             self.controller.command_started()
-            self._wait(proc, pump)
+            self._wait(proc, pump, sampler)
         finally:
             self.timeline["command_ended"] = time.time()
-            sampler.stop()
             self.controller.command_ended()
             self._signal_group(signal.SIGKILL)  # nothing of the command outlives it
             self._pgid = None
@@ -293,11 +325,12 @@ class _InstanceRun:
             peak = cgroup.memory_bytes()[1] if cgroup else None
             self.peak_kb = max(self.peak_kb, (peak or 0) // 1024, int(sampler.peak_mb * 1024))
 
-    def _wait(self, proc: subprocess.Popen, pump: "_OutputPump") -> None:
-        """Stream output until the command ends; on cancel, TERM then KILL its group."""
+    def _wait(self, proc: subprocess.Popen, pump: "_OutputPump", sampler: Sampler) -> None:
+        """Stream output and telemetry until the command ends; on cancel, TERM then KILL its
+        group."""
         kill_at: Optional[float] = None
         while True:
-            pump.pump(_POLL_SECONDS)
+            pump.pump(min(_POLL_SECONDS, sampler.poll()))
             now = time.monotonic()
             if kill_at is None and self.cancel.is_set():
                 self._signal_group(signal.SIGTERM)
@@ -428,15 +461,6 @@ def _shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _chain(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
-    """One ``preexec_fn`` running the given steps in order."""
-    def preexec() -> None:
-        for step in steps:
-            if step is not None:
-                step()
-    return preexec
-
-
 def _sandbox_init(info_read: int, proc: subprocess.Popen) -> int:
     """The host pid of the sandbox's init, read from bwrap's info pipe. A sandbox that did not
     start is an infrastructure failure (its error is what bwrap printed)."""
@@ -562,7 +586,11 @@ def serve(write: Callable[[str], None], sandbox: Optional[Sandbox] = None) -> in
     if interval > 0:
         threading.Thread(target=_heartbeat, args=(write, active, interval), name="heartbeat",
                          daemon=True).start()
-    while (line := specs.get()) is not None:
+    while True:
+        if sandbox is not None:  # the next instance's cgroup, made while idle
+            InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
+        if (line := specs.get()) is None:
+            break
         taken_at = time.time()
         spec = InstanceSpec.from_json(line.decode())
         while signal.sigtimedwait(_CANCEL_SIGNALS, 0) is not None:
@@ -608,6 +636,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_instance(spec, lambda event: write(event_to_json(event)), cancel, sandbox=sandbox)
         return 0
     finally:
+        remove_leftover_cgroups()
         if sandbox is not None:
             sandbox.close()
 

@@ -3,9 +3,10 @@
 :class:`InstanceControl` is the inbox: any thread may post requests to it while the instance
 runs. :class:`Controller` is the runner's control thread: it serves the inbox one request at a
 time (uploads never overlap) and takes the periodic snapshot while the command runs, without
-stopping the command. It starts once the resources are in and is closed just before the
-workdir is removed: requests still queued then are served first, later ones are refused, so
-no SnapshotDone or ResourcesRefreshed follows the instance's Finished.
+stopping the command. It serves from the moment the resources are in (its thread starts with the
+first request, or at once for a periodic snapshot: most instances never get one) and is closed
+just before the workdir is removed: requests still queued then are served first, later ones are
+refused, so no SnapshotDone or ResourcesRefreshed follows the instance's Finished.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class InstanceControl:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._asked = False  # a request was posted
+        self._on_request: Optional[Callable[[], None]] = None  # called (locked) on each one
 
     def snapshot(self, request: SnapshotRequest) -> bool:
         return self._post(("snapshot", request))
@@ -46,11 +49,15 @@ class InstanceControl:
     def refresh(self) -> bool:
         return self._post(("refresh", None))
 
-    def _post(self, item: Any) -> bool:
+    def _post(self, item: Any, request: bool = True) -> bool:
         with self._lock:
             if self._closed:
                 return False
             self._queue.put(item)
+            if request:
+                self._asked = True
+                if self._on_request is not None:
+                    self._on_request()
             return True
 
     def _close(self) -> None:
@@ -75,23 +82,36 @@ class Controller:
         self._running = False  # the command runs: periodic rounds are due
         self._ended = False  # the command ended: refreshes have nothing to feed
         self._next_round: Optional[float] = None
-        self._thread = threading.Thread(target=self._serve, daemon=True,
-                                         name=f"control-{spec.task_uuid}-{spec.instance_id}")
+        self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        self._thread.start()
+        """Serve the requests from now on (those already posted too)."""
+        with self.control._lock:
+            self.control._on_request = self._start_thread
+            if self.control._asked or self._interval:
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        """The inbox's lock held: the thread, if not started yet."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, daemon=True,
+                name=f"control-{self.spec.task_uuid}-{self.spec.instance_id}")
+            self._thread.start()
 
     def command_started(self) -> None:
-        self.control._post((_STARTED, None))
+        self.control._post((_STARTED, None), request=False)
 
     def command_ended(self) -> None:
-        self.control._post((_ENDED, None))
+        self.control._post((_ENDED, None), request=False)
 
     def close(self) -> None:
         """Serve what is queued, refuse the rest, and wait for the thread."""
         self.control._close()
-        if self._thread.is_alive():
-            self._thread.join()
+        with self.control._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     # -- the thread -------------------------------------------------------------------------
 

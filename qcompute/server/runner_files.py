@@ -350,9 +350,13 @@ def make_workdir(root: str, *subdirs: Optional[str]) -> None:
     try:
         for _ in range(3):
             try:
-                os.makedirs(root, exist_ok=True)
-                if os.listdir(root):
-                    raise InfraError(f"working directory {root} exists and is not empty")
+                try:
+                    os.mkdir(root)  # the usual case: one system call
+                except FileNotFoundError:  # no task directory (yet, or any more)
+                    os.makedirs(root, exist_ok=True)
+                    _must_be_empty(root)
+                except FileExistsError:
+                    _must_be_empty(root)
                 break
             except FileNotFoundError:  # the task's directory went with another attempt's
                 continue
@@ -362,10 +366,21 @@ def make_workdir(root: str, *subdirs: Optional[str]) -> None:
         raise InfraError(f"cannot create working directory {root}: {reason_of(exc)}") from exc
 
 
-def remove_workdir(path: str) -> None:
+def _must_be_empty(root: str) -> None:
+    if os.listdir(root):
+        raise InfraError(f"working directory {root} exists and is not empty")
+
+
+def remove_workdir(path: str, *subdirs: str) -> None:
     """Remove an instance's working directory (``<work>/<task>/<instance>-<attempt>``), and its
-    task's directory once no attempt is left in it. Never raises: a failure is logged."""
-    _rmtree(path)
+    task's directory once no attempt is left in it. Never raises: a failure is logged.
+    ``subdirs``, what it usually holds, are first removed as empty directories (a command that
+    left them empty costs a system call each)."""
+    try:
+        for subdir in (*subdirs, path):
+            os.rmdir(subdir)
+    except OSError:
+        _rmtree(path)
     try:
         os.rmdir(os.path.dirname(os.path.abspath(path)))
     except OSError:  # another attempt's directory is still there (or it is gone already)

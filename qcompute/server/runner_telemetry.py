@@ -2,10 +2,12 @@
 
 * :class:`InstanceCgroup`: where cgroups are writable (v1 ``memory``/``pids``/``cpuacct``, or a
   v2 hierarchy), one cgroup per instance, made under the runner's own: it caps memory and
-  processes, and counts CPU time and memory of everything the instance starts.
-* :class:`Sampler`: a thread that emits a :class:`Telemetry` event about once a second while the
-  command runs: CPU and memory from the cgroup (else from the process tree, with psutil),
-  network from the instance's network namespace, clock from the host.
+  processes, and counts CPU time and memory of everything the instance starts. A worker makes
+  the next one while it is idle (:meth:`InstanceCgroup.prepare`).
+* :class:`Sampler`: emits a :class:`Telemetry` event about once a second while the command runs
+  (the runner's wait loop polls it: no thread of its own): CPU and memory from the cgroup (else
+  from the process tree, with psutil), network from the instance's network namespace, clock from
+  the host.
 """
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from typing import Callable, Optional
 
 from qcompute.server.executors.base import InstanceKey, Telemetry
 
-__all__ = ["InstanceCgroup", "Sampler"]
+__all__ = ["InstanceCgroup", "Sampler", "remove_leftover_cgroups"]
 
 log = logging.getLogger(__name__)
 
 _V1 = ("memory", "pids", "cpuacct")
 _names = itertools.count()
+_busy: list[str] = []  # cgroup directories not empty yet when their instance ended
+_busy_lock = threading.Lock()  # in-process runs may end in several threads at once
+_spare: dict[tuple[int, int], "InstanceCgroup"] = {}  # (memory_mb, max_pids) -> made ahead
 
 
 @functools.cache  # a runner's own cgroup does not change: read once per process
@@ -59,6 +64,21 @@ class InstanceCgroup:
     @classmethod
     def create(cls, memory_mb: int, max_pids: int) -> Optional["InstanceCgroup"]:
         """A new cgroup with these caps (0: none), or None where none can be made."""
+        spare = _spare.pop((memory_mb, max_pids), None)
+        return spare if spare is not None else cls._make(memory_mb, max_pids)
+
+    @classmethod
+    def prepare(cls, memory_mb: int, max_pids: int) -> None:
+        """Make the next instance's cgroup now (and remove the busy ones that emptied), so that
+        the instance's start waits for none of it."""
+        if (memory_mb, max_pids) not in _spare:
+            group = cls._make(memory_mb, max_pids)
+            if group is not None:
+                _spare[(memory_mb, max_pids)] = group
+
+    @classmethod
+    def _make(cls, memory_mb: int, max_pids: int) -> Optional["InstanceCgroup"]:
+        _remove_busy()
         try:
             found = _hierarchies()
         except (OSError, ValueError):
@@ -96,14 +116,17 @@ class InstanceCgroup:
                     log.warning("cannot set %s: %s", path, exc)
                 return
 
-    def enter(self) -> None:
-        """In the child, before exec: move this process into every directory of the cgroup."""
-        pid = b"%d" % os.getpid()
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` into every directory of the cgroup; its children to come follow
+        it."""
+        data = b"%d" % pid
         for path in set(self.dirs.values()):
             try:
-                fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
-                os.write(fd, pid)
-                os.close(fd)
+                fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
             except OSError:
                 pass  # measured from the process tree instead
 
@@ -134,12 +157,12 @@ class InstanceCgroup:
 
     def remove(self) -> None:
         """Remove the cgroup once its processes are gone. The kernel empties it a few ms after
-        the sandbox's init is reaped: what is still busy is removed by a background thread, so
-        that the instance's end does not wait for it."""
+        the sandbox's init is reaped: what is still busy is removed before the next instance's
+        cgroup is made (or by :func:`remove_leftover_cgroups`), so that the instance's end waits
+        for nothing and no thread is needed."""
         busy = [path for path in set(self.dirs.values()) if not _rmdir(path)]
-        if busy:
-            threading.Thread(target=_rmdir_soon, args=(busy,), daemon=True,
-                             name="cgroup-remover").start()
+        with _busy_lock:
+            _busy.extend(busy)
 
 
 def _rmdir(path: str) -> bool:
@@ -153,17 +176,29 @@ def _rmdir(path: str) -> bool:
     return True
 
 
-def _rmdir_soon(paths: list[str], seconds: float = 10.0) -> None:
+def _remove_busy() -> None:
+    with _busy_lock:
+        _busy[:] = [path for path in _busy if not _rmdir(path)]
+
+
+def remove_leftover_cgroups(seconds: float = 10.0) -> None:
+    """At the runner's end: remove the cgroups made ahead, and those still busy (waiting up
+    to ``seconds``)."""
+    while _spare:
+        _spare.popitem()[1].remove()
     deadline = time.monotonic() + seconds
-    while paths and time.monotonic() < deadline:
-        time.sleep(0.005)
-        paths = [path for path in paths if not _rmdir(path)]
-    for path in paths:
+    while _busy and time.monotonic() < deadline:
+        _remove_busy()
+        if _busy:
+            time.sleep(0.005)
+    for path in _busy:
         log.warning("cgroup %s still busy after %.0f s: left behind", path, seconds)
+    _busy.clear()
 
 
 class Sampler:
-    """Emits the instance's Telemetry every ``interval`` seconds until :meth:`stop`."""
+    """The instance's Telemetry, every ``interval`` seconds: :meth:`poll` emits a sample when
+    one is due and says when the next one is."""
 
     def __init__(self, key: InstanceKey, emit: Callable[[Telemetry], None], root_pid: int,
                  cgroup: Optional[InstanceCgroup], net_counters: Optional[Callable[[], tuple]],
@@ -172,50 +207,44 @@ class Sampler:
         self.cgroup, self.net_counters = cgroup, net_counters
         self.memory_limit_mb, self.interval = memory_limit_mb, interval
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"telemetry-{key.task_uuid}-{key.instance_id}")
-
-    def start(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
         # the baseline costs nothing: a fresh process tree (or cgroup) has used no CPU yet
-        last = (time.monotonic(), 0.0, *self._net())
-        if self._stop.wait(self.interval):  # most short instances end before their first sample
-            return
+        now = time.monotonic()
+        self._last = (now, 0.0, *self._net())
+        self._due = now + interval  # most short instances end before their first sample
+
+    def poll(self) -> float:
+        """Sample if it is time; returns the seconds until the next sample."""
+        now = time.monotonic()
+        if now < self._due:
+            return self._due - now
+        try:
+            self._sample(now)
+        except Exception:  # telemetry never takes the instance down
+            log.debug("telemetry of %s failed", self.key, exc_info=True)
+        self._due = time.monotonic() + self.interval
+        return self.interval
+
+    def _sample(self, now: float) -> None:
         import psutil
 
+        last = self._last
         cores = os.cpu_count() or 1
-        while True:
-            try:
-                now, cpu, net_in, net_out = time.monotonic(), self._cpu_seconds(psutil), \
-                    *self._net()
-                elapsed = max(now - last[0], 1e-6)
-                memory_mb, peak_mb = self._memory_mb(psutil)
-                self.peak_mb = max(self.peak_mb, peak_mb, memory_mb)
-                freq = psutil.cpu_freq()
-                current = (freq.current if freq else 0.0) / 1000
-                self.emit(Telemetry(
-                    self.key, cpu_usage=round(100 * (cpu - last[1]) / elapsed / cores, 2),
-                    cpu_seconds=round(cpu, 3), memory_mb=round(memory_mb, 1),
-                    max_memory_mb=round(self.peak_mb, 1),
-                    memory_limit_mb=round(self.memory_limit_mb, 1),
-                    network_in_kbps=round((net_in - last[2]) * 8 / 1000 / elapsed, 2),
-                    network_out_kbps=round((net_out - last[3]) * 8 / 1000 / elapsed, 2),
-                    frequency_ghz=round(current, 3),
-                    max_frequency_ghz=round(max((freq.max if freq else 0.0) / 1000, current), 3)))
-                last = (now, cpu, net_in, net_out)
-            except Exception:  # telemetry never takes the instance down
-                log.debug("telemetry of %s failed", self.key, exc_info=True)
-            if self._stop.wait(self.interval):
-                return
+        cpu, (net_in, net_out) = self._cpu_seconds(psutil), self._net()
+        elapsed = max(now - last[0], 1e-6)
+        memory_mb, peak_mb = self._memory_mb(psutil)
+        self.peak_mb = max(self.peak_mb, peak_mb, memory_mb)
+        freq = psutil.cpu_freq()
+        current = (freq.current if freq else 0.0) / 1000
+        self.emit(Telemetry(
+            self.key, cpu_usage=round(100 * (cpu - last[1]) / elapsed / cores, 2),
+            cpu_seconds=round(cpu, 3), memory_mb=round(memory_mb, 1),
+            max_memory_mb=round(self.peak_mb, 1),
+            memory_limit_mb=round(self.memory_limit_mb, 1),
+            network_in_kbps=round((net_in - last[2]) * 8 / 1000 / elapsed, 2),
+            network_out_kbps=round((net_out - last[3]) * 8 / 1000 / elapsed, 2),
+            frequency_ghz=round(current, 3),
+            max_frequency_ghz=round(max((freq.max if freq else 0.0) / 1000, current), 3)))
+        self._last = (now, cpu, net_in, net_out)
 
     def _net(self) -> tuple[int, int]:
         return self.net_counters() if self.net_counters else (0, 0)

@@ -28,16 +28,18 @@ caps its memory and process count and measures its CPU and memory.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import ContextManager, Iterator, Optional
 
 __all__ = ["SandboxConfig", "SandboxError", "Sandbox", "SlotNetwork", "resolve", "JOB", "TMP",
            "RAMFS", "SHARE", "BWRAP_PACKAGE", "PASTA_PACKAGE"]
@@ -56,6 +58,7 @@ _PASSWD = "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexisten
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 _HOSTS = "127.0.0.1\tlocalhost qcompute\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 _RESOLV = "/etc/resolv.conf"
+_ALTERNATIVES = "/etc/alternatives"  # copied into the sandbox's /etc, links and all
 _PRIVATE = shutil.ignore_patterns("private")  # /etc/ssl/private: the host's TLS keys
 _CLONE_NEWNET = 0x40000000
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -93,7 +96,8 @@ class SlotNetwork:
 
     A tiny holder process creates it (and dies with this process: its stdin is a pipe only we
     write to); ``pasta`` connects it to the outside with only ``ports`` of the host's loopback
-    forwarded. Setting it up costs ~25 ms once per worker; joining it costs an instance nothing.
+    forwarded. Setting it up costs ~25 ms once per worker; an instance's sandbox is started by a
+    thread that joins it for that moment (:meth:`entered`), which costs two system calls.
     """
 
     def __init__(self, ports: tuple[int, ...]) -> None:
@@ -102,6 +106,7 @@ class SlotNetwork:
         self._pasta: Optional[subprocess.Popen] = None
         self._lifeline: Optional[int] = None
         self.fd: Optional[int] = None  # the namespace, for setns
+        self._host: Optional[int] = None  # the namespace a thread goes back to
 
     def start(self) -> "SlotNetwork":
         pasta = shutil.which("pasta")
@@ -114,6 +119,7 @@ class SlotNetwork:
         finally:
             os.close(read_end)
         try:
+            self._host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self.fd = os.open(f"/proc/{self._holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             if self._holder.poll() is not None:
                 raise OSError("the holder exited")
@@ -148,10 +154,15 @@ class SlotNetwork:
         self.close()
         raise SandboxError("pasta did not configure the instances' network in time")
 
-    def join(self) -> None:
-        """In a child before exec: enter the namespace."""
-        if _LIBC.setns(self.fd, _CLONE_NEWNET) != 0:
-            os._exit(126)
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """The calling thread in the namespace meanwhile (a network namespace is per thread):
+        the processes it starts are in it, with no code to run in the child before exec."""
+        _setns(self.fd, "enter the instances' network namespace")
+        try:
+            yield
+        finally:
+            _setns(self._host, "leave the instances' network namespace")
 
     def counters(self) -> tuple[int, int]:
         """Bytes received and sent so far, by every interface but loopback."""
@@ -172,10 +183,10 @@ class SlotNetwork:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for fd in (self.fd, self._lifeline):
+        for fd in (self.fd, self._lifeline, self._host):
             if fd is not None:
                 os.close(fd)
-        self.fd = self._lifeline = None
+        self.fd = self._lifeline = self._host = None
         if self._pasta is not None and self._pasta.stderr is not None:
             self._pasta.stderr.close()
 
@@ -201,6 +212,11 @@ def _minimal_etc(etc: Path) -> None:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
+def _setns(fd: Optional[int], what: str) -> None:
+    if fd is None or _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+        raise SandboxError(f"cannot {what}: {os.strerror(ctypes.get_errno())}")
+
+
 def _new_netns() -> None:
     if _LIBC.unshare(_CLONE_NEWNET) != 0:
         os._exit(126)
@@ -220,6 +236,8 @@ class Sandbox:
         self._etc: Optional[str] = None
         self._bwrap = shutil.which("bwrap")
         self._system: list[str] = []  # the bwrap options for the host's system, made at start
+        self._host_roots: list[str] = []  # what of the host the sandbox shows as it is
+        self._shown: dict[str, bool] = {}  # directory -> whether it is one of those
 
     def start(self) -> "Sandbox":
         if self._bwrap is None:
@@ -231,10 +249,12 @@ class Sandbox:
                 self._system += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 self._system += ["--ro-bind", path, path]
+                self._host_roots.append(os.path.realpath(path))
         # one mount for /etc (the copy), plus the live resolver configuration
         self._system += ["--ro-bind", self._etc, "/etc", "--ro-bind-try", _RESOLV, _RESOLV]
         for path in self.config.ro_paths:
             self._system += ["--ro-bind-try", path, path]
+            self._host_roots.append(os.path.realpath(path))
         if self.config.network:
             self.network = SlotNetwork(self.config.forward_ports).start()
         return self
@@ -248,13 +268,17 @@ class Sandbox:
             self._etc = None
 
     def argv(self, command: list[str], *, job: str, tmp: str, share: Optional[str],
-             network: bool, info_fd: int) -> list[str]:
+             network: bool, info_fd: int, block_fd: Optional[int] = None) -> list[str]:
         """The bwrap command line that runs ``command`` in /job. ``network`` False gives the
-        instance an empty network namespace."""
+        instance an empty network namespace. bwrap writes the host pid of the sandbox's init on
+        ``info_fd``; with ``block_fd``, the init sets the sandbox up, then waits for a byte
+        there before it starts the command (time to move it into a cgroup)."""
         assert self._bwrap is not None and self._etc is not None
         args = [self._bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session",
                 "--info-fd", str(info_fd), "--hostname", "qcompute"]
+        if block_fd is not None:
+            args += ["--block-fd", str(block_fd)]
         if not (network and self.network is not None):
             args.append("--unshare-net")
         args += [*self._system, "--proc", "/proc", "--dev", "/dev", "--bind", job, JOB, "--bind", tmp, TMP,
@@ -263,9 +287,60 @@ class Sandbox:
             args += ["--bind", share, SHARE]
         return args + ["--remount-ro", "/", "--chdir", JOB, "--", *command]  # root read-only
 
-    def join_network(self, network: bool) -> Optional[Callable[[], None]]:
-        """The preexec step that puts a child in the slot's network (None: nothing to do)."""
-        return self.network.join if network and self.network is not None else None
+    def spawning(self, network: bool) -> ContextManager[None]:
+        """Around the start of an instance's bwrap: with ``network``, the calling thread is in
+        the slot's network meanwhile (else bwrap makes an empty one)."""
+        if network and self.network is not None:
+            return self.network.entered()
+        return contextlib.nullcontext()
+
+    def finds(self, program: str, path: str) -> bool:
+        """Whether an instance's ``execvp(program)`` with this ``path`` surely finds an
+        executable regular file in the system the sandbox shows as the host has it (``/usr``,
+        the ``ro_paths``...). Then no ``env`` is needed to tell a missing program (127) or one
+        that cannot run (126) from the command's own failure. False: the answer lies in what
+        the host cannot see as the instance does (``/job``, ``/tmp``...), or it is no."""
+        if "/" in program:  # no search: an absolute path, or one relative to /job
+            return program.startswith("/") and self._runnable(program)
+        for directory in path.split(":"):  # as execvp searches
+            if not self._as_on_host(directory):
+                return False  # a file there would come first, and only the sandbox knows
+            candidate = os.path.join(directory, program)
+            if os.path.lexists(candidate):
+                return self._runnable(candidate)
+        return False
+
+    def _runnable(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 == 0o111
+                and self._links_as_on_host(path))
+
+    def _links_as_on_host(self, path: str) -> bool:
+        """Whether every link from ``path`` to its file is where the sandbox shows the host (or
+        in /etc/alternatives, which it copies)."""
+        for _ in range(40):  # as the kernel's limit of links followed
+            directory = os.path.dirname(path)
+            if not (directory == _ALTERNATIVES or self._as_on_host(directory)):
+                return False
+            try:
+                target = os.readlink(path)
+            except OSError:  # not a link: the file itself
+                return True
+            path = os.path.normpath(os.path.join(directory, target))
+        return False
+
+    def _as_on_host(self, directory: str) -> bool:
+        """Whether the sandbox shows ``directory`` as the host has it (read-only). Cached: the
+        sandbox's layout is fixed once it started."""
+        shown = self._shown.get(directory)
+        if shown is None:
+            real = os.path.realpath(directory)
+            shown = self._shown[directory] = directory.startswith("/") and any(
+                real == root or real.startswith(root + "/") for root in self._host_roots)
+        return shown
 
 
 def resolve(config: SandboxConfig) -> tuple[SandboxConfig, str]:
@@ -294,14 +369,20 @@ def _try(config: SandboxConfig) -> Optional[str]:
     read_end, write_end = os.pipe()
     try:
         sandbox.start()
-        result = subprocess.run(
-            sandbox.argv(["true"], job=job, tmp=job, share=None, network=config.network,
-                         info_fd=write_end),
-            pass_fds=(write_end,), capture_output=True, timeout=30,
-            preexec_fn=sandbox.join_network(config.network))
-        if result.returncode != 0:
+        with sandbox.spawning(config.network):
+            probe = subprocess.Popen(
+                sandbox.argv(["true"], job=job, tmp=job, share=None, network=config.network,
+                             info_fd=write_end),
+                pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = probe.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            probe.communicate()
+            raise
+        if probe.returncode != 0:
             return ("bwrap cannot start a sandbox here: "
-                    + result.stderr.decode(errors="replace").strip()[-300:])
+                    + err.decode(errors="replace").strip()[-300:])
         return None
     except (SandboxError, OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
