@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState
@@ -78,9 +79,12 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
         return 200, results
 
     response = run_once(request, session, user, body, work)
-    if waiting:
-        ctx.scheduler.submitted(waiting)
-    ctx.scheduler.wake()
+
+    async def dispatch() -> None:  # once the reply is sent: the round does not hold it back
+        if waiting:
+            ctx.scheduler.submitted(waiting)
+        ctx.scheduler.wake()
+    response.background = BackgroundTask(dispatch)
     return response
 
 
