@@ -122,13 +122,19 @@ class Resource(FieldHolder):
 
     def _create(self, path: str, not_found: type[NotFoundError]) -> str:
         """``POST`` the submission document; return the new uuid."""
+        return str(self._post_new(path, not_found)["uuid"])
+
+    def _post_new(self, path: str, not_found: type[NotFoundError],
+                  headers: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        """``POST`` the submission document; return the reply, which holds the new uuid."""
         if self._is_submitted():
             raise ResourceStateError(
                 f"{type(self).__name__.lower()} {self._data['uuid']} is already submitted")
-        reply = self._conn._http.post(path, json=self._submit_document(), not_found=not_found)
+        reply = self._conn._http.post(path, json=self._submit_document(), not_found=not_found,
+                                      headers=headers)
         if not isinstance(reply, dict) or not reply.get("uuid"):
             raise ResourceStateError(f"POST {path} answered without a uuid: {reply!r}")
-        return str(reply["uuid"])
+        return reply
 
     def _submit_document(self) -> dict[str, Any]:
         return self._input_document()
@@ -142,10 +148,14 @@ class Resource(FieldHolder):
         self._data["state"] = state
         self._cache.pop("state", None)
 
-    def _fetch(self, hold: float = 0.0, known_state: Optional[str] = None) -> None:
+    def _fetch(self, hold: float = 0.0, known_state: Optional[str] = None,
+               until_final: bool = False) -> None:
         """GET the document; with ``hold``, a long poll: the server replies when the state
-        differs from ``known_state`` or after ``hold`` seconds."""
+        differs from ``known_state`` (``until_final``: when it is final) or after ``hold``
+        seconds. A server that does not know ``until`` replies at the first change."""
         params = {"wait": f"{round(hold, 3):g}", "knownState": known_state} if hold > 0 else None
+        if params is not None and until_final:
+            params["until"] = "final"
         doc = self._conn._http.get(self._url(), params=params, hold=hold,
                                    not_found=self._not_found)
         self._load(doc, now=_clock())

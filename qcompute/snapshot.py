@@ -124,12 +124,15 @@ class SnapshotMethods:
         self._conn._http.post(self._url("snapshot", "periodic"), json=body,
                               not_found=MissingTaskException)
 
-    def _send_pending_snapshot(self) -> None:
-        """Called once the task has a uuid: send the periodic snapshot asked for before."""
+    def _send_pending_snapshot(self) -> bool:
+        """Called once the task has a uuid: send the periodic snapshot asked for before. True
+        if one was sent."""
         body = getattr(self, "_pending_snapshot", None)  # unset on objects built from JSON
-        if body is not None:
-            self._pending_snapshot = None
-            self._post_periodic(body)
+        if body is None:
+            return False
+        self._pending_snapshot = None
+        self._post_periodic(body)
+        return True
 
     def instant(self, whitelist: Optional[str] = None, blacklist: Optional[str] = None,
                 bucket: BucketRef = None, bucket_prefix: Optional[str] = None) -> str:

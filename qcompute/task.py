@@ -54,6 +54,7 @@ POLL_START = _resource.POLL_START
 POLL_FACTOR = _resource.POLL_FACTOR
 POLL_MAX = _resource.POLL_MAX
 _sleep: Callable[[float], None] = time.sleep  # patched by tests
+_REPRESENTATION = {"Prefer": "return=representation"}  # RFC 7240: the POST reply holds the doc
 
 
 def _check_instancecount(owner: "Task", value: Any) -> int:
@@ -246,13 +247,14 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
             doc["ResultsCacheTTLSec"] = results.cache_ttl_sec
         return doc
 
-    def _submitted(self, uuid: str) -> None:
-        """The server accepted the task under ``uuid``: send a pending periodic snapshot, then
-        load its document."""
-        self._data["uuid"] = uuid
-        self._send_pending_snapshot()
-        doc = self._conn._http.get(self._url(), not_found=MissingTaskException)
-        self._load(doc, now=_resource._clock(), keep_changes=False)
+    def _submitted(self, reply: dict[str, Any]) -> None:
+        """The server accepted the task: load the document its reply holds (qcompute's server
+        sends it, asked by ``Prefer: return=representation``), or GET it; a pending periodic
+        snapshot is sent first, and the document read after it."""
+        self._data["uuid"] = str(reply["uuid"])
+        if self._send_pending_snapshot() or "state" not in reply:
+            reply = self._conn._http.get(self._url(), not_found=MissingTaskException)
+        self._load(reply, now=_resource._clock(), keep_changes=False)
 
     def _accepted(self, uuid: str, sent: dict[str, Any]) -> None:
         """Accepted in a bulk submit: keep the document sent, with no GET. It is partial and
@@ -262,8 +264,9 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
         self._send_pending_snapshot()
 
     def submit(self) -> "Task":
-        """Submit the task: ``POST /tasks``, then ``GET /tasks/{uuid}`` (after
-        ``POST /tasks/{uuid}/snapshot/periodic`` when :meth:`snapshot` was called before).
+        """Submit the task: ``POST /tasks``, whose reply holds the task's document on a qcompute
+        cluster; elsewhere, or after ``POST /tasks/{uuid}/snapshot/periodic`` when
+        :meth:`snapshot` was called before, ``GET /tasks/{uuid}`` then.
 
         Returns:
             self, loaded with the server's document.
@@ -273,7 +276,7 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
             MissingBucketException: the server answered 404 (a bucket it needs is missing).
             BadRequestError: the server refused the document (its message says why).
         """
-        self._submitted(self._create("/tasks", MissingBucketException))
+        self._submitted(self._post_new("/tasks", MissingBucketException, _REPRESENTATION))
         return self
 
     # -- waiting -----------------------------------------------------------------------------
@@ -285,8 +288,9 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
         """Wait until the task reaches Success, Failure or Cancelled.
 
         When the server advertises a long poll (``taskWaitMaxSeconds`` in ``GET /settings``),
-        each ``GET /tasks/{uuid}?wait=...`` is held by the server until the state changes, so
-        the end is seen as soon as it happens. Otherwise it polls ``GET /tasks/{uuid}``, first
+        each ``GET /tasks/{uuid}?wait=...&until=final`` is held by the server until the task is
+        final (with ``live_progress``, until each change of state, to move the bar), so the
+        end is seen as soon as it happens. Otherwise it polls ``GET /tasks/{uuid}``, first
         after 0.05 s, then 1.5 times later each time, at most every second.
 
         Args:
@@ -306,6 +310,8 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=100, unit="%", desc=self.name)
+        if hold and bar is None:
+            return self._wait_until_final(hold, deadline)
         try:
             self._fetch()
             while True:
@@ -328,6 +334,18 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
         finally:
             if bar is not None:
                 bar.close()
+
+    def _wait_until_final(self, hold: float, deadline: Optional[float]) -> bool:
+        """One held ``GET /tasks/{uuid}?wait=...&until=final`` per window: the server replies
+        once the task is final, not at each change on the way."""
+        while True:
+            left = float("inf") if deadline is None else deadline - _resource._clock()
+            self._fetch(hold=max(0.0, min(hold, left)), known_state=str(self._data.get("state")),
+                        until_final=True)
+            if self._is_final():
+                return True
+            if deadline is not None and _resource._clock() >= deadline:
+                return False
 
     def run(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
             live_progress: bool = False, results_progress: Progress = None) -> "Task":

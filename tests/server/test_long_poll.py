@@ -98,3 +98,25 @@ def test_wait_capped_by_the_server(tmp_path):
         start = time.monotonic()
         client.get(f"/tasks/{uuid}", params={"wait": 30}, headers=headers)
         assert time.monotonic() - start < 3
+
+
+def test_get_until_final_is_held_through_the_changes_on_the_way(cluster):
+    uuid = cluster.submit("true", instanceCount=2)
+    first, second = cluster.wait_dispatched(uuid, 2)
+    thread, result = _in_background(lambda: cluster.get(
+        f"/tasks/{uuid}", params={"wait": 20, "knownState": "Submitted", "until": "final"}))
+    cluster.executor.start(first)  # FullyDispatched → FullyExecuting: not final, still held
+    cluster.executor.run(first)
+    time.sleep(0.3)
+    assert thread.is_alive(), "held until the task is final"
+    ended_at = time.monotonic()
+    cluster.executor.run(second)
+    thread.join(10)
+    assert result["value"].json()["state"] == "Success"
+    assert result["at"] - ended_at < 1.0
+
+
+def test_get_until_something_else_is_refused(cluster):
+    uuid = cluster.submit("true")
+    reply = cluster.get(f"/tasks/{uuid}", params={"wait": 1, "until": "running"})
+    assert reply.status_code == 400 and "until" in reply.json()["message"]

@@ -348,3 +348,17 @@ def test_info_counts_only_the_callers_own(roomy):
     assert not {"maxTask", "maxPool", "maxBucket", "quotaBytesBucket"} & owner.keys()
     roomy.storage.down = True
     assert roomy.get("/info").json()["bucketCount"] is None  # S3 cannot say: null, not 0
+
+
+def test_a_submit_that_prefers_the_representation_gets_the_document(cluster):
+    doc = {"name": "t", "profile": "docker-batch",
+           "constants": [{"key": "DOCKER_CMD", "value": "true"}]}
+    reply = cluster.post("/tasks", json=doc, headers={"Prefer": "return=representation"})
+    assert reply.status_code == 201
+    assert reply.headers["Preference-Applied"] == "return=representation"
+    assert reply.json()["state"] == "Submitted" and reply.json()["name"] == "t"
+    assert reply.json().keys() == cluster.task(reply.json()["uuid"]).keys()
+    plain = cluster.post("/tasks", json=doc)  # as the official SDK sends it: {"uuid"} only
+    assert plain.json().keys() == {"uuid"} and "Preference-Applied" not in plain.headers
+    bulk = cluster.post("/tasks", json=[doc], headers={"Prefer": "return=representation"})
+    assert bulk.json()[0].keys() == {"statusCode", "uuid", "message"}  # a bulk answers as ever

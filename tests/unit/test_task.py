@@ -275,9 +275,24 @@ def test_wait_uses_the_long_poll_when_the_server_offers_it(
     assert task.wait(timeout=100) is True
     assert clock.sleeps == []  # the server holds the requests: the client never sleeps
     urls = [c.request.url for c in api.calls]
-    assert urls[:2] == [f"{API}/settings", TASK_URL]
-    assert urls[2:] == [f"{TASK_URL}?wait=60&knownState=FullyExecuting",
-                        f"{TASK_URL}?wait=60&knownState=UploadingResults"]
+    assert urls[0] == f"{API}/settings"
+    # held until final; a server that does not know ``until`` replies at each change instead
+    assert urls[1:] == [f"{TASK_URL}?wait=60&knownState={state}&until=final"
+                        for state in ("Submitted", "FullyExecuting", "UploadingResults")]
+
+
+def test_wait_with_live_progress_is_woken_at_each_change(
+        api: responses.RequestsMock, clock: FakeClock) -> None:
+    conn = Connection(client_token="tok", cluster_url=API, storage_url="http://s3.test")
+    api.add("GET", TASK_URL, json=task_doc())
+    task = conn.retrieve_task(TASK_UUID)
+    api.calls.reset()
+    api.add("GET", f"{API}/settings", json={"storage": "http://s3.test", "taskWaitMaxSeconds": 60})
+    api.add("GET", TASK_URL, json=task_doc(state="FullyExecuting"))
+    api.add("GET", TASK_URL, json=task_doc(state="Success"))
+    assert task.wait(timeout=100, live_progress=True) is True
+    urls = [c.request.url for c in api.calls]
+    assert urls[1:] == [TASK_URL, f"{TASK_URL}?wait=60&knownState=FullyExecuting"]
 
 
 def test_wait_does_not_stop_on_pending_cancel(api: responses.RequestsMock, conn: Connection) -> None:
@@ -446,3 +461,13 @@ def test_repr_does_not_fetch(api: responses.RequestsMock, conn: Connection,
     clock.now += 100
     assert repr(task) == f"<Task uuid='{TASK_UUID}' name='hello' state='Submitted'>"
     assert len(api.calls) == 0
+
+
+def test_submit_loads_the_document_of_the_post_reply(api: responses.RequestsMock,
+                                                     conn: Connection) -> None:
+    task = conn.create_task("t", "docker-batch")
+    api.add("POST", f"{API}/tasks", status=201, json=task_doc())
+    task.submit()
+    assert [c.request.method for c in api.calls] == ["POST"]  # no GET after it
+    assert api.calls[0].request.headers["Prefer"] == "return=representation"
+    assert task.uuid == TASK_UUID and task.state == TaskState.SUBMITTED

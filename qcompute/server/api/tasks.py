@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -60,11 +60,14 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
                  ctx: ContextDep) -> Response:
     payload = loads(body)
     waiting: list[int] = []  # tasks with dependencies: the scheduler resolves them
+    represent = _prefers_representation(request) and not isinstance(payload, list)
 
     def work() -> tuple[int, Any]:
         if not isinstance(payload, list):
             task = _submit(session, ctx, user, payload)
             waiting.extend([task.id] if task.waiting_on else [])
+            if represent:  # the whole document: the client needs no GET after its POST
+                return 201, _full(ctx, session, task)
             return 201, {"uuid": task.uuid}
         results = []
         for item in payload:  # each item stands alone: one bad task does not sink the rest
@@ -85,7 +88,16 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
             ctx.scheduler.submitted(waiting)
         ctx.scheduler.wake()
     response.background = BackgroundTask(dispatch)
+    if represent:
+        response.headers["Preference-Applied"] = "return=representation"
     return response
+
+
+def _prefers_representation(request: Request) -> bool:
+    """RFC 7240 ``Prefer: return=representation``, which qcompute's SDK sends (the official
+    SDK does not, and gets ``{"uuid"}`` as from Qarnot)."""
+    return any(p.strip().lower() == "return=representation"
+               for value in request.headers.getlist("prefer") for p in value.split(","))
 
 
 # Lists are plain JSON already: answered as JSONResponse, they skip FastAPI's jsonable_encoder,
@@ -166,18 +178,24 @@ async def get_task(
     wait: Annotated[float, Query(ge=0, description="Seconds to hold the request until the "
                                  "state differs from knownState (or is final)")] = 0,
     known_state: Annotated[Optional[str], Query(alias="knownState")] = None,
+    until: Annotated[Optional[Literal["final"]], Query(
+        description="``final``: hold until the task is final, through its other changes")] = None,
 ):
     load = partial(_load, ctx, authorization, uuid)
     doc = await run_in_threadpool(load)
     known = known_state or doc["state"]
+
+    def held(doc: dict[str, Any]) -> bool:
+        return not TaskState(doc["state"]).is_final() and (until or doc["state"] == known)
+
     deadline = asyncio.get_running_loop().time() + min(wait, ctx.settings.long_poll_max_seconds)
-    while doc["state"] == known and not TaskState(doc["state"]).is_final():
+    while held(doc):
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             break
         with ctx.scheduler.changes.watching([uuid]) as changed:
             doc = await run_in_threadpool(load)  # a change may have landed before we watched
-            if doc["state"] != known:
+            if not held(doc):
                 break
             try:
                 await asyncio.wait_for(changed, remaining)
