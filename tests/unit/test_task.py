@@ -262,13 +262,19 @@ def test_wait_times_out(api: responses.RequestsMock, conn: Connection, clock: Fa
     assert task.state == TaskState.FULLY_EXECUTING
 
 
-def test_wait_uses_the_long_poll_when_the_server_offers_it(
-        api: responses.RequestsMock, clock: FakeClock) -> None:
+def _long_polled_task(api: responses.RequestsMock) -> Task:
+    """A task of a server that advertises its long poll (read at the first wait)."""
     conn = Connection(client_token="tok", cluster_url=API, storage_url="http://s3.test")
     api.add("GET", TASK_URL, json=task_doc())
     task = conn.retrieve_task(TASK_UUID)
     api.calls.reset()
     api.add("GET", f"{API}/settings", json={"storage": "http://s3.test", "taskWaitMaxSeconds": 60})
+    return task
+
+
+def test_wait_uses_the_long_poll_when_the_server_offers_it(
+        api: responses.RequestsMock, clock: FakeClock) -> None:
+    task = _long_polled_task(api)
     api.add("GET", TASK_URL, json=task_doc(state="FullyExecuting"))
     api.add("GET", TASK_URL, json=task_doc(state="UploadingResults"))
     api.add("GET", TASK_URL, json=task_doc(state="Success"))
@@ -283,11 +289,7 @@ def test_wait_uses_the_long_poll_when_the_server_offers_it(
 
 def test_wait_with_live_progress_is_woken_at_each_change(
         api: responses.RequestsMock, clock: FakeClock) -> None:
-    conn = Connection(client_token="tok", cluster_url=API, storage_url="http://s3.test")
-    api.add("GET", TASK_URL, json=task_doc())
-    task = conn.retrieve_task(TASK_UUID)
-    api.calls.reset()
-    api.add("GET", f"{API}/settings", json={"storage": "http://s3.test", "taskWaitMaxSeconds": 60})
+    task = _long_polled_task(api)
     api.add("GET", TASK_URL, json=task_doc(state="FullyExecuting"))
     api.add("GET", TASK_URL, json=task_doc(state="Success"))
     assert task.wait(timeout=100, live_progress=True) is True
