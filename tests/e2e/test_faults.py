@@ -41,7 +41,21 @@ def _fresh(task):
 
 
 def _gone(pids: list[int], timeout: float = 15) -> None:
-    _wait(lambda: not any(pid_alive(p) for p in pids), timeout, f"{pids} to end")
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"{len(alive)} of {len(pids)} processes outlived the server by " \
+        f"{timeout} s: " + "; ".join(_described(p) for p in alive[:10])
+
+
+def _described(pid: int) -> str:
+    """A process as ``ps`` would show it: pid, state, parent and command line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {stat[0]} ppid {stat[1]}: {line}"
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def profile(name: str, ctx: ContextDep, _user: CurrentUser):
             "can satisfy")
 def hardware_constraints(ctx: ContextDep, _user: CurrentUser,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                         offset: Annotated[int, Query(ge=0)] = 0):
+                         offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
     offered = hardware.offered_constraints(ctx.settings.node_kinds)
     return {"data": offered[offset:offset + limit], "offset": offset, "limit": limit,
             "total": len(offered)}

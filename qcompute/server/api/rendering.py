@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from typing import Any, Callable
 
 import orjson
@@ -22,8 +23,11 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def render(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content, option=_OPTIONS), status_code,
-                    media_type="application/json")
+    try:
+        body = orjson.dumps(content, option=_OPTIONS)
+    except TypeError:  # what orjson refuses and JSON allows: an integer beyond 64 bits
+        body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, status_code, media_type="application/json")
 
 
 def _rendering(endpoint: Callable, status_code: int) -> Callable:
