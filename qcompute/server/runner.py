@@ -239,11 +239,11 @@ class _InstanceRun:
 
     def _run_bwrap(self, sandbox: Sandbox, command: list[str], env: dict[str, str],
                    cgroup: Optional[InstanceCgroup]) -> None:
-        """bwrap is started with nothing to run in the child before exec: it joins the slot's
-        network from the spawning thread, gets PR_SET_PDEATHSIG from ``--die-with-parent``
-        (before it reports on the info pipe, which only this process reads: were the runner
-        gone by then, the write would kill bwrap), and its init enters the cgroup while it
-        waits on the block pipe, before it starts the command."""
+        """bwrap joins the slot's network from the spawning thread, gets PR_SET_PDEATHSIG in
+        the child before its exec (bwrap's own ``--die-with-parent`` ties only the sandbox to
+        bwrap, not bwrap to this process: without it, bwrap outlives a killed runner), and its
+        init enters the cgroup while it waits on the block pipe, before it starts the
+        command."""
         info_read, info_write = os.pipe()
         block_read, block_write = os.pipe() if cgroup else (None, None)
         args = os.memfd_create("bwrap-args")  # keeps host paths out of the sandbox's ps
@@ -261,7 +261,7 @@ class _InstanceRun:
             try:
                 with sandbox.spawning(self.spec.network):
                     proc = self._spawn([bwrap[0], "--args", str(args), *bwrap[split:]], env,
-                                       pass_fds=passed)
+                                       pass_fds=passed, preexec_fn=pdeathsig_preexec())
             except SandboxError:  # the thread could not leave the network: stop right there
                 if proc is not None:
                     proc.kill()
