@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Scheduler"]
 
 _PHASE_STATES = {"downloading": I.DOWNLOADING, "running": I.RUNNING, "uploading": I.UPLOADING}
-_NO_TAGS = lazyload(Task.tags)
-_IN_CHUNK = 5000  # values in one IN list  # the scheduler never reads a task's tags: no SELECT for them
+_NO_TAGS = lazyload(Task.tags)  # the scheduler never reads a task's tags: no SELECT for them
+_IN_CHUNK = 5000  # values in one IN list
 
 
 @dataclass(frozen=True)
