@@ -9,8 +9,9 @@ cluster's dispatch of the previous one competing for the CPU); "POST /tasks (idl
 (untimed) for each task to end before the next submit. Last, the server's CPU time per
 request is measured for each kind, sent for 2 s in a block of its own (a submit's includes its
 dispatch; the idle server's own CPU is taken off).
-With ``--profile-seconds S``, it then sends one kind (``--profile``) for S seconds under ``py-spy record`` and
-prints the GIL samples of each server thread and the functions that take most of them.
+With ``--profile-seconds S``, it then sends one kind (``--profile``) for S seconds under
+``py-spy record --gil`` and prints, per server thread, the time it held the GIL per request
+and the functions under it.
 """
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ def _client(config: Path) -> tuple[requests.Session, str]:
     return session, parser["cluster"]["url"].rstrip("/")
 
 
-def _submit_on_idle(session: requests.Session, url: str) -> Callable[[], None]:
-    """A submit timed on its own: each task is waited for (untimed) before the next one."""
+def _submit_on_idle(session: requests.Session,
+                    url: str) -> tuple[Callable[[], None], list[float]]:
+    """A submit timed on its own, and its times: each task is waited for (untimed) before the
+    next one is submitted."""
     last: list[str] = []
+    times: list[float] = []
 
     def once() -> None:
         if last:
@@ -59,13 +63,10 @@ def _submit_on_idle(session: requests.Session, url: str) -> Callable[[], None]:
             last.clear()
         start = time.perf_counter()
         response = session.post(f"{url}/tasks", json=_TASK)
-        _IDLE_SUBMITS.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
         response.raise_for_status()
         last.append(response.json()["uuid"])
-    return once
-
-
-_IDLE_SUBMITS: list[float] = []
+    return once, times
 
 
 def _requests(session: requests.Session, url: str) -> dict[str, Callable[[], None]]:
@@ -171,8 +172,9 @@ def main() -> None:
         submit = calls.pop("POST /tasks")
         times = _measure(calls, args.runs)  # on an idle cluster: nothing runs
         times.update(_measure({"POST /tasks": submit}, args.runs))
-        _measure({"idle": _submit_on_idle(session, url)}, args.runs)
-        times["POST /tasks (idle)"] = _IDLE_SUBMITS[1:]  # after the warm-up
+        idle, idle_times = _submit_on_idle(session, url)
+        _measure({"idle": idle}, args.runs)
+        times["POST /tasks (idle)"] = idle_times[1:]  # after the warm-up
         cpu = _server_cpu(cluster.process.pid, {**calls, "POST /tasks": submit})
         if args.profile_seconds:
             _profile(cluster.process.pid, args.profile_seconds, args.profile,
