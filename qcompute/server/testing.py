@@ -38,7 +38,9 @@ class ClusterProcess:
                  env: Optional[dict[str, str]] = None) -> None:
         self.data_dir = Path(data_dir)
         self.env = {**os.environ, **(env or {})}  # the server's environment (its settings)
-        self.port, self.s3_port, self.workers = free_port(), free_port(), workers
+        self.port = free_port()
+        self.s3_port = free_port(exclude={self.port})  # two picks could meet, as they once did
+        self.workers = workers
         self.process: Optional[subprocess.Popen] = None
 
     @property

@@ -41,7 +41,9 @@ def test_a_sigkilled_command_fails_with_137_after_its_retries(conn):
     task.constants["DOCKER_CMD"] = f"sh -c 'echo started; exec sleep {marker}'"
     task.retry_settings = RetrySettings(max_per_instance_retries=1)
     task.submit()
-    killed = [kill_when_running(marker), kill_when_running(marker)]  # the attempt, its retry
+    killed = [kill_when_running(marker)]  # the attempt; once it is gone (a SIGKILL is not
+    assert gone(killed[0])  # instant: looking at once could find it again), its retry
+    killed.append(kill_when_running(marker))
     assert task.wait(timeout=60)
     assert task.state == TaskState.FAILURE
     [instance] = task.completed_instances
