@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal, Optional
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
-from starlette.background import BackgroundTask
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState
@@ -82,12 +81,9 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
         return 200, results
 
     response = run_once(request, session, user, body, work)
-
-    async def dispatch() -> None:  # once the reply is sent: the round does not hold it back
-        if waiting:
-            ctx.scheduler.submitted(waiting)
-        ctx.scheduler.wake()
-    response.background = BackgroundTask(dispatch)
+    if waiting:
+        ctx.scheduler.submitted(waiting)
+    ctx.scheduler.wake()
     if represent:
         response.headers["Preference-Applied"] = "return=representation"
     return response
