@@ -69,9 +69,6 @@ _READ_BYTES = 65536
 _PR_SET_PDEATHSIG = 1
 _DISK_FULL_BYTES = 1 << 20  # less free space than this after a failed command: a full disk
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the already-loaded C library: no I/O
-# Arms the parent-death signal, then execs the rest; else a preexec_fn does (a full fork)
-_DIE_WITH_US = ("/usr/bin/setpriv", "--pdeathsig", "KILL", "--") \
-    if os.access("/usr/bin/setpriv", os.X_OK) else ()
 
 
 def pdeathsig_preexec(report_group_to: Optional[int] = None) -> Callable[[], None]:
@@ -242,11 +239,11 @@ class _InstanceRun:
 
     def _run_bwrap(self, sandbox: Sandbox, command: list[str], env: dict[str, str],
                    cgroup: Optional[InstanceCgroup]) -> None:
-        """bwrap joins the slot's network from the spawning thread; it is started through
-        ``setpriv --pdeathsig KILL`` (util-linux), so it dies with this thread (bwrap's own
-        ``--die-with-parent`` ties only the sandbox to bwrap, not bwrap to its parent) while
-        the spawn stays a vfork, with no Python in the child; and its init enters the cgroup
-        while it waits on the block pipe, before it starts the command."""
+        """bwrap joins the slot's network from the spawning thread, gets PR_SET_PDEATHSIG in
+        the child before its exec, as before the spawn became a vfork (relying on bwrap's own
+        ``--die-with-parent``, some sandboxes outlived a SIGKILLed server, and arming it through
+        ``setpriv`` did not stop that either), and its init enters the cgroup while it waits on
+        the block pipe, before it starts the command."""
         info_read, info_write = os.pipe()
         block_read, block_write = os.pipe() if cgroup else (None, None)
         args = os.memfd_create("bwrap-args")  # keeps host paths out of the sandbox's ps
@@ -263,9 +260,8 @@ class _InstanceRun:
             proc: Optional[subprocess.Popen] = None
             try:
                 with sandbox.spawning(self.spec.network):
-                    proc = self._spawn([*_DIE_WITH_US, bwrap[0], "--args", str(args),
-                                        *bwrap[split:]], env, pass_fds=passed,
-                                       preexec_fn=None if _DIE_WITH_US else pdeathsig_preexec())
+                    proc = self._spawn([bwrap[0], "--args", str(args), *bwrap[split:]], env,
+                                       pass_fds=passed, preexec_fn=pdeathsig_preexec())
             except SandboxError:  # the thread could not leave the network: stop right there
                 if proc is not None:
                     proc.kill()
