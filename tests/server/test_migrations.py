@@ -26,17 +26,22 @@ def _upgrade_to(engine, revision: str, sealer=None, *, down: bool = False) -> No
         (command.downgrade if down else command.upgrade)(config, revision)
 
 
+def _old_task(db, instance_count: int, state: str) -> None:
+    """User 1 and its task 1 (uuid ``u``), as the early schema stores them."""
+    db.execute(sa.text("INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, "
+                       "created_at) VALUES (1, 'a@b.c', 'h', '', 1, '2026-01-01')"))
+    db.execute(sa.text(
+        "INSERT INTO tasks (id, uuid, owner_id, name, shortname, document, instance_count, "
+        "state, state_transition_time, abort_requested, errors, results_count, created_at, "
+        "updated_at) VALUES (1, 'u', 1, 't', 't', '{}', :count, :state, '2026-01-01', 0, "
+        "'[]', 0, '2026-01-01', '2026-01-01')"), {"count": instance_count, "state": state})
+
+
 def test_0002_backfills_instance_counts(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     _upgrade_to(engine, "0001")
     with engine.begin() as db:
-        db.execute(sa.text("INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, "
-                           "created_at) VALUES (1, 'a@b.c', 'h', '', 1, '2026-01-01')"))
-        db.execute(sa.text(
-            "INSERT INTO tasks (id, uuid, owner_id, name, shortname, document, instance_count, "
-            "state, state_transition_time, abort_requested, errors, results_count, created_at, "
-            "updated_at) VALUES (1, 'u', 1, 't', 't', '{}', 3, 'PartiallyExecuting', "
-            "'2026-01-01', 0, '[]', 0, '2026-01-01', '2026-01-01')"))
+        _old_task(db, 3, "PartiallyExecuting")
         for iid, state in enumerate(["Success", "Running", "Running"]):
             db.execute(sa.text(
                 "INSERT INTO instances (task_id, instance_id, rank, state, attempt, "
@@ -145,13 +150,7 @@ def test_0006_adds_an_empty_timeline_and_drops_it_on_downgrade(tmp_path):
     sealer = Sealer(Fernet.generate_key())
     _upgrade_to(engine, "0005", sealer)
     with engine.begin() as db:
-        db.execute(sa.text("INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, "
-                           "created_at) VALUES (1, 'a@b.c', 'h', '', 1, '2026-01-01')"))
-        db.execute(sa.text(
-            "INSERT INTO tasks (id, uuid, owner_id, name, shortname, document, instance_count, "
-            "state, state_transition_time, abort_requested, errors, results_count, created_at, "
-            "updated_at) VALUES (1, 'u', 1, 't', 't', '{}', 1, 'Success', '2026-01-01', 0, "
-            "'[]', 0, '2026-01-01', '2026-01-01')"))
+        _old_task(db, 1, "Success")
         db.execute(sa.text("INSERT INTO instances (task_id, instance_id, rank, state, attempt, "
                            "infra_failures, exec_time_sec, wall_time_sec, peak_memory_mb) "
                            "VALUES (1, 0, 0, 'Success', 1, 0, 0.5, 0, 0)"))
