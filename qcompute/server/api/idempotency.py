@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any, Callable, Union
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from ..db.models import IdempotencyRecord, User, utcnow
 from ..errors import BadRequest, Conflict
 from ..settings import ServerSettings
 from .limits import check_json_depth
+from .rendering import render
 
 HEADER = "Idempotency-Key"
 _POLL_SECONDS = (0.02, 0.5)  # first and longest pause while a repeat waits for the first
@@ -58,7 +59,7 @@ def _replay(record: Any) -> Response:
 def _render(status: int, content: Any) -> Response:
     if isinstance(content, str):
         return PlainTextResponse(content, status)
-    return JSONResponse(content, status)
+    return render(content, status)
 
 
 class _Key:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 
 from ..db.models import Job, Pool, utcnow
 from ..errors import BadRequest, validate
@@ -48,8 +47,8 @@ for _path in ("/jobs/", "/jobs"):
 @router.get("/jobs", summary="All jobs (older clients), every one; ?tag= filters")
 def list_jobs(session: SessionDep, user: CurrentUser,
               tag: Annotated[list[str] | None, Query()] = None):
-    return JSONResponse([_full(session, j) for jobs in listing.every(
-        listing.page_jobs, session, user, listing.tag_filter(tag)) for j in jobs])
+    return [_full(session, j) for jobs in listing.every(
+        listing.page_jobs, session, user, listing.tag_filter(tag)) for j in jobs]
 
 
 @router.post("/jobs/paginate", summary="A page of jobs, with filters",
@@ -58,8 +57,8 @@ def paginate(body: RawBody, session: SessionDep, user: CurrentUser):
     """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
     jobs, next_token = listing.page_jobs(session, user, page)
-    return JSONResponse({"data": [_full(session, j) for j in jobs], "token": page.token,
-                         "nextToken": next_token, "isTruncated": next_token is not None})
+    return {"data": [_full(session, j) for j in jobs], "token": page.token,
+            "nextToken": next_token, "isTruncated": next_token is not None}
 
 
 @router.get("/jobs/{uuid}", summary="One job")
@@ -70,7 +69,7 @@ def get_job(uuid: str, session: SessionDep, user: CurrentUser):
 @router.get("/jobs/{uuid}/tasks", summary="The job's tasks")
 def job_tasks(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
     job = service.get_job(session, user, uuid)
-    return JSONResponse(task_jsons(ctx, session, service.job_tasks(session, job)))
+    return task_jsons(ctx, session, service.job_tasks(session, job))
 
 
 @router.post("/jobs/{uuid}/terminate", summary="Cancel the job's unfinished tasks and end it")

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from qcompute.states import PoolState as P
@@ -63,14 +62,14 @@ def submit_pool(request: Request, body: RawBody, session: SessionDep, user: Curr
 
 @router.get("/pools", summary="All pools (older clients), every one")
 def list_pools(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    return JSONResponse([_full(ctx, session, p) for pools in listing.every(
-        listing.page_pools, session, user) for p in pools])
+    return [_full(ctx, session, p) for pools in listing.every(
+        listing.page_pools, session, user) for p in pools]
 
 
 @router.get("/pools/summaries", summary="Pool summaries (older clients), every one")
 def list_summaries(session: SessionDep, user: CurrentUser, ctx: ContextDep):
-    return JSONResponse([_summary(ctx, session, p) for pools in listing.every(
-        listing.page_pools, session, user) for p in pools])
+    return [_summary(ctx, session, p) for pools in listing.every(
+        listing.page_pools, session, user) for p in pools]
 
 
 def _page(body: bytes, session, user, ctx: AppContext, summary: bool):
@@ -78,9 +77,9 @@ def _page(body: bytes, session, user, ctx: AppContext, summary: bool):
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
     pools, next_token = listing.page_pools(session, user, page)
     render = _summary if summary else _full
-    return JSONResponse({"data": [render(ctx, session, p) for p in pools],
-                         "token": page.token, "nextToken": next_token,
-                         "isTruncated": next_token is not None})
+    return {"data": [render(ctx, session, p) for p in pools],
+            "token": page.token, "nextToken": next_token,
+            "isTruncated": next_token is not None}
 
 
 @router.post("/pools/paginate", summary="A page of pools, with filters",

@@ -6,7 +6,6 @@ from functools import partial
 from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 
 from qcompute.states import InstanceState as I
@@ -96,8 +95,8 @@ def _prefers_representation(request: Request) -> bool:
                for value in request.headers.getlist("prefer") for p in value.split(","))
 
 
-# Lists are plain JSON already: answered as JSONResponse, they skip FastAPI's jsonable_encoder,
-# which walks every value again (a page of 1,000 full documents: most of the time).
+# Lists are plain JSON already: JSONRoute renders them with orjson, never FastAPI's
+# jsonable_encoder, which walks every value again (a page of 1,000 full documents).
 
 
 def _full(ctx: AppContext, session, task: Task) -> dict[str, Any]:
@@ -124,27 +123,25 @@ def _summaries(session, tasks: list[Task]) -> list[dict[str, Any]]:
 @router.get("/tasks", summary="All tasks (older clients), every one; ?tag= filters")
 def list_tasks(session: SessionDep, user: CurrentUser, ctx: ContextDep,
                tag: Annotated[list[str] | None, Query()] = None):
-    return JSONResponse([doc for tasks in every(service.page_tasks, session, user,
-                                                tag_filter(tag))
-                         for doc in _fulls(ctx, session, tasks)])
+    return [doc for tasks in every(service.page_tasks, session, user, tag_filter(tag))
+            for doc in _fulls(ctx, session, tasks)]
 
 
 @router.get("/tasks/summaries", summary="Task summaries (older clients), every one; ?tag= "
             "filters")
 def list_summaries(session: SessionDep, user: CurrentUser,
                    tag: Annotated[list[str] | None, Query()] = None):
-    return JSONResponse([doc for tasks in every(service.page_tasks, session, user,
-                                                tag_filter(tag))
-                         for doc in _summaries(session, tasks)])
+    return [doc for tasks in every(service.page_tasks, session, user, tag_filter(tag))
+            for doc in _summaries(session, tasks)]
 
 
-def _page(body: bytes, session, user, ctx: AppContext, summary: bool) -> JSONResponse:
+def _page(body: bytes, session, user, ctx: AppContext, summary: bool) -> dict[str, Any]:
     """A read: a repeat reads again (its Idempotency-Key is not recorded)."""
     page = validate(PageRequest, loads(body) or {}, code="invalid_page_request")
     tasks, next_token = service.page_tasks(session, user, page)
     data = _summaries(session, tasks) if summary else _fulls(ctx, session, tasks)
-    return JSONResponse({"data": data, "token": page.token, "nextToken": next_token,
-                         "isTruncated": next_token is not None})
+    return {"data": data, "token": page.token, "nextToken": next_token,
+            "isTruncated": next_token is not None}
 
 
 @router.post("/tasks/paginate", summary="A page of tasks, with filters",
