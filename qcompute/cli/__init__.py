@@ -7,15 +7,20 @@ import click
 
 from qcompute._version import __version__
 
+from ._common import Group, State
 from .cluster import down, server, status, up
 from .users import user
 
 
-@click.group()
+@click.group(cls=Group)
 @click.version_option(__version__, prog_name="qcompute")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
-def main(verbose: bool) -> None:
+@click.option("--profile", envvar="QCOMPUTE_PROFILE", metavar="NAME",
+              help="The [profile NAME] section of the client config to use [$QCOMPUTE_PROFILE].")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, profile: str) -> None:
     """qcompute: a Qarnot-dialect compute cluster and its SDK."""
+    ctx.obj = State(profile)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
