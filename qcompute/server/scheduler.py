@@ -43,6 +43,7 @@ from .scheduler_timers import Timers
 from .services.masking import OutputMasks
 from .services.output import OutputStore
 from .services.placement import dependents_of, resolve_dependencies
+from .services.queueing import queue_of, runnable_queued, unsatisfiable
 from .services.jobs import refresh_job_state
 from .services.pools import completion_deadline
 from .services.secrets import exports_credentials, merge_rights, payload_env
@@ -158,6 +159,14 @@ class Scheduler:
         """The instances of these tasks an executor runs now (for deletes)."""
         wanted = set(task_uuids)
         return [key for key in list(self._in_flight) if key.task_uuid in wanted]
+
+    def general_slots(self, session: Session) -> tuple[int, int]:
+        """``(busy, total)`` executor slots outside pools (for ``GET /tasks/{uuid}/explain``):
+        the executor's capacity less the slots pools hold."""
+        return self._general_busy(), self.executor.capacity - self.pools.held(session)
+
+    def _general_busy(self) -> int:
+        return len(self._in_flight) - self.pools.in_flight()
 
     def submitted(self, task_ids: list[int]) -> None:
         self._events.put(_Submitted(tuple(task_ids)))
@@ -452,7 +461,7 @@ class Scheduler:
                   changed: set[str]) -> list[InstanceSpec]:
         """Pools first (their slots and preparation runs), then queued instances: into the free
         slots of their pool, or into the executor slots no pool holds."""
-        general_busy = len(self._in_flight) - self.pools.in_flight()
+        general_busy = self._general_busy()
         held = self.pools.held(session)
         unheld = self.executor.capacity - held - general_busy
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
@@ -471,11 +480,19 @@ class Scheduler:
         if held or self.pools.open_pools:  # counted again: the plan may have held or released
             held = self.pools.held(session)
             for pool_id, free in self.pools.free_slots(session).items():
-                rows += self._queued(session, Task.pool_id == pool_id, free)
+                rows += self._queued(session, queue_of(pool_id), free)
         general_free = self.executor.capacity - held - general_busy
         if general_free > 0:
-            rows += self._queued(session, Task.pool_id.is_(None), general_free)
+            rows += self._queued(session, queue_of(None), general_free)
+        blocked: dict[int, Optional[str]] = {}  # task id -> why no node kind can run it
         for instance, task in rows:
+            if task.id not in blocked:
+                blocked[task.id] = unsatisfiable(self.settings, task.document)
+                if blocked[task.id]:
+                    self._cancel_unsatisfiable(session, task, blocked[task.id])
+                    touched[task.id] = task
+            if blocked[task.id]:
+                continue
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
             dispatched = time.time()
@@ -504,12 +521,17 @@ class Scheduler:
 
     @staticmethod
     def _queued(session: Session, where, limit: int) -> list:
-        """The oldest runnable queued instances (not aborted, not waiting on parents)."""
-        return list(session.execute(
-            select(Instance, Task).join(Task, Instance.task_id == Task.id).options(_NO_TAGS)
-            .where(Instance.state == I.QUEUED.value, Task.abort_requested.is_(False),
-                   Task.waiting_on == 0, where)
-            .order_by(Instance.id).limit(limit)).all())
+        """The oldest runnable queued instances of one queue (``services/queueing.py``)."""
+        return list(session.execute(runnable_queued(where).options(_NO_TAGS).limit(limit)).all())
+
+    def _cancel_unsatisfiable(self, session: Session, task: Task, why: str) -> None:
+        """A queued task no node kind can run (the node kinds changed since it was accepted):
+        cancelled, with the reason, rather than run on hardware it excludes."""
+        task.errors = [*task.errors, {"code": "unsatisfiable_hardware_constraint",
+                                      "message": why, "debug": None}]
+        task.abort_requested = True  # as an abort: committed, so a restart completes it
+        self._cancel_task(session, task)
+        self.wake()  # the slots it would have taken: filled at once, by another round
 
     def _owner_identity(self, session: Session, owner_id: int) -> tuple[str, S3Access]:
         """The owner's API token and S3 identity; SealError if the token is not known."""

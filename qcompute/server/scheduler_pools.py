@@ -64,6 +64,10 @@ class PoolKeeper:
     def in_flight(self) -> int:
         return len(self.preparing) + sum(len(keys) for keys in self.busy.values())
 
+    def busy_in(self, pool_id: int) -> int:
+        """The pool's task instances in flight (for ``GET /tasks/{uuid}/explain``)."""
+        return len(self.busy.get(pool_id, ()))
+
     def owns(self, key: InstanceKey) -> bool:
         return key in self.preparing or any(key in keys for keys in self.busy.values())
 

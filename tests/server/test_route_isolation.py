@@ -109,6 +109,7 @@ CASES: dict[str, list[Case]] = {
     "DELETE /tasks/{uuid}": [TASK_404],
     "POST /tasks/{uuid}/abort": [TASK_404],
     "GET /tasks/{uuid}/timeline": [TASK_404],
+    "GET /tasks/{uuid}/explain": [TASK_404],
     "POST /tasks/{uuid}/snapshot/periodic": [Case(404, "task_not_found", A_TASK,
                                                   body=lambda w: {"interval": 60})],
     "POST /tasks/{uuid}/snapshot": [Case(404, "task_not_found", A_TASK, body=lambda w: {})],

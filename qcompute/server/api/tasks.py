@@ -18,6 +18,7 @@ from ..schemas import PageRequest, TaskSubmit, TaskUpdate, WaitRequest
 from ..services import snapshots
 from ..services import tasks as service
 from ..services import timeline
+from ..services.explain import explain_task
 from ..services.output import TASK_LEVEL
 from ..services.listing import every, tag_filter
 from ..services.placement import dependencies_json, dependencies_of, dependents_of
@@ -301,6 +302,14 @@ def abort_task(uuid: str, request: Request, body: RawBody, session: SessionDep,
                     "reached each step (qcompute; epoch seconds)")
 def get_timeline(uuid: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     return timeline.task_timeline(session, user, uuid)
+
+
+@router.get("/tasks/{uuid}/explain",
+            summary="Why the task is not running (yet): its reasons, each with a code, a "
+                    "message and its details (qcompute)")
+def get_explanation(uuid: str, session: SessionDep, user: CurrentUser,
+                    ctx: ContextDep) -> dict[str, Any]:
+    return explain_task(session, user, uuid, ctx.scheduler)
 
 
 def _find(session, user, uuid: str, instance_id: int) -> int:

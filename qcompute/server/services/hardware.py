@@ -12,7 +12,7 @@ from ..errors import BadRequest
 from ..hardware import NodeCapabilities
 from ..schemas.common import MAX_COUNT
 
-__all__ = ["check_constraints", "offered_constraints", "search_cpu_models"]
+__all__ = ["check_constraints", "unmet_constraints", "offered_constraints", "search_cpu_models"]
 
 Node = NodeCapabilities
 
@@ -92,6 +92,31 @@ def _parse(constraint: Any) -> tuple[str, Any, Callable[[Node, Any], bool]]:
     return f"{kind}({field}={value!r})", value, check
 
 
+def unmet_constraints(capabilities_list: Iterable[Node],
+                      constraints: Optional[list[dict[str, Any]]]) -> Optional[str]:
+    """Why no node kind satisfies every constraint (which ones, and what the cluster offers),
+    or ``None`` when one does. Checked at submit, by the scheduler before it dispatches, and by
+    ``GET /tasks/{uuid}/explain``.
+
+    Raises:
+        BadRequest: ``invalid_hardware_constraint`` for a malformed or unknown constraint.
+    """
+    if constraints is None:
+        return None
+    if not isinstance(constraints, list):
+        raise BadRequest("hardwareConstraints must be a list of hardware constraints",
+                         code="invalid_hardware_constraint")
+    parsed = [_parse(c) for c in constraints]
+    nodes = list(capabilities_list)
+    if not parsed or any(all(check(n, v) for _, v, check in parsed) for n in nodes):
+        return None
+    unmet = [label for label, v, check in parsed if not any(check(n, v) for n in nodes)]
+    what = (f"the hardware constraint {', '.join(unmet)}" if unmet else
+            f"the hardware constraints {', '.join(label for label, _, _ in parsed)} together")
+    offers = "; ".join(n.describe() for n in nodes) or "no nodes"
+    return f"no node of this cluster satisfies {what}; it offers: {offers}"
+
+
 def check_constraints(capabilities_list: Iterable[Node],
                       constraints: Optional[list[dict[str, Any]]]) -> None:
     """Raise :class:`BadRequest` unless one node kind satisfies every constraint.
@@ -100,21 +125,9 @@ def check_constraints(capabilities_list: Iterable[Node],
         BadRequest: ``invalid_hardware_constraint`` for a malformed or unknown constraint,
             ``unsatisfiable_hardware_constraint`` when no node satisfies them all.
     """
-    if constraints is None:
-        return
-    if not isinstance(constraints, list):
-        raise BadRequest("hardwareConstraints must be a list of hardware constraints",
-                         code="invalid_hardware_constraint")
-    parsed = [_parse(c) for c in constraints]
-    nodes = list(capabilities_list)
-    if not parsed or any(all(check(n, v) for _, v, check in parsed) for n in nodes):
-        return
-    unmet = [label for label, v, check in parsed if not any(check(n, v) for n in nodes)]
-    what = (f"the hardware constraint {', '.join(unmet)}" if unmet else
-            f"the hardware constraints {', '.join(label for label, _, _ in parsed)} together")
-    offers = "; ".join(n.describe() for n in nodes) or "no nodes"
-    raise BadRequest(f"no node of this cluster satisfies {what}; it offers: {offers}",
-                     code="unsatisfiable_hardware_constraint")
+    unmet = unmet_constraints(capabilities_list, constraints)
+    if unmet:
+        raise BadRequest(unmet, code="unsatisfiable_hardware_constraint")
 
 
 def _constraint(kind: str, **fields: Any) -> dict[str, Any]:
