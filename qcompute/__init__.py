@@ -69,6 +69,7 @@ _LAZY = {
     "SecretsAccessRights": ".options", "Privileges": ".options",
     "AdvancedDependency": ".dependencies", "Dependencies": ".dependencies",
     "FinalStateCondition": ".dependencies",
+    "Explanation": ".explain", "Reason": ".explain",
     **{name: ".hardware" for name in _HARDWARE},
 }
 
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .connection import ALL, ANY, Connection, Profile, UserInfo
     from .dependencies import AdvancedDependency, Dependencies, FinalStateCondition
+    from .explain import Explanation, Reason
     from .hardware import (
         CpuModelHardware,
         GpuHardware,
@@ -160,6 +162,8 @@ __all__ = [
     "CompletedInstance",
     "RunningInstance",
     "Error",
+    "Explanation",
+    "Reason",
     "QComputeError",
     "QarnotException",
     "APIError",

@@ -30,6 +30,7 @@ from ._wire import (
 )
 from .bucket import Bucket, Progress
 from .dependencies import Dependencies, DependencyMethods
+from .explain import ExplainMethods
 from .exceptions import (
     FieldError,
     MissingBucketException,
@@ -78,7 +79,7 @@ _ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants",
                           "labels", "advancedResourceBuckets"})
 
 
-class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
+class Task(OutputMethods, DependencyMethods, SnapshotMethods, ExplainMethods, Resource):
     """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile,
     or run in a pool.
 
