@@ -62,7 +62,10 @@ class PoolKeeper:
     # -- accounting ---------------------------------------------------------------------------
 
     def in_flight(self) -> int:
-        return len(self.preparing) + sum(len(keys) for keys in self.busy.values())
+        """Preparation runs and pool task instances in flight. Also read by API threads
+        (explain): the values are copied in one step, so a pool added meanwhile cannot break
+        the sum."""
+        return len(self.preparing) + sum(map(len, list(self.busy.values())))
 
     def busy_in(self, pool_id: int) -> int:
         """The pool's task instances in flight (for ``GET /tasks/{uuid}/explain``)."""
