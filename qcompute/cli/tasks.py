@@ -5,6 +5,8 @@ from typing import Any, Optional
 
 import click
 
+from qcompute.states import TaskState
+
 from ._common import (
     CliError,
     ExitCode,
@@ -31,9 +33,10 @@ def task() -> None:
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
               help="Only tasks with this tag (repeat: any of them; see --all-tags).")
 @click.option("--all-tags", is_flag=True, help="Only tasks with every --tag.")
-@click.option("--state", "states", multiple=True, metavar="STATE",
-              help="Only tasks in this state, e.g. Success, Failure, FullyExecuting (repeat: "
-                   "any of them).")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice([s.value for s in TaskState if s is not TaskState.UNSUBMITTED],
+                                case_sensitive=False),
+              help="Only tasks in this state (repeat: any of them).")
 @output_option
 @pass_state
 def list_(state: State, tags: tuple[str, ...], all_tags: bool, states: tuple[str, ...],
