@@ -46,6 +46,8 @@ def exit_code_of(exc: BaseException) -> ExitCode:
                        (e.BadRequestError, ExitCode.USAGE)):
         if isinstance(exc, kind):
             return code
+    if isinstance(exc, e.StorageError) and getattr(exc, "code", None) == "InvalidBucketName":
+        return ExitCode.USAGE
     return ExitCode.FAILED
 
 

@@ -144,6 +144,8 @@ def test_bucket_put_ls_get_sync_rm_round_trip(cli, tmp_path):
     assert [o["key"] for o in _json(cli("bucket", "ls", name, "tree", "-o", "json"))] == [
         "tree/a.txt"]
 
+    bad_name = cli("bucket", "put", str(one), "a_")
+    assert bad_name.exit_code == ExitCode.USAGE and "not a valid bucket name" in bad_name.stderr
     refused = cli("bucket", "rm", f"{name}/tree/")
     assert refused.exit_code == ExitCode.USAGE and "add -r" in refused.stderr
     assert cli("bucket", "rm", f"{name}/single/one.bin").exit_code == 0
