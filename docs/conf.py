@@ -1,7 +1,7 @@
 """Sphinx configuration of the qcompute documentation.
 
 Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
-Only built-in extensions; no network (no intersphinx).
+Built-in extensions and sphinx-click (the CLI reference); no network (no intersphinx).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "sphinx_click",
 ]
 
 exclude_patterns = ["_build"]

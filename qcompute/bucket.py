@@ -322,7 +322,8 @@ class Bucket:
         self._storage.delete_bucket(self._name)
 
     def sync_directory(self, local: PathLike, verbose: bool = False,
-                       remote: Optional[str] = None, progress: Progress = None) -> None:
+                       remote: Optional[str] = None, progress: Progress = None,
+                       delete: bool = True) -> None:
         """Make the folder ``remote`` (or the whole bucket) mirror the directory ``local``.
 
         See :meth:`sync_files`; the keys are the files' relative paths, with ``/`` separators
@@ -333,9 +334,11 @@ class Bucket:
             verbose: log each transfer at INFO instead of DEBUG.
             remote: the key prefix (a folder); ``None`` mirrors the whole bucket.
             progress: see the module docstring.
+            delete: delete the objects of the folder that have no local file (False: only
+                upload what is missing or different).
         """
         files = scan_directory(local, remote)
-        self._sync(files, verbose, normalize_prefix(remote), progress)
+        self._sync(files, verbose, normalize_prefix(remote), progress, delete)
 
     def sync_files(self, files: Mapping[str, PathLike], verbose: bool = False,
                    remote: Optional[str] = None, progress: Progress = None) -> None:
@@ -366,11 +369,11 @@ class Bucket:
         self._sync(scan_files(files, prefix), verbose, prefix, progress)
 
     def _sync(self, files: Mapping[str, Any], verbose: bool, prefix: str,
-              progress: Progress) -> None:
+              progress: Progress, delete: bool = True) -> None:
         listing = {o.key: o for o in self._storage.list_objects(self._name, prefix)}
         etags = _etags()
         try:
-            plan = plan_upload(files, listing, etags, delete_prefix=prefix)
+            plan = plan_upload(files, listing, etags, delete_prefix=prefix if delete else None)
         except BaseException:
             etags.save()
             raise

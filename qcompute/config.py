@@ -11,6 +11,16 @@ Each setting is looked up, first hit wins, in:
    ``platformdirs.user_config_dir("qcompute")/qcompute.conf`` (read only if it exists);
 5. the default of the table.
 
+A named profile (``profile=NAME``, else ``$QCOMPUTE_PROFILE``) is the ``[profile NAME]``
+section of the INI file (``fileconf`` when it is a path, else the file of step 4). Its keys are
+the setting names (``cluster_url``, ``client_token`` ...). It comes right after ``fileconf``,
+before the environment, and replaces the plain sections: a profile is complete on its own, so
+a key it lacks never falls back to another cluster's ``[client] token``. A missing profile is a
+:class:`ConfigError` naming the profiles that exist.
+
+Unknown sections and keys are errors too, with a did-you-mean (a typo must not silently leave
+the default file's token in use).
+
 The INI format is Qarnot's::
 
     [cluster]
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import logging
 import os
 import warnings
@@ -40,7 +51,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from .exceptions import ConfigError
 
-__all__ = ["Config", "load_config", "default_config_path", "DEFAULT_CLUSTER_URL"]
+__all__ = ["Config", "load_config", "default_config_path", "DEFAULT_CLUSTER_URL",
+           "PROFILE_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +143,13 @@ _SETTINGS: tuple[_Setting, ...] = (
 )
 _BY_NAME = {s.name: s for s in _SETTINGS}
 CONFIG_ENV = "QCOMPUTE_CONFIG"
+PROFILE_ENV = "QCOMPUTE_PROFILE"
+PROFILE_PREFIX = "profile "  # [profile NAME]
+# The plain sections and their keys (deprecated aliases included).
+_SECTION_KEYS: dict[str, set[str]] = {}
+for _s in _SETTINGS:
+    if _s.section is not None:
+        _SECTION_KEYS.setdefault(_s.section, set()).update(_s.keys)
 
 
 @dataclass(frozen=True)
@@ -189,13 +208,46 @@ class _Layer:
         return self.values.get(setting.name), self.sources.get(setting.name, self.label)
 
 
-def _ini_layer(path: Path, label: str) -> _Layer:
-    parser = configparser.ConfigParser(interpolation=None)
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    """Parse an INI file and refuse unknown sections and keys (``[DEFAULT]`` included)."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
     except (OSError, configparser.Error) as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    for section in parser.sections():
+        if section.startswith(PROFILE_PREFIX):
+            known = set(_BY_NAME)
+        elif section in _SECTION_KEYS:
+            known = _SECTION_KEYS[section]
+        else:
+            sections = [*_SECTION_KEYS, f"{PROFILE_PREFIX}NAME"]
+            raise ConfigError(f"{path}: unknown section [{section}]"
+                              f"{_did_you_mean(section, sections)}; known: "
+                              + ", ".join(f"[{name}]" for name in sections))
+        for key in parser.options(section):
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]"
+                                  f"{_did_you_mean(key, known)}; known: "
+                                  + ", ".join(sorted(known)))
+    return parser
+
+
+def profile_names(parser: configparser.ConfigParser) -> list[str]:
+    """The names of the ``[profile NAME]`` sections."""
+    return [s[len(PROFILE_PREFIX):].strip() for s in parser.sections()
+            if s.startswith(PROFILE_PREFIX)]
+
+
+def _ini_layer(path: Path, label: str) -> _Layer:
+    """The plain ``[cluster]``/``[client]``/``[storage]`` sections of a file."""
+    parser = _read_ini(path)
     values: dict[str, Any] = {}
     for setting in _SETTINGS:
         if setting.section is None or not parser.has_section(setting.section):
@@ -212,6 +264,21 @@ def _ini_layer(path: Path, label: str) -> _Layer:
                 values[setting.name] = parser.get(setting.section, key)
                 break
     return _Layer(f"{label} {path}", values)
+
+
+def _profile_layer(path: Optional[Path], label: str, name: str) -> _Layer:
+    """The ``[profile NAME]`` section of a file, which must exist."""
+    if path is None or not path.is_file():
+        raise ConfigError(f"no profile {name!r}: {label} {path} does not exist "
+                          "(qcompute login URL --profile NAME writes one)")
+    parser = _read_ini(path)
+    section = f"{PROFILE_PREFIX}{name}"
+    if not parser.has_section(section):
+        names = profile_names(parser)
+        listed = ", ".join(names) if names else "none"
+        raise ConfigError(f"no profile {name!r} in {label} {path}"
+                          f"{_did_you_mean(name, names)}; its profiles: {listed}")
+    return _Layer(f"[{section}] of {label} {path}", dict(parser.items(section)))
 
 
 def _dict_layer(conf: Mapping[str, Any]) -> _Layer:
@@ -247,14 +314,25 @@ def _where(setting: _Setting, layers: list[_Layer]) -> str:
         elif layer.label == "the fileconf dict":
             keys = (setting.name,) + setting.dict_keys
             places.append("the fileconf dict keys " + ", ".join(repr(k) for k in keys))
+        elif layer.label.startswith(f"[{PROFILE_PREFIX}"):
+            places.append(f"{setting.name} in {layer.label}")
         else:
             places.append(f"[{setting.section}] {setting.keys[0]} in {layer.label}")
     return "; ".join(places)
 
 
+def _file_of(environ: Mapping[str, str]) -> tuple[Path, str]:
+    """The INI file of step 4: ``$QCOMPUTE_CONFIG``, else the default file."""
+    named = environ.get(CONFIG_ENV, "")
+    if named:
+        return Path(named), f"${CONFIG_ENV}"
+    return default_config_path(), "the default config file"
+
+
 def load_config(
     fileconf: FileConf = None,
     environ: Optional[Mapping[str, str]] = None,
+    profile: Optional[str] = None,
     **arguments: Any,
 ) -> Config:
     """Resolve every setting (see the module docstring for the order).
@@ -262,13 +340,16 @@ def load_config(
     Args:
         fileconf: an INI file path or a dict of settings.
         environ: the environment to read (default: ``os.environ``).
+        profile: the ``[profile NAME]`` section to use (default: ``$QCOMPUTE_PROFILE``, else
+            the plain sections).
         **arguments: explicit values, named as the :class:`Config` fields; ``None`` = not given.
 
     Returns:
         The frozen configuration.
 
     Raises:
-        ConfigError: unknown argument, unreadable file, invalid value, or no token anywhere.
+        ConfigError: unknown argument, unreadable file, unknown section or key, missing
+            profile, invalid value, or no token anywhere.
     """
     environ = os.environ if environ is None else environ
     unknown = set(arguments) - set(_BY_NAME)
@@ -277,18 +358,23 @@ def load_config(
     layers = [_Layer("the arguments", {k: v for k, v in arguments.items() if v is not None})]
     if isinstance(fileconf, Mapping):
         layers.append(_dict_layer(fileconf))
-    elif fileconf is not None:
-        layers.append(_ini_layer(Path(fileconf), "the config file"))
-    layers.append(_env_layer(environ))
-    named = environ.get(CONFIG_ENV, "")
-    if named:
-        layers.append(_ini_layer(Path(named), f"${CONFIG_ENV}"))
-    else:
-        default = default_config_path()
-        if default.is_file():
-            layers.append(_ini_layer(default, "the default config file"))
+    profile = profile or environ.get(PROFILE_ENV) or None
+    if profile is not None:
+        if fileconf is not None and not isinstance(fileconf, Mapping):
+            layers.append(_profile_layer(Path(fileconf), "the config file", profile))
         else:
-            layers.append(_Layer(f"the default config file {default}", {}))
+            path, label = _file_of(environ)
+            layers.append(_profile_layer(path, label, profile))
+        layers.append(_env_layer(environ))
+    else:
+        if fileconf is not None and not isinstance(fileconf, Mapping):
+            layers.append(_ini_layer(Path(fileconf), "the config file"))
+        layers.append(_env_layer(environ))
+        path, label = _file_of(environ)
+        if path.is_file() or label != "the default config file":
+            layers.append(_ini_layer(path, label))
+        else:
+            layers.append(_Layer(f"{label} {path}", {}))
 
     resolved: dict[str, Any] = {}
     for setting in _SETTINGS:

@@ -112,9 +112,12 @@ class Connection(ObjectsMixin):
         storage_unsafe: do not verify the storage's TLS certificate (False = not set here).
         cluster_custom_certificate: CA bundle for the API.
         storage_custom_certificate: CA bundle for the storage.
+        profile: the ``[profile NAME]`` section of the client config to use (default:
+            ``$QCOMPUTE_PROFILE``, else the plain sections); not a compute profile.
 
     Raises:
-        ConfigError: no token anywhere, or an invalid setting.
+        ConfigError: no token anywhere, an invalid setting, an unknown INI section or key, or
+            a profile the config file does not have.
     """
 
     def __init__(
@@ -130,9 +133,12 @@ class Connection(ObjectsMixin):
         storage_unsafe: Optional[bool] = None,
         cluster_custom_certificate: Optional[str] = None,
         storage_custom_certificate: Optional[str] = None,
+        *,
+        profile: Optional[str] = None,
     ) -> None:
         self.config: Config = load_config(
             fileconf,
+            profile=profile,
             client_token=client_token,
             cluster_url=cluster_url,
             cluster_timeout=cluster_timeout,

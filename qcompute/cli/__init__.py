@@ -1,4 +1,5 @@
-"""The ``qcompute`` command: the embedded cluster (up, down, status, server) and users."""
+"""The ``qcompute`` command: the embedded cluster (up, down, status, server), users, login,
+and a command group for every object (task, bucket, pool, job)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,13 @@ import click
 from qcompute._version import __version__
 
 from ._common import Group, State
+from .buckets import bucket
 from .cluster import down, server, status, up
+from .completion import completion
+from .jobs import job
+from .login import login
+from .pools import pool
+from .tasks import task
 from .users import user
 
 
@@ -25,5 +32,5 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (up, down, status, server, user):
+for command in (up, down, status, server, user, login, task, bucket, pool, job, completion):
     main.add_command(command)

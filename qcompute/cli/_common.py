@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import TYPE_CHECKING, Any, Callable, Optional
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import click
 
@@ -45,6 +46,8 @@ def exit_code_of(exc: BaseException) -> ExitCode:
                        (e.BadRequestError, ExitCode.USAGE)):
         if isinstance(exc, kind):
             return code
+    if isinstance(exc, e.StorageError) and getattr(exc, "code", None) == "InvalidBucketName":
+        return ExitCode.USAGE
     return ExitCode.FAILED
 
 
@@ -95,3 +98,71 @@ def emit(output: str, data: Any, table: Callable[[Any], None]) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         table(data)
+
+
+def document(obj: Any) -> dict:
+    """The wire document of a task, pool or job as the server last sent it (the ``-o json``
+    shape of ``show`` and ``list``)."""
+    return dict(obj._data)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Aligned columns, for people (``None`` shows as empty)."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def state_name(state: Any) -> str:
+    """A state enum's wire name (an unknown state stays the string it is)."""
+    return str(getattr(state, "value", state) or "")
+
+
+def when(value: Any) -> str:
+    """A datetime as ``YYYY-MM-DD HH:MM:SS`` (UTC as sent), or empty."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else (value or "")
+
+
+def progress_option(func: Callable) -> Callable:
+    """``--progress/--no-progress``: tqdm bars on stderr (default: when stderr is a terminal)."""
+    return click.option("--progress/--no-progress", default=None,
+                        help="Show progress bars on stderr [default: when it is a terminal].")(func)
+
+
+def want_progress(progress: Optional[bool]) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _complete(ctx: click.Context, incomplete: str,
+              names: Callable[["Connection"], Iterable[tuple[str, str]]]) -> list:
+    """Completion items from the cluster; nothing (quietly) when it cannot be asked."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from qcompute.connection import Connection
+
+        profile = ctx.find_root().params.get("profile")
+        with Connection(profile=profile, retry_count=0, cluster_timeout=3) as conn:
+            return [CompletionItem(value, help=text) for value, text in names(conn)
+                    if value.startswith(incomplete)]
+    except Exception:  # noqa: BLE001 - completion must never print a traceback in a shell
+        return []
+
+
+def complete_task(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    return _complete(ctx, incomplete,
+                     lambda conn: ((t.uuid, t.name) for t in conn.tasks(summary=True)))
+
+
+def complete_pool(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    return _complete(ctx, incomplete,
+                     lambda conn: ((p.uuid, p.name) for p in conn.all_pools(summary=True)))
+
+
+def complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    return _complete(ctx, incomplete, lambda conn: ((j.uuid, j.name) for j in conn.all_jobs()))
+
+
+def complete_bucket(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    return _complete(ctx, incomplete, lambda conn: ((b.name, "") for b in conn.buckets()))

@@ -191,3 +191,96 @@ def test_connection_reads_config_and_sends_nothing(api: Any, monkeypatch: pytest
 def test_connection_without_token_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="no API token"):
         Connection(cluster_url="http://api.test")
+
+
+PROFILES_CONF = """
+[cluster]
+url = http://plain.test
+[client]
+token = plain-token
+[profile staging]
+cluster_url = http://staging.test/
+client_token = staging-token
+cluster_timeout = 9
+[profile prod]
+cluster_url = https://prod.test
+client_token = prod-token
+"""
+
+
+def test_profile_section_is_selected_by_name(tmp_path: Path) -> None:
+    path = ini(tmp_path / "p.conf", PROFILES_CONF)
+    conf = load_config(path, profile="staging")
+    assert (conf.cluster_url, conf.client_token, conf.cluster_timeout) == (
+        "http://staging.test", "staging-token", 9.0)
+    plain = load_config(path)  # no profile: the plain sections, as before
+    assert (plain.cluster_url, plain.client_token) == ("http://plain.test", "plain-token")
+
+
+def test_profile_from_the_environment_and_in_the_default_file(
+        monkeypatch: pytest.MonkeyPatch, isolated_config: Path) -> None:
+    ini(isolated_config, PROFILES_CONF)
+    monkeypatch.setenv("QCOMPUTE_PROFILE", "prod")
+    assert load_config().client_token == "prod-token"
+    assert load_config(profile="staging").client_token == "staging-token"  # argument wins
+    conn = Connection(profile="staging")
+    assert conn.cluster_url == "http://staging.test"
+    conn.close()
+
+
+def test_profile_replaces_plain_sections_and_beats_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ini(tmp_path / "p.conf", PROFILES_CONF + "[storage]\nurl = http://plain-s3.test\n")
+    monkeypatch.setenv("QCOMPUTE_CLIENT_TOKEN", "env-token")
+    monkeypatch.setenv("QCOMPUTE_RETRY_COUNT", "2")
+    conf = load_config(path, profile="prod")
+    assert conf.client_token == "prod-token"  # the profile beats the environment
+    assert conf.retry_count == 2  # not in the profile: the environment fills it
+    assert conf.storage_url is None  # the plain [storage] is not a fallback of a profile
+    assert load_config(path, profile="prod", client_token="arg").client_token == "arg"
+
+
+def test_profile_without_token_does_not_borrow_the_plain_one(tmp_path: Path) -> None:
+    path = ini(tmp_path / "p.conf", PROFILES_CONF + "[profile empty]\ncluster_url = http://e.test\n")
+    with pytest.raises(ConfigError, match=r"client_token in \[profile empty\]"):
+        load_config(path, profile="empty")
+
+
+def test_missing_profile_names_the_profiles_that_exist(tmp_path: Path) -> None:
+    path = ini(tmp_path / "p.conf", PROFILES_CONF)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, profile="stagin")
+    message = str(caught.value)
+    assert "'stagin'" in message and "did you mean 'staging'" in message
+    assert "its profiles: staging, prod" in message and str(path) in message
+
+
+def test_missing_profile_when_no_file_exists(isolated_config: Path) -> None:
+    with pytest.raises(ConfigError, match=f"no profile 'x'.*{isolated_config}"):
+        load_config(profile="x")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[client]\ntokn = t\n", r"unknown key 'tokn' in \[client\] \(did you mean 'token'\?\)"),
+    ("[cluster]\nurl = http://x.test\ntimout = 3\n[client]\ntoken = t\n",
+     r"unknown key 'timout' in \[cluster\] \(did you mean 'timeout'\?\)"),
+    ("[client]\ntoken = t\n[clustre]\nurl = http://x.test\n",
+     r"unknown section \[clustre\] \(did you mean 'cluster'\?\)"),
+    ("[client]\ntoken = t\n[profile a]\ncluster_ulr = http://x.test\n",
+     r"unknown key 'cluster_ulr' in \[profile a\] \(did you mean 'cluster_url'\?\)"),
+    ("[DEFAULT]\nunsafe = true\n[client]\ntoken = t\n", r"unknown section \[DEFAULT\]"),
+])
+def test_unknown_sections_and_keys_are_errors_with_a_did_you_mean(
+        tmp_path: Path, text: str, problem: str) -> None:
+    path = ini(tmp_path / "typo.conf", text)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_typo_in_the_default_file_is_reported_not_ignored(isolated_config: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ini(isolated_config, "[client]\ntokn = t\n")
+    monkeypatch.setenv("QCOMPUTE_CLIENT_TOKEN", "env-token")
+    with pytest.raises(ConfigError, match=f"{isolated_config}: unknown key 'tokn'"):
+        load_config()
