@@ -75,6 +75,13 @@ class Explanation:
     def codes(self) -> list[str]:
         return [reason.code for reason in self.reasons]
 
+    def to_json(self) -> dict[str, Any]:
+        """The route's document again (what ``qcompute task explain -o json`` prints)."""
+        state = self.state.value if isinstance(self.state, TaskState) else self.state
+        return {"uuid": self.uuid, "state": state, "instances": dict(self.instances),
+                "reasons": [{"code": r.code, "message": r.message, **r.details}
+                            for r in self.reasons]}
+
     def __str__(self) -> str:
         lines = [f"task {self.uuid} is {self.state}"]
         lines += [f"- {reason.message}" for reason in self.reasons]

@@ -1,4 +1,5 @@
-"""``qcompute task list | show | logs | wait | abort | delete``, through the SDK."""
+"""``qcompute task list | show | logs | wait | explain | abort | delete | rerun-failed``,
+through the SDK."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -146,6 +147,30 @@ def wait(state: State, uuid: str, timeout: Optional[float], output: str) -> None
         errors = "; ".join(str(e) for e in task_.errors)
         raise CliError(f"task {uuid} ended in {final}" + (f": {errors}" if errors else ""),
                        ExitCode.FAILED)
+
+
+@task.command("explain")
+@click.argument("uuid", shell_complete=complete_task)
+@output_option
+@pass_state
+def explain(state: State, uuid: str, output: str) -> None:
+    """Say why a task is not running yet: capacity (and how many instances are ahead), a
+    pool, a dependency, a hardware constraint, a queue timeout coming up (JSON: the document
+    of GET /tasks/{uuid}/explain)."""
+    explanation = state.connection().retrieve_task(uuid).explain()
+    emit(output, explanation.to_json(), lambda _: click.echo(str(explanation)))
+
+
+@task.command("rerun-failed")
+@click.argument("uuid", shell_complete=complete_task)
+@output_option
+@pass_state
+def rerun_failed(state: State, uuid: str, output: str) -> None:
+    """Run the failed instances of a finished task again, as a new task with the same
+    definition; prints the new task's uuid (JSON: its document)."""
+    rerun = state.connection().retrieve_task(uuid).rerun_failed()
+    emit(output, document(rerun), lambda _: click.echo(
+        f"{rerun.uuid} re-runs instances {rerun.advanced_range} of {uuid}"))
 
 
 @task.command("abort")

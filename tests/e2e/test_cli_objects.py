@@ -245,3 +245,32 @@ def test_completion_scripts_and_uuid_completion(cli, conn, cluster):
     env["QCOMPUTE_CONFIG"] = "/nonexistent/qcompute.conf"  # no cluster: quietly nothing
     quiet = runner.invoke(main, [], env=env, prog_name="qcompute")
     assert quiet.stdout.strip() == "" and quiet.exit_code == 0
+
+
+def test_task_explain_names_the_pending_parent_and_rerun_failed_reruns_the_failures(cli, conn):
+    job = conn.create_job("cli explain", use_dependencies=True).submit()
+    parent = conn.create_task("cli parent", "docker-batch", 1, job=job)
+    parent.constants["DOCKER_CMD"] = "sleep 60"
+    parent.submit()
+    child = conn.create_task("cli child", "docker-batch", 1, job=job)
+    child.constants["DOCKER_CMD"] = "true"
+    child.set_task_dependencies_from_tasks([parent])
+    child.submit()
+    explained = _json(cli("task", "explain", child.uuid, "-o", "json"))
+    assert explained["uuid"] == child.uuid and explained["state"] == "Submitted"
+    [waiting] = [r for r in explained["reasons"] if r["code"] == "dependency"]
+    assert [p["uuid"] for p in waiting["parents"]] == [parent.uuid]
+    human = cli("task", "explain", child.uuid)
+    assert human.exit_code == 0 and human.stdout.startswith(f"task {child.uuid} is ")
+    assert parent.uuid in human.stdout or "cli parent" in human.stdout
+    job.terminate()
+
+    odd_fails = _submit(conn, "cli odd", "sh -c 'exit $((${INSTANCE_ID} % 2))'", 4)
+    assert cli("task", "wait", odd_fails.uuid, "--timeout", "120").exit_code == ExitCode.FAILED
+    rerun = _json(cli("task", "rerun-failed", odd_fails.uuid, "-o", "json"))
+    assert rerun["advancedRanges"] == "1,3" and rerun["uuid"] != odd_fails.uuid
+    assert cli("task", "wait", rerun["uuid"], "--timeout", "120").exit_code == ExitCode.FAILED
+    ok = _submit(conn, "cli ok", "true")
+    assert cli("task", "wait", ok.uuid, "--timeout", "120").exit_code == ExitCode.OK
+    refused = cli("task", "rerun-failed", ok.uuid)
+    assert refused.exit_code == ExitCode.FAILED and "Error:" in refused.stderr
