@@ -8,6 +8,7 @@ import click
 from qcompute._version import __version__
 
 from ._common import Group, State
+from .batch import submit, validate
 from .cluster import down, server, status, up
 from .users import user
 
@@ -25,5 +26,5 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (up, down, status, server, user):
+for command in (up, down, status, server, user, validate, submit):
     main.add_command(command)
