@@ -58,7 +58,13 @@ def _parse(path: Path) -> tuple[Optional[Batch], list[Problem]]:
         batch._source = path
         problems = local_problems(batch, path.parent)
     locator = Locator(text)
-    return batch, [Problem(p.path, p.message, p.line or locator.line(p.path)) for p in problems]
+    return batch, _in_file_order([Problem(p.path, p.message, p.line or locator.line(p.path))
+                                  for p in problems])
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Top to bottom, as a compiler lists them (those without a line first)."""
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _pydantic_problem(err: Any) -> Problem:
@@ -100,8 +106,9 @@ def check_file(path: PathLike, conn: Optional["Connection"] = None) -> tuple[Opt
     batch, problems = _parse(Path(path))
     if batch is not None and conn is not None:
         locator = Locator(Path(path).read_text(encoding="utf-8"))
-        problems += [Problem(p.path, p.message, locator.line(p.path) if p.path else None)
-                     for p in cluster_problems(batch, conn)]
+        problems = _in_file_order(problems + [
+            Problem(p.path, p.message, locator.line(p.path) if p.path else None)
+            for p in cluster_problems(batch, conn)])
     return batch, problems
 
 

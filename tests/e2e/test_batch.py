@@ -1,0 +1,90 @@
+"""Batch files against the real cluster: `qcompute validate` asks the cluster (profiles, secrets,
+hardware), and `qcompute submit --wait` runs the sample DAG (samples/batch) with its failure
+branch end to end."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from qcompute.cli import main
+from qcompute.cli._common import ExitCode
+from qcompute.states import TaskState
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "batch"
+
+
+def _run(cluster, *args: str):
+    return CliRunner().invoke(main, list(args), env={"QCOMPUTE_CONFIG": str(cluster.config),
+                                                     "QCOMPUTE_PROFILE": None})
+
+
+def test_validate_lists_what_only_the_cluster_knows(cluster, conn, tmp_path):
+    conn.secrets.create("batch-e2e/present", "x")
+    batch = tmp_path / "job.toml"
+    batch.write_text(
+        'name = "checks"\n'                                   # 1
+        '[[tasks]]\n'                                          # 2
+        'name = "a"\n'                                         # 3
+        'profile = "no-such-profile"\n'                        # 4
+        'command = "true"\n'                                   # 5
+        'secrets = ["batch-e2e/present", "batch-e2e/gone"]\n'  # 6
+        'hardware = { min_cores = 100000 }\n'                  # 7
+        '[[tasks]]\n'                                          # 8
+        'name = "b"\n'                                         # 9
+        'profile = "docker-batch"\n'                           # 10
+        'command = "echo \'unbalanced"\n')                     # 11
+    result = _run(cluster, "validate", str(batch))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    lines = result.stderr.splitlines()
+    assert f"{batch}:4: tasks[0].profile: unknown profile 'no-such-profile'; the cluster has: " \
+           "docker-batch" in lines
+    assert f"{batch}:6: tasks[0].secrets[1]: the cluster has no secret 'batch-e2e/gone'" in lines
+    assert not any("batch-e2e/present" in line for line in lines)
+    assert any(line.startswith(f"{batch}:7: tasks[0].hardware: no node of the cluster satisfies "
+                               "MinimumCoreHardwareConstraint(coreCount=100000); it offers: ")
+               for line in lines), lines
+    assert any(line.startswith(f"{batch}:11: tasks[1].command: the command cannot be split")
+               for line in lines), lines
+    assert f"Error: {batch}: 4 problems" in lines
+
+
+def test_validate_passes_a_good_file(cluster):
+    result = _run(cluster, "validate", str(SAMPLE / "pipeline.toml"))
+    assert result.exit_code == 0, result.output
+    assert f"ok (5 tasks, checked against {cluster.url}" in result.stdout
+
+
+def test_submit_wait_runs_the_sample_dag_with_its_failure_branch(cluster, conn, tmp_path):
+    work = tmp_path / "batch"
+    shutil.copytree(SAMPLE, work)
+    result = _run(cluster, "submit", str(work / "pipeline.toml"), "--wait", "--no-progress")
+
+    # check fails (a negative number): merge, which needs it, is cancelled; report runs.
+    assert result.exit_code == ExitCode.FAILED, result.output
+    assert "Error: 2 of 5 tasks did not succeed: check, merge" in result.stderr
+    out = result.stdout
+    assert "prepare | prepared 4 numbers" in out
+    assert "report  | check failed: fix input/numbers.txt" in out
+    assert "check   | negative numbers found" in result.stderr
+    summary = dict(line.split(None, 1) for line in out.split("\n\n")[-1].splitlines()
+                   if line and not line.startswith("results"))
+    assert summary["prepare"] == summary["square"] == summary["report"] == "Success"
+    assert summary["check"].startswith("Failure")
+    assert summary["merge"].startswith("Cancelled") and "needed success" in summary["merge"]
+
+    output = work / "output"
+    assert f"results downloaded to {output}" in out
+    assert (output / "prepared.txt").read_text() == "-3\n1\n4\n7\n"
+    assert (output / "squares.txt").read_text() == "9\n1\n16\n49\n"
+    assert (output / "report.txt").read_text() == "check failed: fix input/numbers.txt\n"
+    assert not (output / "table.txt").exists()  # merge never ran
+
+    job_uuid = out.split()[1]
+    tasks = {t.name: t for t in conn.retrieve_job(job_uuid).tasks()}
+    merge = conn.retrieve_task(tasks["merge"].uuid)
+    assert merge.state == TaskState.CANCELLED
+    assert merge.completed_instances == [] or all(
+        i.state != "Success" for i in merge.completed_instances)
+    assert conn.retrieve_job(job_uuid).use_dependencies is True
