@@ -24,6 +24,8 @@ __all__ = ["BatchRun", "submit_batch", "levels"]
 
 logger = logging.getLogger(__name__)
 
+_UNMET = "dependencyConditionsNotFulfilled"  # dependencies.state of a task they cancelled
+
 
 @dataclass
 class BatchRun:
@@ -50,13 +52,27 @@ class BatchRun:
         """
         return self.job._conn.wait_tasks(list(self.tasks.values()), timeout)
 
+    def _ended(self, state: TaskState, skipped: bool) -> list[str]:
+        found = []
+        for name, task in self.tasks.items():
+            unmet = (task._data.get("dependencies") or {}).get("state") == _UNMET
+            if task._data.get("state") == state.value and unmet == skipped:
+                found.append(name)
+        return found
+
     @property
     def failed(self) -> list[str]:
-        """The names of the tasks that ended in Failure or Cancelled (from their cached state:
-        call :meth:`wait` first)."""
-        return [name for name, task in self.tasks.items()
-                if task._data.get("state") in (TaskState.FAILURE.value,
-                                               TaskState.CANCELLED.value)]
+        """The tasks that failed: ended in Failure, or Cancelled for another reason than
+        their dependencies (aborted, timed out). From the cached states: :meth:`wait` first."""
+        return [name for name in self.tasks
+                if name in self._ended(TaskState.FAILURE, False)
+                or name in self._ended(TaskState.CANCELLED, False)]
+
+    @property
+    def skipped(self) -> list[str]:
+        """The tasks cancelled because a parent did not end as they needed (a task waiting
+        for a failure, when there was none; the dependants of a failed task)."""
+        return self._ended(TaskState.CANCELLED, True)
 
     def download_results(self, progress: Any = True) -> Optional[str]:
         """Download the results bucket to the file's ``results.download_to`` (relative to the

@@ -147,7 +147,9 @@ def _finish(run: "BatchRun", progress: Optional[bool]) -> None:
         click.echo(f"results downloaded to {target}")
     if run.pool is not None:
         run.pool.close()
-    failed = run.failed
+    failed, skipped = run.failed, run.skipped
+    note = f" (skipped, their dependencies unmet: {', '.join(skipped)})" if skipped else ""
     if failed:
-        raise CliError(f"{len(failed)} of {len(run.tasks)} tasks did not succeed: "
-                       f"{', '.join(failed)}", ExitCode.FAILED)
+        raise CliError(f"{len(failed)} of {len(run.tasks)} tasks failed: {', '.join(failed)}"
+                       + note, ExitCode.FAILED)
+    click.echo(f"every task succeeded{note}")

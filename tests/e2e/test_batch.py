@@ -4,6 +4,7 @@ branch end to end."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -13,6 +14,15 @@ from qcompute.cli._common import ExitCode
 from qcompute.states import TaskState
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "batch"
+
+
+def _copy_sample(tmp_path: Path) -> Path:
+    """The sample in a directory of its own, with buckets of its own (the cluster is shared)."""
+    work = tmp_path / "batch"
+    shutil.copytree(SAMPLE, work)
+    toml = work / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('"batch-pipeline-', f'"b{uuid.uuid4().hex[:8]}-'))
+    return work
 
 
 def _run(cluster, *args: str):
@@ -57,13 +67,13 @@ def test_validate_passes_a_good_file(cluster):
 
 
 def test_submit_wait_runs_the_sample_dag_with_its_failure_branch(cluster, conn, tmp_path):
-    work = tmp_path / "batch"
-    shutil.copytree(SAMPLE, work)
+    work = _copy_sample(tmp_path)
     result = _run(cluster, "submit", str(work / "pipeline.toml"), "--wait", "--no-progress")
 
     # check fails (a negative number): merge, which needs it, is cancelled; report runs.
     assert result.exit_code == ExitCode.FAILED, result.output
-    assert "Error: 2 of 5 tasks did not succeed: check, merge" in result.stderr
+    assert "Error: 1 of 5 tasks failed: check (skipped, their dependencies unmet: merge)" \
+        in result.stderr
     out = result.stdout
     assert "prepare | prepared 4 numbers" in out
     assert "report  | check failed: fix input/numbers.txt" in out
@@ -88,3 +98,13 @@ def test_submit_wait_runs_the_sample_dag_with_its_failure_branch(cluster, conn, 
     assert merge.completed_instances == [] or all(
         i.state != "Success" for i in merge.completed_instances)
     assert conn.retrieve_job(job_uuid).use_dependencies is True
+
+
+def test_submit_wait_without_a_failure_skips_the_failure_branch_and_exits_0(cluster, tmp_path):
+    work = _copy_sample(tmp_path)
+    (work / "input" / "numbers.txt").write_text("4\n2\n")
+    result = _run(cluster, "submit", str(work / "pipeline.toml"), "--wait", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "merge   | 2\t4" in result.stdout and "merge   | 4\t16" in result.stdout
+    assert "every task succeeded (skipped, their dependencies unmet: report)" in result.stdout
+    assert (work / "output" / "table.txt").read_text() == "2\t4\n4\t16\n"
