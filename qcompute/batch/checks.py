@@ -141,8 +141,10 @@ def hardware_constraints(hardware: Optional[Hardware]) -> list[Any]:
 
     if hardware is None:
         return []
-    pairs = [(hardware.min_cores, hw.MinimumCoreHardware), (hardware.max_cores, hw.MaximumCoreHardware),
-             (hardware.min_ram_mb, hw.MinimumRamHardware), (hardware.max_ram_mb, hw.MaximumRamHardware),
+    pairs = [(hardware.min_cores, hw.MinimumCoreHardware),
+             (hardware.max_cores, hw.MaximumCoreHardware),
+             (hardware.min_ram_mb, hw.MinimumRamHardware),
+             (hardware.max_ram_mb, hw.MaximumRamHardware),
              (hardware.min_ram_gb_per_core, hw.MinimumRamCoreRatioHardware),
              (hardware.max_ram_gb_per_core, hw.MaximumRamCoreRatioHardware),
              (hardware.specific, hw.SpecificHardware), (hardware.cpu_model, hw.CpuModelHardware)]

@@ -108,3 +108,39 @@ def test_submit_wait_without_a_failure_skips_the_failure_branch_and_exits_0(clus
     assert "merge   | 2\t4" in result.stdout and "merge   | 4\t16" in result.stdout
     assert "every task succeeded (skipped, their dependencies unmet: report)" in result.stdout
     assert (work / "output" / "table.txt").read_text() == "2\t4\n4\t16\n"
+
+
+def test_submit_creates_the_pool_and_maps_every_option(cluster, conn, tmp_path):
+    conn.secrets.create("batch-e2e/token", "s3cr3t")
+    batch = tmp_path / "pool.toml"
+    batch.write_text("""name = "in-a-pool"
+tags = ["batch-e2e"]
+[pool]
+name = "batch-pool"
+profile = "docker-batch"
+constants = { GREETING = "hello" }
+[[tasks]]
+name = "greet"
+range = "3-4"
+command = "echo ${GREETING} from ${INSTANCE_ID}"
+labels = { team = "batch" }
+secrets = ["batch-e2e/token"]
+retries = { max_total = 2 }
+hardware = { min_cores = 1 }
+""")
+    result = _run(cluster, "submit", str(batch), "--wait")
+    assert result.exit_code == 0, result.output
+    assert "greet | hello from 3" in result.stdout and "greet | hello from 4" in result.stdout
+    assert "every task succeeded" in result.stdout
+
+    job = conn.retrieve_job(result.stdout.split()[1])
+    assert job.tags == ["batch-e2e"] and job.use_dependencies
+    task = conn.retrieve_task(job.tasks()[0].uuid)
+    assert task.advanced_range == "3-4" and task.labels == {"team": "batch"}
+    assert task.secrets_access_rights.by_secret == ["batch-e2e/token"]
+    assert task.retry_settings.max_total_retries == 2
+    assert [c.to_json() for c in task.hardware_constraints] == [
+        {"discriminator": "MinimumCoreHardwareConstraint", "coreCount": 1}]
+    pool = conn.retrieve_pool(task.pool_uuid)
+    assert pool.name == "batch-pool"
+    assert pool.state in ("Closing", "Closed")  # closed by submit --wait when the job ended
