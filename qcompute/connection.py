@@ -411,8 +411,13 @@ class Connection(ObjectsMixin):
 
     def submit_file(self, path: Any, *, progress: Any = True, check: bool = True) -> Any:
         """Run a batch file (see :mod:`qcompute.batch`): check it offline and against this
-        cluster, upload its local directories (``progress``: tqdm bars, a callable, or None),
-        create its pool, then submit its job and tasks.
+        cluster, upload its local directories, create its pool, then submit its job and tasks.
+
+        Args:
+            path: the batch file.
+            progress: upload progress: ``True`` for tqdm bars, a callable, or None.
+            check: also run the cluster checks (profiles, hardware, secrets, bucket prefix);
+                the offline checks always run.
 
         Returns:
             A :class:`~qcompute.BatchRun`: ``job``, ``tasks`` (by name), ``pool``, and

@@ -110,7 +110,10 @@ def _follow(run: "BatchRun") -> None:
                 click.echo(f"{name:<{width}} > {now}")
             if name in drained or now in (None, TaskState.SUBMITTED.value):
                 continue
-            final = TaskState(now).is_final() if now in TaskState._value2member_map_ else False
+            try:
+                final = TaskState(now).is_final()
+            except ValueError:  # a state this SDK does not know: not final
+                final = False
             for stream, read in (("stdout", task.fresh_stdout), ("stderr", task.fresh_stderr)):
                 _echo_lines(name, width, stream, read(), tails, flush=final)
             if final:
