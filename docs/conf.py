@@ -28,7 +28,7 @@ extensions = [
 
 exclude_patterns = ["_build"]
 templates_path: list[str] = []
-html_static_path: list[str] = []
+html_static_path = ["_static"]  # batch.schema.json, published for editors
 html_theme = "alabaster"
 html_theme_options = {
     "description": "A Python SDK and a self-hostable compute cluster in the Qarnot dialect",

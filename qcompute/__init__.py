@@ -21,6 +21,7 @@ from ._version import __version__
 from .exceptions import (
     APIError,
     BadRequestError,
+    BatchError,
     ConfigError,
     ConflictError,
     FieldError,
@@ -71,10 +72,12 @@ _LAZY = {
     "FinalStateCondition": ".dependencies",
     "Explanation": ".explain", "Reason": ".explain",
     **{name: ".hardware" for name in _HARDWARE},
+    "load_batch": ".batch", "Batch": ".batch", "BatchRun": ".batch",
 }
 
 if TYPE_CHECKING:
     from ._paging import Page
+    from .batch import Batch, BatchRun, load_batch
     from .bucket import Bucket, ObjectInfo
     from .config import Config
     from .connection import ALL, ANY, Connection, Profile, UserInfo
@@ -153,6 +156,9 @@ __all__ = [
     "UnknownHardwareConstraint",
     "Bucket",
     "ObjectInfo",
+    "load_batch",
+    "Batch",
+    "BatchRun",
     "TaskState",
     "InstanceState",
     "PoolState",
@@ -186,6 +192,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "ConfigError",
+    "BatchError",
     "StorageError",
     "ResourceStateError",
     "WaitTimeout",

@@ -415,6 +415,27 @@ class Connection(ObjectsMixin):
                            status_code=failures[0]["statusCode"], code="BulkSubmitFailed",
                            details=failures)
 
+    def submit_file(self, path: Any, *, progress: Any = True, check: bool = True) -> Any:
+        """Run a batch file (see :mod:`qcompute.batch`): check it offline and against this
+        cluster, upload its local directories, create its pool, then submit its job and tasks.
+
+        Args:
+            path: the batch file.
+            progress: upload progress: ``True`` for tqdm bars, a callable, or None.
+            check: also run the cluster checks (profiles, hardware, secrets, bucket prefix);
+                the offline checks always run.
+
+        Returns:
+            A :class:`~qcompute.BatchRun`: ``job``, ``tasks`` (by name), ``pool``, and
+            ``wait()``, ``failed``, ``download_results()``.
+
+        Raises:
+            BatchError: the file has problems (every one listed); nothing was sent.
+        """
+        from .batch import _submit_file
+
+        return _submit_file(self, path, progress=progress, check=check)
+
     # -- storage ---------------------------------------------------------------------------
     @property
     def _storage(self) -> Storage:

@@ -25,6 +25,7 @@ once, in ``qcompute._storage``. The Qarnot names are kept, so code written for t
     │   └── ServerError                      5xx
     ├── TransportError                       connection refused, reset, timeout, TLS (wraps requests)
     ├── ConfigError                          no token, unreadable file, bad value
+    │   └── BatchError                       an invalid batch file: every problem listed
     ├── StorageError                         S3 failure (wraps botocore ClientError)
     ├── ResourceStateError                   misuse: abort() before submit(), submit() twice ...
     ├── WaitTimeout                          also a TimeoutError
@@ -58,6 +59,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "ConfigError",
+    "BatchError",
     "StorageError",
     "ResourceStateError",
     "WaitTimeout",
@@ -182,6 +184,23 @@ class TransportError(QComputeError):
 
 class ConfigError(QComputeError):
     """The configuration is incomplete or invalid."""
+
+
+class BatchError(ConfigError):
+    """A batch file that cannot run (see :mod:`qcompute.batch`).
+
+    Attributes:
+        problems: every problem found (:class:`qcompute.batch.Problem`: key path, line,
+            message), not only the first.
+        path: the file.
+    """
+
+    def __init__(self, path: Any, problems: list[Any]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        listed = "\n".join("  " + p.render(self.path) for p in self.problems)
+        count = len(self.problems)
+        super().__init__(f"{self.path}: {count} problem{'s' if count != 1 else ''}\n{listed}")
 
 
 class StorageError(QComputeError):

@@ -9,6 +9,7 @@ import click
 from qcompute._version import __version__
 
 from ._common import Group, State
+from .batch import submit, validate
 from .buckets import bucket
 from .cluster import down, server, status, up
 from .completion import completion
@@ -32,5 +33,6 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (up, down, status, server, user, login, task, bucket, pool, job, completion):
+for command in (up, down, status, server, user, login, validate, submit, task, bucket, pool, job,
+                completion):
     main.add_command(command)
