@@ -1,5 +1,5 @@
 """The ``qcompute`` command: the embedded cluster (up, down, status, server), users, login,
-and a command group for every object (task, bucket, pool, job)."""
+batch files (validate, submit) and a command group for every object (task, bucket, pool, job)."""
 from __future__ import annotations
 
 import logging
