@@ -66,7 +66,8 @@ class Resource(FieldHolder):
     _not_found: ClassVar[type[NotFoundError]] = NotFoundError
     _repr_fields: ClassVar[tuple[str, ...]] = ("uuid",)
 
-    uuid: Field[Optional[str]] = Field("uuid", read_only=True)
+    uuid: Field[Optional[str]] = Field("uuid", read_only=True,
+                                       doc="The server's id of the object.")
 
     def __init__(self, connection: "Connection") -> None:
         self._conn = connection
@@ -111,7 +112,7 @@ class Resource(FieldHolder):
         assignment, or a value handed out), and the ``always`` wire keys even when null."""
         always = frozenset(always)
         doc: dict[str, Any] = {}
-        for name, field in self._fields.items():
+        for name, field in self._declared.items():
             wire = field.wire_name
             if field.read_only or not (wire in always or wire in self._data or name in self._cache):
                 continue
@@ -141,7 +142,7 @@ class Resource(FieldHolder):
 
     def _state_now(self) -> Any:
         """The cached ``state``, without a refresh."""
-        return self._fields["state"].from_wire(self, self._data.get("state"))
+        return self._declared["state"].from_wire(self, self._data.get("state"))
 
     def _mark_local_state(self, state: str) -> None:
         """Set the cached state after an action the server acts on later (delete ...)."""
@@ -201,7 +202,7 @@ class Resource(FieldHolder):
         if not changed:
             return self
         kind = type(self).__name__
-        fixed = sorted(name for name in changed if self._fields[name].fixed_after_submit)
+        fixed = sorted(name for name in changed if self._declared[name].fixed_after_submit)
         if fixed:
             raise ReadOnlyFieldError(
                 f"{', '.join(f'{kind}.{name}' for name in fixed)} cannot change once the "
@@ -216,7 +217,7 @@ class Resource(FieldHolder):
     def __repr__(self) -> str:  # never fetches
         parts = []
         for name in self._repr_fields:
-            field = self._fields[name]
+            field = self._declared[name]
             value = self._cache.get(name, field.from_wire(self, self._data.get(field.wire_name)))
             if isinstance(value, Enum):
                 value = value.value
