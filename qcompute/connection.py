@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
-from ._http import HttpClient, join_path
+from ._http import CONNECT_TIMEOUT, HttpClient, join_path
 from ._connection_objects import ObjectsMixin
 from ._paging import Page, TagsArg, fetch_page, paginate, tag_filter, uuid_filter
 from ._storage import Storage
@@ -105,6 +105,8 @@ class Connection(ObjectsMixin):
         client_token: the API token.
         cluster_url: the API URL.
         cluster_timeout: seconds per request (default 30).
+        connect_timeout: seconds to open a connection to the API (default 5): an unreachable
+            cluster fails after this, not after ``cluster_timeout`` and the retries.
         storage_url: the S3 URL (default: asked from the server).
         retry_count: retries of a failed request (default 5).
         retry_wait: backoff factor in seconds (default 1).
@@ -130,6 +132,8 @@ class Connection(ObjectsMixin):
         storage_unsafe: Optional[bool] = None,
         cluster_custom_certificate: Optional[str] = None,
         storage_custom_certificate: Optional[str] = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.config: Config = load_config(
             fileconf,
@@ -147,6 +151,7 @@ class Connection(ObjectsMixin):
         cfg = self.config
         self._http = HttpClient(
             cfg.cluster_url, cfg.client_token, timeout=cfg.cluster_timeout,
+            connect_timeout=connect_timeout,
             retry_count=cfg.retry_count, retry_wait=cfg.retry_wait, verify=cfg.cluster_verify,
         )
         self._storage_url = cfg.storage_url
