@@ -45,6 +45,7 @@ from .exceptions import (
     StorageError,
     TransportError,
     UnauthorizedException,
+    TaskFailedError,
     WaitTimeout,
 )
 from .states import InstanceState, JobState, PoolState, SnapshotState, TaskState
@@ -184,6 +185,7 @@ __all__ = [
     "ConfigError",
     "StorageError",
     "ResourceStateError",
+    "TaskFailedError",
     "WaitTimeout",
     "FieldError",
     "ReadOnlyFieldError",

@@ -253,6 +253,7 @@ class HttpClient:
         not_found: Optional[type[NotFoundError]] = None,
         conflict: Optional[type[ConflictError]] = None,
         hold: float = 0.0,
+        with_headers: bool = False,
     ) -> Any:
         """Send one logical request (retried as configured) and decode the reply.
 
@@ -266,9 +267,11 @@ class HttpClient:
             not_found: the exception class for a 404 (default :class:`NotFoundError`).
             conflict: the exception class for a 409 (default :class:`ConflictError`).
             hold: seconds the server may hold the reply (a long poll), added to the timeout.
+            with_headers: return ``(body, headers)``, the reply's headers (case-insensitive).
 
         Returns:
-            The decoded JSON, or the text when ``expect_json`` is False.
+            The decoded JSON, or the text when ``expect_json`` is False (with the headers when
+            ``with_headers``).
 
         Raises:
             APIError: the server answered with an error status (a subclass chosen by status).
@@ -296,6 +299,12 @@ class HttpClient:
             raise TransportError(f"{method} {url} failed: {exc}") from exc
         if response.status_code >= 400:
             raise error_from_response(response, not_found, conflict)
+        if with_headers:
+            return self._decode(method, url, response, expect_json), response.headers
+        return self._decode(method, url, response, expect_json)
+
+    @staticmethod
+    def _decode(method: str, url: str, response: requests.Response, expect_json: bool) -> Any:
         if not expect_json:
             return response.text
         if not response.content:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Optional,
+                    TypeVar)
 
 from ._fields import Field, FieldHolder, parse_datetime
 from ._http import join_path
@@ -249,8 +250,8 @@ class Dated:
 
 
 class OutputMethods:
-    """``stdout()``, ``stderr()`` and their ``fresh_`` variants, and the live telemetry of
-    what runs (``running_instances``), for tasks and pools."""
+    """``stdout()``, ``stderr()``, their ``fresh_`` variants, ``follow()``, and the live
+    telemetry of what runs (``running_instances``), for tasks and pools."""
 
     __slots__ = ()
     _not_found: ClassVar[type[NotFoundError]]
@@ -268,6 +269,8 @@ class OutputMethods:
     if TYPE_CHECKING:  # provided by Resource
         def _url(self, *extra: Any) -> str: ...
         def _require_submitted(self, action: str) -> None: ...
+        def _state_now(self) -> Any: ...
+        def _fetch(self, hold: float = 0.0) -> None: ...
 
     def _output(self, method: str, stream: str, instance_id: Optional[int]) -> str:
         self._require_submitted(f"read {stream}")
@@ -283,6 +286,38 @@ class OutputMethods:
     def stderr(self, instance_id: Optional[int] = None) -> str:
         """All standard error so far: ``GET /<kind>/{uuid}/stderr[/{instanceId}]``."""
         return self._output("GET", "stderr", instance_id)
+
+    def follow(self, stream: str = "stdout", instance: Optional[int] = None) -> Iterator[str]:
+        """The lines of the output as they are written, until the task (or pool) is final::
+
+            for line in task.follow():
+                print(line)
+
+        Starts from the beginning of what the server keeps, and ends after the last line
+        once the object is final (Success, Failure, Cancelled; a pool: Closed, Failure). A
+        line is yielded when its newline arrives, without it (and without a ``\\r`` before
+        it); the last line is yielded at the end even without a newline. Breaking out of the
+        loop stops reading. It does not move the ``fresh_stdout()`` cursor: any number of
+        followers can read at once.
+
+        On a qcompute cluster each read is held by the server until new output arrives (no
+        busy polling); on a server without that read (Qarnot's) it polls the object and its
+        whole stream, 0.05 s apart growing to 1 s (see :mod:`qcompute._follow`).
+
+        Args:
+            stream: ``"stdout"`` or ``"stderr"``.
+            instance: one instance's (a pool: one slot's) output; ``None`` for all of them,
+                interleaved as they arrived.
+
+        Raises:
+            ValueError: another stream name.
+            ResourceStateError: the object was not submitted.
+            MissingTaskException: no such task (``MissingTaskInstanceException``: no such
+                instance), or the pool equivalents.
+        """
+        from ._follow import follow_lines
+
+        return follow_lines(self, stream, instance)
 
     def fresh_stdout(self, instance_id: Optional[int] = None) -> str:
         """Standard output since the last fresh read: ``POST /<kind>/{uuid}/stdout[/{id}]``."""

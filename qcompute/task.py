@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import _resource
 from ._fields import Field, parse_datetime, parse_enum
 from ._resource import OutputMethods, Resource
+from ._running import RunMethods
 from ._wire import (
     ResourcesField,
     ResultsField,
@@ -78,7 +79,7 @@ _ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants",
                           "labels", "advancedResourceBuckets"})
 
 
-class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
+class Task(RunMethods, OutputMethods, DependencyMethods, SnapshotMethods, Resource):
     """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile,
     or run in a pool.
 
@@ -337,105 +338,6 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, Resource):
     def _is_final(self) -> bool:
         state = self._state_now()
         return isinstance(state, TaskState) and state.is_final()
-
-    def wait(self, timeout: Optional[float] = None, live_progress: bool = False) -> bool:
-        """Wait until the task reaches Success, Failure or Cancelled.
-
-        When the server advertises a long poll (``taskWaitMaxSeconds`` in ``GET /settings``),
-        each ``GET /tasks/{uuid}?wait=...&until=final`` is held by the server until the task is
-        final (with ``live_progress``, until each change of state, to move the bar), so the
-        end is seen as soon as it happens. Otherwise it polls ``GET /tasks/{uuid}``, first
-        after 0.05 s, then 1.5 times later each time, at most every second.
-
-        Args:
-            timeout: seconds to wait at most; ``None`` waits for ever.
-            live_progress: draw a tqdm bar of ``status.execution_progress``.
-
-        Returns:
-            True when the task is final, False on timeout (or if it was never submitted).
-        """
-        if not self._is_submitted():
-            return False
-        deadline = None if timeout is None else _resource._clock() + timeout
-        hold = self._conn._long_poll_seconds()
-        interval = POLL_START
-        bar = None
-        if live_progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=100, unit="%", desc=self.name)
-        if hold and bar is None:
-            return self._wait_until_final(hold, deadline)
-        try:
-            self._fetch()
-            while True:
-                if bar is not None:
-                    status = self._declared["status"].from_wire(self, self._data.get("status"))
-                    bar.n = (status.execution_progress or 0) if status else 0
-                    bar.refresh()
-                if self._is_final():
-                    return True
-                now = _resource._clock()
-                if deadline is not None and now >= deadline:
-                    return False
-                left = float("inf") if deadline is None else deadline - now
-                if hold:
-                    self._fetch(hold=min(hold, left), known_state=str(self._data.get("state")))
-                    continue
-                _sleep(min(interval, left))
-                interval = min(interval * POLL_FACTOR, POLL_MAX)
-                self._fetch()
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _wait_until_final(self, hold: float, deadline: Optional[float]) -> bool:
-        """One held ``GET /tasks/{uuid}?wait=...&until=final`` per window: the server replies
-        once the task is final, not at each change on the way."""
-        while True:
-            left = float("inf") if deadline is None else deadline - _resource._clock()
-            self._fetch(hold=max(0.0, min(hold, left)), known_state=str(self._data.get("state")),
-                        until_final=True)
-            if self._is_final():
-                return True
-            if deadline is not None and _resource._clock() >= deadline:
-                return False
-
-    def run(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
-            live_progress: bool = False, results_progress: Progress = None) -> "Task":
-        """Submit, wait, abort if ``job_timeout`` passed first, then download the results.
-
-        Args:
-            output_dir: where to download the result bucket; ``None`` downloads nothing.
-            job_timeout: seconds to wait before aborting; ``None`` waits for ever.
-            live_progress: see :meth:`wait`.
-            results_progress: progress of the results download: ``True`` for tqdm bars, or a
-                callable ``progress(read, total, filename)`` (see :meth:`download_results`).
-        """
-        self.submit()
-        return self.resume(output_dir, job_timeout, live_progress, results_progress,
-                           abort_on_timeout=True)
-
-    def resume(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
-               live_progress: bool = False, results_progress: Progress = None,
-               *, abort_on_timeout: bool = False) -> "Task":
-        """Wait for a submitted task (e.g. from ``retrieve_task``), then download its results.
-
-        Args:
-            output_dir: where to download the result bucket; ``None`` downloads nothing.
-            job_timeout: seconds to wait at most.
-            live_progress: see :meth:`wait`.
-            results_progress: progress of the download.
-            abort_on_timeout: abort the task if it is not final when the time is up.
-        """
-        self._require_submitted("resume")
-        finished = self.wait(timeout=job_timeout, live_progress=live_progress)
-        if not finished and abort_on_timeout:
-            logger.info("task %s not finished after %s s: aborting", self.uuid, job_timeout)
-            self.abort()
-        if output_dir is not None:
-            self.download_results(output_dir, progress=results_progress)
-        return self
 
     # -- actions -----------------------------------------------------------------------------
     def abort(self) -> "Task":
