@@ -32,7 +32,18 @@ def follow_lines(obj: Any, stream: str, instance: Optional[int]) -> Iterator[str
     if stream not in STREAMS:
         raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
     obj._require_submitted(f"follow {stream}")
-    return _lines(obj, stream, instance)
+    return _interruptible(_lines(obj, stream, instance))
+
+
+def _interruptible(lines: Iterator[str]) -> Iterator[str]:
+    """Ctrl-C while waiting for a line: a fresh ``KeyboardInterrupt``, whose traceback shows
+    the caller's loop, not the HTTP internals that were waiting."""
+    try:
+        yield from lines
+        return
+    except KeyboardInterrupt:
+        pass
+    raise KeyboardInterrupt from None
 
 
 def _lines(obj: Any, stream: str, instance: Optional[int]) -> Iterator[str]:

@@ -251,6 +251,9 @@ class RunMethods:
         if not uuid:
             lines = [f"interrupted while submitting task {self._data.get('name')!r}: it may have "
                      "been accepted; conn.tasks() lists your tasks"]
+        elif self._is_final():
+            lines = [f"interrupted: {label} had ended ({getattr(self._state_now(), 'value', '')})",
+                     f"  its results:  conn.retrieve_task({uuid!r}).download_results(DIR)"]
         elif abort:
             try:
                 self.abort()
@@ -258,9 +261,6 @@ class RunMethods:
             except (QComputeError, KeyboardInterrupt) as exc:
                 lines = [f"interrupted: {label} could not be aborted ({exc!r})",
                          f"  abort it:  conn.retrieve_task({uuid!r}).abort()"]
-        elif self._is_final():
-            lines = [f"interrupted: {label} had ended ({getattr(self._state_now(), 'value', '')})",
-                     f"  its results:  conn.retrieve_task({uuid!r}).download_results(DIR)"]
         else:
             lines = [f"interrupted: {label} keeps running on the cluster",
                      f"  wait again:  conn.retrieve_task({uuid!r}).resume()",

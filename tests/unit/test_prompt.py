@@ -18,7 +18,7 @@ from qcompute import (
 )
 
 from .conftest import FakeClock
-from .helpers import API, TASK_UUID, task_doc
+from .helpers import API, POOL_UUID, TASK_UUID, pool_doc, task_doc
 
 TASK_URL = f"{API}/tasks/{TASK_UUID}"
 STDOUT = f"{TASK_URL}/stdout"
@@ -91,6 +91,18 @@ def test_follow_checks_its_arguments_at_once(api: responses.RequestsMock,
     with pytest.raises(ValueError, match="stream"):
         task.follow("stdin")
     assert len(api.calls) == 0
+
+
+def test_follow_a_pool_slot_until_the_pool_is_closed(api: responses.RequestsMock,
+                                                     conn: Connection) -> None:
+    """Pools share OutputMethods: on a server without offsets the pool is refreshed first."""
+    pool_url = f"{API}/pools/{POOL_UUID}"
+    api.add("GET", pool_url, json=pool_doc(state="FullyExecuting"))
+    pool = conn.retrieve_pool(POOL_UUID)
+    api.add("GET", f"{pool_url}/stdout/1", body="ready\n", content_type="text/plain")
+    api.add("GET", pool_url, json=pool_doc(state="Closed"))
+    api.add("GET", f"{pool_url}/stdout/1", body="ready\nbye\n", content_type="text/plain")
+    assert list(pool.follow(instance=1)) == ["ready", "bye"]
 
 
 # ----------------------------------------------------------------------------- raise_for_state
@@ -209,3 +221,24 @@ def test_live_progress_shows_instance_states(api: responses.RequestsMock, conn: 
     api.add("GET", TASK_URL, json=task_doc(state="Failure", status=ended))
     assert task.wait(live_progress=True) is True
     assert shown == ["queued 2 · running 1 · done 0", "queued 0 · running 0 · done 2 · failed 1"]
+
+
+def test_ctrl_c_while_following_hides_the_http_internals(
+        api: responses.RequestsMock, conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _task(api, conn, state="FullyExecuting")
+    monkeypatch.setattr(conn._http, "request", _interrupt)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        next(task.follow())
+    assert caught.value.__suppress_context__
+
+
+def test_ctrl_c_after_the_task_ended_says_so(
+        api: responses.RequestsMock, conn: Connection, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _task(api, conn, state="Success")
+    monkeypatch.setattr(Task, "download_results", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        task.resume(output_dir="out", abort_on_interrupt=True)  # nothing left to abort
+    assert capsys.readouterr().err.splitlines() == [
+        f"qcompute: interrupted: task 'hello' ({TASK_UUID}) had ended (Success)",
+        f"  its results:  conn.retrieve_task('{TASK_UUID}').download_results(DIR)"]
