@@ -67,14 +67,15 @@ def _field_kind(field) -> str:
 def _field_table(cls) -> list[str]:
     from qcompute._fields import Field, parse_datetime
 
-    fields = {name: value for name, value in cls._fields.items() if isinstance(value, Field)}
+    fields = {name: value for name, value in cls._declared.items() if isinstance(value, Field)}
     if not fields:
         return []
     annotations: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         annotations.update(getattr(klass, "__annotations__", {}))
-    lines = ["", ".. list-table:: Fields", "   :header-rows: 1", "   :widths: 25 25 20 30", "",
-             "   * - Attribute", "     - Wire key", "     - Type", "     - Kind"]
+    lines = ["", ".. list-table:: Fields", "   :header-rows: 1", "   :widths: 18 18 17 17 30", "",
+             "   * - Attribute", "     - Wire key", "     - Type", "     - Kind",
+             "     - Holds"]
     for name, field in fields.items():
         kind = str(annotations.get(name, ""))
         if not kind and field.parse is parse_datetime:
@@ -82,7 +83,8 @@ def _field_table(cls) -> list[str]:
         if kind.startswith("Field[") and kind.endswith("]"):
             kind = kind[len("Field["):-1]
         lines += [f"   * - ``{name}``", f"     - ``{field.wire_name}``",
-                  f"     - ``{kind}``" if kind else "     -", f"     - {_field_kind(field)}"]
+                  f"     - ``{kind}``" if kind else "     -", f"     - {_field_kind(field)}",
+                  f"     - {field.doc}" if field.doc else "     -"]
     return lines + [""]
 
 

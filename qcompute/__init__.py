@@ -46,6 +46,7 @@ from .exceptions import (
     StorageError,
     TransportError,
     UnauthorizedException,
+    TaskFailedError,
     WaitTimeout,
 )
 from .states import InstanceState, JobState, PoolState, SnapshotState, TaskState
@@ -195,6 +196,7 @@ __all__ = [
     "BatchError",
     "StorageError",
     "ResourceStateError",
+    "TaskFailedError",
     "WaitTimeout",
     "FieldError",
     "ReadOnlyFieldError",

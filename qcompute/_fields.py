@@ -103,6 +103,8 @@ class Field(Generic[T]):
             to make a fresh value.
         validate: ``validate(owner, value) -> value``, called on assignment; raise
             :class:`~qcompute.exceptions.FieldError` or ``TypeError``/``ValueError`` to refuse.
+        doc: what the field holds. ``help()`` shows it on the owner class, followed by the
+            field's mutability and wire key.
     """
 
     name: str
@@ -118,6 +120,7 @@ class Field(Generic[T]):
         dump: Optional[Callable[[T], Any]] = None,
         default: Any = None,
         validate: Optional[Callable[[Any, Any], Any]] = None,
+        doc: str = "",
     ) -> None:
         self.wire_name = wire_name
         self.read_only = read_only or volatile
@@ -127,6 +130,22 @@ class Field(Generic[T]):
         self.dump = dump
         self.default = default
         self.validate = validate
+        self.doc = doc
+        self.__doc__ = self._describe()
+
+    def _describe(self) -> str:
+        """The text pydoc shows for the field (an instance ``__doc__``: what it holds, then
+        whether it can be set and its wire key)."""
+        if self.volatile:
+            access = "read-only, refreshed from the server when stale"
+        elif self.read_only:
+            access = "read-only"
+        elif self.fixed_after_submit:
+            access = "writable until submitted"
+        else:
+            access = "writable"
+        facts = f"({access}; wire key ``{self.wire_name}``)"
+        return f"{self.doc}\n{facts}" if self.doc else facts
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -197,14 +216,14 @@ class FieldHolder:
     """
 
     __slots__ = ("_data", "_cache", "_dirty", "_snapshot", "_fetched_at", "_partial")
-    _fields: ClassVar[dict[str, Field[Any]]] = {}
+    _declared: ClassVar[dict[str, Field[Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         fields: dict[str, Field[Any]] = {}
         for klass in reversed(cls.__mro__):
             fields.update({k: v for k, v in vars(klass).items() if isinstance(v, Field)})
-        cls._fields = fields
+        cls._declared = fields
 
     def _init_fields(self, data: Optional[dict[str, Any]] = None) -> None:
         self._data: dict[str, Any] = dict(data or {})
@@ -227,7 +246,7 @@ class FieldHolder:
         """Fields assigned, or mutated in place, since the last load or commit."""
         changed = set(self._dirty)
         for name, value in self._cache.items():
-            field = self._fields[name]
+            field = self._declared[name]
             if field.read_only or name in changed or name not in self._snapshot:
                 continue
             if field.to_wire(self, value) != self._snapshot[name]:
@@ -242,7 +261,7 @@ class FieldHolder:
         edit of a fixed field)."""
         doc = dict(self._data)
         for name in self._changed_fields():
-            field = self._fields[name]
+            field = self._declared[name]
             doc[field.wire_name] = field.to_wire(self, self._cache[name])
         return doc
 
@@ -256,7 +275,7 @@ class FieldHolder:
         self._snapshot = {}
         self._dirty = set(kept)
         for name, value in kept.items():
-            field = self._fields[name]
+            field = self._declared[name]
             self._cache[name] = value
             self._data[field.wire_name] = field.to_wire(self, value)
         self._partial = partial
@@ -267,7 +286,7 @@ class FieldHolder:
         self._data = dict(doc)
         self._dirty = set()
         self._snapshot = {
-            name: copy.deepcopy(self._fields[name].to_wire(self, value))
+            name: copy.deepcopy(self._declared[name].to_wire(self, value))
             for name, value in self._cache.items()
-            if not self._fields[name].read_only
+            if not self._declared[name].read_only
         }

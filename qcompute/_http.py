@@ -8,9 +8,12 @@ Every REST call of the SDK goes through :meth:`HttpClient.request`. It
 * gives every POST and PATCH an ``Idempotency-Key`` (a fresh uuid4 per logical call; urllib3
   resends the same prepared request, so every retry carries the same key and the server
   replays its first answer instead of acting twice);
-* retries with urllib3's :class:`~urllib3.util.retry.Retry`: connection and read errors, and
+* retries with urllib3's :class:`~urllib3.util.retry.Retry`: read errors, and
   429/500/502/503/504 (and a 409 with ``Retry-After``: the same key still running), with capped
-  exponential backoff and ``Retry-After`` honoured;
+  exponential backoff and ``Retry-After`` honoured, each retry logged at INFO;
+* fails fast when the cluster cannot be reached: a refused connection is retried twice, after
+  0.25 s and 0.5 s (a server that restarts binds again within that), a connect timeout never
+  (one already waited ``connect_timeout``, 5 s by default), and the error names the URL;
 * maps an error reply once to the exception tree of :mod:`qcompute.exceptions`.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from ._version import __version__
@@ -49,6 +53,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH"})
 _KEYED_METHODS = frozenset({"POST", "PATCH"})
 BACKOFF_MAX = 30.0  # seconds, cap of the exponential backoff
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection (the read timeout is separate)
+REFUSED_RETRIES = 2  # a refused connection: retried at most twice ...
+REFUSED_BACKOFF = 0.25  # ... after 0.25 s, then 0.5 s
 RETRY_AFTER_MAX = 120.0  # seconds, cap of a server's Retry-After
 
 _STATUS_ERRORS: Mapping[int, type[APIError]] = {
@@ -75,16 +82,31 @@ class _Retry(Retry):
     RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {409}
 
     def increment(self, method=None, url=None, response=None, error=None, *args, **kwargs):  # type: ignore[no-untyped-def,override]
-        new = super().increment(method, url, response, error, *args, **kwargs)
-        logger.debug(
+        retry: Retry = self
+        if isinstance(error, ConnectTimeoutError):
+            # refused (NewConnectionError): a few quick tries; timed out: none, it already waited
+            refused = isinstance(error, NewConnectionError)
+            retry = self.new(connect=min(self.connect or 0, REFUSED_RETRIES) if refused else 0)
+        new = Retry.increment(retry, method, url, response, error, *args, **kwargs)
+        logger.info(
             "retrying %s %s after %s (%d tries left)",
             method, url, error or (response.status if response is not None else "?"),
             new.total if isinstance(new.total, int) else -1,
         )
         return new
 
+    def _refused_backoff(self) -> Optional[float]:
+        """The short wait after a refused connection, None after anything else."""
+        if not self.history or not isinstance(self.history[-1].error, NewConnectionError):
+            return None
+        refused = sum(isinstance(h.error, NewConnectionError) for h in self.history)
+        return REFUSED_BACKOFF * 2 ** (refused - 1)
+
     def sleep(self, response=None):  # type: ignore[no-untyped-def,override]
-        seconds: Optional[float] = None
+        seconds: Optional[float] = self._refused_backoff()
+        if seconds is not None:
+            _sleep(seconds)
+            return
         if self.respect_retry_after_header and response is not None:
             seconds = self.get_retry_after(response)
             if seconds is not None:
@@ -93,6 +115,22 @@ class _Retry(Retry):
             seconds = self.get_backoff_time()
         if seconds > 0:
             _sleep(seconds)
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    """The connection was never opened (refused, no route, unknown host)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The innermost cause, without urllib3's pool and retry wording."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, NewConnectionError):  # "...: Failed to establish a new connection: X"
+        return str(reason).rsplit(": ", 1)[-1]
+    if isinstance(exc, requests.ConnectTimeout):
+        return "the connection timed out"
+    return str(reason or exc)
 
 
 def join_path(*segments: Any) -> str:
@@ -162,7 +200,8 @@ class HttpClient:
     Args:
         base_url: the API URL, without a trailing slash.
         token: the API token, sent raw in ``Authorization``.
-        timeout: seconds for connect and for each read.
+        timeout: seconds for each read (a long poll adds its hold).
+        connect_timeout: seconds to open a connection (capped by ``timeout``).
         retry_count: how many times a failed request is retried (0: never).
         retry_wait: the backoff factor in seconds (waits 0, 2w, 4w, ... capped at 30 s).
         verify: TLS verification: True, False, or a CA bundle path.
@@ -174,12 +213,14 @@ class HttpClient:
         token: str,
         *,
         timeout: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         retry_count: int = 5,
         retry_wait: float = 1.0,
         verify: Union[bool, str] = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
         self.session = requests.Session()
         self.session.headers.update({"Authorization": token, "User-Agent": USER_AGENT})
         self.session.verify = verify
@@ -212,6 +253,7 @@ class HttpClient:
         not_found: Optional[type[NotFoundError]] = None,
         conflict: Optional[type[ConflictError]] = None,
         hold: float = 0.0,
+        with_headers: bool = False,
     ) -> Any:
         """Send one logical request (retried as configured) and decode the reply.
 
@@ -225,9 +267,11 @@ class HttpClient:
             not_found: the exception class for a 404 (default :class:`NotFoundError`).
             conflict: the exception class for a 409 (default :class:`ConflictError`).
             hold: seconds the server may hold the reply (a long poll), added to the timeout.
+            with_headers: return ``(body, headers)``, the reply's headers (case-insensitive).
 
         Returns:
-            The decoded JSON, or the text when ``expect_json`` is False.
+            The decoded JSON, or the text when ``expect_json`` is False (with the headers when
+            ``with_headers``).
 
         Raises:
             APIError: the server answered with an error status (a subclass chosen by status).
@@ -242,12 +286,25 @@ class HttpClient:
         try:
             response = self.session.request(
                 method, url, params=params, json=json, headers=all_headers,
-                timeout=self.timeout + hold if self.timeout is not None and hold else self.timeout,
+                timeout=(self.connect_timeout, self.timeout + hold),
             )
+        except requests.ConnectionError as exc:
+            if isinstance(exc, requests.ConnectTimeout) or _refused(exc):
+                raise TransportError(
+                    f"cannot reach the cluster at {self.base_url} ({method} {path}: "
+                    f"{_reason(exc)}); is it running? `qcompute status` checks the "
+                    "configured cluster") from exc
+            raise TransportError(f"{method} {url} failed: {_reason(exc)}") from exc
         except requests.RequestException as exc:
             raise TransportError(f"{method} {url} failed: {exc}") from exc
         if response.status_code >= 400:
             raise error_from_response(response, not_found, conflict)
+        if with_headers:
+            return self._decode(method, url, response, expect_json), response.headers
+        return self._decode(method, url, response, expect_json)
+
+    @staticmethod
+    def _decode(method: str, url: str, response: requests.Response, expect_json: bool) -> Any:
         if not expect_json:
             return response.text
         if not response.content:

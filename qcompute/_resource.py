@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Optional,
+                    TypeVar)
 
 from ._fields import Field, FieldHolder, parse_datetime
 from ._http import join_path
@@ -66,7 +67,8 @@ class Resource(FieldHolder):
     _not_found: ClassVar[type[NotFoundError]] = NotFoundError
     _repr_fields: ClassVar[tuple[str, ...]] = ("uuid",)
 
-    uuid: Field[Optional[str]] = Field("uuid", read_only=True)
+    uuid: Field[Optional[str]] = Field("uuid", read_only=True,
+                                       doc="The server's id of the object.")
 
     def __init__(self, connection: "Connection") -> None:
         self._conn = connection
@@ -111,7 +113,7 @@ class Resource(FieldHolder):
         assignment, or a value handed out), and the ``always`` wire keys even when null."""
         always = frozenset(always)
         doc: dict[str, Any] = {}
-        for name, field in self._fields.items():
+        for name, field in self._declared.items():
             wire = field.wire_name
             if field.read_only or not (wire in always or wire in self._data or name in self._cache):
                 continue
@@ -141,7 +143,7 @@ class Resource(FieldHolder):
 
     def _state_now(self) -> Any:
         """The cached ``state``, without a refresh."""
-        return self._fields["state"].from_wire(self, self._data.get("state"))
+        return self._declared["state"].from_wire(self, self._data.get("state"))
 
     def _mark_local_state(self, state: str) -> None:
         """Set the cached state after an action the server acts on later (delete ...)."""
@@ -201,7 +203,7 @@ class Resource(FieldHolder):
         if not changed:
             return self
         kind = type(self).__name__
-        fixed = sorted(name for name in changed if self._fields[name].fixed_after_submit)
+        fixed = sorted(name for name in changed if self._declared[name].fixed_after_submit)
         if fixed:
             raise ReadOnlyFieldError(
                 f"{', '.join(f'{kind}.{name}' for name in fixed)} cannot change once the "
@@ -216,7 +218,7 @@ class Resource(FieldHolder):
     def __repr__(self) -> str:  # never fetches
         parts = []
         for name in self._repr_fields:
-            field = self._fields[name]
+            field = self._declared[name]
             value = self._cache.get(name, field.from_wire(self, self._data.get(field.wire_name)))
             if isinstance(value, Enum):
                 value = value.value
@@ -248,8 +250,8 @@ class Dated:
 
 
 class OutputMethods:
-    """``stdout()``, ``stderr()`` and their ``fresh_`` variants, and the live telemetry of
-    what runs (``running_instances``), for tasks and pools."""
+    """``stdout()``, ``stderr()``, their ``fresh_`` variants, ``follow()``, and the live
+    telemetry of what runs (``running_instances``), for tasks and pools."""
 
     __slots__ = ()
     _not_found: ClassVar[type[NotFoundError]]
@@ -267,6 +269,8 @@ class OutputMethods:
     if TYPE_CHECKING:  # provided by Resource
         def _url(self, *extra: Any) -> str: ...
         def _require_submitted(self, action: str) -> None: ...
+        def _state_now(self) -> Any: ...
+        def _fetch(self, hold: float = 0.0) -> None: ...
 
     def _output(self, method: str, stream: str, instance_id: Optional[int]) -> str:
         self._require_submitted(f"read {stream}")
@@ -282,6 +286,38 @@ class OutputMethods:
     def stderr(self, instance_id: Optional[int] = None) -> str:
         """All standard error so far: ``GET /<kind>/{uuid}/stderr[/{instanceId}]``."""
         return self._output("GET", "stderr", instance_id)
+
+    def follow(self, stream: str = "stdout", instance: Optional[int] = None) -> Iterator[str]:
+        """The lines of the output as they are written, until the task (or pool) is final::
+
+            for line in task.follow():
+                print(line)
+
+        Starts from the beginning of what the server keeps, and ends after the last line
+        once the object is final (Success, Failure, Cancelled; a pool: Closed, Failure). A
+        line is yielded when its newline arrives, without it (and without a ``\\r`` before
+        it); the last line is yielded at the end even without a newline. Breaking out of the
+        loop stops reading. It does not move the ``fresh_stdout()`` cursor: any number of
+        followers can read at once.
+
+        On a qcompute cluster each read is held by the server until new output arrives (no
+        busy polling); on a server without that read (Qarnot's) it polls the object and its
+        whole stream, 0.05 s apart growing to 1 s (see :mod:`qcompute._follow`).
+
+        Args:
+            stream: ``"stdout"`` or ``"stderr"``.
+            instance: one instance's (a pool: one slot's) output; ``None`` for all of them,
+                interleaved as they arrived.
+
+        Raises:
+            ValueError: another stream name.
+            ResourceStateError: the object was not submitted.
+            MissingTaskException: no such task (``MissingTaskInstanceException``: no such
+                instance), or the pool equivalents.
+        """
+        from ._follow import follow_lines
+
+        return follow_lines(self, stream, instance)
 
     def fresh_stdout(self, instance_id: Optional[int] = None) -> str:
         """Standard output since the last fresh read: ``POST /<kind>/{uuid}/stdout[/{id}]``."""

@@ -126,6 +126,8 @@ _SETTINGS: tuple[_Setting, ...] = (
              dict_keys=("client_auth",)),
     _Setting("cluster_timeout", "cluster", ("timeout",),
              ("QCOMPUTE_CLUSTER_TIMEOUT", "QARNOT_CLUSTER_TIMEOUT"), _parse_positive(float), 30.0),
+    _Setting("cluster_connect_timeout", "cluster", ("connect_timeout",),
+             ("QCOMPUTE_CLUSTER_CONNECT_TIMEOUT",), _parse_positive(float), 5.0),
     _Setting("cluster_unsafe", "cluster", ("unsafe",),
              ("QCOMPUTE_CLUSTER_UNSAFE", "QARNOT_CLUSTER_UNSAFE"), _parse_bool, False),
     _Setting("cluster_custom_certificate", "cluster", ("custom_certificate",),
@@ -159,6 +161,7 @@ class Config:
     cluster_url: str
     client_token: str = dataclasses.field(repr=False)
     cluster_timeout: float = 30.0
+    cluster_connect_timeout: float = 5.0
     cluster_unsafe: bool = False
     cluster_custom_certificate: Optional[str] = None
     storage_url: Optional[str] = None

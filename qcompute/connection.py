@@ -105,6 +105,8 @@ class Connection(ObjectsMixin):
         client_token: the API token.
         cluster_url: the API URL.
         cluster_timeout: seconds per request (default 30).
+        cluster_connect_timeout: seconds to open a connection to the API (default 5): an
+            unreachable cluster fails after this, not after ``cluster_timeout`` and the retries.
         storage_url: the S3 URL (default: asked from the server).
         retry_count: retries of a failed request (default 5).
         retry_wait: backoff factor in seconds (default 1).
@@ -135,6 +137,7 @@ class Connection(ObjectsMixin):
         storage_custom_certificate: Optional[str] = None,
         *,
         profile: Optional[str] = None,
+        cluster_connect_timeout: Optional[float] = None,
     ) -> None:
         self.config: Config = load_config(
             fileconf,
@@ -142,6 +145,7 @@ class Connection(ObjectsMixin):
             client_token=client_token,
             cluster_url=cluster_url,
             cluster_timeout=cluster_timeout,
+            cluster_connect_timeout=cluster_connect_timeout,
             storage_url=storage_url,
             retry_count=retry_count,
             retry_wait=retry_wait,
@@ -153,6 +157,7 @@ class Connection(ObjectsMixin):
         cfg = self.config
         self._http = HttpClient(
             cfg.cluster_url, cfg.client_token, timeout=cfg.cluster_timeout,
+            connect_timeout=cfg.cluster_connect_timeout,
             retry_count=cfg.retry_count, retry_wait=cfg.retry_wait, verify=cfg.cluster_verify,
         )
         self._storage_url = cfg.storage_url

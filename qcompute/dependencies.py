@@ -143,11 +143,11 @@ class DependencyMethods:
     if not TYPE_CHECKING:  # no __dict__ at run time; mypy sees Task's fields
         __slots__ = ()
     dependencies: Dependencies
-    _fields: ClassVar[dict[str, Any]]
+    _declared: ClassVar[dict[str, Any]]
 
     def _change_dependencies(self, depends_on: Iterable[TaskRef] = (),
                              advanced: Iterable[AdvancedDependency] = ()) -> None:
-        self._fields["dependencies"].check_writable(self)  # before any other check
+        self._declared["dependencies"].check_writable(self)  # before any other check
         current = self.dependencies
         self.dependencies = Dependencies(current.depends_on + tuple(depends_on),  # type: ignore[arg-type]
                                          current.advanced + tuple(advanced))
@@ -175,7 +175,7 @@ class DependencyMethods:
 
     def remove_task_dependency(self, task: TaskRef) -> None:
         """Drop the dependency on ``task`` (a task or a uuid), in either form."""
-        self._fields["dependencies"].check_writable(self)
+        self._declared["dependencies"].check_writable(self)
         self.dependencies = self.dependencies.without(uuid_of(task, "a dependency"))
 
     def clear_task_dependencies(self) -> None:

@@ -28,6 +28,7 @@ once, in ``qcompute._storage``. The Qarnot names are kept, so code written for t
     │   └── BatchError                       an invalid batch file: every problem listed
     ├── StorageError                         S3 failure (wraps botocore ClientError)
     ├── ResourceStateError                   misuse: abort() before submit(), submit() twice ...
+    ├── TaskFailedError                      run(check=True), raise_for_state(): Failure, Cancelled
     ├── WaitTimeout                          also a TimeoutError
     └── FieldError                           also an AttributeError
         └── ReadOnlyFieldError               read-only field, or fixed once submitted
@@ -62,6 +63,7 @@ __all__ = [
     "BatchError",
     "StorageError",
     "ResourceStateError",
+    "TaskFailedError",
     "WaitTimeout",
     "FieldError",
     "ReadOnlyFieldError",
@@ -222,6 +224,37 @@ class StorageError(QComputeError):
 
 class ResourceStateError(QComputeError):
     """The call does not fit the object's state (for example ``abort()`` on an unsubmitted task)."""
+
+
+class TaskFailedError(QComputeError):
+    """A task ended in Failure or Cancelled (``run(check=True)``, ``task.raise_for_state()``).
+
+    Attributes:
+        task: the :class:`~qcompute.Task`.
+        state: its final state (``TaskState.FAILURE`` or ``TaskState.CANCELLED``).
+        errors: its errors (a list of :class:`~qcompute.Error`), maybe empty.
+        stderr_tail: the last lines of its standard error (20 by default), maybe empty.
+    """
+
+    def __init__(self, task: Any, state: Any, errors: list, stderr_tail: str) -> None:
+        self.task = task
+        self.state = state
+        self.errors = errors
+        self.stderr_tail = stderr_tail
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        state = getattr(self.state, "value", self.state)
+        data = getattr(self.task, "_data", {})
+        lines = [f"task {data.get('name')!r} ({data.get('uuid')}) ended in {state}"]
+        lines += [f"  error: {error}" for error in self.errors[:5]]
+        if len(self.errors) > 5:
+            lines.append(f"  ... and {len(self.errors) - 5} more errors (see .errors)")
+        if self.stderr_tail:
+            tail = self.stderr_tail.splitlines()
+            lines.append(f"  last {len(tail)} lines of stderr:")
+            lines += [f"    {line}" for line in tail]
+        return "\n".join(lines)
 
 
 class WaitTimeout(QComputeError, TimeoutError):

@@ -121,6 +121,16 @@ class RunningInstance:
                    **number)
 
 
+def range_size(ranges: Optional[str]) -> int:
+    """How many instance ids a range string such as ``"0-3,7"`` holds (0 for None or "")."""
+    size = 0
+    for part in (ranges or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first:
+            size += int(last) - int(first) + 1 if last else 1
+    return size
+
+
 @dataclass(frozen=True)
 class Status:
     """Execution status of a task (the ``status`` object of the document).
@@ -153,6 +163,17 @@ class Status:
     execution_time_ghz_by_cpu_model: tuple[Mapping[str, Any], ...] = ()
     running_instances_info: Mapping[str, Any] = field(default_factory=dict)
     running_instances: tuple[RunningInstance, ...] = ()
+
+    def instance_states(self) -> dict[str, int]:
+        """How many instances are ``queued``, ``running``, ``done`` (succeeded), ``failed``
+        and ``cancelled``, from ``instanceCount``, the ranges and the running instances (what
+        Qarnot's status holds too). ``queued`` counts what is neither final nor running."""
+        done, failed = range_size(self.succeeded_range), range_size(self.failed_range)
+        final = max(range_size(self.executed_range), done + failed)
+        running = len(self.running_instances)
+        total = max(self.instance_count or 0, final + running)
+        return {"queued": total - final - running, "running": running, "done": done,
+                "failed": failed, "cancelled": final - done - failed}
 
     @classmethod
     def from_json(cls, doc: Optional[Mapping[str, Any]]) -> Optional["Status"]:

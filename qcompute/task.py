@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import _resource
 from ._fields import Field, parse_datetime, parse_enum
 from ._resource import OutputMethods, Resource
+from ._running import RunMethods
 from ._wire import (
     ResourcesField,
     ResultsField,
@@ -79,7 +80,8 @@ _ALWAYS_SENT = frozenset({"name", "profile", "poolUuid", "jobUuid", "constants",
                           "labels", "advancedResourceBuckets"})
 
 
-class Task(OutputMethods, DependencyMethods, SnapshotMethods, ExplainMethods, Resource):
+class Task(RunMethods, OutputMethods, DependencyMethods, SnapshotMethods, ExplainMethods,
+           Resource):
     """A task: ``instancecount`` instances (or an ``advanced_range`` of instance ids) of a profile,
     or run in a pool.
 
@@ -113,78 +115,132 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, ExplainMethods, Re
     _instance_not_found = MissingTaskInstanceException
     _repr_fields = ("uuid", "name", "state")
 
-    name: Field[str] = Field("name", validate=lambda o, v: nonempty_name(v))
+    name: Field[str] = Field("name", validate=lambda o, v: nonempty_name(v),
+                             doc='The display name.')
     shortname: Field[Optional[str]] = Field("shortname", fixed_after_submit=True,
-                                            validate=optional_str)
+                                            validate=optional_str,
+                                            doc='A unique DNS-compliant name (the server uses the'
+                                                ' uuid when unset).')
     profile: Field[Optional[str]] = Field("profile", fixed_after_submit=True,
-                                          validate=optional_str)
+                                          validate=optional_str,
+                                          doc='The profile that runs the instances (None for a '
+                                              'task in a pool).')
     pool_uuid: Field[Optional[str]] = Field("poolUuid", fixed_after_submit=True,
-                                            validate=optional_str)
+                                            validate=optional_str,
+                                            doc='The pool the task runs in, if any.')
     job_uuid: Field[Optional[str]] = Field("jobUuid", fixed_after_submit=True,
-                                           validate=optional_str)
+                                           validate=optional_str,
+                                           doc='The job the task belongs to, if any.')
     instancecount: Field[int] = Field("instanceCount", fixed_after_submit=True, default=0,
-                                      validate=_check_instancecount)
+                                      validate=_check_instancecount,
+                                      doc='How many instances to run (0 when ``advanced_range`` '
+                                          'is set).')
     advanced_range: Field[Optional[str]] = Field("advancedRanges", fixed_after_submit=True,
-                                                 validate=_check_advanced_range)
+                                                 validate=_check_advanced_range,
+                                                 doc='The instance ids to run, as a range string '
+                                                     "such as ``'0-9,12'``.")
     constants: Field[dict[str, Optional[str]]] = Field(
         "constants", fixed_after_submit=True, parse=parse_constants, dump=dump_constants,
-        default=dict, validate=str_dict)
-    tags: Field[list[str]] = Field("tags", default=list, validate=str_list)
-    labels: Field[dict[str, str]] = Field("labels", default=dict, validate=str_dict)
+        default=dict, validate=str_dict,
+        doc='Environment variables of every instance (a dict of str).')
+    tags: Field[list[str]] = Field("tags", default=list, validate=str_list,
+                                   doc='Free tags, for filtering lists.')
+    labels: Field[dict[str, str]] = Field("labels", default=dict, validate=str_dict,
+                                          doc='Key/value labels, for filtering lists.')
     resources: Field[list[Bucket]] = ResourcesField(
-        "advancedResourceBuckets", fixed_after_submit=True, validate=bucket_list)
+        "advancedResourceBuckets", fixed_after_submit=True, validate=bucket_list,
+        doc="The buckets mounted as the instances' input (a list of Bucket).")
     results: Field[Optional[Bucket]] = ResultsField(
         "resultBucket", fixed_after_submit=True,
-        validate=lambda o, v: None if v is None else as_bucket(o, v))
+        validate=lambda o, v: None if v is None else as_bucket(o, v),
+        doc='The bucket that receives the results, or None.')
     results_whitelist: Field[Optional[str]] = Field("resultsWhitelist", fixed_after_submit=True,
-                                                    validate=optional_str)
+                                                    validate=optional_str,
+                                                    doc='A regex: only matching result files are '
+                                                        'uploaded.')
     results_blacklist: Field[Optional[str]] = Field("resultsBlacklist", fixed_after_submit=True,
-                                                    validate=optional_str)
+                                                    validate=optional_str,
+                                                    doc='A regex: matching result files are not '
+                                                        'uploaded.')
     snapshot_whitelist: Field[Optional[str]] = Field(
-        "snapshotWhitelist", fixed_after_submit=True, validate=optional_str)
+        "snapshotWhitelist", fixed_after_submit=True, validate=optional_str,
+        doc='A regex: only matching files go into snapshots.')
     snapshot_blacklist: Field[Optional[str]] = Field(
-        "snapshotBlacklist", fixed_after_submit=True, validate=optional_str)
+        "snapshotBlacklist", fixed_after_submit=True, validate=optional_str,
+        doc='A regex: matching files are left out of snapshots.')
     dependencies: Field[Dependencies] = value_field(Dependencies, "dependencies",
-                                                    fixed_after_submit=True)
+                                                    fixed_after_submit=True,
+                                                    doc='The tasks this one waits for (see '
+                                                        '``set_task_dependencies_from_tasks``).')
     retry_settings: Field[RetrySettings] = value_field(RetrySettings, "retrySettings",
-                                                       fixed_after_submit=True)
+                                                       fixed_after_submit=True,
+                                                       doc='How often a failed instance is '
+                                                           'retried (a RetrySettings).')
     secrets_access_rights: Field[SecretsAccessRights] = value_field(
-        SecretsAccessRights, "secretsAccessRights", fixed_after_submit=True)
-    privileges: Field[Privileges] = value_field(Privileges, "privileges", fixed_after_submit=True)
+        SecretsAccessRights, "secretsAccessRights", fixed_after_submit=True,
+        doc='Which secrets the instances may read (a SecretsAccessRights).')
+    privileges: Field[Privileges] = value_field(Privileges, "privileges", fixed_after_submit=True,
+                                                doc='Extra rights of the instances, e.g. the '
+                                                    'exported credentials (Privileges).')
     hardware_constraints: Field[list[HardwareConstraint]] = hardware_field(
-        "hardwareConstraints", fixed_after_submit=True)
+        "hardwareConstraints", fixed_after_submit=True,
+        doc='Constraints on the nodes that may run the instances.')
     max_time_queue_seconds: Field[Optional[int]] = Field(
-        "maxTimeQueueSeconds", fixed_after_submit=True, validate=optional_count)
+        "maxTimeQueueSeconds", fixed_after_submit=True, validate=optional_count,
+        doc='Cancel the task if it stays queued longer than this.')
     upload_results_on_cancellation: Field[Optional[bool]] = Field(
-        "uploadResultsOnCancellation", fixed_after_submit=True, validate=optional_bool)
+        "uploadResultsOnCancellation", fixed_after_submit=True, validate=optional_bool,
+        doc='Upload the results of cancelled instances too.')
     wait_for_pool_resources_synchronization: Field[Optional[bool]] = Field(
-        "waitForPoolResourcesSynchronization", fixed_after_submit=True, validate=optional_bool)
+        "waitForPoolResourcesSynchronization", fixed_after_submit=True, validate=optional_bool,
+        doc="In a pool: wait for the pool's resources to be synchronised first.")
     default_resources_cache_ttl_sec: Field[Optional[int]] = Field(
-        "defaultResourcesCacheTTLSec", fixed_after_submit=True, validate=optional_count)
+        "defaultResourcesCacheTTLSec", fixed_after_submit=True, validate=optional_count,
+        doc='Seconds the resource buckets stay cached on the nodes.')
     auto_delete: Field[bool] = Field("autoDeleteOnCompletion", fixed_after_submit=True,
-                                     default=False, validate=instance_of(bool, optional=False))
-    completion_ttl = timespan("completionTimeToLive", fixed_after_submit=True)
+                                     default=False, validate=instance_of(bool, optional=False),
+                                     doc='Delete the task once it is final and its '
+                                         '``completion_ttl`` passed.')
+    completion_ttl = timespan("completionTimeToLive", fixed_after_submit=True,
+                              doc='How long a final task is kept with ``auto_delete`` (a '
+                                  'timedelta).')
 
     state: Field[Union[TaskState, str]] = Field(
-        "state", volatile=True, parse=parse_enum(TaskState), default=TaskState.UNSUBMITTED)
+        "state", volatile=True, parse=parse_enum(TaskState), default=TaskState.UNSUBMITTED,
+        doc='Where the task is: Submitted, Queued, FullyExecuting, Success, Failure, ...')
     previous_state: Field[Union[TaskState, str, None]] = Field(
-        "previousState", volatile=True, parse=parse_enum(TaskState))
-    status: Field[Optional[Status]] = Field("status", volatile=True, parse=Status.from_json)
-    progress: Field[Optional[float]] = Field("progress", volatile=True, parse=float)
+        "previousState", volatile=True, parse=parse_enum(TaskState),
+        doc='The state before the current one.')
+    status: Field[Optional[Status]] = Field("status", volatile=True, parse=Status.from_json,
+                                            doc='Live figures: progress, times, running instances'
+                                                ' (a Status).')
+    progress: Field[Optional[float]] = Field("progress", volatile=True, parse=float,
+                                             doc='Percent of the work done, 0 to 100.')
     completed_instances: Field[list[CompletedInstance]] = Field(
         "completedInstances", volatile=True, default=list,
-        parse=lambda raw: [CompletedInstance.from_json(doc) for doc in raw])
+        parse=lambda raw: [CompletedInstance.from_json(doc) for doc in raw],
+        doc='The instances that ended, with their state and times.')
     errors: Field[list[Error]] = Field(
         "errors", volatile=True, default=list,
-        parse=lambda raw: [e for e in (Error.from_json(doc) for doc in raw) if e is not None])
-    creation_date = Field("creationDate", read_only=True, parse=parse_datetime)
-    end_date = Field("endDate", volatile=True, parse=parse_datetime)
-    execution_time: Field[Optional[str]] = Field("executionTime", volatile=True)
-    wall_time: Field[Optional[str]] = Field("wallTime", volatile=True)
-    running_instance_count: Field[Optional[int]] = Field("runningInstanceCount", volatile=True)
-    running_core_count: Field[Optional[int]] = Field("runningCoreCount", volatile=True)
-    results_count: Field[Optional[int]] = Field("resultsCount", volatile=True)
-    snapshot_interval: Field[Optional[int]] = Field("snapshotInterval", volatile=True)
+        parse=lambda raw: [e for e in (Error.from_json(doc) for doc in raw) if e is not None],
+        doc='Why the task failed (a list of Error), empty otherwise.')
+    creation_date = Field("creationDate", read_only=True, parse=parse_datetime,
+                          doc='When the task was accepted (an aware UTC datetime).')
+    end_date = Field("endDate", volatile=True, parse=parse_datetime,
+                     doc='When the task became final.')
+    execution_time: Field[Optional[str]] = Field("executionTime", volatile=True,
+                                                 doc='CPU time used so far (``d.hh:mm:ss``).')
+    wall_time: Field[Optional[str]] = Field("wallTime", volatile=True,
+                                            doc='Wall time so far (``d.hh:mm:ss``).')
+    running_instance_count: Field[Optional[int]] = Field("runningInstanceCount", volatile=True,
+                                                         doc='How many instances run now.')
+    running_core_count: Field[Optional[int]] = Field("runningCoreCount", volatile=True,
+                                                     doc='How many cores run now.')
+    results_count: Field[Optional[int]] = Field("resultsCount", volatile=True,
+                                                doc='How many result files were uploaded.')
+    snapshot_interval: Field[Optional[int]] = Field("snapshotInterval", volatile=True,
+                                                    doc='Seconds between periodic snapshots (0: '
+                                                        'none).')
 
     def __init__(
         self,
@@ -284,105 +340,6 @@ class Task(OutputMethods, DependencyMethods, SnapshotMethods, ExplainMethods, Re
     def _is_final(self) -> bool:
         state = self._state_now()
         return isinstance(state, TaskState) and state.is_final()
-
-    def wait(self, timeout: Optional[float] = None, live_progress: bool = False) -> bool:
-        """Wait until the task reaches Success, Failure or Cancelled.
-
-        When the server advertises a long poll (``taskWaitMaxSeconds`` in ``GET /settings``),
-        each ``GET /tasks/{uuid}?wait=...&until=final`` is held by the server until the task is
-        final (with ``live_progress``, until each change of state, to move the bar), so the
-        end is seen as soon as it happens. Otherwise it polls ``GET /tasks/{uuid}``, first
-        after 0.05 s, then 1.5 times later each time, at most every second.
-
-        Args:
-            timeout: seconds to wait at most; ``None`` waits for ever.
-            live_progress: draw a tqdm bar of ``status.execution_progress``.
-
-        Returns:
-            True when the task is final, False on timeout (or if it was never submitted).
-        """
-        if not self._is_submitted():
-            return False
-        deadline = None if timeout is None else _resource._clock() + timeout
-        hold = self._conn._long_poll_seconds()
-        interval = POLL_START
-        bar = None
-        if live_progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=100, unit="%", desc=self.name)
-        if hold and bar is None:
-            return self._wait_until_final(hold, deadline)
-        try:
-            self._fetch()
-            while True:
-                if bar is not None:
-                    status = self._fields["status"].from_wire(self, self._data.get("status"))
-                    bar.n = (status.execution_progress or 0) if status else 0
-                    bar.refresh()
-                if self._is_final():
-                    return True
-                now = _resource._clock()
-                if deadline is not None and now >= deadline:
-                    return False
-                left = float("inf") if deadline is None else deadline - now
-                if hold:
-                    self._fetch(hold=min(hold, left), known_state=str(self._data.get("state")))
-                    continue
-                _sleep(min(interval, left))
-                interval = min(interval * POLL_FACTOR, POLL_MAX)
-                self._fetch()
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _wait_until_final(self, hold: float, deadline: Optional[float]) -> bool:
-        """One held ``GET /tasks/{uuid}?wait=...&until=final`` per window: the server replies
-        once the task is final, not at each change on the way."""
-        while True:
-            left = float("inf") if deadline is None else deadline - _resource._clock()
-            self._fetch(hold=max(0.0, min(hold, left)), known_state=str(self._data.get("state")),
-                        until_final=True)
-            if self._is_final():
-                return True
-            if deadline is not None and _resource._clock() >= deadline:
-                return False
-
-    def run(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
-            live_progress: bool = False, results_progress: Progress = None) -> "Task":
-        """Submit, wait, abort if ``job_timeout`` passed first, then download the results.
-
-        Args:
-            output_dir: where to download the result bucket; ``None`` downloads nothing.
-            job_timeout: seconds to wait before aborting; ``None`` waits for ever.
-            live_progress: see :meth:`wait`.
-            results_progress: progress of the results download: ``True`` for tqdm bars, or a
-                callable ``progress(read, total, filename)`` (see :meth:`download_results`).
-        """
-        self.submit()
-        return self.resume(output_dir, job_timeout, live_progress, results_progress,
-                           abort_on_timeout=True)
-
-    def resume(self, output_dir: Optional[str] = None, job_timeout: Optional[float] = None,
-               live_progress: bool = False, results_progress: Progress = None,
-               *, abort_on_timeout: bool = False) -> "Task":
-        """Wait for a submitted task (e.g. from ``retrieve_task``), then download its results.
-
-        Args:
-            output_dir: where to download the result bucket; ``None`` downloads nothing.
-            job_timeout: seconds to wait at most.
-            live_progress: see :meth:`wait`.
-            results_progress: progress of the download.
-            abort_on_timeout: abort the task if it is not final when the time is up.
-        """
-        self._require_submitted("resume")
-        finished = self.wait(timeout=job_timeout, live_progress=live_progress)
-        if not finished and abort_on_timeout:
-            logger.info("task %s not finished after %s s: aborting", self.uuid, job_timeout)
-            self.abort()
-        if output_dir is not None:
-            self.download_results(output_dir, progress=results_progress)
-        return self
 
     # -- actions -----------------------------------------------------------------------------
     def abort(self) -> "Task":

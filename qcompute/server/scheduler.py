@@ -134,6 +134,7 @@ class Scheduler:
 
     def stop(self) -> None:
         self.changes.release_all()
+        self.outputs.changes.release_all()
         self._stopped.set()
         self._events.put(_STOP)
         self._thread.join(timeout=30)

@@ -120,3 +120,44 @@ def test_get_until_something_else_is_refused(cluster):
     uuid = cluster.submit("true")
     reply = cluster.get(f"/tasks/{uuid}", params={"wait": 1, "until": "running"})
     assert reply.status_code == 400 and "until" in reply.json()["message"]
+
+
+def test_output_from_an_offset_is_held_until_output_arrives(cluster):
+    """GET /tasks/{uuid}/stdout?offset=N&wait=S: the bytes from N, held while there are none;
+    X-Output-Offset says where to read next, X-Output-Complete once the task is final."""
+    from qcompute.server.executors.base import Output
+
+    uuid = cluster.submit("true")
+    key = cluster.wait_dispatched(uuid, 1)[0]
+    cluster.executor.start(key)
+    cluster.executor.on_event(Output(key, "stdout", "one\ntw"))
+    first = cluster.get(f"/tasks/{uuid}/stdout", params={"offset": 0, "wait": 20})
+    assert first.text == "one\ntw" and first.headers["X-Output-Offset"] == "6"
+    assert "X-Output-Complete" not in first.headers
+    thread, result = _in_background(lambda: cluster.get(
+        f"/tasks/{uuid}/stdout", params={"offset": 6, "wait": 20}))
+    time.sleep(0.3)
+    assert thread.is_alive(), "nothing past the offset: the read must be held"
+    cluster.executor.on_event(Output(key, "stdout", "o\n"))
+    thread.join(10)
+    assert result["value"].text == "o\n" and result["value"].headers["X-Output-Offset"] == "8"
+    thread, result = _in_background(lambda: cluster.get(
+        f"/tasks/{uuid}/stdout/0", params={"offset": 8, "wait": 20}))
+    time.sleep(0.3)
+    assert thread.is_alive()
+    cluster.executor.run(key, stdout="three\n")
+    thread.join(10)
+    assert result["value"].text == "three\n"
+    cluster.wait_state(uuid, "Success")
+    last = cluster.get(f"/tasks/{uuid}/stdout", params={"offset": 14, "wait": 20})
+    assert last.text == "" and last.headers["X-Output-Complete"] == "true"
+    whole = cluster.get(f"/tasks/{uuid}/stdout")  # the plain read is unchanged
+    assert whole.text == "one\ntwo\nthree\n" and whole.headers["X-Output-Offset"] == "14"
+    assert cluster.post(f"/tasks/{uuid}/stdout").text == "one\ntwo\nthree\n"  # cursors apart
+
+
+def test_output_offset_read_validates(cluster):
+    uuid = cluster.submit("true")
+    reply = cluster.get(f"/tasks/{uuid}/stdout", params={"offset": -1})
+    assert reply.status_code in (400, 422) and "message" in reply.json()
+    assert cluster.get("/tasks/nope/stdout", params={"offset": 0}).status_code == 404

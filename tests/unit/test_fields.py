@@ -1,12 +1,15 @@
 """Field descriptors and the Resource base: read-only rules, TTL refresh, dirty tracking, commit."""
 from __future__ import annotations
 
+import pydoc
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import responses
 
+import qcompute
 from qcompute import Connection, FieldError, ReadOnlyFieldError, ResourceStateError
 from qcompute._fields import Field, dump_datetime, parse_datetime
 from qcompute._resource import Resource
@@ -207,3 +210,21 @@ def test_dump_datetime_and_bad_dates() -> None:
     assert dump_datetime(datetime(2026, 1, 2, 3, 4, 5, 6)) == "2026-01-02T03:04:05.000006Z"
     with pytest.raises(ValueError):
         parse_datetime("yesterday")
+
+
+@pytest.mark.parametrize("kind", [qcompute.Task, qcompute.Pool, qcompute.Job])
+def test_help_shows_the_public_api_with_field_docs(kind: type) -> None:
+    """pydoc took a class with a ``_fields`` attribute for a namedtuple and listed every
+    private member; the declared fields now carry their doc, mutability and wire key."""
+    text = pydoc.render_doc(kind, renderer=pydoc.plaintext)
+    members = re.findall(r"^ \|  (\w+)", text, re.M)
+    assert "name" in members and "state" in members and "uuid" in members
+    assert [m for m in members if m.startswith("_") and not m.startswith("__")] == []
+    assert "wire key ``state``" in text
+    assert "The server's id of the object." in text
+
+
+def test_task_help_shows_field_docs() -> None:
+    text = pydoc.render_doc(qcompute.Task, renderer=pydoc.plaintext)
+    assert " |  constants\n |      Environment variables of every instance" in text
+    assert "(writable until submitted; wire key ``constants``)" in text

@@ -7,6 +7,7 @@ Error mapping and header checks use `responses`. `responses` bypasses urllib3's 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -280,16 +281,54 @@ def test_dropped_connection_is_retried_with_the_same_key(script: Any) -> None:
     assert server.seen[0][2]["Idempotency-Key"] == server.seen[1][2]["Idempotency-Key"]
 
 
-def test_refused_connection_is_retried_then_raises_transport_error(clock: FakeClock) -> None:
+def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    http = HttpClient(f"http://127.0.0.1:{port}", TOKEN, retry_count=3, retry_wait=0.5)
-    with pytest.raises(TransportError) as caught:
+        return int(sock.getsockname()[1])
+
+
+def test_refused_connection_fails_fast_naming_the_url(clock: FakeClock,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Refused: 2 quick retries (0.25 s, 0.5 s), whatever retry_count and retry_wait say, each
+    logged at INFO; then one TransportError naming the URL and ``qcompute status``."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    http = HttpClient(url, TOKEN, retry_count=5, retry_wait=1.0)
+    with caplog.at_level(logging.INFO, logger="qcompute._http"), \
+            pytest.raises(TransportError) as caught:
         http.get("/info")
     assert isinstance(caught.value, QComputeError)
     assert caught.value.__cause__ is not None
-    assert clock.sleeps == [1.0, 2.0]  # 3 retries: waits 0 (skipped), 2*0.5, 4*0.5
+    assert clock.sleeps == [0.25, 0.5]
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the cluster at {url} (GET /info: ")
+    assert "qcompute status" in message and "Connection refused" in message
+    assert "HTTPConnectionPool" not in message  # urllib3's wording stays in __cause__
+    retries = [r for r in caplog.records if r.getMessage().startswith("retrying GET")]
+    assert [r.levelno for r in retries] == [logging.INFO] * 2
+
+
+def test_connect_timeout_is_short_and_not_retried(clock: FakeClock,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A listener whose backlog is full drops new SYNs: the connect times out after
+    ``connect_timeout``, not ``timeout``, and is not tried again."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # fills the accept queue
+        port = listener.getsockname()[1]
+        http = HttpClient(f"http://127.0.0.1:{port}", TOKEN, timeout=30.0, connect_timeout=0.2,
+                          retry_count=5)
+        with caplog.at_level(logging.INFO, logger="qcompute._http"), \
+                pytest.raises(TransportError, match="qcompute status") as caught:
+            http.get("/info")
+    assert "timed out" in str(caught.value)
+    assert clock.sleeps == []
+    assert not [r for r in caplog.records if r.getMessage().startswith("retrying")]
+
+
+def test_connect_timeout_is_capped_by_the_timeout() -> None:
+    assert HttpClient(API, TOKEN).connect_timeout == 5.0
+    assert HttpClient(API, TOKEN, timeout=2.0).connect_timeout == 2.0
 
 
 def test_read_timeout_raises_transport_error(script: Any) -> None:

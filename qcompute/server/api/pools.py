@@ -149,8 +149,9 @@ def delete_pool(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     return {"uuid": uuid, "message": "deleted"}
 
 
-def _find(session, user, uuid: str, _slot: int) -> int:
-    return service.get_pool(session, user, uuid).id
+def _find(session, user, uuid: str, _slot: int) -> tuple[int, bool]:
+    pool = service.get_pool(session, user, uuid)
+    return pool.id, P(pool.state).is_final()
 
 
 # the preparation task's output, for the whole pool or one slot

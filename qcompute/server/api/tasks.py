@@ -312,11 +312,11 @@ def get_explanation(uuid: str, session: SessionDep, user: CurrentUser,
     return explain_task(session, user, uuid, ctx.scheduler)
 
 
-def _find(session, user, uuid: str, instance_id: int) -> int:
+def _find(session, user, uuid: str, instance_id: int) -> tuple[int, bool]:
     task = service.get_task(session, user, uuid)
     if instance_id != TASK_LEVEL:
         service.check_instance(session, task, instance_id)
-    return task.id
+    return task.id, TaskState(task.state).is_final()
 
 
 add_output_routes(router, "task", "instance", _find, OutputCursor, "task_id")

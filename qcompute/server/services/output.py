@@ -4,7 +4,9 @@ Each stream of each instance is appended to ``<root>/<task>/<instance>.<stream>`
 ``<root>/<task>/task.<stream>`` for the whole task in arrival order. When a file passes its bound
 the oldest bytes are dropped; ``<file>.dropped`` counts them so that read cursors (logical byte
 offsets, kept in SQL by the caller) stay valid. Each task's files have a lock of their own (one
-of a fixed set of stripes), so one task's flood of output never waits on another's.
+of a fixed set of stripes), so one task's flood of output never waits on another's. Each
+append is published on :attr:`OutputStore.changes` (keyed by the task or pool uuid), so a read
+held by a long poll wakes as soon as output arrives.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import shutil
 import threading
 from pathlib import Path
 from typing import Optional
+
+from ..changes import TaskChanges
 
 __all__ = ["OutputStore", "STREAMS"]
 
@@ -25,6 +29,7 @@ class OutputStore:
         self.root = root
         self.max_bytes = max_bytes
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
+        self.changes = TaskChanges()  # woken at each append, per task (or pool) uuid
 
     def _lock(self, task_uuid: str) -> threading.Lock:
         return self._locks[hash(task_uuid) % _STRIPES]
@@ -44,6 +49,7 @@ class OutputStore:
                     size = fh.tell()
                 if size > self.max_bytes * 3 // 2:  # trim rarely: amortised O(1) per byte
                     self._trim(path, size)
+        self.changes.publish((task_uuid,))
 
     def _trim(self, path: Path, size: int) -> None:
         drop = size - self.max_bytes
