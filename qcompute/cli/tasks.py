@@ -110,8 +110,13 @@ def show(state: State, uuid: str, output: str) -> None:
     emit(output, document(task_), lambda _: _show(task_))
 
 
-def _print_logs(task_: Any, stream: str, instance: Optional[int]) -> None:
-    """Everything the task (or one instance) wrote so far on ``stream``."""
+def _print_logs(task_: Any, stream: str, instance: Optional[int], follow: bool) -> None:
+    """Everything the task (or one instance) wrote so far on ``stream``; with ``follow``, then
+    each new line until the task ends (:meth:`~qcompute.task.Task.follow`)."""
+    if follow:
+        for line in task_.follow(stream, instance):
+            click.echo(line, err=stream == "stderr")
+        return
     text = task_.stderr(instance) if stream == "stderr" else task_.stdout(instance)
     click.echo(text, nl=False, err=stream == "stderr")
 
@@ -122,10 +127,12 @@ def _print_logs(task_: Any, stream: str, instance: Optional[int]) -> None:
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
 @click.option("--instance", type=click.IntRange(min=0), metavar="N",
               help="Only instance N (default: every instance).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new lines until the task ends.")
 @pass_state
-def logs(state: State, uuid: str, stream: str, instance: Optional[int]) -> None:
-    """Print a task's output so far (standard error goes to stderr)."""
-    _print_logs(state.connection().retrieve_task(uuid), stream, instance)
+def logs(state: State, uuid: str, stream: str, instance: Optional[int], follow: bool) -> None:
+    """Print a task's output so far (standard error goes to stderr); with -f, follow it."""
+    _print_logs(state.connection().retrieve_task(uuid), stream, instance, follow)
 
 
 @task.command("wait")

@@ -274,3 +274,14 @@ def test_task_explain_names_the_pending_parent_and_rerun_failed_reruns_the_failu
     assert cli("task", "wait", ok.uuid, "--timeout", "120").exit_code == ExitCode.OK
     refused = cli("task", "rerun-failed", ok.uuid)
     assert refused.exit_code == ExitCode.FAILED and "Error:" in refused.stderr
+
+
+def test_task_logs_follow_prints_every_line_until_the_task_ends(cli, conn):
+    task = _submit(conn, "cli follow", "sh -c 'echo first; sleep 1; echo second; echo bad >&2'")
+    followed = cli("task", "logs", "-f", task.uuid)
+    assert followed.exit_code == 0, followed.output
+    assert followed.stdout == "first\nsecond\n"
+    task.update(flushcache=True)
+    assert str(task.state.value) == "Success"
+    errors = cli("task", "logs", "--follow", "--stderr", task.uuid)
+    assert (errors.stdout, errors.stderr) == ("", "bad\n")
