@@ -119,6 +119,20 @@ def state_name(state: Any) -> str:
     return str(getattr(state, "value", state) or "")
 
 
+def uuids_argument(complete: Callable) -> Callable:
+    """The ``UUID...`` argument of the commands that act on several objects."""
+    return click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
+                          shell_complete=complete)
+
+
+def for_each(uuids: Iterable[str], retrieve: Callable[[str], Any],
+             act: Callable[[Any], Any]) -> None:
+    """Act on each object in turn, printing ``<uuid> <what act returned>``; the first error
+    stops the run (the objects before it are done)."""
+    for uuid in uuids:
+        click.echo(f"{uuid} {act(retrieve(uuid))}")
+
+
 def when(value: Any) -> str:
     """A datetime as ``YYYY-MM-DD HH:MM:SS`` (UTC as sent), or empty."""
     return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else (value or "")

@@ -10,10 +10,12 @@ from ._common import (
     complete_job,
     document,
     emit,
+    for_each,
     output_option,
     pass_state,
     print_table,
     state_name,
+    uuids_argument,
     when,
 )
 
@@ -63,24 +65,18 @@ def show(state: State, uuid: str, output: str) -> None:
 
 
 @job.command("terminate")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_job)
+@uuids_argument(complete_job)
 @pass_state
 def terminate(state: State, uuids: tuple[str, ...]) -> None:
     """Terminate jobs: their remaining tasks are cancelled."""
-    conn = state.connection()
-    for uuid in uuids:
-        click.echo(f"{uuid} {state_name(conn.retrieve_job(uuid).terminate().state)}")
+    for_each(uuids, state.connection().retrieve_job, lambda j: state_name(j.terminate().state))
 
 
 @job.command("delete")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_job)
+@uuids_argument(complete_job)
 @click.option("--force", is_flag=True, help="Cancel the job's running tasks first.")
 @pass_state
 def delete(state: State, uuids: tuple[str, ...], force: bool) -> None:
     """Delete jobs."""
-    conn = state.connection()
-    for uuid in uuids:
-        conn.retrieve_job(uuid).delete(force=force)
-        click.echo(f"{uuid} deleted")
+    for_each(uuids, state.connection().retrieve_job,
+             lambda j: j.delete(force=force) or "deleted")

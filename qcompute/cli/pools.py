@@ -10,10 +10,12 @@ from ._common import (
     complete_pool,
     document,
     emit,
+    for_each,
     output_option,
     pass_state,
     print_table,
     state_name,
+    uuids_argument,
     when,
 )
 
@@ -64,24 +66,18 @@ def show(state: State, uuid: str, output: str) -> None:
 
 
 @pool.command("close")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_pool)
+@uuids_argument(complete_pool)
 @pass_state
 def close(state: State, uuids: tuple[str, ...]) -> None:
     """Close pools: their unfinished tasks are cancelled and their nodes released."""
-    conn = state.connection()
-    for uuid in uuids:
-        click.echo(f"{uuid} {state_name(conn.retrieve_pool(uuid).close().state)}")
+    for_each(uuids, state.connection().retrieve_pool, lambda p: state_name(p.close().state))
 
 
 @pool.command("delete")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_pool)
+@uuids_argument(complete_pool)
 @click.option("--purge-resources", is_flag=True, help="Also delete the resource buckets.")
 @pass_state
 def delete(state: State, uuids: tuple[str, ...], purge_resources: bool) -> None:
     """Delete pools."""
-    conn = state.connection()
-    for uuid in uuids:
-        conn.retrieve_pool(uuid).delete(purge_resources=purge_resources)
-        click.echo(f"{uuid} deleted")
+    for_each(uuids, state.connection().retrieve_pool,
+             lambda p: p.delete(purge_resources=purge_resources) or "deleted")

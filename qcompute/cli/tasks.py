@@ -15,10 +15,12 @@ from ._common import (
     complete_task,
     document,
     emit,
+    for_each,
     output_option,
     pass_state,
     print_table,
     state_name,
+    uuids_argument,
     when,
 )
 
@@ -181,27 +183,20 @@ def rerun_failed(state: State, uuid: str, output: str) -> None:
 
 
 @task.command("abort")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_task)
+@uuids_argument(complete_task)
 @pass_state
 def abort(state: State, uuids: tuple[str, ...]) -> None:
     """Cancel tasks."""
-    conn = state.connection()
-    for uuid in uuids:
-        click.echo(f"{uuid} {state_name(conn.retrieve_task(uuid).abort().state)}")
+    for_each(uuids, state.connection().retrieve_task, lambda t: state_name(t.abort().state))
 
 
 @task.command("delete")
-@click.argument("uuids", nargs=-1, required=True, metavar="UUID...",
-                shell_complete=complete_task)
+@uuids_argument(complete_task)
 @click.option("--purge-resources", is_flag=True, help="Also delete the resource buckets.")
 @click.option("--purge-results", is_flag=True, help="Also delete the result bucket.")
 @pass_state
 def delete(state: State, uuids: tuple[str, ...], purge_resources: bool,
            purge_results: bool) -> None:
     """Delete tasks (a running task is cancelled first)."""
-    conn = state.connection()
-    for uuid in uuids:
-        conn.retrieve_task(uuid).delete(purge_resources=purge_resources,
-                                        purge_results=purge_results)
-        click.echo(f"{uuid} deleted")
+    for_each(uuids, state.connection().retrieve_task, lambda t: t.delete(
+        purge_resources=purge_resources, purge_results=purge_results) or "deleted")
