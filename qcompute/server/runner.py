@@ -48,6 +48,7 @@ from typing import IO, Callable, Optional
 from qcompute.server.command import CommandError, split_command
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                                             Output, Phase, SnapshotRequest, event_to_json)
+from qcompute.server.reaper import TAG_ENV
 from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
 from qcompute.server.runner_files import (InstanceFiles, compile_regex, make_workdir,
@@ -260,8 +261,9 @@ class _InstanceRun:
             proc: Optional[subprocess.Popen] = None
             try:
                 with sandbox.spawning(self.spec.network):
-                    proc = self._spawn([bwrap[0], "--args", str(args), *bwrap[split:]], env,
-                                       pass_fds=passed, preexec_fn=pdeathsig_preexec())
+                    proc = self._spawn([_bwrap_argv0(), "--args", str(args), *bwrap[split:]],
+                                       env, pass_fds=passed, preexec_fn=pdeathsig_preexec(),
+                                       executable=bwrap[0])
             except SandboxError:  # the thread could not leave the network: stop right there
                 if proc is not None:
                     proc.kill()
@@ -288,11 +290,12 @@ class _InstanceRun:
                     os.close(fd)
 
     def _spawn(self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (),
-               preexec_fn: Optional[Callable[[], None]] = None) -> subprocess.Popen:
+               preexec_fn: Optional[Callable[[], None]] = None,
+               executable: Optional[str] = None) -> subprocess.Popen:
         self.timeline["command_started"] = time.time()
         try:
             return subprocess.Popen(
-                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                argv, executable=executable, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 pass_fds=pass_fds, preexec_fn=preexec_fn)
         except OSError as exc:
@@ -459,6 +462,14 @@ def _start_watchdog() -> tuple[subprocess.Popen, int]:
 def _shell_code(code: int) -> int:
     """Killed by signal N (Python's -N): 128 + N, as a shell and a container runtime say."""
     return 128 - code if code < 0 else code
+
+
+def _bwrap_argv0() -> str:
+    """bwrap's ``argv[0]``: this worker's reaper tag (see :mod:`qcompute.server.reaper`), so
+    that a sandbox this worker leaves behind can be found; plain ``bwrap`` outside an executor
+    that reaps."""
+    tag = os.environ.get(TAG_ENV)
+    return f"{tag}.{os.getpid()}" if tag else "bwrap"
 
 
 def _sandbox_init(info_read: int, proc: subprocess.Popen) -> int:

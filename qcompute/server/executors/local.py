@@ -46,6 +46,7 @@ from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
+from qcompute.server.reaper import TAG_ENV, Reaper, kill_tagged, new_tag
 from qcompute.server.runner import ACCEPTED, ALIVE, HEARTBEAT_ENV, SANDBOX_ENV, pdeathsig_preexec
 from qcompute.server.sandbox import SandboxConfig
 
@@ -120,6 +121,10 @@ class LocalExecutor(Executor):
                      "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, pythonpath])),
                      SANDBOX_ENV: (sandbox or SandboxConfig()).to_json(),
                      HEARTBEAT_ENV: str(stall_seconds / 4 if stall_seconds else 0)}
+        # sandboxes still starting when their worker dies outlive it: the reaper ends them
+        self._reaper = Reaper(new_tag()) if self.sandboxed else None
+        if self._reaper is not None:
+            self._env[TAG_ENV] = self._reaper.tag
         self._slots = [_Slot(i) for i in range(capacity)]
         self._reporting: set[InstanceKey] = set()  # released, their Finished not handed over yet
         for slot in self._slots:
@@ -232,6 +237,8 @@ class LocalExecutor(Executor):
                 slot.thread.join(1.0)  # type: ignore[union-attr]
         with self._lock:
             self._silenced = True
+        if self._reaper is not None:
+            self._reaper.close()
 
     # -- one slot -----------------------------------------------------------------------------
 
@@ -288,6 +295,8 @@ class LocalExecutor(Executor):
         if not retired and not self._stopping:
             log.warning("runner worker %d exited with code %s%s", proc.pid, code,
                         f": {tail}" if tail else "")
+            if self._reaper is not None:
+                kill_tagged(f"{self._reaper.tag}.{proc.pid}")
         healthy = retired or served > 0  # else a broken start: no instance waits for the next
         self._lose(slot, f"runner exited with code {code} without reporting"
                    + (f": {tail}" if tail else ""), only_sent=healthy)
