@@ -88,11 +88,11 @@ class _Retry(Retry):
             refused = isinstance(error, NewConnectionError)
             retry = self.new(connect=min(self.connect or 0, REFUSED_RETRIES) if refused else 0)
         new = Retry.increment(retry, method, url, response, error, *args, **kwargs)
-        logger.info(
-            "retrying %s %s after %s (%d tries left)",
-            method, url, error or (response.status if response is not None else "?"),
-            new.total if isinstance(new.total, int) else -1,
-        )
+        counts = [c for c in (new.total, new.connect, new.read, new.status)
+                  if isinstance(c, int)]  # the tightest budget is the one that ends the tries
+        logger.info("retrying %s %s after %s (%d tries left)", method, url,
+                    error or (response.status if response is not None else "?"),
+                    min(counts, default=-1))
         return new
 
     def _refused_backoff(self) -> Optional[float]:

@@ -31,6 +31,8 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
     ctx.obj = State(profile)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the SDK logs each retry at INFO already; urllib3 would say it again
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 for command in (up, down, status, server, user, login, validate, submit, task, bucket, pool, job,
