@@ -99,12 +99,20 @@ def test_instant_snapshots_upload_changed_files_while_the_command_runs(tmp_path,
 
 
 def test_periodic_snapshots_every_second(tmp_path, s3, s3_admin):
+    """Rounds follow one another while the command runs (each step waits for a round to have
+    sent its file, so a loaded machine changes nothing), and unchanged files are not resent."""
     access, _, results = s3
-    command = "for i in 1 2 3 4; do echo $i > f$i.txt; sleep 0.8; done"
+    command = ("echo 1 > f1.txt; until [ -e go2 ]; do sleep 0.05; done; echo 2 > f2.txt; "
+               "until [ -e go3 ]; do sleep 0.05; done; echo 3 > f3.txt; echo 4 > f4.txt")
     spec = make_spec(tmp_path, sh(command), s3=access, result_bucket=results, results_prefix="end/",
                      snapshot_interval_sec=1,
                      periodic_snapshot=SnapshotRequest("periodic-1", results, "p/"))
     run = Run(spec)
+    job = Path(spec.workdir, "job")
+    for step in (2, 3):
+        run.wait(lambda: any(f"p/f{step - 1}.txt" in r.keys for r in run.events(SnapshotDone)),
+                 timeout=20)
+        (job / f"go{step}").write_text("")
     finished = run.finish(timeout=15)
     assert finished.exit_code == 0 and finished.error is None
     rounds = run.events(SnapshotDone)
