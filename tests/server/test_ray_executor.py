@@ -22,6 +22,7 @@ from sqlalchemy import select  # noqa: E402
 from qcompute.server.app import create_app  # noqa: E402
 from qcompute.server.bootstrap import client_config_path, read_token  # noqa: E402
 from qcompute.server.db.models import Instance, Task  # noqa: E402
+from qcompute.server.executors.ray_executor import use_token  # noqa: E402
 from qcompute.server.settings import ServerSettings  # noqa: E402
 
 from .conftest import Cluster, StubStorage, wait_for  # noqa: E402
@@ -38,7 +39,7 @@ def ray_cluster(tmp_path_factory):
     token = tmp_path_factory.mktemp("ray") / "token"
     token.write_text(secrets.token_hex(32))
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    use_token(token)
     started = time.monotonic()
     cluster = RayCluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, include_dashboard=False, labels={"zone": "a"}))

@@ -45,7 +45,7 @@ from qcompute.server.sandbox import SandboxConfig
 from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, Placed,
                    SnapshotRequest)
 
-__all__ = ["RayExecutor", "NODE_ENV", "node_labels", "STANDARD_RESOURCES"]
+__all__ = ["RayExecutor", "NODE_ENV", "node_labels", "start_ray", "use_token"]
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,8 @@ class RayExecutor(Executor):
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 here, soft=False)).remote()
-        self._task = ray.remote(_run_on_node).options(
-            num_returns="streaming", max_retries=0, num_cpus=cpus_per_slot)
+        self._task = ray.remote(_run_on_node)
+        self._options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": cpus_per_slot}
 
     # -- nodes ----------------------------------------------------------------------------------
 
@@ -335,9 +335,9 @@ class RayExecutor(Executor):
                 raise ValueError(f"instance {spec.key} is already running")
             self._runs[spec.key] = run
         try:
-            options = self.placement(spec.hardware_constraints)
-            task = self._task.options(**options) if options else self._task
-            run.stream = task.remote(spec.to_json(), self._sandbox_json, self._mailbox)
+            options = {**self._options, **self.placement(spec.hardware_constraints)}
+            run.stream = self._task.options(**options).remote(spec.to_json(), self._sandbox_json,
+                                                              self._mailbox)
         except Exception:
             with self._lock:
                 self._runs.pop(spec.key, None)
@@ -464,8 +464,7 @@ def start_ray(settings) -> None:
         fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(32))
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    use_token(token)
     if ray.is_initialized():
         return
     if settings.ray_address:
@@ -477,3 +476,14 @@ def start_ray(settings) -> None:
     address = ray.get_runtime_context().gcs_address
     (settings.data_dir / "ray-address").write_text(address + "\n")
     log.info("started a Ray head at %s; add nodes with: qcompute node join %s", address, address)
+
+
+def use_token(path) -> None:
+    """Token authentication with the token in ``path``, for this process and its children.
+    Ray reads the mode when it is imported: refresh what it cached."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
