@@ -1,5 +1,6 @@
-"""The ``qcompute`` command: the embedded cluster (up, down, status, server), users, login,
-batch files (validate, submit) and a command group for every object (task, bucket, pool, job)."""
+"""The ``qcompute`` command: the embedded cluster (up, down, status, server, node join), users,
+login, batch files (validate, submit) and a command group for every object (task, bucket, pool,
+job)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,7 @@ from .cluster import down, server, status, up
 from .completion import completion
 from .jobs import job
 from .login import login
+from .nodes import node
 from .pools import pool
 from .tasks import task
 from .users import user
@@ -35,6 +37,6 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
         logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-for command in (up, down, status, server, user, login, validate, submit, task, bucket, pool, job,
-                completion):
+for command in (up, down, status, server, node, user, login, validate, submit, task, bucket, pool,
+                job, completion):
     main.add_command(command)

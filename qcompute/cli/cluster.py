@@ -33,7 +33,8 @@ def _data_dir(value: Optional[str]) -> Path:
 
 
 def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[int],
-              workers: Optional[int]):
+              workers: Optional[int], executor: Optional[str] = None,
+              ray_address: Optional[str] = None):
     try:
         from pydantic import ValidationError
 
@@ -43,7 +44,8 @@ def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[in
             f"the server needs the [server] extra: pip install 'qcompute[server]' ({exc})"
         ) from None
     overrides = {"data_dir": _data_dir(data_dir), "port": port, "s3_port": s3_port,
-                 "max_concurrent_instances": workers}
+                 "max_concurrent_instances": workers, "executor": executor,
+                 "ray_address": ray_address}
     try:
         return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:  # a bad QCOMPUTE_SERVER_* variable or option
@@ -95,6 +97,10 @@ _options = [
     click.option("--port", type=int, help="API port on 127.0.0.1 [8801]."),
     click.option("--s3-port", type=int, help="Embedded S3 port on 127.0.0.1 [18333]."),
     click.option("--workers", type=int, help="Instances run at once [CPU count]."),
+    click.option("--executor", type=click.Choice(["local", "ray"]),
+                 help="Where instances run: this host, or the nodes of a Ray cluster [local]."),
+    click.option("--ray-address", metavar="HOST:PORT",
+                 help="With --executor ray: join this Ray cluster [start a head here]."),
 ]
 
 
@@ -106,13 +112,13 @@ def _with_options(func):
 
 @click.command()
 @_with_options
-def server(data_dir, port, s3_port, workers) -> None:
+def server(data_dir, port, s3_port, workers, executor, ray_address) -> None:
     """Run the cluster in the foreground (for services and debugging)."""
     import uvicorn
 
     from qcompute.server.app import create_app
 
-    settings = _settings(data_dir, port, s3_port, workers)
+    settings = _settings(data_dir, port, s3_port, workers, executor, ray_address)
     os.umask(0o077)  # what the server (and SeaweedFS, the runners) create is private
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 timeout_keep_alive=settings.keep_alive_seconds, log_level="info",
@@ -125,9 +131,13 @@ def server(data_dir, port, s3_port, workers) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               default=client_config_default, show_default="$QCOMPUTE_CONFIG or the SDK default",
               help="Where to write the client config.")
-def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
-    """Start the cluster in the background and write the client config."""
-    settings = _settings(data_dir, port, s3_port, workers)
+def up(data_dir, port, s3_port, workers, executor, ray_address, timeout, config_path) -> None:
+    """Start the cluster in the background and write the client config.
+
+    With ``--executor ray`` instances run on the nodes of a Ray cluster: the server starts a
+    Ray head (or joins the one at ``--ray-address``); add machines with ``qcompute node join``.
+    """
+    settings = _settings(data_dir, port, s3_port, workers, executor, ray_address)
     data = settings.data_dir
     pid = _running_pid(data)
     if pid is not None:
@@ -140,7 +150,10 @@ def up(data_dir, port, s3_port, workers, timeout, config_path) -> None:
     data.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "qcompute", "server", "--data-dir", str(data),
                "--port", str(settings.port), "--s3-port", str(settings.s3_port),
-               "--workers", str(settings.max_concurrent_instances)]
+               "--workers", str(settings.max_concurrent_instances),
+               "--executor", settings.executor]
+    if settings.ray_address:
+        command += ["--ray-address", settings.ray_address]
     with (data / "server.log").open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
@@ -216,9 +229,25 @@ def status(data_dir) -> None:
             if part in details:
                 line += f"; {details[part]}"
             click.echo(f"{part + ':':<10} {line}")
+        for node in health.get("nodes") or ():
+            click.echo(_node_line(node))
         isolation = health.get("isolation", "?")
         click.echo(f"instances: {isolation}" if health.get("sandboxed") else
                    f"instances: WARNING {isolation}: keep this cluster to one trusted user")
     click.echo(f"data dir:  {data}")
     if not healthy:
         raise SystemExit(1)
+
+
+def _node_line(node: dict) -> str:
+    """``node:      vm (3f2a…) 2 cores, 23 GiB, labels zone=b, licence; 1 of 2 slots free``."""
+    name = node.get("hostname") or node.get("specificationKey", "?")
+    if node.get("id"):
+        name += f" ({node['id'][:12]})"
+    labels = [f"{k}={v}" for k, v in (node.get("labels") or {}).items()] \
+        if isinstance(node.get("labels"), dict) else list(node.get("labels") or ())
+    labels += list(node.get("resources") or ())
+    return (f"node:      {name} {node.get('cores')} cores, "
+            f"{round((node.get('memoryMB') or 0) / 1024)} GiB"
+            + (f", labels {', '.join(labels)}" if labels else "")
+            + f"; {node.get('freeSlots', '?')} of {node.get('slots', '?')} slots free")

@@ -50,9 +50,30 @@ def _default_executor(settings: ServerSettings, store) -> ExecutorFactory:
                     note)
     else:
         log.info("instances: %s", note)
+    if settings.executor == "ray":
+        return _ray_executor(settings, config, note)
     return lambda on_event: LocalExecutor(on_event, capacity=settings.max_concurrent_instances,
                                           sandbox=config, isolation=note,
                                           stall_seconds=settings.runner_stall_seconds)
+
+
+def _ray_executor(settings: ServerSettings, sandbox, note: str) -> ExecutorFactory:
+    """The Ray executor (docs/ray.rst): joins or starts the Ray cluster; the node kinds that
+    constraints are checked against are its live nodes from then on."""
+    try:
+        from .executors.ray_executor import RayExecutor, start_ray
+    except ImportError as exc:
+        raise RuntimeError(f"executor = ray needs the [ray] extra: pip install "
+                           f"'qcompute[server,ray]' ({exc})") from None
+
+    def make(on_event) -> Executor:
+        start_ray(settings)
+        executor = RayExecutor(on_event, cpus_per_slot=settings.ray_cpus_per_slot,
+                               sandbox=sandbox, isolation=note)
+        settings.watch_nodes(executor.node_kinds)
+        return executor
+
+    return make
 
 
 def _loopback_port(url: str) -> Optional[int]:
@@ -83,7 +104,8 @@ def create_app(settings: ServerSettings, *, storage=None,
     async def lifespan(app: FastAPI):
         make_private(settings)
         sealer = load_sealer(settings)
-        log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
+        if settings.executor == "local":
+            log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
         engine = make_engine(settings.resolved_database_url)
         migrate(engine, sealer)
         sessions = make_session_factory(engine, sealer)

@@ -34,7 +34,7 @@ from .changes import TaskChanges
 from .crypto import SealError
 from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                             Output, Phase, S3Access, Telemetry, storable)
+                             Output, Phase, Placed, S3Access, Telemetry, storable)
 from .schemas.common import MAX_SECONDS
 from .scheduler_pools import PoolKeeper, resource_specs
 from .scheduler_recovery import Recovery, WorkDirs
@@ -283,7 +283,7 @@ class Scheduler:
                 raise RuntimeError("injected fault (fault_injection)")
             session.commit()
             dispatched: dict[int, Task] = {}
-            if all(isinstance(event, Phase) for event in events):
+            if all(isinstance(event, (Phase, Placed)) for event in events):
                 specs = []  # a phase frees no slot and queues nothing: no dispatch
             else:
                 specs = self._dispatch(session, dispatched, changed)
@@ -360,13 +360,13 @@ class Scheduler:
     def _prefetch(self, session: Session, events: list) -> None:
         """One query for the rows of every phase and end in the round, rather than one each."""
         self._rows = self._load_rows(session, [
-            e.key for e in events if isinstance(e, (Phase, Finished))
+            e.key for e in events if isinstance(e, (Phase, Placed, Finished))
             and e.key not in self.pools.preparing])
 
     def _apply(self, session: Session, event, touched: dict[int, Task]) -> None:
         if self.controls.apply(session, event, touched):
             return
-        if isinstance(event, (Phase, Finished)) and event.key in self.pools.preparing:
+        if isinstance(event, (Phase, Placed, Finished)) and event.key in self.pools.preparing:
             if isinstance(event, Finished):
                 self._in_flight.discard(event.key)
                 self._stamps.pop(event.key, None)
@@ -378,6 +378,10 @@ class Scheduler:
                 if event.phase == "running":
                     found[0].started_at = utcnow()
                 touched[found[1].id] = found[1]
+        elif isinstance(event, Placed):
+            found = self._instance(session, event.key)
+            if found and I(found[0].state).is_active():
+                found[0].node = event.describe()
         elif isinstance(event, Finished):
             self._in_flight.discard(event.key)
             stamps = self._stamps.pop(event.key, None)
@@ -496,6 +500,7 @@ class Scheduler:
                 continue
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
+            instance.node = None  # the new attempt's node, once it is placed
             dispatched = time.time()
             instance.timeline = {"dispatched": dispatched}  # the attempt's new timeline
             try:
@@ -593,6 +598,8 @@ class Scheduler:
             kill_grace_seconds=self.settings.kill_grace_seconds,
             result_upload_attempts=self.settings.result_upload_attempts,
             result_upload_seconds=self.settings.result_upload_seconds,
+            hardware_constraints=list((pool.document if pool is not None else doc)
+                                      .get("hardwareConstraints") or ()),
             **self.controls.spec_fields(session, task))
 
     # -- restart ------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hardware import NodeCapabilities, NodeOverrides, detect
@@ -60,6 +60,7 @@ def _default_profiles() -> list[Profile]:
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QCOMPUTE_SERVER_", extra="forbid")
+    _live_nodes: Optional[Callable[[], list[NodeCapabilities]]] = PrivateAttr(default=None)
 
     data_dir: Path = Field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
@@ -95,8 +96,15 @@ class ServerSettings(BaseSettings):
     s3_restart_window_seconds: float = Field(default=600.0, gt=0)
     s3_restart_backoff_seconds: float = Field(default=1.0, ge=0, le=3600)
 
-    # Executor
-    executor: Literal["local"] = "local"
+    # Executor: "local" runs instances on this host; "ray" on the nodes of a Ray cluster
+    # (docs/ray.rst): the one at ray_address ("host:port" of its GCS), or a head this server
+    # starts when it is empty. One slot is a bundle of ray_cpus_per_slot CPUs. Ray's token
+    # authentication is always on: its token is in ray_token_file (default <data_dir>/ray-token,
+    # made on first start), which every node and driver of the cluster must share.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    ray_cpus_per_slot: float = Field(default=1.0, gt=0, le=1024)
+    ray_token_file: Optional[Path] = None
     max_concurrent_instances: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     kill_grace_seconds: float = Field(default=5.0, ge=0)
     max_instances_per_task: int = Field(default=100_000, ge=1)
@@ -147,7 +155,7 @@ class ServerSettings(BaseSettings):
     nodes: list[NodeCapabilities] = Field(default_factory=list)
     default_user_email: str = "owner@qcompute.local"
 
-    @field_validator("secrets_key_file", mode="before")
+    @field_validator("secrets_key_file", "ray_token_file", mode="before")
     @classmethod
     def _empty_is_default(cls, value):
         return None if value == "" else value
@@ -169,10 +177,26 @@ class ServerSettings(BaseSettings):
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @cached_property
+    @property
     def node_kinds(self) -> list[NodeCapabilities]:
-        """The node kinds this cluster runs on: ``nodes``, else this host (detected once)."""
+        """The node kinds this cluster runs on: those of the executor's live nodes when it
+        spans several (see :meth:`watch_nodes`), else ``nodes``, else this host (detected
+        once)."""
+        if self._live_nodes is not None:
+            return self._live_nodes()
+        return self._configured_nodes
+
+    @cached_property
+    def _configured_nodes(self) -> list[NodeCapabilities]:
         return list(self.nodes) or [detect(self.data_dir, self.node)]
+
+    def watch_nodes(self, source: Callable[[], list[NodeCapabilities]]) -> None:
+        """From now on, ``node_kinds`` asks ``source`` (an executor's live nodes)."""
+        self._live_nodes = source
+
+    @property
+    def resolved_ray_token_file(self) -> Path:
+        return self.ray_token_file or self.data_dir / "ray-token"
 
     def profile(self, name: str) -> Optional[Profile]:
         return next((p for p in self.profiles if p.name == name), None)

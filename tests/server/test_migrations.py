@@ -56,7 +56,7 @@ def test_0002_backfills_instance_counts(tmp_path):
             "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
     assert (pool, job, waiting) == (None, None, 0)
-    assert version == "0006"
+    assert version == "0007"
 
 
 # -- 0004: secrets and tokens sealed --------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_0004_seals_clear_values_and_leaves_none_on_disk(tmp_path):
     sealer = Sealer(Fernet.generate_key())
     migrate(engine, sealer)
     with engine.connect() as db:
-        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         value = db.execute(sa.text("SELECT value FROM secrets")).scalar()
         tokens = dict(db.execute(sa.text("SELECT id, sealed_token FROM users")).all())
         columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
@@ -161,4 +161,25 @@ def test_0006_adds_an_empty_timeline_and_drops_it_on_downgrade(tmp_path):
     _upgrade_to(engine, "0005", sealer, down=True)
     with engine.connect() as db:
         assert "timeline" not in {c["name"] for c in sa.inspect(db).get_columns("instances")}
+        assert db.execute(sa.text("SELECT state FROM instances")).scalar() == "Success"
+
+
+# -- 0007: instances.node --------------------------------------------------------------------------
+
+def test_0007_adds_an_empty_node_and_drops_it_on_downgrade(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    sealer = Sealer(Fernet.generate_key())
+    _upgrade_to(engine, "0006", sealer)
+    with engine.begin() as db:
+        _old_task(db, 1, "Success")
+        db.execute(sa.text("INSERT INTO instances (task_id, instance_id, rank, state, attempt, "
+                           "infra_failures, exec_time_sec, wall_time_sec, peak_memory_mb) "
+                           "VALUES (1, 0, 0, 'Success', 1, 0, 0.5, 0, 0)"))
+    migrate(engine, sealer)
+    with engine.connect() as db:
+        row = db.execute(sa.text("SELECT state, exec_time_sec, node FROM instances")).one()
+    assert tuple(row) == ("Success", 0.5, None)  # an old row: no node, nothing else lost
+    _upgrade_to(engine, "0006", sealer, down=True)
+    with engine.connect() as db:
+        assert "node" not in {c["name"] for c in sa.inspect(db).get_columns("instances")}
         assert db.execute(sa.text("SELECT state FROM instances")).scalar() == "Success"

@@ -39,8 +39,20 @@ def health(ctx: ContextDep):
             "isolation": ctx.scheduler.executor.isolation,
             "capacity": ctx.scheduler.executor.capacity,
             "running": len(ctx.scheduler.executor.running()),
-            "nodes": [node.to_json() for node in ctx.settings.node_kinds]}
+            "nodes": _nodes(ctx)}
     return body if healthy else JSONResponse(body, status_code=503)
+
+
+def _nodes(ctx) -> list[dict]:
+    """The cluster's nodes: the executor's live ones, else the configured node kinds with the
+    executor's slots (one host)."""
+    executor = ctx.scheduler.executor
+    live = executor.describe_nodes()
+    if live is not None:
+        return live
+    free = max(0, executor.capacity - len(executor.running()))
+    return [{**node.to_json(), "slots": executor.capacity, "freeSlots": free}
+            for node in ctx.settings.node_kinds]
 
 
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")
@@ -122,9 +134,11 @@ def profile(name: str, ctx: ContextDep, _user: CurrentUser):
 def hardware_constraints(ctx: ContextDep, _user: CurrentUser,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                          offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
+    """``nodes`` (a qcompute extra): the nodes these constraints come from, with their cores,
+    memory, labels and free slots."""
     offered = hardware.offered_constraints(ctx.settings.node_kinds)
     return {"data": offered[offset:offset + limit], "offset": offset, "limit": limit,
-            "total": len(offered)}
+            "total": len(offered), "nodes": _nodes(ctx)}
 
 
 @router.get("/hardware-constraints/cpu-model-constraints/search",

@@ -120,6 +120,9 @@ class Instance(Base):
     # The current attempt's steps, in epoch seconds (services/timeline.py): written with the
     # dispatch and with the end, never read by the scheduler (deferred: loaded only on request).
     timeline: Mapped[Optional[dict[str, float]]] = mapped_column(JSON, deferred=True)
+    # Where the current attempt runs or ran: {"id", "hostname"} of its node (executors that
+    # span several nodes say so with a Placed event; None elsewhere)
+    node: Mapped[Optional[dict[str, str]]] = mapped_column(JSON)
 
 
 class TaskTag(Base):

@@ -21,7 +21,7 @@ from typing import Callable, Literal, Optional, Union
 
 __all__ = [
     "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
-    "Phase", "Output", "Telemetry", "SnapshotDone", "ResourcesRefreshed", "Finished",
+    "Phase", "Placed", "Output", "Telemetry", "SnapshotDone", "ResourcesRefreshed", "Finished",
     "ExecutorEvent",
     "Executor",
     "event_to_json", "event_from_json", "storable",
@@ -119,6 +119,9 @@ class InstanceSpec:
     # failed
     result_upload_attempts: int = 8
     result_upload_seconds: float = 300.0
+    # the task's (or its pool's) hardwareConstraints: an executor spanning several node kinds
+    # places the instance on a node that meets them
+    hardware_constraints: list[dict] = field(default_factory=list)
 
     @property
     def key(self) -> InstanceKey:
@@ -147,6 +150,20 @@ class Phase:
     key: InstanceKey
     phase: PhaseName
     kind: str = field(default="phase", init=False)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The instance was given to a node (executors spanning several nodes send it first)."""
+
+    key: InstanceKey
+    node_id: str
+    hostname: str
+    kind: str = field(default="placed", init=False)
+
+    def describe(self) -> dict[str, str]:
+        """The node as the instance's status shows it."""
+        return {"id": self.node_id, "hostname": self.hostname}
 
 
 @dataclass(frozen=True)
@@ -253,8 +270,10 @@ class Finished:
         _store_errors(self, "error")
 
 
-ExecutorEvent = Union[Phase, Output, Telemetry, SnapshotDone, ResourcesRefreshed, Finished]
-_EVENT_TYPES = {"phase": Phase, "output": Output, "telemetry": Telemetry, "snapshot": SnapshotDone,
+ExecutorEvent = Union[Phase, Placed, Output, Telemetry, SnapshotDone, ResourcesRefreshed,
+                      Finished]
+_EVENT_TYPES = {"phase": Phase, "placed": Placed, "output": Output, "telemetry": Telemetry,
+                "snapshot": SnapshotDone,
                 "refreshed": ResourcesRefreshed, "finished": Finished}
 
 
@@ -272,7 +291,8 @@ def event_from_json(line: str) -> ExecutorEvent:
 
 
 class Executor(abc.ABC):
-    """Runs instances and reports events. Implementations: LocalExecutor (this host)."""
+    """Runs instances and reports events. Implementations: LocalExecutor (this host),
+    RayExecutor (the nodes of a Ray cluster, ``executors/ray_executor.py``)."""
 
     sandboxed = False  # whether every instance runs in a sandbox (qcompute.server.sandbox)
     isolation = "unsandboxed"  # one line for the operator: how instances are isolated
@@ -324,6 +344,11 @@ class Executor(abc.ABC):
 
     def problem(self) -> Optional[str]:
         """Why no instance can start here now, or None (for ``/health``)."""
+        return None
+
+    def describe_nodes(self) -> Optional[list[dict]]:
+        """The live nodes with their cores, memory, labels, slots and free slots, for an
+        executor spanning several; None for one running on this host alone."""
         return None
 
     @abc.abstractmethod

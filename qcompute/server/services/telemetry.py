@@ -35,9 +35,11 @@ class TelemetryStore:
 
 
 def instance_info(*, phase: str, instance_id: int, attempt: int, running_seconds: float,
-                  sample: Optional[Telemetry], cpu_model: str) -> dict[str, Any]:
+                  sample: Optional[Telemetry], cpu_model: str,
+                  node: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """One ``perRunningInstanceInfo`` entry: every field of the dialect, zero before the
-    first sample."""
+    first sample, and qcompute's ``node`` (``{"id", "hostname"}`` where an executor spanning
+    several nodes placed it, else null)."""
     cpu = sample.cpu_seconds if sample else 0.0
     ghz = sample.frequency_ghz if sample else 0.0
     return {
@@ -55,7 +57,7 @@ def instance_info(*, phase: str, instance_id: int, attempt: int, running_seconds
         "executionTimeSec": round(running_seconds, 3),
         "executionTimeGHz": round(cpu * ghz, 3),
         "executionAttemptCount": attempt,
-        "activeForwards": [], "vpnConnections": [],
+        "activeForwards": [], "vpnConnections": [], "node": node,
     }
 
 

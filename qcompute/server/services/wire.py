@@ -80,7 +80,8 @@ def _completed(instance: Instance, cpu_model: str) -> dict[str, Any]:
         "averageGHz": 0.0,
         "results": [],
         "executionAttemptCount": instance.attempt,
-        "startedAt": iso(instance.started_at),  # qcompute extras: when the command ran
+        "node": instance.node,  # qcompute extras: where it ran ({"id", "hostname"} or null),
+        "startedAt": iso(instance.started_at),  # when the command ran
         "endedAt": iso(instance.ended_at),
         "error": instance.error,
         "cpuModel": cpu_model,
@@ -138,7 +139,7 @@ def _status(task: Task, instances: list[Instance], now: datetime, samples: Sampl
             (instance_info(phase=PHASES[i.state], instance_id=i.instance_id, attempt=i.attempt,
                            running_seconds=running_seconds(i.started_at, now),
                            sample=samples(InstanceKey(task.uuid, i.instance_id, i.attempt)),
-                           cpu_model=cpu_model) for i in running),
+                           cpu_model=cpu_model, node=i.node) for i in running),
             iso(now), task.snapshot_results or []),
     }
 

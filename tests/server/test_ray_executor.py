@@ -1,0 +1,172 @@
+"""RayExecutor through the real scheduler and API, on a Ray cluster of this host.
+
+One ``ray.cluster_utils.Cluster`` for the whole session (a head labelled zone=a, a node labelled
+zone=b with a custom resource ``licence``), token authentication on; one server (SQLite, stub
+storage, the sandbox this host can run) for the module. Starting Ray costs seconds: marked
+``ray`` and ``slow``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from ray.cluster_utils import Cluster as RayCluster  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from qcompute.server.app import create_app  # noqa: E402
+from qcompute.server.bootstrap import client_config_path, read_token  # noqa: E402
+from qcompute.server.db.models import Instance, Task  # noqa: E402
+from qcompute.server.executors.ray_executor import use_token  # noqa: E402
+from qcompute.server.settings import ServerSettings  # noqa: E402
+
+from .conftest import Cluster, StubStorage, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ZONE_B = {"discriminator": "SpecificHardwareConstraint", "specificationKey": "zone=b"}
+ZONE_A = {"discriminator": "SpecificHardwareConstraint", "specificationKey": "zone=a"}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """Two Ray nodes on this host; the token is in the environment of everything started."""
+    token = tmp_path_factory.mktemp("ray") / "token"
+    token.write_text(secrets.token_hex(32))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    use_token(token)
+    started = time.monotonic()
+    cluster = RayCluster(initialize_head=True, head_node_args=dict(
+        num_cpus=1, include_dashboard=False, labels={"zone": "a"}))
+    cluster.add_node(num_cpus=1, labels={"zone": "b"}, resources={"licence": 1})
+    cluster.token = token
+    cluster.started_in = time.monotonic() - started
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _Storage(StubStorage):
+    qarnot_sdk_endpoint_url = StubStorage.endpoint_url
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tmp_path_factory):
+    settings = ServerSettings(data_dir=tmp_path_factory.mktemp("server"), storage="external",
+                              executor="ray", ray_address=ray_cluster.address,
+                              ray_token_file=ray_cluster.token, kill_grace_seconds=2,
+                              scheduler_tick_seconds=0.2)
+    app = create_app(settings, storage=_Storage())
+    with TestClient(app) as client:
+        running = Cluster(client, client.app.state.ctx.scheduler.executor, app.state.ctx.storage,
+                          read_token(client_config_path(settings)))
+        yield running
+
+
+def _node_ids() -> dict[str, str]:
+    return {n["Labels"].get("zone"): n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def _wait_state(server: Cluster, uuid: str, state: str, timeout: float = 60.0) -> dict:
+    return wait_for(lambda: (t := server.task(uuid))["state"] == state and t, timeout)
+
+
+def _instances(server: Cluster, uuid: str) -> list[Instance]:
+    with server.client.app.state.ctx.sessions() as session:
+        task = session.scalar(select(Task).where(Task.uuid == uuid))
+        return list(session.scalars(select(Instance).where(Instance.task_id == task.id)
+                                    .order_by(Instance.instance_id)))
+
+
+def test_instances_run_stream_output_and_know_their_node(server):
+    uuid = server.submit("sh -c 'echo node=$QCOMPUTE_NODE; echo err >&2'", instanceCount=3)
+    task = _wait_state(server, uuid, "Success")
+    nodes = {node_id for node_id in _node_ids().values()}
+    stdout = server.get(f"/tasks/{uuid}/stdout").text
+    lines = sorted(line for line in stdout.splitlines() if line.startswith("node="))
+    assert len(lines) == 3
+    for line in lines:
+        hostname, node_id = line[len("node="):].split("/")
+        assert node_id in nodes and hostname
+    assert "err" in server.get(f"/tasks/{uuid}/stderr").text
+    for done in task["completedInstances"]:
+        assert done["node"]["id"] in nodes and done["state"] == "Success"
+        assert f"{done['node']['hostname']}/{done['node']['id']}" in stdout
+
+
+def test_nodes_are_listed_with_their_slots(server):
+    health = server.client.get("/health").json()
+    assert health["executor"] == "ray" and health["capacity"] == 2
+    page = server.get("/hardware-constraints").json()
+    by_zone = {node["labels"].get("zone"): node for node in page["nodes"]}
+    assert set(by_zone) == {"a", "b"}
+    assert by_zone["b"]["resources"] == {"licence": 1.0}
+    assert by_zone["b"]["cores"] == 1 and by_zone["b"]["slots"] == 1
+    assert by_zone["b"]["memoryMB"] > 0 and 0 <= by_zone["b"]["freeSlots"] <= 1
+    keys = {c.get("specificationKey") for c in page["data"]}
+    assert {"zone=a", "zone=b", "licence"} <= keys
+
+
+@pytest.mark.parametrize("constraint,zone", [
+    (ZONE_B, "b"), (ZONE_A, "a"),
+    ({"discriminator": "SpecificHardwareConstraint", "specificationKey": "licence"}, "b")])
+def test_a_label_or_resource_constraint_selects_its_node(server, constraint, zone):
+    uuid = server.submit("true", instanceCount=2, hardwareConstraints=[constraint])
+    task = _wait_state(server, uuid, "Success")
+    wanted = _node_ids()[zone]
+    assert [i["node"]["id"] for i in task["completedInstances"]] == [wanted, wanted]
+
+
+def test_a_constraint_no_node_meets_is_refused(server):
+    reply = server.post("/tasks", json={
+        "name": "t", "profile": "docker-batch", "hardwareConstraints": [
+            {"discriminator": "SpecificHardwareConstraint", "specificationKey": "zone=c"}],
+        "constants": [{"key": "DOCKER_CMD", "value": "true"}]})
+    assert reply.status_code == 400
+    assert reply.json()["code"] == "unsatisfiable_hardware_constraint"
+
+
+def test_abort_stops_a_running_instance(server):
+    uuid = server.submit("sleep 60")
+    task = _wait_state(server, uuid, "FullyExecuting")
+    running = task["status"]["runningInstancesInfo"]["perRunningInstanceInfo"]
+    assert running[0]["node"]["id"] in _node_ids().values()
+    assert server.post(f"/tasks/{uuid}/abort").status_code == 200
+    task = _wait_state(server, uuid, "Cancelled", timeout=30)
+    assert task["completedInstances"][0]["state"] == "Cancelled"
+    assert not server.executor.running()
+
+
+def test_a_node_removed_mid_run_gives_an_infra_failure_and_a_rerun(server, ray_cluster):
+    fillers = [server.submit("sleep 120", hardwareConstraints=[zone]) for zone in (ZONE_A, ZONE_B)]
+    for uuid in fillers:
+        _wait_state(server, uuid, "FullyExecuting")
+    doomed = ray_cluster.add_node(num_cpus=1, labels={"zone": "c"})
+    try:
+        wait_for(lambda: server.client.get("/health").json()["capacity"] == 3, 30)
+        victim = server.submit("sleep 5")  # the only free slot is on the new node
+        doomed_id = _node_ids()["c"]
+        wait_for(lambda: (i := _instances(server, victim)[0]).node
+                 and i.node["id"] == doomed_id and i.state == "Running", 60)
+    finally:
+        ray_cluster.remove_node(doomed)
+    first = wait_for(lambda: (i := _instances(server, victim)[0]).infra_failures and i, 60)
+    assert first.error and "Ray" in first.error
+    for uuid in fillers:
+        server.post(f"/tasks/{uuid}/abort")
+    _wait_state(server, victim, "Success", timeout=60)
+    again = _instances(server, victim)[0]
+    assert again.infra_failures == 1 and again.attempt == 2
+    assert again.node["id"] != doomed_id
