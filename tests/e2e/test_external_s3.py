@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 import qcompute
 from qcompute import TaskState
@@ -88,11 +89,13 @@ def test_iam_keys_carry_tasks_and_keep_users_apart(on_external, external_s3, tmp
     health = requests.get(f"{on_external.url}/health", timeout=10).json()
     assert health["parts"]["storage"] == "ok" and health["storage"] == external_s3.url
     assert health["storageProcess"].startswith(f"external S3 at {external_s3.url}")
+    assert not (on_external.data_dir / "s3").exists()  # no SeaweedFS of its own
     tag = uuid.uuid4().hex[:6]
     ann, bob = _add_user(on_external, f"ann{tag}@x.org"), _add_user(on_external, f"bob{tag}@x.org")
     with _connect(on_external, ann) as conn, _connect(on_external, bob) as bob_conn:
         keys = conn.user_info["storageKeys"]
         assert keys["accessKey"] != ann["email"] and keys["secretKey"] != ann["token"]
+        bob_keys = bob_conn.user_info["storageKeys"]
         resources = conn.create_bucket(f"{ann['bucketPrefix']}in")
         resources.add_string("hello external\n", "in/data.txt")
         results = conn.create_bucket(f"{ann['bucketPrefix']}out")
@@ -117,8 +120,11 @@ def test_iam_keys_carry_tasks_and_keep_users_apart(on_external, external_s3, tmp
                             headers={"Authorization": read_token(on_external.config)},
                             timeout=60)
     assert reply.status_code < 300, reply.text
-    bob_s3 = external_s3.client("s3", keys["accessKey"], keys["secretKey"])
-    assert bob_s3.list_objects_v2(Bucket=resources.uuid)["KeyCount"] == 1  # ann's still work
+    bob_s3 = external_s3.client("s3", bob_keys["accessKey"], bob_keys["secretKey"])
+    with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+        bob_s3.list_objects_v2(Bucket=own.uuid)
+    ann_s3 = external_s3.client("s3", keys["accessKey"], keys["secretKey"])
+    assert ann_s3.list_objects_v2(Bucket=resources.uuid)["KeyCount"] == 1  # ann's still work
 
 
 def test_the_official_sdk_runs_tasks_but_cannot_sign_s3(on_external):
