@@ -7,8 +7,13 @@ import uuid
 
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.fernet import Fernet
 
+from qcompute.server.bootstrap import ensure_storage_keys
+from qcompute.server.crypto import Sealer
+from qcompute.server.db.session import make_engine, make_session_factory, migrate
 from qcompute.server.executors.base import S3Access
+from qcompute.server.services.users import create_user, find_user, storage_keys
 from qcompute.server.settings import ServerSettings
 from qcompute.server.storage import make_storage
 from qcompute.server.storage.external import (ExternalStorage, NoStorageKeys, bucket_policy,
@@ -132,3 +137,34 @@ def test_operator_key_file(tmp_path, external_s3):
     keys_file.write_text("not json")
     with pytest.raises(ValueError, match="cannot read the S3 keys file"):
         storage.user_keys(cy, None)
+
+
+def test_users_without_keys_get_theirs_at_start_once(tmp_path, external_s3):
+    """A cluster moved to an IAM store: at start, each user without a pair gets one (kept
+    sealed); a user who has one keeps it; the embedded store issues none."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    sealer = Sealer(Fernet.generate_key())
+    migrate(engine, sealer)
+    sessions = make_session_factory(engine, sealer)
+    tag = uuid.uuid4().hex[:6]
+    with sessions() as session:
+        user, _ = create_user(session, f"eve{tag}@x.org")
+        prefix = user.bucket_prefix
+        session.commit()
+    ensure_storage_keys(sessions, make_storage(ServerSettings(data_dir=tmp_path)))  # embedded
+    with sessions() as session:
+        assert storage_keys(session, find_user(session, f"eve{tag}@x.org")) is None
+    storage = make_storage(_settings(tmp_path, external_s3))
+    ensure_storage_keys(sessions, storage)
+    with sessions() as session:
+        user = find_user(session, f"eve{tag}@x.org")
+        first = storage_keys(session, user)
+        assert user.sealed_s3_secret != first[1]  # sealed at rest
+    s3 = external_s3.client("s3", *first)
+    s3.create_bucket(Bucket=f"{prefix}kept")
+    assert _code(lambda: s3.create_bucket(Bucket=f"x{prefix}")) == "AccessDenied"
+    ensure_storage_keys(sessions, storage)  # again: nothing new
+    with sessions() as session:
+        assert storage_keys(session, find_user(session, f"eve{tag}@x.org")) == first
+    storage.remove_user(f"eve{tag}@x.org")
+    engine.dispose()
