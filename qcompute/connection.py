@@ -234,12 +234,16 @@ class Connection(ObjectsMixin):
             self.user_info  # noqa: B018 - reads and caches it
         return self._bucket_prefix
 
-    def _user_email(self) -> str:
-        if self._email is None:
-            self._email = self.user_info.email
+    def _s3_keys(self) -> tuple[str, str]:
+        """The S3 key pair: ``storageKeys`` of ``GET /info`` where the server gives one (an
+        external store's keys), else the email and the API token (the Qarnot convention)."""
+        info = self.user_info
+        given = info.raw.get("storageKeys")
+        if isinstance(given, dict) and given.get("accessKey") and given.get("secretKey"):
+            return str(given["accessKey"]), str(given["secretKey"])
         if not self._email:
             raise StorageError("GET /info gave no email: cannot build the S3 credentials")
-        return self._email
+        return self._email, self.config.client_token
 
     # -- profiles ------------------------------------------------------------------------
     def profiles_names(self) -> list[str]:
@@ -448,7 +452,7 @@ class Connection(ObjectsMixin):
         with self._lock:
             if self._storage_client is None:
                 self._storage_client = Storage(
-                    self.storage_url, self._user_email(), self.config.client_token,
+                    self.storage_url, *self._s3_keys(),
                     verify=self.config.storage_verify, retry_count=self.config.retry_count,
                     bucket_prefix=self._user_bucket_prefix,
                     create_url=self._create_bucket_url,

@@ -38,6 +38,18 @@ def s3_admin(seaweed):
 
 
 @pytest.fixture(scope="session")
+def external_s3(tmp_path_factory):
+    """A SeaweedFS cluster of separate ``weed`` processes (master, volume, filer, s3 with IAM)
+    standing in for an S3 store run by someone else (``tests/external_s3.py``)."""
+    from tests.external_s3 import SeaweedCluster
+
+    store = SeaweedCluster(tmp_path_factory.mktemp("external-s3"))
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """``qcompute server`` (SeaweedFS, SQLite, the local executor) on free loopback ports; the
     same process for the e2e and compat suites. ``tests/server`` has its own ``cluster``.

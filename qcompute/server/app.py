@@ -19,7 +19,7 @@ from qcompute._version import __version__
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .api.limits import BodyLimit
-from .bootstrap import ensure_owner, make_private
+from .bootstrap import ensure_owner, ensure_storage_keys, make_private
 from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
 from .errors import install_error_handlers
@@ -117,6 +117,7 @@ def create_app(settings: ServerSettings, *, storage=None,
         store.start()
         try:
             ensure_owner(sessions, settings, store)
+            ensure_storage_keys(sessions, store)
             outputs = OutputStore(settings.data_dir / "output", settings.output_buffer_bytes)
             scheduler = Scheduler(settings=settings, sessions=sessions,
                                   executor_factory=executor_factory

@@ -11,7 +11,8 @@ from typing import Optional
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from .services.users import create_user, get_owner, hash_token, remember_token, rotate_token
+from .services.users import (create_user, get_owner, hash_token, list_users, remember_token,
+                             rotate_token, set_storage_keys, storage_keys)
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,26 @@ def ensure_owner(sessions: sessionmaker[Session], settings: ServerSettings, stor
             log.warning("the owner's token was not found in %s: issued a new one", path)
         else:
             remember_token(session, owner, token)  # an owner made before tokens were sealed
-        storage.provision_user(owner.email, token, None)  # idempotent; survives S3 data loss
+        # Idempotent; survives S3 data loss. The other users: ensure_storage_keys.
+        keys = storage.ensure_user(owner.email, token, None, storage_keys(session, owner))
+        if keys is not None:
+            set_storage_keys(session, owner, keys)
         session.commit()
         # No [storage] url: each SDK asks GET /settings, which hands the official qarnot SDK
         # the S3 front (CreateBucket of an owned bucket is a 200) and qcompute's SDK SeaweedFS.
         write_client_config(path, cluster_url=settings.api_url, token=token, storage_url=None)
         return token
+
+
+def ensure_storage_keys(sessions: sessionmaker[Session], storage) -> None:
+    """On a store that issues keys (external, IAM): give each user that has none (made before
+    the cluster moved to this store) its identity and keys, one commit per user."""
+    if not getattr(storage, "issues_keys", False):
+        return
+    with sessions() as session:
+        for user in list_users(session):
+            if storage_keys(session, user) is None:
+                keys = storage.ensure_user(user.email, "", user.bucket_prefix or None, None)
+                set_storage_keys(session, user, keys)
+                session.commit()
+                log.info("gave %s its keys on the external S3 store", user.email)

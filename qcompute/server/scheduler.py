@@ -49,7 +49,7 @@ from .services.pools import completion_deadline
 from .services.secrets import exports_credentials, merge_rights, payload_env
 from .services.tasks import move_instance, refresh_task_state
 from .services.telemetry import TelemetryStore
-from .services.users import open_token
+from .services.users import open_token, storage_keys
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -543,7 +543,7 @@ class Scheduler:
         """The owner's API token and S3 identity; SealError if the token is not known."""
         owner = session.get(User, owner_id)
         token = open_token(session, owner)
-        return token, self.storage.owner_access(owner.email, token)
+        return token, self.storage.owner_access(owner.email, token, storage_keys(session, owner))
 
     def _pool_payload(self, session: Session, pool: Pool,
                       key: InstanceKey) -> tuple[dict[str, str], S3Access]:
@@ -554,7 +554,7 @@ class Scheduler:
             session, owner_id=pool.owner_id, document=pool.document,
             exported_token=token if exports_credentials(pool.document) else None,
             api_url=self.settings.api_url, storage_url=self.storage_url,
-            region=self.settings.s3_region)
+            region=self.settings.s3_region, s3=s3)
         self.masks.register(key, masked)
         return env, s3
 
@@ -580,7 +580,7 @@ class Scheduler:
             session, owner_id=task.owner_id, document=rights,
             exported_token=token if exports_credentials(doc) else None,
             api_url=self.settings.api_url, storage_url=self.storage_url,
-            region=self.settings.s3_region)
+            region=self.settings.s3_region, s3=s3)
         self.masks.register(InstanceKey(task.uuid, instance.instance_id, instance.attempt), masked)
         resources = resource_specs(pool.document) if pool is not None else []
         resources += resource_specs(doc)  # the task's files win over the pool's

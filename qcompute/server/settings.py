@@ -75,13 +75,21 @@ class ServerSettings(BaseSettings):
     # <data_dir>/secrets.key, created on first start. A named file must exist and be valid.
     secrets_key_file: Optional[Path] = None
 
-    # Storage: "embedded" starts SeaweedFS `weed mini` under <data_dir>/s3; "external" uses s3_url.
+    # Storage: "embedded" starts SeaweedFS `weed mini` under <data_dir>/s3; "external" uses an S3
+    # store run by someone else at s3_url, with its admin keys (docs/external-s3.rst).
     storage: Literal["embedded", "external"] = "embedded"
     s3_url: str = ""  # external only; for embedded it is http://127.0.0.1:<s3_port>
     s3_port: int = 18333
     s3_admin_access_key: str = ""  # generated and kept in <data_dir> for embedded
     s3_admin_secret_key: str = ""
     s3_region: str = "us-east-1"
+    # External only: where each user's S3 keys come from. "iam": the store's IAM API at
+    # s3_iam_url (empty: s3_url, as SeaweedFS serves it), one IAM user per user with a policy on
+    # its bucket prefix; "file": s3_keys_file, a JSON object {email: {"accessKey", "secretKey"}}
+    # written by the operator, who scopes each pair to the user's bucket prefix.
+    s3_user_keys: Literal["iam", "file"] = "iam"
+    s3_iam_url: str = ""
+    s3_keys_file: Optional[Path] = None
     # Embedded only: GET /settings hands the official qarnot SDK (User-Agent qarnot-sdk-python)
     # a thin S3 front (storage/s3front.py) where CreateBucket of an owned bucket answers 200, as
     # on Qarnot; everything else talks to SeaweedFS directly. Port 0: one picked on first start
@@ -155,7 +163,7 @@ class ServerSettings(BaseSettings):
     nodes: list[NodeCapabilities] = Field(default_factory=list)
     default_user_email: str = "owner@qcompute.local"
 
-    @field_validator("secrets_key_file", "ray_token_file", mode="before")
+    @field_validator("secrets_key_file", "ray_token_file", "s3_keys_file", mode="before")
     @classmethod
     def _empty_is_default(cls, value):
         return None if value == "" else value

@@ -47,8 +47,11 @@ class StubStorage:
     def check(self) -> str | None:
         return "S3 is down" if self.down else None
 
-    def owner_access(self, email: str, token: str) -> S3Access:
+    def owner_access(self, email: str, token: str, stored=None) -> S3Access:
         return S3Access(self.endpoint_url, email, token)
+
+    def user_keys(self, email: str, stored):
+        return None
 
     def usage(self, prefix: str):
         """From ``buckets`` (name -> bytes): the test says what S3 holds."""
@@ -66,6 +69,9 @@ class StubStorage:
 
     def provision_user(self, email: str, token: str, bucket_prefix: str | None) -> None:
         self.identities[email] = (token, bucket_prefix)
+
+    def ensure_user(self, email: str, token: str, bucket_prefix: str | None, stored) -> None:
+        return self.provision_user(email, token, bucket_prefix)
 
     def remove_user(self, email: str) -> None:
         self.identities.pop(email, None)

@@ -56,7 +56,7 @@ def test_0002_backfills_instance_counts(tmp_path):
             "SELECT pool_id, job_id, waiting_on FROM tasks WHERE id = 1")).one()
     assert json.loads(counts) == {"Success": 1, "Running": 2}
     assert (pool, job, waiting) == (None, None, 0)
-    assert version == "0007"
+    assert version == "0008"
 
 
 # -- 0004: secrets and tokens sealed --------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_0004_seals_clear_values_and_leaves_none_on_disk(tmp_path):
     sealer = Sealer(Fernet.generate_key())
     migrate(engine, sealer)
     with engine.connect() as db:
-        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
         value = db.execute(sa.text("SELECT value FROM secrets")).scalar()
         tokens = dict(db.execute(sa.text("SELECT id, sealed_token FROM users")).all())
         columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
@@ -183,3 +183,25 @@ def test_0007_adds_an_empty_node_and_drops_it_on_downgrade(tmp_path):
     with engine.connect() as db:
         assert "node" not in {c["name"] for c in sa.inspect(db).get_columns("instances")}
         assert db.execute(sa.text("SELECT state FROM instances")).scalar() == "Success"
+
+
+# -- 0008: users' keys on an external S3 store -----------------------------------------------------
+
+def test_0008_adds_empty_s3_keys_and_drops_them_on_downgrade(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    sealer = Sealer(Fernet.generate_key())
+    _upgrade_to(engine, "0007", sealer)
+    with engine.begin() as db:
+        db.execute(sa.text(
+            "INSERT INTO users (id, email, token_hash, bucket_prefix, is_owner, created_at) "
+            "VALUES (1, 'u1@x.org', 'h', 'u-1-', 0, '2026-01-01')"))
+    migrate(engine, sealer)
+    with engine.connect() as db:
+        row = db.execute(sa.text(
+            "SELECT email, bucket_prefix, s3_access_key, sealed_s3_secret FROM users")).one()
+    assert tuple(row) == ("u1@x.org", "u-1-", None, None)  # an old user: keys by convention
+    _upgrade_to(engine, "0007", sealer, down=True)
+    with engine.connect() as db:
+        columns = {c["name"] for c in sa.inspect(db).get_columns("users")}
+        assert "s3_access_key" not in columns and "sealed_s3_secret" not in columns
+        assert db.execute(sa.text("SELECT email FROM users")).scalar() == "u1@x.org"

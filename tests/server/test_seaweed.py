@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from qcompute.server.executors.base import S3Access
 from qcompute.server.settings import ServerSettings
-from qcompute.server.storage import (EmbeddedStorage, ExternalStorage, make_storage)
+from qcompute.server.storage import EmbeddedStorage, make_storage
 from qcompute.server.storage.seaweed import BUCKETS_FOLDER, SeaweedError, SeaweedFS
 from tests.helpers import free_port, s3_client
 
@@ -133,31 +133,12 @@ def test_embedded_storage_keys_identities_and_data_survive_restart(tmp_path):
         again.stop()
 
 
-def test_external_storage_uses_the_given_endpoint(tmp_path):
-    with pytest.raises(ValueError, match="s3_url"):
-        ExternalStorage(ServerSettings(data_dir=tmp_path, storage="external"))
-    settings = ServerSettings(data_dir=tmp_path, storage="external", s3_url="http://s3.example",
-                              s3_admin_access_key="AK", s3_admin_secret_key="SK")
-    storage = make_storage(settings)
-    storage.start()
-    storage.provision_user("dave@example.com", "t", "dave-")  # the operator's job: a no-op
-    assert storage.is_running() and storage.endpoint_url == "http://s3.example"
-    assert storage.admin_access == S3Access("http://s3.example", "AK", "SK")
-    storage.stop()
-
-
-def test_runners_get_the_owners_keys_except_on_an_external_s3(tmp_path, caplog):
+def test_runners_get_the_owners_keys(tmp_path):
     embedded = EmbeddedStorage(ServerSettings(data_dir=tmp_path, s3_port=18999,
                                               s3_region="eu-west-3"))
     assert embedded.owner_access("ann@x.org", "tok") == S3Access(
         "http://127.0.0.1:18999", "ann@x.org", "tok", "eu-west-3")
-    external = ExternalStorage(ServerSettings(
-        data_dir=tmp_path, storage="external", s3_url="http://s3.example",
-        s3_admin_access_key="AK", s3_admin_secret_key="SK"))
-    for email in ("ann@x.org", "bob@x.org"):  # no per-user keys there yet: warned, once
-        assert external.owner_access(email, "tok") == S3Access("http://s3.example", "AK", "SK")
-    warnings = [r for r in caplog.records if "admin keys" in r.getMessage()]
-    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert embedded.user_keys("ann@x.org", None) is None  # the convention: e-mail, token
 
 
 def test_half_given_admin_keys_are_refused(tmp_path):

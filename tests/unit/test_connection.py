@@ -42,8 +42,16 @@ def test_user_info_is_fresh_each_read_and_caches_the_email(api: responses.Reques
     assert (info.email, info.task_count, info.max_task, info.max_cores) == ("me@x.org", 3, 10, 8)
     assert info["other"] == "raw"
     assert conn.user_info.task_count == 4
-    assert conn._user_email() == "me@x.org"
-    assert len(api.calls) == 2
+    assert conn._s3_keys() == ("me@x.org", TOKEN)  # the Qarnot convention: email, token
+    assert len(api.calls) == 3
+
+
+def test_s3_keys_given_by_the_server_replace_email_and_token(api: responses.RequestsMock,
+                                                             conn: Connection) -> None:
+    """An external S3 store issued the user its own key pair: GET /info hands it over."""
+    api.add("GET", f"{API}/info", json={"email": "me@x.org", "storageKeys": {
+        "accessKey": "AKIAEXAMPLE", "secretKey": "s3cr3t"}})
+    assert conn._s3_keys() == ("AKIAEXAMPLE", "s3cr3t")
 
 
 def test_profiles(api: responses.RequestsMock, conn: Connection) -> None:

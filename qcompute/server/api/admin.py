@@ -48,6 +48,13 @@ def _apply_to_storage(session, what: str, action: Callable[[], Any]) -> None:
                                  "nothing was changed, try again") from None
 
 
+def _provision(session, storage, user, token: str) -> None:
+    """Give ``user`` its S3 identity; keep the keys the store issued (external IAM), if any."""
+    keys = storage.provision_user(user.email, token, user.bucket_prefix or None)
+    if keys is not None:
+        service.set_storage_keys(session, user, keys)
+
+
 @router.get("/users", summary="List users")
 def list_users(session: SessionDep, _owner: OwnerUser):
     return [_public(u) for u in service.list_users(session)]
@@ -68,8 +75,7 @@ def add_user(body: RawBody, session: SessionDep, _owner: OwnerUser, ctx: Context
     user, token = service.create_user(session, data.email)
     # The S3 identity must exist before anyone gets the token; a failure rolls back the user.
     _apply_to_storage(session, f"create the S3 identity of {user.email}",
-                      lambda: ctx.storage.provision_user(user.email, token,
-                                                         user.bucket_prefix or None))
+                      lambda: _provision(session, ctx.storage, user, token))
     try:
         session.commit()
     except Exception:
@@ -87,8 +93,7 @@ def rotate_token(email: str, session: SessionDep, _owner: OwnerUser, ctx: Contex
     """The old token stops working at once, for the API and as S3 secret key."""
     user, token = service.rotate_token(session, email)
     _apply_to_storage(session, f"change the S3 secret key of {email}",
-                      lambda: ctx.storage.provision_user(user.email, token,
-                                                         user.bucket_prefix or None))
+                      lambda: _provision(session, ctx.storage, user, token))
     try:
         session.commit()
     except Exception:

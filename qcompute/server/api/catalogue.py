@@ -14,9 +14,10 @@ from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
 from ..db.models import Instance, Pool, Task
-from ..errors import NotFound
+from ..errors import NotFound, StorageUnavailable
 from ..services import hardware
 from ..services.health import OK, check_parts
+from ..services.users import storage_keys
 from .deps import ContextDep, CurrentUser, SessionDep
 from .rendering import JSONRoute
 
@@ -93,7 +94,8 @@ def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
     """Counts are the caller's own, read in one query; bucket figures come from the storage
     (``null`` when it cannot say). A limit is given only where the server enforces one:
     instances per task, and the cluster's executor slots (one core each); the others are absent
-    (no quota)."""
+    (no quota). On an external S3 store, ``storageKeys`` (``accessKey``, ``secretKey``) is the
+    caller's key pair there, which qcompute's SDK uses instead of (e-mail, token)."""
     final = [s.value for s in T if s.is_final()]
     tasks, running_tasks, pools, running_pools, running = session.execute(select(
         _count(Task, Task.owner_id == user.id),
@@ -104,7 +106,7 @@ def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
             select(Task.id).where(Task.owner_id == user.id))))).one()
     usage = ctx.storage.usage(user.bucket_prefix)
     slots = ctx.scheduler.executor.capacity
-    return {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
+    doc = {"email": user.email, "bucketPrefix": user.bucket_prefix, "isOwner": user.is_owner,
             "taskCount": tasks, "runningTaskCount": running_tasks,
             "poolCount": pools, "runningPoolCount": running_pools,
             "runningInstanceCount": running, "runningCoreCount": running,
@@ -113,6 +115,13 @@ def info(session: SessionDep, user: CurrentUser, ctx: ContextDep):
             "bucketCount": usage.buckets if usage else None,
             "usedQuotaBytesBucket": usage.bytes if usage else None,
             "projects": []}
+    try:
+        keys = ctx.storage.user_keys(user.email, storage_keys(session, user))
+    except ValueError as exc:  # the operator's keys file cannot be read
+        raise StorageUnavailable(str(exc)) from None
+    if keys is not None:  # an external store's keys replace (e-mail, token) for qcompute's SDK
+        doc["storageKeys"] = {"accessKey": keys[0], "secretKey": keys[1]}
+    return doc
 
 
 @router.get("/profiles", summary="Names of the profiles")

@@ -54,6 +54,10 @@ class User(Base):
     # their credentials get it. None for an account made before 0004 until it authenticates.
     sealed_token: Mapped[Optional[str]] = mapped_column(Text)
     bucket_prefix: Mapped[str] = mapped_column(String(64), default="")  # "" = any bucket name
+    # The user's key pair on an external S3 store that issued it (IAM), the secret sealed; None
+    # where the keys are the e-mail and token (embedded) or the operator's file.
+    s3_access_key: Mapped[Optional[str]] = mapped_column(String(128))
+    sealed_s3_secret: Mapped[Optional[str]] = mapped_column(Text)
     is_owner: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -143,14 +143,16 @@ def secrets_env(granted: dict[str, str]) -> dict[str, str]:
 
 
 def credentials_env(*, api_url: str, token: str, email: str, storage_url: Optional[str],
-                    region: str = "us-east-1") -> dict[str, str]:
+                    region: str = "us-east-1",
+                    s3_keys: Optional[tuple[str, str]] = None) -> dict[str, str]:
     """What ``exportApiAndStorageCredentialsInEnvironment`` exports: the API URL and token
     (``QARNOT_*`` and ``QCOMPUTE_*`` names, which the SDKs read), and the S3 endpoint and keys
-    (the e-mail is the access key, the token the secret key; ``AWS_*`` names, which boto3
-    and the AWS CLI read)."""
+    (``s3_keys``, by default the e-mail as access key and the token as secret key; ``AWS_*``
+    names, which boto3 and the AWS CLI read)."""
+    access_key, secret_key = s3_keys or (email, token)
     env = {"QARNOT_CLUSTER_URL": api_url, "QCOMPUTE_CLUSTER_URL": api_url,
            "QARNOT_CLIENT_TOKEN": token, "QCOMPUTE_CLIENT_TOKEN": token,
-           "AWS_ACCESS_KEY_ID": email, "AWS_SECRET_ACCESS_KEY": token,
+           "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
            "AWS_DEFAULT_REGION": region}
     if storage_url:
         env.update({"QARNOT_STORAGE_URL": storage_url, "QCOMPUTE_STORAGE_URL": storage_url,
@@ -174,16 +176,20 @@ def exports_credentials(document: dict[str, Any]) -> bool:
 
 def payload_env(session: Session, *, owner_id: int, document: dict[str, Any],
                 exported_token: Optional[str], api_url: str, storage_url: Optional[str],
-                region: str = "us-east-1") -> tuple[dict[str, str], list[str]]:
+                region: str = "us-east-1",
+                s3: Optional[Any] = None) -> tuple[dict[str, str], list[str]]:
     """The environment a task's (or pool's) payload gets from its granted secrets and, given
-    ``exported_token`` (the owner's token, when exported), its credentials; and the values to
-    mask in its output."""
+    ``exported_token`` (the owner's token, when exported), its credentials, with the S3 keys of
+    ``s3`` (the owner's ``S3Access``) when given; and the values to mask in its output."""
     granted = granted_secrets(session, owner_id, document.get("secretsAccessRights"))
     env, masked = secrets_env(granted), list(granted.values())
     if exported_token:
         owner = session.get(User, owner_id)
         if owner is not None:
+            keys = (s3.access_key, s3.secret_key) if s3 is not None else None
             env.update(credentials_env(api_url=api_url, token=exported_token, email=owner.email,
-                                       storage_url=storage_url, region=region))
+                                       storage_url=storage_url, region=region, s3_keys=keys))
             masked.append(exported_token)
+            if keys and keys[1] != exported_token:
+                masked.append(keys[1])
     return env, masked

@@ -33,7 +33,8 @@ from ..errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 __all__ = ["hash_token", "new_token", "bare_token", "authenticate", "remember_token",
            "open_token", "TokenUnknown", "create_user", "list_users", "rotate_token",
-           "get_owner", "find_user", "remove_user", "RemovedUser"]
+           "get_owner", "find_user", "remove_user", "RemovedUser", "storage_keys",
+           "set_storage_keys"]
 
 _REMOVED = "removed/"  # tombstone mark; '/' cannot appear in a live user's e-mail
 # What an S3 access key may hold (the embedded SeaweedFS uses the e-mail as access key).
@@ -92,6 +93,19 @@ def open_token(session: Session, user: User) -> str:
             "sealed tokens and has not called the API since the upgrade. Submit the task "
             f"again, or rotate the token (qcompute user rotate {user.email})")
     return unseal(session, user.sealed_token)
+
+
+def storage_keys(session: Session, user: User) -> Optional[tuple[str, str]]:
+    """The (access key, secret key) an external S3 store issued to ``user``, if any."""
+    if user.s3_access_key is None or user.sealed_s3_secret is None:
+        return None
+    return user.s3_access_key, unseal(session, user.sealed_s3_secret)
+
+
+def set_storage_keys(session: Session, user: User, keys: Optional[tuple[str, str]]) -> None:
+    """Keep the key pair an external S3 store issued to ``user`` (None: forget it)."""
+    user.s3_access_key = keys[0] if keys else None
+    user.sealed_s3_secret = seal(session, keys[1]) if keys else None
 
 
 def _live():
@@ -207,6 +221,7 @@ def remove_user(session: Session, email: str, *, force: bool = False) -> Removed
     session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id))
     user.email = f"{_REMOVED}{user.id}/{user.email}"[:320]
     user.token_hash, user.sealed_token = f"{_REMOVED}{user.id}", None
+    set_storage_keys(session, user, None)
     session.flush()
     return removed
 

@@ -7,14 +7,15 @@
   front on another port (:mod:`.s3front`): there CreateBucket of an owned bucket is a 200, and
   so is CreateBucket of a name Qarnot accepts and SeaweedFS refuses (``meshroomIn``), which the
   front creates; qcompute's SDK sends only its CreateBucket requests there.
-* :class:`ExternalStorage`: any S3 endpoint by URL (MinIO, AWS, a SeaweedFS cluster). The server
-  uses its admin keys; the operator provides each user's keys on that endpoint.
+* :class:`~.external.ExternalStorage`: any S3 endpoint by URL (a SeaweedFS cluster, MinIO, AWS).
+  The server uses its admin keys and starts nothing; each user's prefix-scoped keys come from the
+  store's IAM API or from the operator's file (:mod:`.external`).
 
 The embedded SeaweedFS is supervised: restarted when it dies, with backoff, up to a limit
 (:mod:`.supervisor`). :meth:`StorageBackend.check` says whether S3 answers now (``/health``).
 
 Runners reach S3 as the task's owner (:meth:`StorageBackend.owner_access`), never with the
-admin keys, except on an external endpoint, which has no per-user identities yet (a warning).
+admin keys.
 
 ``make_storage(settings)`` picks one from ``settings.storage``.
 """
@@ -39,8 +40,7 @@ from .s3front import S3Front
 from .seaweed import SeaweedFS, pick_free_port, port_is_free
 from .supervisor import RestartPolicy
 
-__all__ = ["BucketUsage", "StorageBackend", "EmbeddedStorage", "ExternalStorage",
-           "make_storage"]
+__all__ = ["BucketUsage", "S3Keys", "StorageBackend", "EmbeddedStorage", "make_storage"]
 
 USAGE_TTL_SECONDS = 30.0  # GET /info's bucket figures are at most this old
 
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _S3_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # SeaweedFS takes these (not IPs)
 PROBE_TIMEOUT = 2.0  # seconds for the connection and the answer of check()'s ListBuckets
+
+S3Keys = tuple[str, str]  # (access key, secret key)
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,19 @@ class StorageBackend(abc.ABC):
         """The server's own credentials (every bucket)."""
 
     @abc.abstractmethod
-    def owner_access(self, email: str, token: str) -> S3Access:
-        """The S3 identity a runner uses for a task (or pool) of the user ``email``."""
+    def owner_access(self, email: str, token: str, stored: Optional[S3Keys] = None) -> S3Access:
+        """The S3 identity a runner uses for a task (or pool) of the user ``email``, whose
+        token is ``token`` and whose keys kept by the server (issued by the store) ``stored``."""
+
+    def user_keys(self, email: str, stored: Optional[S3Keys]) -> Optional[S3Keys]:
+        """The user's key pair when it is not the convention (e-mail, token), for ``GET /info``
+        to hand to qcompute's SDK; None here."""
+        return None
+
+    @property
+    def issues_keys(self) -> bool:
+        """Whether the store issues each user's keys, which the server keeps (external IAM)."""
+        return False
 
     @property
     def qarnot_sdk_endpoint_url(self) -> str:
@@ -171,9 +184,18 @@ class StorageBackend(abc.ABC):
         return found
 
     @abc.abstractmethod
-    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
-        """Give ``email`` the key pair (email, token), on buckets starting with ``bucket_prefix``
-        (None: every bucket). Idempotent: replaces an existing identity."""
+    def provision_user(self, email: str, token: str,
+                       bucket_prefix: Optional[str]) -> Optional[S3Keys]:
+        """Give ``email`` S3 access to the buckets starting with ``bucket_prefix`` (None: every
+        bucket). Idempotent: replaces an existing identity. Returns the key pair the store
+        issued, for the caller to keep (``users.set_storage_keys``), or None where the keys are
+        (e-mail, token)."""
+
+    def ensure_user(self, email: str, token: str, bucket_prefix: Optional[str],
+                    stored: Optional[S3Keys]) -> Optional[S3Keys]:
+        """At server start: make sure the user has its S3 access; what :meth:`provision_user`
+        returns. Here the identity is made again (cheap; survives a loss of the S3 data)."""
+        return self.provision_user(email, token, bucket_prefix)
 
     @abc.abstractmethod
     def remove_user(self, email: str) -> None:
@@ -214,7 +236,7 @@ class EmbeddedStorage(StorageBackend):
         return S3Access(self.endpoint_url, weed.admin_access_key, weed.admin_secret_key,
                         self._settings.s3_region)
 
-    def owner_access(self, email: str, token: str) -> S3Access:
+    def owner_access(self, email: str, token: str, stored: Optional[S3Keys] = None) -> S3Access:
         """The user's own identity (e-mail, token): only the buckets of its prefix."""
         return S3Access(self.endpoint_url, email, token, self._settings.s3_region)
 
@@ -286,8 +308,10 @@ class EmbeddedStorage(StorageBackend):
         if not _S3_NAME.fullmatch(name):
             self._seaweed().make_bucket(name)
 
-    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
+    def provision_user(self, email: str, token: str,
+                       bucket_prefix: Optional[str]) -> Optional[S3Keys]:
         self._seaweed().configure_identity(email, email, token, bucket_prefix)
+        return None
 
     def remove_user(self, email: str) -> None:
         self._seaweed().delete_identity(email)
@@ -322,56 +346,10 @@ class EmbeddedStorage(StorageBackend):
         return access, secret
 
 
-class ExternalStorage(StorageBackend):
-    """An S3 endpoint run by someone else, at ``settings.s3_url`` with the admin keys given.
-
-    The server creates no identities there: the operator gives each user keys on that endpoint
-    (their e-mail and token are not S3 keys there); ``provision_user``/``remove_user`` only log.
-    """
-
-    def __init__(self, settings: ServerSettings) -> None:
-        if not settings.s3_url:
-            raise ValueError("external storage needs s3_url (QCOMPUTE_SERVER_S3_URL)")
-        super().__init__()
-        self._settings = settings
-        self._warned = False
-
-    @property
-    def endpoint_url(self) -> str:
-        return self._settings.s3_url
-
-    @property
-    def admin_access(self) -> S3Access:
-        return S3Access(self._settings.s3_url, self._settings.s3_admin_access_key,
-                        self._settings.s3_admin_secret_key, self._settings.s3_region)
-
-    def owner_access(self, email: str, token: str) -> S3Access:
-        """The admin keys, for now: the server does not know users' keys on this endpoint."""
-        if not self._warned:
-            self._warned = True
-            log.warning("external S3: runners use the server's admin keys, so only the check "
-                        "at submit keeps a task inside its owner's buckets (see isolation docs)")
-        return self.admin_access
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def is_running(self) -> bool:
-        return True
-
-    def provision_user(self, email: str, token: str, bucket_prefix: Optional[str]) -> None:
-        log.info("external S3: the operator provides the keys of %s (buckets %s*)", email,
-                 bucket_prefix or "")
-
-    def remove_user(self, email: str) -> None:
-        log.info("external S3: the operator revokes the keys of %s", email)
-
-
 def make_storage(settings: ServerSettings) -> StorageBackend:
     """The storage backend ``settings.storage`` names."""
     if settings.storage == "external":
+        from .external import ExternalStorage
+
         return ExternalStorage(settings)
     return EmbeddedStorage(settings)
