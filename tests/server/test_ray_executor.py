@@ -12,20 +12,18 @@ import secrets
 import time
 
 import pytest
+import ray
+from fastapi.testclient import TestClient
+from ray.cluster_utils import Cluster as RayCluster
+from sqlalchemy import select
 
-ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+from qcompute.server.app import create_app
+from qcompute.server.bootstrap import client_config_path, read_token
+from qcompute.server.db.models import Instance, Task
+from qcompute.server.executors.ray_executor import use_token
+from qcompute.server.settings import ServerSettings
 
-from fastapi.testclient import TestClient  # noqa: E402
-from ray.cluster_utils import Cluster as RayCluster  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-
-from qcompute.server.app import create_app  # noqa: E402
-from qcompute.server.bootstrap import client_config_path, read_token  # noqa: E402
-from qcompute.server.db.models import Instance, Task  # noqa: E402
-from qcompute.server.executors.ray_executor import use_token  # noqa: E402
-from qcompute.server.settings import ServerSettings  # noqa: E402
-
-from .conftest import Cluster, StubStorage, wait_for  # noqa: E402
+from .conftest import Cluster, StubStorage, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
