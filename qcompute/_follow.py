@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 from . import _resource
 
-__all__ = ["follow_lines", "STREAMS"]
+__all__ = ["follow_lines", "OutputCursor", "STREAMS"]
 
 STREAMS = ("stdout", "stderr")
 
@@ -46,33 +46,52 @@ def _interruptible(lines: Iterator[str]) -> Iterator[str]:
     raise KeyboardInterrupt from None
 
 
-def _lines(obj: Any, stream: str, instance: Optional[int]) -> Iterator[str]:
-    http = obj._conn._http
-    path = obj._url(stream) if instance is None else obj._url(stream, instance)
-    missing = obj._not_found if instance is None else obj._instance_not_found
-    hold = obj._conn._long_poll_seconds()
-    offset, seen, pending = 0, 0, ""  # seen: characters of the whole stream (fallback)
-    interval = _resource.POLL_START
-    sliced = False  # the server ignored the offset: slice the whole stream here
-    while True:
+class OutputCursor:
+    """Where one reader is in one output stream of a task or pool. :meth:`read` returns what
+    was written since the previous read, and moves no other reader's cursor (unlike the
+    ``POST`` "fresh" reads). ``complete`` turns true once a read holds the last of it."""
+
+    def __init__(self, obj: Any, stream: str, instance: Optional[int] = None) -> None:
+        self._obj = obj
+        self._path = obj._url(stream) if instance is None else obj._url(stream, instance)
+        self._missing = obj._not_found if instance is None else obj._instance_not_found
+        self.offset = 0  # the server's offset (X-Output-Offset)
+        self.sliced = False  # the server ignores offsets: whole reads, sliced here
+        self._seen = 0  # characters of the whole stream already returned (sliced reads)
+        self.complete = False
+
+    def read(self, hold: float = 0.0) -> str:
+        """The new text; ``hold``: seconds the server may wait for some (qcompute's server)."""
         complete = False
-        if sliced:
-            obj._fetch()  # the state first: if final, the read below holds all the output
-            complete = _final(obj)
-        params = {"offset": offset, "wait": f"{hold:g}"} if hold else {"offset": offset}
-        text, headers = http.request("GET", path, params=params, hold=hold, expect_json=False,
-                                     not_found=missing, with_headers=True)
+        if self.sliced:
+            self._obj._fetch()  # the state first: if final, the read below holds all the output
+            complete = _final(self._obj)
+        params = {"offset": self.offset, "wait": f"{hold:g}"} if hold else {"offset": self.offset}
+        text, headers = self._obj._conn._http.request(
+            "GET", self._path, params=params, hold=hold, expect_json=False,
+            not_found=self._missing, with_headers=True)
         if "X-Output-Offset" in headers:
-            offset = int(headers["X-Output-Offset"])
+            self.offset = int(headers["X-Output-Offset"])
             complete = headers.get("X-Output-Complete") == "true"
         else:
-            sliced, text, seen = True, text[seen:], max(seen, len(text))
+            self.sliced, text, self._seen = True, text[self._seen:], max(self._seen, len(text))
+        self.complete = complete
+        return text
+
+
+def _lines(obj: Any, stream: str, instance: Optional[int]) -> Iterator[str]:
+    cursor = OutputCursor(obj, stream, instance)
+    hold = obj._conn._long_poll_seconds()
+    pending = ""
+    interval = _resource.POLL_START
+    while True:
+        text = cursor.read(hold)
         pending += text
         *lines, pending = pending.split("\n")
         yield from (line[:-1] if line.endswith("\r") else line for line in lines)
-        if complete:
+        if cursor.complete:
             break
-        if not text and (sliced or not hold):  # no held read: space the polls
+        if not text and (cursor.sliced or not hold):  # no held read: space the polls
             _resource._sleep(interval)
             interval = min(interval * _resource.POLL_FACTOR, _resource.POLL_MAX)
         elif text:

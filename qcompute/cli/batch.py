@@ -93,13 +93,17 @@ def submit(state: State, file: str, wait_: bool, no_progress: bool) -> None:
 
 
 def _follow(run: "BatchRun") -> None:
-    """Print each task's state when it changes, and its fresh output prefixed with its name,
-    until every task is final. Plain lines: readable in a terminal and in a log file."""
+    """Print each task's state when it changes, and its new output prefixed with its name
+    (offset reads: another reader's "fresh" cursor is left alone), until every task is final.
+    Plain lines: readable in a terminal and in a log file."""
+    from qcompute._follow import OutputCursor
     from qcompute.states import TaskState
 
     seen: dict[str, object] = {}
     drained: set[str] = set()
     tails: dict[tuple[str, str], str] = {}
+    cursors = {(name, stream): OutputCursor(task, stream) for name, task in run.tasks.items()
+               for stream in ("stdout", "stderr")}
     width = max(len(name) for name in run.tasks)
     while True:
         done = run.wait(timeout=POLL_SECONDS)
@@ -114,8 +118,9 @@ def _follow(run: "BatchRun") -> None:
                 final = TaskState(now).is_final()
             except ValueError:  # a state this SDK does not know: not final
                 final = False
-            for stream, read in (("stdout", task.fresh_stdout), ("stderr", task.fresh_stderr)):
-                _echo_lines(name, width, stream, read(), tails, flush=final)
+            for stream in ("stdout", "stderr"):
+                text = cursors[(name, stream)].read()
+                _echo_lines(name, width, stream, text, tails, flush=final)
             if final:
                 drained.add(name)
         if done:

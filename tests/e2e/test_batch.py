@@ -100,7 +100,8 @@ def test_submit_wait_runs_the_sample_dag_with_its_failure_branch(cluster, conn, 
     assert conn.retrieve_job(job_uuid).use_dependencies is True
 
 
-def test_submit_wait_without_a_failure_skips_the_failure_branch_and_exits_0(cluster, tmp_path):
+def test_submit_wait_without_a_failure_skips_the_failure_branch_and_exits_0(cluster, conn,
+                                                                             tmp_path):
     work = _copy_sample(tmp_path)
     (work / "input" / "numbers.txt").write_text("4\n2\n")
     result = _run(cluster, "submit", str(work / "pipeline.toml"), "--wait", "--no-progress")
@@ -108,6 +109,10 @@ def test_submit_wait_without_a_failure_skips_the_failure_branch_and_exits_0(clus
     assert "merge   | 2\t4" in result.stdout and "merge   | 4\t16" in result.stdout
     assert "every task succeeded (skipped, their dependencies unmet: report)" in result.stdout
     assert (work / "output" / "table.txt").read_text() == "2\t4\n4\t16\n"
+    [merge_uuid] = [line.split()[1] for line in result.stdout.splitlines()
+                    if line.startswith("  merge ")]
+    # --wait read with offsets: the task's shared "fresh" cursor was left where it was
+    assert conn.retrieve_task(merge_uuid).fresh_stdout() == "2\t4\n4\t16\n"
 
 
 def test_submit_creates_the_pool_and_maps_every_option(cluster, conn, tmp_path):
