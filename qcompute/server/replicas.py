@@ -65,8 +65,9 @@ def decode_event(data: dict, kinds: dict[str, type]) -> Any:
     fields = data["fields"]
     if "keys" in fields:
         fields["keys"] = tuple(InstanceKey(*k) for k in fields["keys"])
-    if "task_ids" in fields:
-        fields["task_ids"] = tuple(fields["task_ids"])
+    for name in ("task_ids", "task_uuids"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
     return kinds[data["type"]](**fields)
 
 

@@ -88,9 +88,11 @@ class _Tick:
 
 @dataclass(frozen=True)
 class _Forget:
-    """A task was deleted: stop what still runs of it."""
+    """Tasks were deleted: stop what still runs of them (these instances, and whatever runs of
+    these tasks: a standby replica knows only the database's view)."""
 
     keys: tuple[InstanceKey, ...]
+    task_uuids: tuple[str, ...] = ()
 
 
 _STOP = object()
@@ -202,6 +204,11 @@ class Scheduler:
     def forget(self, keys: list[InstanceKey]) -> None:
         for start in range(0, len(keys), 100):
             self.post(_Forget(tuple(keys[start:start + 100])))
+
+    def forget_tasks(self, task_uuids: list[str]) -> None:
+        """Deleted tasks: whatever runs of them is stopped."""
+        for start in range(0, len(task_uuids), 100):
+            self.post(_Forget((), tuple(task_uuids[start:start + 100])))
 
     def snapshot(self, task_id: int, snapshot_uuid: str) -> None:
         """A committed instant snapshot: send it to the task's instances in flight."""
@@ -424,9 +431,9 @@ class Scheduler:
         elif isinstance(event, _Tick):
             self.timers.run(session, touched)
         elif isinstance(event, _Forget):
-            for key in event.keys:
-                if key in self._in_flight:
-                    self.executor.cancel(key)
+            keys = set(event.keys) | set(self.running_keys(list(event.task_uuids)))
+            for key in keys & self._in_flight:
+                self.executor.cancel(key)
 
     def _finish(self, instance: Instance, task: Task, event: Finished,
                 stamps: Optional[dict[str, float]] = None) -> None:
