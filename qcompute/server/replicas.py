@@ -122,12 +122,22 @@ class Replica:
         self._listener.join(timeout=10)
 
     def _try_lock(self) -> bool:
-        if self._stopped.is_set() or not self._listen.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+        if self._stopped.is_set():
+            return False
+        row = self._listen.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if not row[0]:
             return False
         log.info("this replica holds the scheduler lock: starting the scheduler")
         self.leading = True
         self.scheduler.relay = None
-        self.scheduler.start()
+        try:
+            self.scheduler.start()
+        except Exception:
+            if not self._listener.is_alive():
+                raise  # at start: the server does not start
+            log.critical("the scheduler could not take over; stopping this server, which "
+                         "releases the lock for another replica", exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
         return True
 
     def _run(self) -> None:

@@ -194,7 +194,8 @@ class Scheduler:
         return len(self._in_flight) - self.pools.in_flight()
 
     def submitted(self, task_ids: list[int]) -> None:
-        for start in range(0, len(task_ids), 500):  # a bulk's ids, in events of a NOTIFY's size
+        # in events of a NOTIFY's size (replicas); one event even when empty, as before
+        for start in range(0, max(len(task_ids), 1), 500):
             self.post(_Submitted(tuple(task_ids[start:start + 500])))
 
     def _tick(self) -> None:
@@ -202,7 +203,7 @@ class Scheduler:
             self._events.put(_Tick())
 
     def forget(self, keys: list[InstanceKey]) -> None:
-        for start in range(0, len(keys), 100):
+        for start in range(0, max(len(keys), 1), 100):
             self.post(_Forget(tuple(keys[start:start + 100])))
 
     def forget_tasks(self, task_uuids: list[str]) -> None:
