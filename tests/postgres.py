@@ -58,8 +58,16 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="qcompute-pg-"))
         self.process: subprocess.Popen | None = None
         self._names = itertools.count(1)
-        # root may not run the server: the Debian package's system user does
-        self._run_as = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self._run_as = self._server_user() if os.geteuid() == 0 else None
+
+    @staticmethod
+    def _server_user() -> pwd.struct_passwd:
+        """Root may not run the server: the Debian package's system user does."""
+        try:
+            return pwd.getpwnam("postgres")
+        except KeyError:
+            raise RuntimeError(f"running as root, and no 'postgres' user: {INSTALL_HINT}, "
+                               "which creates it") from None
 
     def url(self, database: str = "postgres") -> str:
         return (f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/"
