@@ -205,3 +205,26 @@ def test_the_newest_schema_is_the_models_and_goes_down_and_up_again(empty_url):
     with engine.connect() as db:
         assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_replicas_that_start_together_migrate_one_after_the_other(postgres):
+    """Without the migration lock, two of three fail (the tables already exist)."""
+    import threading
+
+    url, sealer, errors = postgres.create_database(), Sealer(Fernet.generate_key()), []
+
+    def start() -> None:
+        engine = make_engine(url)
+        try:
+            migrate(engine, sealer)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        engine.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
