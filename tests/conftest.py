@@ -1,5 +1,6 @@
-"""Fixtures shared by every suite: one real SeaweedFS per test session, and one real embedded
-cluster per test session for ``tests/e2e`` and ``tests/compat`` (both stopped by PID)."""
+"""Fixtures shared by every suite: one real SeaweedFS per test session, one throwaway PostgreSQL
+server per test session (started by the first test that needs it), and one real embedded
+cluster per test session for ``tests/e2e`` and ``tests/compat`` (all stopped by PID)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +30,30 @@ def seaweed(tmp_path_factory):
     weed = start_seaweed(tmp_path_factory.mktemp("seaweed"))
     yield weed
     weed.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/postgres.py) with a template database migrated to
+    the newest revision: ``postgres.create_database(template=postgres.template)`` copies it."""
+    from cryptography.fernet import Fernet
+
+    from qcompute.server.crypto import Sealer
+    from qcompute.server.db import make_engine, migrate
+    from tests.postgres import PostgresServer
+
+    def migrated(url: str) -> None:
+        engine = make_engine(url)
+        migrate(engine, Sealer(Fernet.generate_key()))
+        engine.dispose()
+
+    server = PostgresServer()
+    server.start()
+    try:
+        server.make_template(migrated)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -123,14 +123,21 @@ def create_app(settings: ServerSettings, *, storage=None,
                                   executor_factory=executor_factory
                                   or _default_executor(settings, store),
                                   outputs=outputs, storage=store)
-            scheduler.start()
+            replica = None
+            if engine.dialect.name == "postgresql":  # replicas may share it: one schedules
+                from .replicas import Replica
+                replica = Replica(settings.resolved_database_url, scheduler, outputs,
+                                  retry_seconds=settings.leader_retry_seconds)
+                replica.start()
+            else:
+                scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:
                 yield
             finally:
-                scheduler.stop()
+                (replica or scheduler).stop()
         finally:
             store.stop()
             engine.dispose()

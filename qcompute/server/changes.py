@@ -2,7 +2,9 @@
 
 The scheduler thread calls :meth:`TaskChanges.publish` after each committed round with the
 uuids it touched; a waiting request is woken on its own event loop. Waiting holds no thread and
-no database connection.
+no database connection. With several replicas, ``mirror`` (set by
+:class:`~qcompute.server.replicas.Replica`) sends each publication to the other replicas, whose
+feeds publish it locally.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import asyncio
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 __all__ = ["TaskChanges"]
 
@@ -24,6 +26,7 @@ class TaskChanges:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
+        self.mirror: Optional[Callable[[list[str]], None]] = None
 
     @contextmanager
     def watching(self, uuids: Iterable[str]) -> Iterator[asyncio.Future]:
@@ -47,7 +50,10 @@ class TaskChanges:
                         if not waiters:
                             del self._waiters[uuid]
 
-    def publish(self, uuids: Iterable[str]) -> None:
+    def publish(self, uuids: Iterable[str], *, mirror: bool = True) -> None:
+        uuids = list(uuids)
+        if mirror and self.mirror is not None and uuids:
+            self.mirror(uuids)
         with self._lock:
             futures = {f for uuid in uuids for f in self._waiters.get(uuid, ())}
         for future in futures:

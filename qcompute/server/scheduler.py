@@ -88,9 +88,11 @@ class _Tick:
 
 @dataclass(frozen=True)
 class _Forget:
-    """A task was deleted: stop what still runs of it."""
+    """Tasks were deleted: stop what still runs of them (these instances, and whatever runs of
+    these tasks: a standby replica knows only the database's view)."""
 
     keys: tuple[InstanceKey, ...]
+    task_uuids: tuple[str, ...] = ()
 
 
 _STOP = object()
@@ -123,6 +125,7 @@ class Scheduler:
         self.recovery = Recovery(self)
         self.workdirs = WorkDirs(Path(settings.data_dir, "work"))
         self.injected_faults = 0  # tests only (settings.fault_injection): rounds left to fail
+        self.relay: Optional[Callable[[object], None]] = None  # a standby's way to the holder
 
     # -- API side -----------------------------------------------------------------------------
 
@@ -137,24 +140,45 @@ class Scheduler:
         self.outputs.changes.release_all()
         self._stopped.set()
         self._events.put(_STOP)
-        self._thread.join(timeout=30)
+        if self.started:
+            self._thread.join(timeout=30)
         self.executor.shutdown()
         self.workdirs.stop()
+
+    def post(self, event: object) -> None:
+        """An event from a route: to this scheduler, or, on a standby replica, to the one that
+        runs (``relay``, set by :class:`~qcompute.server.replicas.Replica`)."""
+        relay = self.relay
+        if relay is not None:
+            relay(event)
+        else:
+            self._events.put(event)
+
+    @staticmethod
+    def event_kinds() -> dict[str, type]:
+        """The events a route posts, by name (replicas send them to each other)."""
+        return {kind.__name__: kind for kind in (_Wake, _Abort, _Submitted, _Forget, TakeSnapshot,
+                                                 PeriodicChanged, RefreshResources)}
 
     def discard_files(self, uuid: str) -> None:
         """A task or pool was deleted: its output goes now, its working dir in the background."""
         self.outputs.delete(uuid)
         self.workdirs.remove(uuid)
 
+    @property
+    def started(self) -> bool:
+        """False on a standby replica (:mod:`~qcompute.server.replicas`) until it takes over."""
+        return self._thread.ident is not None
+
     def alive(self) -> bool:
-        """Whether the loop's thread runs (for ``/health``)."""
-        return self._thread.is_alive()
+        """Whether the loop's thread runs, or waits as a standby's (for ``/health``)."""
+        return self._thread.is_alive() or (not self.started and self.relay is not None)
 
     def wake(self) -> None:
-        self._events.put(_Wake())
+        self.post(_Wake())
 
     def abort(self, task_id: int) -> None:
-        self._events.put(_Abort(task_id))
+        self.post(_Abort(task_id))
 
     def running_keys(self, task_uuids: list[str]) -> list[InstanceKey]:
         """The instances of these tasks an executor runs now (for deletes)."""
@@ -170,24 +194,32 @@ class Scheduler:
         return len(self._in_flight) - self.pools.in_flight()
 
     def submitted(self, task_ids: list[int]) -> None:
-        self._events.put(_Submitted(tuple(task_ids)))
+        # in events of a NOTIFY's size (replicas); one event even when empty, as before
+        for start in range(0, max(len(task_ids), 1), 500):
+            self.post(_Submitted(tuple(task_ids[start:start + 500])))
 
     def _tick(self) -> None:
         while not self._stopped.wait(self.settings.scheduler_tick_seconds):
             self._events.put(_Tick())
 
     def forget(self, keys: list[InstanceKey]) -> None:
-        self._events.put(_Forget(tuple(keys)))
+        for start in range(0, max(len(keys), 1), 100):
+            self.post(_Forget(tuple(keys[start:start + 100])))
+
+    def forget_tasks(self, task_uuids: list[str]) -> None:
+        """Deleted tasks: whatever runs of them is stopped."""
+        for start in range(0, len(task_uuids), 100):
+            self.post(_Forget((), tuple(task_uuids[start:start + 100])))
 
     def snapshot(self, task_id: int, snapshot_uuid: str) -> None:
         """A committed instant snapshot: send it to the task's instances in flight."""
-        self._events.put(TakeSnapshot(task_id, snapshot_uuid))
+        self.post(TakeSnapshot(task_id, snapshot_uuid))
 
     def periodic_snapshot_changed(self, task_id: int) -> None:
-        self._events.put(PeriodicChanged(task_id))
+        self.post(PeriodicChanged(task_id))
 
     def refresh_resources(self, task_id: int) -> None:
-        self._events.put(RefreshResources(task_id))
+        self.post(RefreshResources(task_id))
 
     # -- executor side ------------------------------------------------------------------------
 
@@ -404,9 +436,9 @@ class Scheduler:
         elif isinstance(event, _Tick):
             self.timers.run(session, touched)
         elif isinstance(event, _Forget):
-            for key in event.keys:
-                if key in self._in_flight:
-                    self.executor.cancel(key)
+            keys = set(event.keys) | set(self.running_keys(list(event.task_uuids)))
+            for key in keys & self._in_flight:
+                self.executor.cancel(key)
 
     def _finish(self, instance: Instance, task: Task, event: Finished,
                 stamps: Optional[dict[str, float]] = None) -> None:

@@ -125,6 +125,8 @@ class ServerSettings(BaseSettings):
     result_upload_attempts: int = Field(default=8, ge=1, le=100)
     result_upload_seconds: float = Field(default=300.0, ge=0, le=86400)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, le=60)  # timers, elastic pools
+    # PostgreSQL: how often a standby replica tries the scheduler's lock (docs/postgresql.rst)
+    leader_retry_seconds: float = Field(default=1.0, gt=0, le=5)
     fault_injection: bool = False  # tests only: POST /admin/faults makes scheduler rounds fail
 
     # Sandbox (sandbox.py): "auto" runs every instance under bubblewrap where it works, else

@@ -1,4 +1,5 @@
-"""API tests: TestClient on a temporary SQLite database.
+"""API tests: TestClient on a temporary database, each test once on SQLite and once on
+PostgreSQL (the ``database`` fixture; ``-m "not postgres"`` runs the SQLite half alone).
 
 The executor is a controllable fake so each lifecycle step can be asserted; real processes and
 real S3 are exercised by tests/server/test_runner*.py and tests/e2e.
@@ -243,14 +244,48 @@ def serving(tmp_path, **kw) -> Iterator[Cluster]:
         yield Cluster(client, holder["executor"], storage, token)
 
 
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _use_backend(request, monkeypatch) -> str:
+    if request.param == "sqlite":
+        monkeypatch.delenv("QCOMPUTE_SERVER_DATABASE_URL", raising=False)
+        return ""
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.create_database(template=postgres.template)
+    monkeypatch.setenv("QCOMPUTE_SERVER_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, monkeypatch) -> str:
+    """The test runs twice: on SQLite (``""``: the default file in the data dir) and on
+    PostgreSQL (a fresh database, copied from the session's migrated template). Every
+    ``ServerSettings`` the test builds reads the URL from ``$QCOMPUTE_SERVER_DATABASE_URL``."""
+    return _use_backend(request, monkeypatch)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(request) -> Iterator[str]:
+    """:func:`database_url` for a module-scoped cluster."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _use_backend(request, monkeypatch)
+
+
+def engine_url(database_url: str, tmp_path: Path) -> str:
+    """An engine URL for a test that opens the database itself: ``database_url``, else a
+    SQLite file in ``tmp_path``."""
+    return database_url or f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, database_url):
     with serving(tmp_path) as running:
         yield running
 
 
 @pytest.fixture
-def roomy(tmp_path):
+def roomy(tmp_path, database_url):
     """4 executor slots and a 0.05 s scheduler tick (pools, jobs, timers)."""
     with serving(tmp_path, capacity=4, scheduler_tick_seconds=0.05) as running:
         yield running

@@ -161,7 +161,7 @@ def test_an_unknown_token_fails_the_preparation_and_the_pool(roomy):
     assert roomy.executor.keys_of(uuid) == []
 
 
-def test_an_owner_made_before_sealing_gets_its_token_sealed_at_start(tmp_path):
+def test_an_owner_made_before_sealing_gets_its_token_sealed_at_start(tmp_path, database_url):
     with serving(tmp_path) as cluster:
         forget_token(cluster, OWNER)
     with serving(tmp_path) as cluster:  # read back from qcompute.conf, then sealed

@@ -76,7 +76,7 @@ def test_a_bad_named_key_file_stops_the_start(tmp_path, content, message):
     assert str(named) in str(caught.value)
 
 
-def test_a_key_that_does_not_open_the_database_stops_the_start(tmp_path):
+def test_a_key_that_does_not_open_the_database_stops_the_start(tmp_path, database_url):
     data = tmp_path / "data"
     with serving(data) as cluster:
         assert cluster.put("/secrets-manager/data/k", json={"Value": "v"}).status_code == 201

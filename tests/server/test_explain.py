@@ -140,7 +140,7 @@ def test_a_final_task_gives_its_state_and_failed_instances(cluster):
                                 "failed (1-2)")
 
 
-def test_an_unsatisfiable_constraint_after_the_node_kinds_changed(tmp_path):
+def test_an_unsatisfiable_constraint_after_the_node_kinds_changed(tmp_path, database_url):
     """Accepted on one kind of node, queued behind a full cluster; the server comes back on
     another kind: explain names the constraint, and the scheduler cancels the task rather
     than run it on hardware it excludes."""

@@ -56,7 +56,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+def served(tmp_path_factory, module_database_url) -> Iterator[tuple[str, dict[str, str]]]:
     # a short long-poll cap: the fuzzer asks ?wait= and POST /tasks/wait with any timeout
     settings_, app, _storage, _holder = make_cluster(
         tmp_path_factory.mktemp("fuzz"), capacity=4, long_poll_max_seconds=1)

@@ -126,7 +126,7 @@ def test_cpu_model_search_ranks_exact_then_prefix_then_substring():
 
 
 @pytest.fixture
-def hw_cluster(tmp_path):
+def hw_cluster(tmp_path, database_url):
     with serving(tmp_path, nodes=NODES) as running:
         yield running
 

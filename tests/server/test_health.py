@@ -56,7 +56,7 @@ def test_an_unreachable_database_is_named(cluster):
     assert [part for part, state in parts.items() if state != "ok"] == ["database"]
 
 
-def test_a_stopped_scheduler_and_its_shut_down_executor_are_named(tmp_path):
+def test_a_stopped_scheduler_and_its_shut_down_executor_are_named(tmp_path, database_url):
     settings = ServerSettings(data_dir=tmp_path, storage="external")
     app = create_app(settings, storage=StubStorage(),
                      executor_factory=lambda on_event: LocalExecutor(on_event, capacity=1))

@@ -24,7 +24,7 @@ LIMITS = dict(max_request_bytes=2 * 1024 * 1024, max_constants=20, max_constant_
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, module_database_url):
     """The module's cluster; its first task runs (snapshots and outputs need one), before
     the tasks of the tests fill the other slots."""
     with serving(tmp_path_factory.mktemp("limits"), capacity=4, **LIMITS) as cluster:

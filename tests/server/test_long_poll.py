@@ -81,7 +81,7 @@ def test_wait_many_validates(cluster):
     assert negative.status_code == 400 and "wait" in negative.json()["message"]
 
 
-def test_wait_capped_by_the_server(tmp_path):
+def test_wait_capped_by_the_server(tmp_path, database_url):
     from fastapi.testclient import TestClient
 
     from qcompute.server.bootstrap import client_config_path, read_token

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from qcompute.server.api.limits import MAX_JSON_DEPTH, check_json_depth
 from qcompute.server.command import CommandError, expand, split_command
+from qcompute.server.db import make_engine
 from qcompute.server.db.models import Base, User
 from qcompute.server.errors import BadRequest
 from qcompute.server.schemas import PageRequest
@@ -24,6 +24,8 @@ from qcompute.server.schemas.common import (MAX_INSTANCE_ID, MAX_SPAN, format_ti
                                             parse_timespan)
 from qcompute.server.services.lifecycle import format_ranges, parse_ranges
 from qcompute.server.services.listing import page_jobs, page_pools, page_tasks
+
+from .conftest import engine_url
 
 FAST = settings(max_examples=300, deadline=None)
 SLOW = settings(max_examples=100, deadline=None,
@@ -128,8 +130,8 @@ filters = meaningful_trees | st.recursive(
 
 
 @pytest.fixture(scope="module")
-def database():
-    engine = create_engine("sqlite://")
+def database(module_database_url, tmp_path_factory):
+    engine = make_engine(engine_url(module_database_url, tmp_path_factory.mktemp("pages")))
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         user = User(email="a@example.com", token_hash="0" * 64)

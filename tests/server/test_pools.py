@@ -102,7 +102,7 @@ def test_closing_a_pool_whose_tasks_ended_closes_it_at_once_and_keeps_them(roomy
     assert done["state"] == "Success" and done["errors"] == []
 
 
-def test_a_restart_while_closing_still_cancels_the_task_and_closes_the_pool(tmp_path):
+def test_a_restart_while_closing_still_cancels_the_task_and_closes_the_pool(tmp_path, database_url):
     with serving(tmp_path, scheduler_tick_seconds=0.05) as first:
         uuid = make_pool(first, instanceCount=1)
         task = first.submit("sleep 30", poolUuid=uuid, profile=None)

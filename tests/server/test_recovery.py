@@ -17,7 +17,7 @@ from .conftest import serving, wait_for
 
 
 @pytest.fixture
-def quick(tmp_path):
+def quick(tmp_path, database_url):
     """A 0.05 s tick, so the recovery checks come fast; fault injection on."""
     with serving(tmp_path / "quick", scheduler_tick_seconds=0.05,
                  fault_injection=True) as running:
@@ -143,7 +143,7 @@ def test_output_that_cannot_be_written_never_drops_the_end(cluster, monkeypatch)
     assert cluster.wait_state(uuid, "Failure")["completedInstances"][0]["exitCode"] == 3
 
 
-def test_work_dirs_go_when_their_task_is_deleted_and_leftovers_at_start(tmp_path):
+def test_work_dirs_go_when_their_task_is_deleted_and_leftovers_at_start(tmp_path, database_url):
     work = tmp_path / "work"
     (work / "old-task" / "0-1").mkdir(parents=True)
     (work / "old-task" / "0-1" / "result.txt").write_text("left by a crash")
@@ -159,8 +159,11 @@ def test_work_dirs_go_when_their_task_is_deleted_and_leftovers_at_start(tmp_path
         wait_for(lambda: not (work / uuid).exists(), timeout=10)
 
 
-def test_the_fault_route_exists_only_with_fault_injection(cluster, quick):
+def test_the_fault_route_exists_only_with_fault_injection(cluster):
     assert cluster.post("/admin/faults", json={"schedulerRounds": 1}).status_code == 404
+
+
+def test_a_bad_fault_injection_is_refused(quick):
     bad = quick.post("/admin/faults", json={"schedulerRounds": -1})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_faults"
 

@@ -224,7 +224,7 @@ def _add_user(owner: Cluster, email: str) -> tuple[dict[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, module_database_url):
     with serving(tmp_path_factory.mktemp("isolation"), capacity=4,
                  scheduler_tick_seconds=0.05) as owner:
         (a, prefix), (b, _) = (_add_user(owner, "alice@example.com"),

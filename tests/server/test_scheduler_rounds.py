@@ -13,7 +13,7 @@ from .conftest import serving
 
 
 @pytest.fixture
-def wide(tmp_path):
+def wide(tmp_path, database_url):
     with serving(tmp_path, capacity=30) as running:
         yield running
 

@@ -212,7 +212,7 @@ def test_patch_of_a_queued_task_sends_nothing(cluster):
     assert wait_for(lambda: cluster.executor.refreshed) == [blockers[0]]
 
 
-def test_snapshots_left_open_fail_when_the_server_restarts(tmp_path):
+def test_snapshots_left_open_fail_when_the_server_restarts(tmp_path, database_url):
     settings, app, _, holder = make_cluster(tmp_path)
     with TestClient(app) as client:
         headers = {"Authorization": read_token(client_config_path(settings))}

@@ -283,7 +283,7 @@ def test_users_are_isolated(cluster):
     assert emails == ["owner@qcompute.local", "alice@example.com"]
 
 
-def test_restart_reconciles_running_work(tmp_path):
+def test_restart_reconciles_running_work(tmp_path, database_url):
     settings, app, _, holder = make_cluster(tmp_path)
     with TestClient(app) as client:
         token = read_token(client_config_path(settings))
@@ -307,7 +307,7 @@ def test_restart_reconciles_running_work(tmp_path):
         assert sorted(c["executionAttemptCount"] for c in task["completedInstances"]) == [1, 2, 2]
 
 
-def test_executor_refusal_is_an_infrastructure_failure(tmp_path):
+def test_executor_refusal_is_an_infrastructure_failure(tmp_path, database_url):
     settings, app, _, holder = make_cluster(tmp_path)
     with TestClient(app) as client:
         headers = {"Authorization": read_token(client_config_path(settings))}

@@ -47,7 +47,7 @@ def _in_order(steps: dict[str, float]) -> list[float]:
 
 
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["host", "sandbox"])
-def test_a_real_run_has_every_step_in_order(tmp_path, sandboxed):
+def test_a_real_run_has_every_step_in_order(tmp_path, database_url, sandboxed):
     sandbox = SandboxConfig(enabled=sandboxed)
     with real_cluster(tmp_path, sandbox) as cluster:
         before = time.time()

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 from qcompute.server.api import tasks as tasks_api
 import qcompute
@@ -69,36 +68,16 @@ def _in_thread(fn):
     return thread, result
 
 
-# SQLite always; PostgreSQL too when QCOMPUTE_TEST_POSTGRES_URL names a server where the tests
-# may create databases (postgresql+psycopg://user@127.0.0.1:port/postgres).
-POSTGRES = os.environ.get("QCOMPUTE_TEST_POSTGRES_URL", "")
-
-
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES else []))
-def database_url(request):
-    if request.param == "sqlite":
-        yield ""  # the default: <data dir>/qcompute.db
-        return
-    name = f"qcompute_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as db:
-        db.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield POSTGRES.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as db:
-        db.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
-
-
 @pytest.fixture
 def cluster(tmp_path, database_url):
-    with serving(tmp_path, database_url=database_url) as running:
+    with serving(tmp_path) as running:
         yield running
 
 
 @pytest.fixture
 def patient(tmp_path, database_url):
     """A retry waits up to 5 s for the first request to finish."""
-    with serving(tmp_path, database_url=database_url, idempotency_wait_seconds=5) as running:
+    with serving(tmp_path, idempotency_wait_seconds=5) as running:
         yield running
 
 
@@ -152,7 +131,7 @@ def test_a_retry_during_the_first_request_replays_its_answer(patient, monkeypatc
 
 def test_a_retry_that_waits_too_long_gets_409_then_the_replay(tmp_path, database_url,
                                                               monkeypatch):
-    with serving(tmp_path, database_url=database_url, idempotency_wait_seconds=0.2) as cluster:
+    with serving(tmp_path, idempotency_wait_seconds=0.2) as cluster:
         gate = Gate(monkeypatch, hold_at=1)
         headers = {"Idempotency-Key": "bulk-3"}
         first, first_reply = _in_thread(lambda: cluster.post("/tasks", json=[DOC] * 2,

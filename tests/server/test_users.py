@@ -15,7 +15,7 @@ from qcompute.server.db import make_engine, make_session_factory, migrate
 from qcompute.server.db.models import User
 from qcompute.server.services import users as service
 
-from .conftest import wait_for
+from .conftest import engine_url, wait_for
 
 
 def add(cluster, email: str) -> dict:
@@ -46,8 +46,8 @@ def submit_as(cluster, token: str, command: str = "sleep 9") -> str:
 # -- bucket prefixes --------------------------------------------------------------------------
 
 @pytest.fixture
-def session(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def session(tmp_path, database_url):
+    engine = make_engine(engine_url(database_url, tmp_path))
     sealer = Sealer(Fernet.generate_key())
     migrate(engine, sealer)
     with make_session_factory(engine, sealer)() as s:

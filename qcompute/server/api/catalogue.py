@@ -30,7 +30,8 @@ QARNOT_SDK_AGENT = "qarnot-sdk-python"  # the official SDK: qarnot-sdk-python/v2
                                             "``parts`` names it and why"}})
 def health(ctx: ContextDep):
     """``parts``: ``database``, ``storage``, ``executor`` and ``scheduler``, each ``ok`` or
-    ``down: <why>``. 200 with ``status`` ``ok`` when every part is ok; else 503, ``degraded``."""
+    ``down: <why>``. 200 with ``status`` ``ok`` when every part is ok; else 503, ``degraded``.
+    ``role``: ``scheduler`` on the replica that runs the scheduler, else ``standby``."""
     parts = check_parts(sessions=ctx.sessions, storage=ctx.storage, scheduler=ctx.scheduler)
     healthy = all(state == OK for state in parts.values())
     body = {"status": "ok" if healthy else "degraded", "parts": parts, "version": __version__,
@@ -39,6 +40,8 @@ def health(ctx: ContextDep):
             "sandboxed": ctx.scheduler.executor.sandboxed,
             "isolation": ctx.scheduler.executor.isolation,
             "capacity": ctx.scheduler.executor.capacity,
+            # with replicas on PostgreSQL, one runs the scheduler and the others stand by
+            "role": "scheduler" if ctx.scheduler.started else "standby",
             "running": len(ctx.scheduler.executor.running()),
             "nodes": _nodes(ctx)}
     return body if healthy else JSONResponse(body, status_code=503)

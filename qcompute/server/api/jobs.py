@@ -98,9 +98,8 @@ def _flag(value: str) -> bool:
 def delete_job(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep,
                force: Annotated[str, Query()] = "false"):
     tasks = service.delete_job(session, user, uuid, _flag(force))
-    keys = ctx.scheduler.running_keys([t.uuid for t in tasks])
     session.commit()
-    ctx.scheduler.forget(keys)
+    ctx.scheduler.forget_tasks([t.uuid for t in tasks])
     for task in tasks:
         ctx.scheduler.discard_files(task.uuid)
     return {"uuid": uuid, "message": "deleted"}

@@ -75,8 +75,9 @@ class Task(Lifecycle, Base):
     instance_count: Mapped[int] = mapped_column(Integer)
     # Derived from the instances by services.lifecycle.derive_task_state, stored for listing.
     # How many instances are in each state: kept in step by services.tasks.move_instance, so
-    # that deriving the task's state costs the same for 1 instance or 100,000.
-    instance_counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # that deriving the task's state costs the same for 1 instance or 100,000. Nullable as
+    # migration 0002 made it (a task of no instance had no row to count); read as ``or {}``.
+    instance_counts: Mapped[Optional[dict[str, int]]] = mapped_column(JSON, default=dict)
     abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     results_count: Mapped[int] = mapped_column(Integer, default=0)
     pool_id: Mapped[Optional[int]] = mapped_column(

@@ -14,6 +14,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 _READS = ("SELECT", "PRAGMA", "EXPLAIN")
+_MIGRATION_LOCK = int.from_bytes(b"qcmigrat", "big")  # a PostgreSQL advisory lock key
 
 
 def make_engine(url: str) -> Engine:
@@ -73,6 +74,8 @@ def migrate(engine: Engine, sealer: "Sealer") -> None:
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["sealer"] = sealer
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting at once: one by one
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     if config.attributes.get("sealed_clear_values") and engine.dialect.name == "sqlite":

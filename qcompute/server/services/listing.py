@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
 
-from sqlalchemy import Column, DateTime, Float, Integer, and_, exists, not_, or_, select
+from sqlalchemy import (BigInteger, Column, DateTime, Float, Integer, and_, exists, literal, not_,
+                        or_, select)
 from sqlalchemy.orm import Session
 
 from ..db.models import Job, JobTag, Pool, PoolTag, Task, TaskTag, User
@@ -65,7 +66,9 @@ def _coerce(field: str, column: Any, value: Any, *, nullable: bool = False) -> A
                    f"got {value!r}")
     if isinstance(kind, (Integer, Float)):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
+            # typed by the value, not the column: PostgreSQL's 32-bit columns refuse a wider
+            # int, and would round a float (SQLite compares them as they are)
+            return literal(value, BigInteger if isinstance(value, int) else Float)
         raise _bad(f"field {field} expects a number, got {value!r}")
     if isinstance(value, str):
         return value
@@ -158,8 +161,9 @@ def page(session: Session, user: User, model: Any, tag_model: Any,
     query = select(model).where(model.owner_id == user.id)
     if request.filter:
         query = query.where(_Compiler(model, tag_model, columns).compile(request.filter))
-    if request.token:  # digits within the 64-bit range (checked by PageRequest)
-        query = query.where(model.id > int(request.token))
+    if request.token:  # digits within the 64-bit range (checked by PageRequest); compared as
+        # a 64-bit value: ids are 32-bit on PostgreSQL, where a wider parameter is an error
+        query = query.where(model.id > literal(int(request.token), BigInteger))
     size = request.maximum_results or DEFAULT_PAGE_SIZE
     rows = list(session.scalars(query.order_by(model.id).limit(size + 1)))
     if len(rows) > size:
