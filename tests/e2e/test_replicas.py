@@ -1,4 +1,4 @@
-"""Two ``qcompute server`` processes on one PostgreSQL database and one SeaweedFS: either serves
+"""Two ``qcompute server`` processes on one PostgreSQL database and one external S3: either serves
 any request, one runs the scheduler, and the other takes over when it is killed."""
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ TAKEOVER_SECONDS = 10  # the issue's promise: a standby takes over within 10 s
 
 
 @contextlib.contextmanager
-def _pair(data_dir, postgres, seaweed):
+def _pair(data_dir, postgres, store):
     """Replicas ``a`` (started first: it takes the scheduler) and ``b`` (standby). They share
-    the data dir (the owner's token, the sealing key, the output files) and use the session's
-    SeaweedFS as an external S3."""
+    the data dir (the owner's token, the sealing key, the output files) and the session's
+    external S3 (a SeaweedFS of separate processes, users' keys from its IAM API)."""
     url = postgres.create_database(template=postgres.template)
     env = {"QCOMPUTE_SERVER_DATABASE_URL": url, "QCOMPUTE_SERVER_STORAGE": "external",
-           "QCOMPUTE_SERVER_S3_URL": seaweed.endpoint_url,
-           "QCOMPUTE_SERVER_S3_ADMIN_ACCESS_KEY": seaweed.admin_access_key,
-           "QCOMPUTE_SERVER_S3_ADMIN_SECRET_KEY": seaweed.admin_secret_key,
+           "QCOMPUTE_SERVER_S3_URL": store.url,
+           "QCOMPUTE_SERVER_S3_ADMIN_ACCESS_KEY": store.admin_key,
+           "QCOMPUTE_SERVER_S3_ADMIN_SECRET_KEY": store.admin_secret,
            "QCOMPUTE_SERVER_LEADER_RETRY_SECONDS": "1"}
     a = ClusterProcess(data_dir, workers=4, env=env)
     b = ClusterProcess(data_dir, workers=4, env=env)
@@ -47,15 +47,15 @@ def _pair(data_dir, postgres, seaweed):
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory, postgres, seaweed):
-    with _pair(tmp_path_factory.mktemp("replicas"), postgres, seaweed) as pair:
+def replicas(tmp_path_factory, postgres, external_s3):
+    with _pair(tmp_path_factory.mktemp("replicas"), postgres, external_s3) as pair:
         yield pair
 
 
 @pytest.fixture
-def fresh_replicas(tmp_path, postgres, seaweed):
+def fresh_replicas(tmp_path, postgres, external_s3):
     """A pair of its own, for a test that kills one."""
-    with _pair(tmp_path / "data", postgres, seaweed) as pair:
+    with _pair(tmp_path / "data", postgres, external_s3) as pair:
         yield pair
 
 
