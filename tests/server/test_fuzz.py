@@ -123,10 +123,12 @@ def test_operation(case, served):
 def test_sequences(api_schema, served):
     """Linked sequences: what one call creates, the next reads, changes, aborts, deletes."""
     _url, headers = served
+    calls = []
 
     class Sequences(api_schema.as_state_machine()):
         def before_call(self, case):
             half_runnable(case)
+            calls.append(case.operation.label)
 
         def get_call_kwargs(self, case):
             return {"headers": headers, "timeout": REQUEST_TIMEOUT}
@@ -134,9 +136,12 @@ def test_sequences(api_schema, served):
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS)
 
-    # No shrinking, no replays: the answers of a sequence depend on when the scheduler's rounds
-    # run, so a replayed sequence can draw differently and hypothesis then reports its own
-    # FlakyStrategyDefinition instead of what happened; a failure is reported as it came.
-    Sequences.run(settings=settings(FUZZ_SETTINGS, max_examples=EXAMPLES * 4,
-                                    stateful_step_count=8, database=None,
-                                    phases=[Phase.explicit, Phase.generate]))
+    # One sequence per run, no shrinking, no replays. The answers of a sequence depend on when
+    # the scheduler's rounds run, so which rules are open after the same draws differs between
+    # sequences (a bundle filled or not); within one run hypothesis compares its sequences'
+    # draws and reports that as its own FlakyStrategyDefinition, hiding nothing of the API but
+    # failing the test. Separate runs share no such record; a failure is reported as it came.
+    for _ in range(EXAMPLES * 4):
+        Sequences.run(settings=settings(FUZZ_SETTINGS, max_examples=1, stateful_step_count=8,
+                                        database=None, phases=[Phase.generate]))
+    assert len(calls) > EXAMPLES * 4  # every run made calls, most of them several
