@@ -202,7 +202,8 @@ def _qcompute_ray(server: Server, instances: int, command: str = "sleep 1") -> d
         pass
     cpu = _tree_cpu() - cpu
     with server.app.state.ctx.sessions() as session:
-        rows = session.scalars(select(Instance).join(Task).where(Task.uuid == uuid)).all()
+        rows = session.execute(select(Instance.state, Instance.error, Instance.timeline)
+                               .join(Task).where(Task.uuid == uuid)).all()
     states = {row.state for row in rows}
     if states != {"Success"}:
         raise RuntimeError(f"the instances ended {states}: {[r.error for r in rows][:3]}")
