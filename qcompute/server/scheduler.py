@@ -112,6 +112,8 @@ class Scheduler:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: set[InstanceKey] = set()
         self._rows: Optional[dict] = None  # the round's instance rows, by (task uuid, id)
+        # the owners' tokens and S3 identities, read once per dispatch (not once per instance)
+        self._identities: dict[int, tuple[str, S3Access]] = {}
         # the dispatch and hand-over times of the instances in flight, written with their end
         self._stamps: dict[InstanceKey, dict[str, float]] = {}
         self.pools = PoolKeeper(settings, self._pool_payload)
@@ -318,7 +320,10 @@ class Scheduler:
             if all(isinstance(event, (Phase, Placed)) for event in events):
                 specs = []  # a phase frees no slot and queues nothing: no dispatch
             else:
-                specs = self._dispatch(session, dispatched, changed)
+                try:
+                    specs = self._dispatch(session, dispatched, changed)
+                finally:
+                    self._identities.clear()
                 self._settle(session, dispatched)
                 session.commit()
             tasks = {**touched, **dispatched}.values()
@@ -572,10 +577,15 @@ class Scheduler:
         self.wake()  # the slots it would have taken: filled at once, by another round
 
     def _owner_identity(self, session: Session, owner_id: int) -> tuple[str, S3Access]:
-        """The owner's API token and S3 identity; SealError if the token is not known."""
-        owner = session.get(User, owner_id)
-        token = open_token(session, owner)
-        return token, self.storage.owner_access(owner.email, token, storage_keys(session, owner))
+        """The owner's API token and S3 identity; SealError if the token is not known. Kept
+        for the rest of the dispatch: read for each instance, the owner's row was loaded again
+        and each load flushed the instance before it, one UPDATE at a time."""
+        if owner_id not in self._identities:
+            owner = session.get(User, owner_id)
+            token = open_token(session, owner)
+            self._identities[owner_id] = token, self.storage.owner_access(
+                owner.email, token, storage_keys(session, owner))
+        return self._identities[owner_id]
 
     def _pool_payload(self, session: Session, pool: Pool,
                       key: InstanceKey) -> tuple[dict[str, str], S3Access]:

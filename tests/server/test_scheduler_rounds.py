@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import event
 
 from qcompute.server.executors.base import Finished, InstanceKey, Phase
-from qcompute.server.scheduler import _STOP
+from qcompute.server.scheduler import _STOP, _Wake
 
 from .conftest import serving
 
@@ -62,3 +62,33 @@ def test_an_event_of_a_replaced_attempt_is_ignored_in_a_shared_round(wide):
     scheduler._round([Finished(stale, exit_code=1), Finished(other, exit_code=0)])
     assert wide.task(second)["state"] == "Success"
     assert wide.task(first)["state"] not in ("Failure", "Success")  # the stale end was dropped
+
+
+def test_a_dispatch_reads_each_owner_once_and_writes_its_instances_in_one_batch(wide):
+    scheduler = paused(wide)
+    uuids = [wide.submit("true", instanceCount=10) for _ in range(2)]  # queued, not dispatched
+    with statements(scheduler.sessions.kw["bind"]) as seen:
+        specs, _ = scheduler._round([_Wake()])
+    assert len(specs) == 20
+    owners = [s for s in seen if s.startswith("SELECT") and "FROM users" in s]
+    updates = [s for s in seen if s.startswith("UPDATE instances")]
+    assert len(owners) == 1, owners
+    # the first instance, flushed by the owner's read, then the other 19 in one executemany
+    assert len(updates) == 2, updates
+    for spec in specs:
+        assert spec.s3.secret_key == wide.headers["Authorization"]  # the owner's identity
+    assert {spec.task_uuid for spec in specs} == set(uuids)
+
+
+def test_the_next_dispatch_uses_a_rotated_token(wide):
+    scheduler = paused(wide)
+    first = wide.submit("true")
+    (spec,), _ = scheduler._round([_Wake()])
+    assert spec.s3.secret_key == wide.headers["Authorization"]
+    rotated = wide.post(f"/admin/users/{spec.s3.access_key}/token")
+    assert rotated.status_code == 200, rotated.text
+    wide.headers["Authorization"] = rotated.json()["token"]
+    second = wide.submit("true")
+    (again,), _ = scheduler._round([_Wake()])
+    assert (spec.task_uuid, again.task_uuid) == (first, second)
+    assert again.s3.secret_key == rotated.json()["token"] != spec.s3.secret_key
