@@ -472,7 +472,8 @@ def start_ray(settings) -> None:
         return
     here = detect(settings.data_dir, settings.node)
     ray.init(num_cpus=settings.max_concurrent_instances * settings.ray_cpus_per_slot,
-             include_dashboard=False, log_to_driver=False, labels=node_labels(here))
+             include_dashboard=False, log_to_driver=False, labels=node_labels(here),
+             _node_ip_address=settings.resolved_ray_node_ip)
     address = ray.get_runtime_context().gcs_address
     (settings.data_dir / "ray-address").write_text(address + "\n")
     log.info("started a Ray head at %s; add nodes with: qcompute node join %s", address, address)
