@@ -46,6 +46,7 @@ H1_SLOTS = H2_SLOTS = 2
 # 3 s apart), so a cut link is noticed in seconds.
 RAY_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
               "RAY_health_check_failure_threshold": "3"}
+ENDED = ("Success", "Failure", "Cancelled")
 CHECKOUT = str(Path(qcompute.__file__).resolve().parents[1])
 
 
@@ -132,9 +133,10 @@ class Deployment:
             return requests.request(method, self.server.url + path, headers=headers,
                                     timeout=60, **kw)
 
-    def submit(self, command: str, **fields) -> str:
-        doc = {"name": "netns", "profile": "docker-batch",
-               "constants": [{"key": "DOCKER_CMD", "value": command}], **fields}
+    def submit(self, command: str, constants: dict[str, str] | None = None, **fields) -> str:
+        constants = {**(constants or {}), "DOCKER_CMD": command}
+        doc = {"name": "netns", "profile": "docker-batch", **fields,
+               "constants": [{"key": k, "value": v} for k, v in constants.items()]}
         reply = self.call("POST", "/tasks", json=doc)
         assert reply.status_code == 201, reply.text
         return reply.json()["uuid"]
@@ -145,8 +147,16 @@ class Deployment:
         return reply.json()
 
     def wait_state(self, uuid: str, state: str, timeout: float = 120) -> dict:
-        return wait_for(lambda: (t := self.task(uuid))["state"] == state and t, timeout,
-                        f"task {uuid} {state}")
+        """The task once in ``state``; an error naming its instances' errors and output if it
+        ends in another."""
+        task = wait_for(lambda: (t := self.task(uuid))["state"] in (state, *ENDED) and t,
+                        timeout, f"task {uuid} {state}")
+        if task["state"] != state:
+            raise AssertionError(
+                f"task {uuid} is {task['state']}, not {state}: {task.get('errors')}\n"
+                + self.call("GET", f"/tasks/{uuid}/stdout").text[-2000:]
+                + self.call("GET", f"/tasks/{uuid}/stderr").text[-2000:])
+        return task
 
     def nodes(self) -> list[dict]:
         return self.call("GET", "/hardware-constraints").json().get("nodes", [])

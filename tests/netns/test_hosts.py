@@ -7,6 +7,8 @@ The link cut comes last in the file, and its test joins host 2 again when done.
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from .conftest import H1_SLOTS, H2_SLOTS, wait_for
@@ -40,3 +42,41 @@ def test_instances_land_on_both_hosts(deployment):
     recorded = [done["node"]["id"] for done in task["completedInstances"]]
     assert sorted(recorded) == sorted([h1] * H1_SLOTS + [h2] * H2_SLOTS)
     assert sorted(_nodes_in_stdout(deployment, uuid)) == sorted(recorded)
+
+
+PROBE = """
+import os, urllib.request, urllib.error
+print("node=" + os.environ["QCOMPUTE_NODE"])
+print("api", urllib.request.urlopen(os.environ["API"] + "/health", timeout=10).status)
+try:
+    urllib.request.urlopen(os.environ["S3"], timeout=10)
+except urllib.error.HTTPError as exc:  # anonymous: refused, but by the store
+    print("s3", exc.code)
+os.makedirs("out", exist_ok=True)
+open("out/read.txt", "w").write(open("in.txt").read())
+"""
+
+
+def test_a_label_constraint_selects_host_2(deployment, tmp_path):
+    """Instances asking for zone=h2 run there, download their resources from host 1's S3,
+    upload their results to it, and reach host 1's API and S3 from their sandbox."""
+    h2 = deployment.node_of(deployment.h2)
+    (tmp_path / "in.txt").write_text("from host 1's store")
+    with deployment.h1.entered():  # the SDK's sockets are opened on host 1
+        conn = deployment.server.connection()
+        resources = conn.create_bucket("netns-in")
+        resources.add_file(str(tmp_path / "in.txt"), "in.txt")
+        results = conn.create_bucket("netns-out")
+    uuid = deployment.submit(
+        f"{sys.executable} -c '{PROBE}'", instanceCount=2, hardwareConstraints=[ZONE_H2],
+        constants={"API": deployment.server.url, "S3": deployment.store.url},
+        resourceBuckets=["netns-in"], resultBucket="netns-out")
+    task = deployment.wait_state(uuid, "Success")
+    assert [done["node"]["id"] for done in task["completedInstances"]] == [h2, h2]
+    stdout = deployment.call("GET", f"/tasks/{uuid}/stdout").text
+    assert _nodes_in_stdout(deployment, uuid) == [h2, h2]
+    assert stdout.count("api 200") == 2 and stdout.count("s3 403") == 2
+    with deployment.h1.entered():
+        got = tmp_path / "read.txt"
+        results.get_file("out/read.txt", str(got))
+    assert got.read_text() == "from host 1's store"

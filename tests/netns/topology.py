@@ -3,8 +3,10 @@
 ``Topology(2).create()`` makes a "switch" namespace holding a bridge, and one namespace per host
 joined to it by a veth pair (``eth0`` in the host, ``pN`` on the bridge), with ``lo`` up and an
 address ``10.213.0.N/24``. The root namespace is never touched: no interface, route or address of
-the machine changes, and nothing the hosts send can leave the bridge (a default route on
-``eth0``, with no gateway, only lets tools that look for one, such as pasta and Ray, find it).
+the machine changes, and nothing the hosts send can leave the bridge. Each host's default route
+goes to the switch (``10.213.0.254``), which forwards nothing (a new namespace does not): it is
+there for the tools that need a gateway, such as pasta (whose sandboxed instances reach the
+other hosts through it) and Ray (which finds its address from the default route).
 
 A thread runs in a host's namespace with ``host.entered()``: the sockets it opens and the
 processes it starts are that host's. ``destroy()`` kills every process of the namespaces (and
@@ -121,6 +123,7 @@ class Topology:
         suffix = secrets.token_hex(3)
         self.subnet = subnet
         self.switch = f"qcsw-{suffix}"
+        self.gateway = f"{subnet}.254"  # the switch's own address: it forwards nothing
         self.hosts = [Host(f"qch{n}-{suffix}", f"{subnet}.{n}") for n in range(1, size + 1)]
         self._made: list[str] = []
 
@@ -133,6 +136,7 @@ class Topology:
         try:
             self._add_namespace(self.switch)
             ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.switch, "addr", "add", f"{self.gateway}/24", "dev", "br0")
             ip("-n", self.switch, "link", "set", "br0", "up")
             for n, host in enumerate(self.hosts, 1):
                 self._add_namespace(host.name)
@@ -141,7 +145,7 @@ class Topology:
                 ip("-n", self.switch, "link", "set", f"p{n}", "master", "br0", "up")
                 ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", host.link)
                 ip("-n", host.name, "link", "set", host.link, "up")
-                ip("-n", host.name, "route", "add", "default", "dev", host.link)
+                ip("-n", host.name, "route", "add", "default", "via", self.gateway)
         except BaseException:
             self.destroy()
             raise
