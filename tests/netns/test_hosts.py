@@ -80,3 +80,36 @@ def test_a_label_constraint_selects_host_2(deployment, tmp_path):
         got = tmp_path / "read.txt"
         results.get_file("out/read.txt", str(got))
     assert got.read_text() == "from host 1's store"
+
+
+def test_cutting_host_2s_link_requeues_its_instances_on_host_1(deployment):
+    """Host 2 unplugged mid-run: Ray declares its node dead, its instances end with an
+    infrastructure failure (recorded) and run again on host 1; the task succeeds. Host 2 joins
+    again afterwards (a new Ray node: the dead one cannot come back)."""
+    h1, h2 = deployment.node_of(deployment.h1), deployment.node_of(deployment.h2)
+    uuid = deployment.submit("sh -c 'echo node=$QCOMPUTE_NODE; sleep 8'",
+                             instanceCount=H1_SLOTS + H2_SLOTS)
+    on_h2 = wait_for(lambda: (found := [i.instance_id for i in deployment.instances(uuid)
+                                        if i.state == "Running" and (i.node or {}).get("id") == h2])
+                     and len(found) == H2_SLOTS and found, 60, "instances running on host 2")
+    deployment.h2.set_link(False)
+    try:
+        failed = wait_for(lambda: (found := [i for i in deployment.instances(uuid)
+                                             if i.infra_failures])
+                          and len(found) == H2_SLOTS and found, 90, "host 2's instances failed")
+        assert sorted(i.instance_id for i in failed) == sorted(on_h2)
+        for instance in failed:
+            assert instance.error and h2 in instance.error and "Ray" in instance.error
+        task = deployment.wait_state(uuid, "Success")
+        by_id = {i.instance_id: i for i in deployment.instances(uuid)}
+        for instance_id, instance in by_id.items():
+            if instance_id in on_h2:
+                assert (instance.attempt, instance.infra_failures) == (2, 1)
+            else:
+                assert (instance.attempt, instance.infra_failures) == (1, 0)
+            assert instance.node["id"] == h1 and instance.state == "Success"
+        assert {done["node"]["id"] for done in task["completedInstances"]} == {h1}
+        assert h2 not in {node["id"] for node in deployment.nodes()}
+    finally:
+        deployment.join_h2()
+    assert deployment.node_of(deployment.h2) not in (None, h2)
