@@ -1,7 +1,7 @@
 """A SeaweedFS cluster started as separate ``weed`` processes (master, volume, filer, s3 with
 its embedded IAM API), standing in for an S3 store run by someone else (docs/external-s3.rst).
 
-Loopback only, free ports (each gRPC port is its HTTP port + 10000), one static admin identity
+Loopback (or ``ip``) only, free ports (each gRPC port is its HTTP port + 10000), one static admin identity
 (a store without identities lets anyone in), IAM writes on; stopped by PID, SIGTERM then
 SIGKILL (the filer ignores SIGTERM for good: weed 4.48)."""
 from __future__ import annotations
@@ -24,8 +24,9 @@ class SeaweedCluster:
     """``start()`` runs the four processes under ``root``; ``url``, ``admin_key``,
     ``admin_secret`` describe the store; ``stop()`` ends them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ip: str = "127.0.0.1") -> None:
         self.root = Path(root)
+        self.ip = ip
         self.admin_key = "storeadmin" + secrets.token_hex(4)
         self.admin_secret = secrets.token_urlsafe(24)
         self.ports: dict[str, int] = {}
@@ -33,7 +34,7 @@ class SeaweedCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        return f"http://{self.ip}:{self.ports['s3']}"
 
     def start(self, timeout: float = 60) -> None:
         weed = _find_weed()
@@ -47,8 +48,8 @@ class SeaweedCluster:
             "name": "storeadmin",
             "credentials": [{"accessKey": self.admin_key, "secretKey": self.admin_secret}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        ip = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
-        master = f"127.0.0.1:{p['master']}"
+        ip = [f"-ip={self.ip}", f"-ip.bind={self.ip}"]
+        master = f"{self.ip}:{p['master']}"
         commands = {
             "master": ["master", *ip, f"-port={p['master']}", f"-mdir={root / 'master'}",
                        "-volumeSizeLimitMB=64", "-telemetry=false"],
@@ -56,8 +57,8 @@ class SeaweedCluster:
                        f"-master={master}", "-max=200", "-preStopSeconds=0"],
             "filer": ["filer", *ip, f"-port={p['filer']}", f"-master={master}",
                       f"-defaultStoreDir={root / 'filer'}"],
-            "s3": ["s3", "-ip.bind=127.0.0.1", f"-port={p['s3']}",
-                   f"-filer=127.0.0.1:{p['filer']}", f"-config={config}",
+            "s3": ["s3", f"-ip.bind={self.ip}", f"-port={p['s3']}",
+                   f"-filer={self.ip}:{p['filer']}", f"-config={config}",
                    "-iam.readOnly=false", "-port.iceberg=0", "-port.lance=0"],
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

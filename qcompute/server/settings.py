@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cached_property
 from pathlib import Path
@@ -108,9 +109,12 @@ class ServerSettings(BaseSettings):
     # (docs/ray.rst): the one at ray_address ("host:port" of its GCS), or a head this server
     # starts when it is empty. One slot is a bundle of ray_cpus_per_slot CPUs. Ray's token
     # authentication is always on: its token is in ray_token_file (default <data_dir>/ray-token,
-    # made on first start), which every node and driver of the cluster must share.
+    # made on first start), which every node and driver of the cluster must share. The head it
+    # starts advertises ray_node_ip to the other nodes (empty: `host` when that is one address
+    # other than loopback, else the address Ray picks: the one of the default route).
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""
+    ray_node_ip: str = ""
     ray_cpus_per_slot: float = Field(default=1.0, gt=0, le=1024)
     ray_token_file: Optional[Path] = None
     max_concurrent_instances: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
@@ -170,6 +174,13 @@ class ServerSettings(BaseSettings):
     def _empty_is_default(cls, value):
         return None if value == "" else value
 
+    @field_validator("ray_node_ip")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        if value:
+            ipaddress.ip_address(value)  # a ValueError names the bad value
+        return value
+
     @field_validator("max_environment_bytes")
     @classmethod
     def _below_arg_max(cls, value: int) -> int:
@@ -203,6 +214,17 @@ class ServerSettings(BaseSettings):
     def watch_nodes(self, source: Callable[[], list[NodeCapabilities]]) -> None:
         """From now on, ``node_kinds`` asks ``source`` (an executor's live nodes)."""
         self._live_nodes = source
+
+    @property
+    def resolved_ray_node_ip(self) -> Optional[str]:
+        """The address the Ray head this server starts is reached at (None: Ray's pick)."""
+        if self.ray_node_ip:
+            return self.ray_node_ip
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:  # a host name: Ray wants an address
+            return None
+        return None if address.is_loopback or address.is_unspecified else self.host
 
     @property
     def resolved_ray_token_file(self) -> Path:

@@ -32,12 +32,15 @@ free_port = pick_free_port  # a loopback port whose +10000 neighbour (SeaweedFS 
 
 
 class ClusterProcess:
-    """A ``python -m qcompute server`` child process on its own ports and data dir."""
+    """A ``python -m qcompute server`` child process on its own ports and data dir, serving
+    the API on ``host`` (loopback unless told)."""
 
     def __init__(self, data_dir: Path, workers: int = 4,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
-        self.env = {**os.environ, **(env or {})}  # the server's environment (its settings)
+        self.host = host
+        # the server's environment (its settings)
+        self.env = {**os.environ, **(env or {}), "QCOMPUTE_SERVER_HOST": host}
         self.port = free_port()
         self.s3_port = free_port(exclude={self.port})  # two picks could meet, as they once did
         self.workers = workers
@@ -45,7 +48,7 @@ class ClusterProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def config(self) -> Path:

@@ -19,7 +19,10 @@ task's listener thread waits on it): cancel (the runner's own path: SIGTERM to t
 group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic snapshot, refresh. An instance
 not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``. A
 node or worker that dies ends its instances with an infrastructure failure (``error`` set): the
-scheduler re-queues them within ``max_infra_retries`` and Ray places them again.
+scheduler re-queues them within ``max_infra_retries`` and Ray places them again. A node cut off
+from the network is declared dead by Ray's health checks, but the streams of the instances it
+ran do not end (their calls to it just hang): a watcher reads the node list every couple of
+seconds and ends the instances of a node Ray lists as dead itself.
 """
 from __future__ import annotations
 
@@ -215,6 +218,7 @@ class _Run:
         self.node_id: Optional[str] = None
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
+        self.ended = False  # its Finished is delivered: later events of its stream are dropped
 
 
 class RayExecutor(Executor):
@@ -244,6 +248,8 @@ class RayExecutor(Executor):
                 here, soft=False)).remote()
         self._task = ray.remote(_run_on_node)
         self._options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": cpus_per_slot}
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch_nodes, daemon=True, name="ray-nodes").start()
 
     # -- nodes ----------------------------------------------------------------------------------
 
@@ -252,14 +258,39 @@ class RayExecutor(Executor):
         with self._lock:
             if time.monotonic() - self._nodes_read < _NODES_TTL_SECONDS:
                 return self._nodes
+        self._read_nodes()
+        return self._nodes
+
+    def _read_nodes(self) -> set[str]:
+        """Read the node list again; returns the ids of the nodes Ray lists as dead."""
         try:
-            found = [_read_node(n, self._cpus) for n in ray.nodes() if n.get("Alive")]
+            listed = ray.nodes()
+            found = [_read_node(n, self._cpus) for n in listed if n.get("Alive")]
         except Exception as exc:  # the GCS is unreachable: keep what we knew
             log.warning("cannot list the Ray nodes: %s", exc)
-            return self._nodes
+            return set()
         with self._lock:
             self._nodes, self._nodes_read = found, time.monotonic()
-        return found
+        return {n["NodeID"] for n in listed if not n.get("Alive")}
+
+    def _watch_nodes(self) -> None:
+        """End the instances of the nodes Ray declared dead (their streams may never end)."""
+        while not self._stop.wait(_NODES_TTL_SECONDS):
+            with self._lock:
+                placed = [run for run in self._runs.values() if run.node_id]
+            if not placed:
+                continue
+            dead = self._read_nodes()
+            for run in placed:
+                if run.node_id in dead:
+                    self._end(run, Finished(run.spec.key, exit_code=None,
+                                            cancelled=run.cancel_requested, error=(
+                        f"the Ray task ended on node {run.node_id}: Ray declared the node dead "
+                        "(it stopped answering its health checks)")))
+                    try:
+                        ray.cancel(run.stream, force=True)
+                    except Exception:
+                        pass
 
     def node_kinds(self) -> list[NodeCapabilities]:
         return [node.capabilities for node in self.nodes()]
@@ -401,7 +432,8 @@ class RayExecutor(Executor):
                 if isinstance(event, Finished):
                     end = event
                     break
-                self._deliver(event)
+                if not run.ended:
+                    self._deliver(event)
         except ray.exceptions.TaskCancelledError:
             end = Finished(key, exit_code=None, cancelled=True)
         except Exception as exc:  # the node, its raylet or the worker died: not the command
@@ -411,16 +443,24 @@ class RayExecutor(Executor):
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}")
         if end is None:
             end = Finished(key, exit_code=None, error="the Ray task ended without reporting")
+        self._end(run, end)
+
+    def _end(self, run: _Run, end: Finished) -> None:
+        """Deliver the run's Finished, once (its stream, or the node watcher)."""
         with self._lock:
+            if run.ended:
+                return
+            run.ended = True
             if run.backstop is not None:
                 run.backstop.cancel()
         try:
             self._deliver(end)
         finally:
             with self._lock:
-                self._runs.pop(key, None)
+                if self._runs.get(run.spec.key) is run:
+                    del self._runs[run.spec.key]
             try:
-                self._mailbox.forget.remote(_box_name(key))
+                self._mailbox.forget.remote(_box_name(run.spec.key))
             except Exception:
                 pass
 
@@ -444,6 +484,7 @@ class RayExecutor(Executor):
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._silenced = True
+        self._stop.set()
         try:
             ray.kill(self._mailbox)
         except Exception:
@@ -472,7 +513,8 @@ def start_ray(settings) -> None:
         return
     here = detect(settings.data_dir, settings.node)
     ray.init(num_cpus=settings.max_concurrent_instances * settings.ray_cpus_per_slot,
-             include_dashboard=False, log_to_driver=False, labels=node_labels(here))
+             include_dashboard=False, log_to_driver=False, labels=node_labels(here),
+             _node_ip_address=settings.resolved_ray_node_ip)
     address = ray.get_runtime_context().gcs_address
     (settings.data_dir / "ray-address").write_text(address + "\n")
     log.info("started a Ray head at %s; add nodes with: qcompute node join %s", address, address)

@@ -1,0 +1,25 @@
+"""Which address the Ray head a server starts is reached at (``ray_node_ip``); the head itself
+is started on a real address in tests/netns."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from qcompute.server.settings import ServerSettings
+
+
+@pytest.mark.parametrize("host,node_ip,resolved", [
+    ("127.0.0.1", "", None),  # loopback: other nodes cannot reach it, so Ray picks
+    ("0.0.0.0", "", None),  # every address: Ray picks one
+    ("localhost", "", None),  # a name: Ray wants an address
+    ("10.213.0.1", "", "10.213.0.1"),  # the API's address
+    ("10.213.0.1", "192.0.2.7", "192.0.2.7"),  # said outright
+])
+def test_the_head_is_reached_at_the_node_ip_or_the_api_address(tmp_path, host, node_ip, resolved):
+    settings = ServerSettings(data_dir=tmp_path, host=host, ray_node_ip=node_ip)
+    assert settings.resolved_ray_node_ip == resolved
+
+
+def test_a_node_ip_that_is_no_address_is_refused(tmp_path):
+    with pytest.raises(ValidationError, match="ray_node_ip"):
+        ServerSettings(data_dir=tmp_path, ray_node_ip="head.example")
