@@ -47,7 +47,7 @@ from typing import IO, Callable, Optional
 
 from qcompute.server.command import CommandError, split_command
 from qcompute.server.executors.base import (ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                                            Output, Phase, SnapshotRequest, event_to_json)
+                                            Output, Phase, event_to_json)
 from qcompute.server.reaper import TAG_ENV
 from qcompute.server.runner_control import Controller, InstanceControl
 from qcompute.server.runner_files import InfraError as _InfraError
@@ -547,16 +547,7 @@ def _route(line: bytes, specs: queue.SimpleQueue, active: _Active) -> None:
         if current is None or InstanceKey(**message["key"]) != current[0]:
             log.debug("control line for no running instance dropped: %r", line[:200])
             return
-        kind, control = message["control"], current[1]
-        if kind == "snapshot":
-            control.snapshot(SnapshotRequest(**message["request"]))
-        elif kind == "periodic":
-            control.set_periodic(int(message.get("interval_sec") or 0),
-                                 SnapshotRequest.from_dict(message.get("request")))
-        elif kind == "refresh":
-            control.refresh()
-        else:
-            log.warning("unknown control line %r", line[:200])
+        current[1].apply(message)
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("bad control line %r: %s", line[:200], exc)
 

@@ -49,6 +49,19 @@ class InstanceControl:
     def refresh(self) -> bool:
         return self._post(("refresh", None))
 
+    def apply(self, message: dict[str, Any]) -> bool:
+        """Post a control message as ``executors.base.ControlMessages`` makes them; raises
+        KeyError, TypeError or ValueError for a malformed one."""
+        kind = message["control"]
+        if kind == "snapshot":
+            return self.snapshot(SnapshotRequest(**message["request"]))
+        if kind == "periodic":
+            return self.set_periodic(int(message.get("interval_sec") or 0),
+                                     SnapshotRequest.from_dict(message.get("request")))
+        if kind == "refresh":
+            return self.refresh()
+        raise ValueError(f"unknown control {kind!r}")
+
     def _post(self, item: Any, request: bool = True) -> bool:
         with self._lock:
             if self._closed:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 __all__ = [
     "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
@@ -288,6 +288,26 @@ def event_from_json(line: str) -> ExecutorEvent:
     if "keys" in data:
         data["keys"] = tuple(data["keys"])
     return cls(**data)
+
+
+class ControlMessages:
+    """``snapshot``, ``set_periodic_snapshot`` and ``refresh_resources`` as control messages
+    (``{"control": kind, ...}``, JSON-ready) handed to ``_control``, for executors whose
+    instances run in another process; the runner posts them with ``InstanceControl.apply``."""
+
+    def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
+        self._control(key, {"control": "snapshot", "request": asdict(request)})
+
+    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
+                              request: Optional[SnapshotRequest]) -> None:
+        self._control(key, {"control": "periodic", "interval_sec": interval_sec,
+                            "request": asdict(request) if request else None})
+
+    def refresh_resources(self, key: InstanceKey) -> None:
+        self._control(key, {"control": "refresh"})
 
 
 class Executor(abc.ABC):

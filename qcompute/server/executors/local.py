@@ -50,7 +50,7 @@ from qcompute.server.reaper import TAG_ENV, Reaper, kill_tagged, new_tag
 from qcompute.server.runner import ACCEPTED, ALIVE, HEARTBEAT_ENV, SANDBOX_ENV, pdeathsig_preexec
 from qcompute.server.sandbox import SandboxConfig
 
-from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, SnapshotRequest,
+from .base import (ControlMessages, Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                    event_from_json)
 
 __all__ = ["LocalExecutor"]
@@ -96,7 +96,7 @@ class _Slot:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # nudges the thread
 
 
-class LocalExecutor(Executor):
+class LocalExecutor(ControlMessages, Executor):
     """Runs up to ``capacity`` instances at once in warm runner workers of ``python``, each
     keeping the instances' ``sandbox`` (none by default). A worker silent for ``stall_seconds``
     while it holds an instance is killed (0: never)."""
@@ -192,17 +192,6 @@ class LocalExecutor(Executor):
                 run.backstop.start()
                 return
         self._report_end(Finished(key, exit_code=None, cancelled=True))
-
-    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
-        self._control(key, {"control": "snapshot", "request": asdict(request)})
-
-    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
-                              request: Optional[SnapshotRequest]) -> None:
-        self._control(key, {"control": "periodic", "interval_sec": interval_sec,
-                            "request": asdict(request) if request else None})
-
-    def refresh_resources(self, key: InstanceKey) -> None:
-        self._control(key, {"control": "refresh"})
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         line = (json.dumps({**message, "key": asdict(key)}) + "\n").encode()

@@ -36,7 +36,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
 import ray
@@ -45,8 +45,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qcompute.server.hardware import NodeCapabilities, detect, slugify_cpu_model
 from qcompute.server.sandbox import SandboxConfig
 
-from .base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec, Placed,
-                   SnapshotRequest)
+from .base import (ControlMessages, Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
+                   Placed)
 
 __all__ = ["RayExecutor", "NODE_ENV", "node_labels", "start_ray", "use_token"]
 
@@ -149,16 +149,13 @@ def _worker_sandbox(config_json: str):
 def _listen(mailbox, box: str, cancel: threading.Event, control) -> None:
     """The instance's listener: control messages from the mailbox, until None."""
     while (message := ray.get(mailbox.take.remote(box))) is not None:
-        kind = message.get("control")
-        if kind == "cancel":
+        if message.get("control") == "cancel":
             cancel.set()
-        elif kind == "snapshot":
-            control.snapshot(SnapshotRequest(**message["request"]))
-        elif kind == "periodic":
-            control.set_periodic(int(message.get("interval_sec") or 0),
-                                 SnapshotRequest.from_dict(message.get("request")))
-        elif kind == "refresh":
-            control.refresh()
+            continue
+        try:
+            control.apply(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("bad control message %r: %s", message, exc)
 
 
 def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[ExecutorEvent]:
@@ -221,7 +218,7 @@ class _Run:
         self.ended = False  # its Finished is delivered: later events of its stream are dropped
 
 
-class RayExecutor(Executor):
+class RayExecutor(ControlMessages, Executor):
     """Runs instances as Ray tasks on the cluster this process is connected to (``ray.init``
     is the caller's), each in ``sandbox`` (none by default), one slot of ``cpus_per_slot``
     CPUs each."""
@@ -387,17 +384,6 @@ class RayExecutor(Executor):
             run.backstop.daemon = True
             run.backstop.start()
         self._post(key, {"control": "cancel"})
-
-    def snapshot(self, key: InstanceKey, request: SnapshotRequest) -> None:
-        self._control(key, {"control": "snapshot", "request": asdict(request)})
-
-    def set_periodic_snapshot(self, key: InstanceKey, interval_sec: int,
-                              request: Optional[SnapshotRequest]) -> None:
-        self._control(key, {"control": "periodic", "interval_sec": interval_sec,
-                            "request": asdict(request) if request else None})
-
-    def refresh_resources(self, key: InstanceKey) -> None:
-        self._control(key, {"control": "refresh"})
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         with self._lock:
