@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Optional, Union
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
@@ -319,6 +322,17 @@ class Executor(abc.ABC):
 
     def __init__(self, on_event: Callable[[ExecutorEvent], None]) -> None:
         self.on_event = on_event
+        self._silenced = False  # set by shutdown(): no more events
+
+    def _deliver(self, event: ExecutorEvent) -> None:
+        """Hand an event to ``on_event`` (none once silenced); what it raises is logged, never
+        raised into the executor's own threads."""
+        if self._silenced:
+            return
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("on_event failed for %r", event)
 
     @property
     @abc.abstractmethod

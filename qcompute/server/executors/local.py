@@ -114,7 +114,6 @@ class LocalExecutor(ControlMessages, Executor):
         self._lock = threading.Condition()
         self._accepting = True
         self._stopping = False  # no more workers are started
-        self._silenced = False  # after shutdown(): no more events
         self._stall = stall_seconds
         pythonpath = os.environ.get("PYTHONPATH")
         self._env = {**os.environ,
@@ -467,14 +466,6 @@ class LocalExecutor(ControlMessages, Executor):
         finally:
             with self._lock:
                 self._reporting.discard(event.key)
-
-    def _deliver(self, event: ExecutorEvent) -> None:
-        if self._silenced:
-            return
-        try:
-            self.on_event(event)
-        except Exception:
-            log.exception("on_event failed for %r", event)
 
     # -- stopping -----------------------------------------------------------------------------
 

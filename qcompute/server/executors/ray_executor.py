@@ -236,7 +236,6 @@ class RayExecutor(ControlMessages, Executor):
         self._lock = threading.Lock()
         self._runs: dict[InstanceKey, _Run] = {}
         self._accepting = True
-        self._silenced = False
         self._nodes: list[_Node] = []
         self._nodes_read = -math.inf
         here = ray.get_runtime_context().get_node_id()
@@ -449,14 +448,6 @@ class RayExecutor(ControlMessages, Executor):
                 self._mailbox.forget.remote(_box_name(run.spec.key))
             except Exception:
                 pass
-
-    def _deliver(self, event: ExecutorEvent) -> None:
-        if self._silenced:
-            return
-        try:
-            self.on_event(event)
-        except Exception:
-            log.exception("on_event failed for %r", event)
 
     def shutdown(self) -> None:
         with self._lock:
