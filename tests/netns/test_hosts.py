@@ -3,11 +3,14 @@ node joined with ``qcompute node join`` on host 2, each in its own network names
 each other only through their addresses on the bridge. Instances run sandboxed, with the
 instance network on: those on host 2 reach host 1's API and S3 through pasta.
 
-The link cut comes last in the file, and its test joins host 2 again when done.
+The faults that lose host 2 come last in the file; each test joins host 2 again when done.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,17 +85,34 @@ def test_a_label_constraint_selects_host_2(deployment, tmp_path):
     assert got.read_text() == "from host 1's store"
 
 
-def test_cutting_host_2s_link_requeues_its_instances_on_host_1(deployment):
-    """Host 2 unplugged mid-run: Ray declares its node dead, its instances end with an
-    infrastructure failure (recorded) and run again on host 1; the task succeeds. Host 2 joins
-    again afterwards (a new Ray node: the dead one cannot come back)."""
+def _raylet_of(host) -> int:
+    """The pid of the host's raylet (its Ray node's agent), found among the host's processes."""
+    for pid in host.pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"/raylet"):
+            return pid
+    raise AssertionError(f"no raylet among {host.name}'s processes")
+
+
+@pytest.mark.parametrize("fault", ["raylet killed", "link cut"])
+def test_host_2_lost_mid_run_requeues_its_instances_on_host_1(deployment, fault):
+    """Host 2's raylet SIGKILLed, or its cable unplugged, mid-run: Ray declares its node dead,
+    its instances end with an infrastructure failure (recorded) and run again on host 1; the
+    task succeeds. Host 2 joins again afterwards (a new Ray node: the dead one cannot come
+    back)."""
     h1, h2 = deployment.node_of(deployment.h1), deployment.node_of(deployment.h2)
     uuid = deployment.submit("sh -c 'echo node=$QCOMPUTE_NODE; sleep 8'",
                              instanceCount=H1_SLOTS + H2_SLOTS)
     on_h2 = wait_for(lambda: (found := [i.instance_id for i in deployment.instances(uuid)
                                         if i.state == "Running" and (i.node or {}).get("id") == h2])
                      and len(found) == H2_SLOTS and found, 60, "instances running on host 2")
-    deployment.h2.set_link(False)
+    if fault == "link cut":
+        deployment.h2.set_link(False)
+    else:
+        os.kill(_raylet_of(deployment.h2), signal.SIGKILL)
     try:
         failed = wait_for(lambda: (found := [i for i in deployment.instances(uuid)
                                              if i.infra_failures])
