@@ -248,3 +248,21 @@ def test_bad_pool_requests_are_named(roomy):
     assert roomy.get("/pools/unknown").status_code == 404
     assert roomy.post("/pools/unknown/close").status_code == 404
     assert roomy.post("/pools", json=[{"name": "p"}]).status_code == 400
+
+
+def test_a_fresh_read_of_a_pool_deleted_meanwhile_is_a_404(roomy, monkeypatch):
+    """The scheduler ends a pool's deletion on its own: a fresh read that found the pool, then
+    records its cursor after the row is gone, answers 404 (it was a 500: a foreign key)."""
+    from types import SimpleNamespace
+
+    from qcompute.server.services import pools as service
+
+    uuid = make_pool(roomy)
+    found = service.get_pool
+    monkeypatch.setattr(service, "get_pool", lambda *args: SimpleNamespace(
+        id=10**6, state=found(*args).state))  # the row it names is gone by the insert
+    response = roomy.post(f"/pools/{uuid}/stdout/7")
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "pool_not_found"
+    monkeypatch.setattr(service, "get_pool", found)
+    assert roomy.post(f"/pools/{uuid}/stdout/7").status_code == 200  # the request lost nothing

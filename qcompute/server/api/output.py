@@ -19,9 +19,11 @@ from typing import Annotated, Callable, Optional
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db.models import User
+from ..errors import NotFound
 from ..schemas.common import MAX_INSTANCE_ID
 from ..services.output import STREAMS, TASK_LEVEL
 from .deps import AppContext, ContextDep, CurrentUser, RawBody, SessionDep, signed_in
@@ -54,7 +56,11 @@ def add_output_routes(router: APIRouter, kind: str, part: str, find: Find, curso
         if row is None:
             row = cursor(**{owner_key: owner_id}, instance_id=instance_id, stream=stream,
                          offset=0)
-            session.add(row)
+            try:
+                with session.begin_nested():  # the scheduler may end a delete of it meanwhile
+                    session.add(row)
+            except IntegrityError:
+                raise NotFound(f"{kind} {uuid} not found", code=f"{kind}_not_found") from None
         text, row.offset = ctx.outputs.read(uuid, instance_id, stream, since=row.offset)
         return text
 
