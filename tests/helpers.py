@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qcompute.server.storage.seaweed import SeaweedFS
 from qcompute.server.testing import free_port
@@ -51,3 +52,17 @@ def s3_client(weed: SeaweedFS, access_key: str | None = None,
               secret_key: str | None = None) -> Any:
     """A boto3 S3 client on ``weed``: the admin's unless keys are given."""
     return weed.client(access_key or weed.admin_access_key, secret_key or weed.admin_secret_key)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
+             interval: float = 0.01) -> Any:
+    """The first true value of ``predicate``, asked every ``interval`` seconds; AssertionError
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout:g} s: {what}")
+        time.sleep(interval)

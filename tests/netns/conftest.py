@@ -36,6 +36,7 @@ import qcompute
 from qcompute.server.bootstrap import read_token
 from qcompute.server.db.models import Instance, Task
 from qcompute.server.testing import ClusterProcess
+from tests import helpers
 from tests.external_s3 import SeaweedCluster
 
 from .topology import Host, Topology, TopologyError
@@ -51,14 +52,7 @@ CHECKOUT = str(Path(qcompute.__file__).resolve().parents[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout:g} s: {what}")
-        time.sleep(0.2)
+    return helpers.wait_for(predicate, timeout, what, interval=0.2)  # the API, not too often
 
 
 def _process_env(ray_tmp: Path, **more: str) -> dict[str, str]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +19,7 @@ from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.executors.base import (Executor, Finished, InstanceKey, InstanceSpec, Output,
                                             Phase, S3Access, SnapshotDone, SnapshotRequest)
 from qcompute.server.settings import ServerSettings
+from tests.helpers import wait_for  # noqa: F401 (the server tests import it from here)
 
 
 class StubStorage:
@@ -155,15 +155,6 @@ class FakeExecutor(Executor):
         self.specs.pop(key, None)  # as a real executor: running until its Finished is queued
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 class Cluster:
