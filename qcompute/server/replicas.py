@@ -13,7 +13,11 @@ The replicas talk through LISTEN/NOTIFY on the same database:
   submit, an abort, a snapshot ...), for the holder's scheduler;
 * ``qcompute_changes`` and ``qcompute_output``: the task uuids whose state or output changed,
   so that long polls on every replica wake (the :class:`~qcompute.server.changes.TaskChanges`
-  feeds mirror their local publications here).
+  feeds mirror their local publications here);
+* ``qcompute_telemetry``: the holder's latest telemetry sample of each running instance (and
+  the instances that ended), so that every replica's task and pool documents carry it. The
+  sender keeps the latest sample of an instance per batch: about one notification a second per
+  40 running instances.
 
 A holder that loses its lock connection cannot know whether another replica took the lock:
 it stops its process (SIGTERM), and its runners with it.
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import psycopg
 from sqlalchemy.engine import make_url
 
-from .executors.base import InstanceKey
+from .executors.base import InstanceKey, Telemetry
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -45,6 +49,8 @@ __all__ = ["Replica", "LOCK_KEY"]
 
 LOCK_KEY = int.from_bytes(b"qcompute", "big")  # the scheduler's advisory lock (a bigint)
 EVENTS, CHANGES, OUTPUT = "qcompute_events", "qcompute_changes", "qcompute_output"
+TELEMETRY = "qcompute_telemetry"
+CHANNELS = (EVENTS, CHANGES, OUTPUT, TELEMETRY)
 _PAYLOAD_BYTES = 7000  # NOTIFY's payload must stay under 8000 bytes
 
 
@@ -71,6 +77,28 @@ def decode_event(data: dict, kinds: dict[str, type]) -> Any:
     return kinds[data["type"]](**fields)
 
 
+def encode_telemetry(item: "Telemetry | InstanceKey") -> list:
+    """``[key]`` for an instance that ended, ``[key, *values]`` for a sample."""
+    if isinstance(item, InstanceKey):
+        return [dataclasses.astuple(item)]
+    values = [getattr(item, f.name) for f in dataclasses.fields(item)
+              if f.init and f.name != "key"]
+    return [dataclasses.astuple(item.key), *values]
+
+
+def apply_telemetry(store, items: list) -> None:
+    for key, *values in items:
+        key = InstanceKey(*key)
+        if values:
+            store.update(Telemetry(key, *values), mirror=False)
+        else:
+            store.forget(key, mirror=False)
+
+
+def _latest_per_instance(items: list) -> list:
+    return list({tuple(item[0]): item for item in items}.values())
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -89,7 +117,7 @@ class Replica:
         self._stopped = threading.Event()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._listen = self._connect()
-        for channel in (EVENTS, CHANGES, OUTPUT):
+        for channel in CHANNELS:
             self._listen.execute(f"LISTEN {channel}")
         self._listener = threading.Thread(target=self._run, name="qcompute-replica",
                                           daemon=True)
@@ -105,6 +133,8 @@ class Replica:
         scheduler = self.scheduler
         scheduler.changes.mirror = lambda uuids: self._outbox.put((CHANGES, uuids))
         self.outputs.changes.mirror = lambda uuids: self._outbox.put((OUTPUT, uuids))
+        scheduler.telemetry.mirror = \
+            lambda item: self._outbox.put((TELEMETRY, [encode_telemetry(item)]))
         self._sender.start()
         if not self._try_lock():
             scheduler.relay = lambda event: self._outbox.put((EVENTS, [encode_event(event)]))
@@ -162,7 +192,7 @@ class Replica:
                 self._stopped.wait(self.retry_seconds)
                 try:
                     self._listen = self._connect()
-                    for channel in (EVENTS, CHANGES, OUTPUT):
+                    for channel in CHANNELS:
                         self._listen.execute(f"LISTEN {channel}")
                 except psycopg.Error:
                     continue
@@ -178,6 +208,8 @@ class Replica:
             self.scheduler.changes.publish(message["items"], mirror=False)
         elif channel == OUTPUT:
             self.outputs.changes.publish(message["items"], mirror=False)
+        elif channel == TELEMETRY:
+            apply_telemetry(self.scheduler.telemetry, message["items"])
 
     def _send_all(self) -> None:
         """One thread sends every notification: what queued up meanwhile goes in one batch."""
@@ -200,9 +232,12 @@ class Replica:
                 connection = connection if connection and not connection.closed \
                     else self._connect()
                 for channel, items in merged.items():
-                    if channel != EVENTS:
+                    if channel == TELEMETRY:
+                        items = _latest_per_instance(items)
+                    elif channel != EVENTS:
                         items = sorted(set(items))
-                    for part in _chunks(items, 100 if channel == EVENTS else 150):
+                    size = {EVENTS: 100, TELEMETRY: 40}.get(channel, 150)
+                    for part in _chunks(items, size):
                         payload = json.dumps({"from": self.id, "items": part})
                         if len(payload) > _PAYLOAD_BYTES:  # large events: one by one
                             for item in part:

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qcompute.server.bootstrap import client_config_path, read_token
-from qcompute.server.executors.base import InstanceKey
+from qcompute.server.executors.base import InstanceKey, Telemetry
 from qcompute.server.replicas import decode_event, encode_event
 from qcompute.server.scheduler import Scheduler
 
@@ -65,6 +65,30 @@ def test_a_change_on_the_holder_wakes_a_watcher_on_the_standby(pair):
             await asyncio.wait_for(changed, 10)
 
     asyncio.run(watch())  # woken through NOTIFY, or a TimeoutError
+
+
+def test_the_standby_serves_the_holders_telemetry_and_running_count(pair):
+    a, b = pair
+    uuid = a.submit()
+    [key] = a.wait_dispatched(uuid, 1)
+    a.executor.start(key)
+    a.executor.on_event(Telemetry(key, cpu_usage=42.0, cpu_seconds=3.0, memory_mb=64.0,
+                                  max_memory_mb=80.0, memory_limit_mb=1024.0,
+                                  network_in_kbps=1.5, network_out_kbps=2.5,
+                                  frequency_ghz=2.0, max_frequency_ghz=3.0))
+
+    def standby_info():
+        info = b.get(f"/tasks/{uuid}").json()["status"]["runningInstancesInfo"]
+        return info["perRunningInstanceInfo"]
+
+    [entry] = wait_for(lambda: [e for e in standby_info() if e["cpuUsage"] == 42.0])
+    assert (entry["currentMemoryMB"], entry["maxMemoryMB"]) == (64, 80)
+    assert b.get("/health").json()["running"] == a.get("/health").json()["running"] == 1
+    a.executor.run(key, exit_code=0)
+    b.wait_state(uuid, "Success")
+    standby_store = b.client.app.state.ctx.scheduler.telemetry
+    wait_for(lambda: standby_store.get(key) is None)  # the end is relayed too
+    assert b.get("/health").json()["running"] == 0
 
 
 def test_events_cross_as_json_unchanged():

@@ -16,7 +16,7 @@ from qcompute.states import TaskState as T
 from ..db.models import Instance, Pool, Task
 from ..errors import NotFound, StorageUnavailable
 from ..services import hardware
-from ..services.health import OK, check_parts
+from ..services.health import OK, active_instances, check_parts
 from ..services.users import storage_keys
 from .deps import ContextDep, CurrentUser, SessionDep
 from .rendering import JSONRoute
@@ -42,7 +42,8 @@ def health(ctx: ContextDep):
             "capacity": ctx.scheduler.executor.capacity,
             # with replicas on PostgreSQL, one runs the scheduler and the others stand by
             "role": "scheduler" if ctx.scheduler.started else "standby",
-            "running": len(ctx.scheduler.executor.running()),
+            "running": len(ctx.scheduler.executor.running()) if ctx.scheduler.started
+            else active_instances(ctx.sessions),
             "nodes": _nodes(ctx)}
     return body if healthy else JSONResponse(body, status_code=503)
 

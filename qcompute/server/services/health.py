@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
+
+from ...states import InstanceState
+from ..db.models import Instance
 
 if TYPE_CHECKING:
     from ..scheduler import Scheduler
     from ..storage import StorageBackend
 
-__all__ = ["OK", "check_parts"]
+__all__ = ["OK", "check_parts", "active_instances"]
 
 OK = "ok"
 
@@ -44,3 +47,12 @@ def _part(check: Callable[[], Optional[str]]) -> str:
 def _database(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         session.execute(text("SELECT 1")).scalar_one()
+
+
+def active_instances(sessions: sessionmaker[Session]) -> int:
+    """Instances handed to an executor and not finished, cluster-wide (what a standby
+    replica, whose own executor runs nothing, reports)."""
+    active = [state.value for state in InstanceState if state.is_active()]
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Instance)
+                              .where(Instance.state.in_(active)))

@@ -2,12 +2,14 @@
 
 Runners sample each running instance about once a second (``executors.base.Telemetry``); the
 scheduler keeps the latest sample of each in a :class:`TelemetryStore`, in memory: it changes
-every second and means nothing once the instance has ended or the server has restarted.
+every second and means nothing once the instance has ended or the server has restarted. With
+several replicas, ``mirror`` (set by ``replicas.py``) relays the scheduler's samples to the
+standbys' stores.
 """
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ..executors.base import InstanceKey, Telemetry
 
@@ -23,12 +25,18 @@ class TelemetryStore:
 
     def __init__(self) -> None:
         self._latest: dict[InstanceKey, Telemetry] = {}
+        # called with each sample, and with the key of each forgotten instance
+        self.mirror: Optional[Callable[[Telemetry | InstanceKey], None]] = None
 
-    def update(self, sample: Telemetry) -> None:
+    def update(self, sample: Telemetry, *, mirror: bool = True) -> None:
         self._latest[sample.key] = sample
+        if mirror and self.mirror is not None:
+            self.mirror(sample)
 
-    def forget(self, key: InstanceKey) -> None:
+    def forget(self, key: InstanceKey, *, mirror: bool = True) -> None:
         self._latest.pop(key, None)
+        if mirror and self.mirror is not None:
+            self.mirror(key)
 
     def get(self, key: InstanceKey) -> Optional[Telemetry]:
         return self._latest.get(key)
