@@ -25,6 +25,19 @@ def _private_etag_cache(tmp_path_factory):
         os.environ["QCOMPUTE_CACHE_DIR"] = previous
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory):
+    """The clusters `qcompute up` records go to a temporary dir, not the user's ~/.local/state
+    (subprocesses too)."""
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     weed = start_seaweed(tmp_path_factory.mktemp("seaweed"))

@@ -1,6 +1,6 @@
-"""The ``qcompute`` command: the embedded cluster (up, down, status, server, node join), users,
-login, batch files (validate, submit) and a command group for every object (task, bucket, pool,
-job)."""
+"""The ``qcompute`` command: the embedded cluster (up, down, status, logs, server, node join),
+users, login, batch files (validate, submit) and a command group for every object (task, bucket,
+pool, job)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ from qcompute._version import __version__
 from ._common import Group, State
 from .batch import submit, validate
 from .buckets import bucket
-from .cluster import down, server, status, up
+from .cluster import down, logs, server, status, up
 from .completion import completion
 from .jobs import job
 from .login import login
@@ -37,6 +37,6 @@ def main(ctx: click.Context, verbose: bool, profile: str) -> None:
         logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-for command in (up, down, status, server, node, user, login, validate, submit, task, bucket, pool,
-                job, completion):
+for command in (up, down, status, logs, server, node, user, login, validate, submit, task, bucket,
+                pool, job, completion):
     main.add_command(command)

@@ -1,6 +1,7 @@
-"""``qcompute up | down | status | server``: run the embedded cluster."""
+"""``qcompute up | down | status | logs | server``: run the embedded cluster."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -10,12 +11,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import webbrowser
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from qcompute.config import CONFIG_ENV, default_config_path
+
+from ._common import State
+from ._local import (SERVER_LOG_NAME, instance_id, locate, pid_file, recorded_url, remember,
+                     running_pid)
 
 
 def client_config_default() -> str:
@@ -52,19 +58,6 @@ def _settings(data_dir: Optional[str], port: Optional[int], s3_port: Optional[in
         raise click.ClickException(str(exc)) from None
 
 
-def _pid_file(data_dir: Path) -> Path:
-    return data_dir / "server.pid"
-
-
-def _running_pid(data_dir: Path) -> Optional[int]:
-    try:
-        pid = int(_pid_file(data_dir).read_text().split()[0])
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 _PARTS = ("database", "storage", "executor", "scheduler")
 
 
@@ -87,9 +80,19 @@ def _healthy(url: str, timeout: float = 3.0) -> bool:
     return health is not None and health.get("status") == "ok"
 
 
-def _recorded_url(data_dir: Path) -> Optional[str]:
-    parts = _pid_file(data_dir).read_text().split() if _pid_file(data_dir).exists() else []
-    return parts[1] if len(parts) > 1 else None
+def _ours(health: Optional[dict], data_dir: Path) -> bool:
+    """Whether a /health answer comes from the cluster of ``data_dir`` (its instance id)."""
+    return health is not None and health.get("instance") == instance_id(data_dir) is not None
+
+
+def _check_ports(settings) -> None:
+    """Before any set-up: every port the cluster binds is free, else one error naming each
+    taken port, its holder when known, and a free one to use."""
+    from qcompute.server.ports import taken_ports
+
+    taken = taken_ports(settings)
+    if taken:
+        raise click.ClickException("; ".join(taken))
 
 
 _options = [
@@ -119,6 +122,7 @@ def server(data_dir, port, s3_port, workers, executor, ray_address) -> None:
     from qcompute.server.app import create_app
 
     settings = _settings(data_dir, port, s3_port, workers, executor, ray_address)
+    _check_ports(settings)
     os.umask(0o077)  # what the server (and SeaweedFS, the runners) create is private
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 timeout_keep_alive=settings.keep_alive_seconds, log_level="info",
@@ -131,22 +135,31 @@ def server(data_dir, port, s3_port, workers, executor, ray_address) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               default=client_config_default, show_default="$QCOMPUTE_CONFIG or the SDK default",
               help="Where to write the client config.")
-def up(data_dir, port, s3_port, workers, executor, ray_address, timeout, config_path) -> None:
+@click.option("--open", "open_console", is_flag=True,
+              help="Open the web console (<API URL>/console) in a browser once up.")
+def up(data_dir, port, s3_port, workers, executor, ray_address, timeout, config_path,
+       open_console) -> None:
     """Start the cluster in the background and write the client config.
+
+    Every port is checked before anything is set up; on any failure (a taken port, a server
+    that dies while starting, Ctrl-C) no server and no pid file is left behind.
 
     With ``--executor ray`` instances run on the nodes of a Ray cluster: the server starts a
     Ray head (or joins the one at ``--ray-address``); add machines with ``qcompute node join``.
     """
     settings = _settings(data_dir, port, s3_port, workers, executor, ray_address)
     data = settings.data_dir
-    pid = _running_pid(data)
+    pid = running_pid(data)
     if pid is not None:
-        url = _recorded_url(data) or settings.api_url
-        if _healthy(url):
+        url = recorded_url(data) or settings.api_url
+        health = _health(url)
+        if _ours(health, data) and health.get("status") == "ok":
             click.echo(f"qcompute is already up at {url} (pid {pid})")
+            _open(url, open_console)
             return
         raise click.ClickException(f"a server (pid {pid}) runs but is not healthy at {url}; "
                                    "see qcompute status, or qcompute down")
+    _check_ports(settings)
     data.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "qcompute", "server", "--data-dir", str(data),
                "--port", str(settings.port), "--s3-port", str(settings.s3_port),
@@ -154,25 +167,72 @@ def up(data_dir, port, s3_port, workers, executor, ray_address, timeout, config_
                "--executor", settings.executor]
     if settings.ray_address:
         command += ["--ray-address", settings.ray_address]
-    with (data / "server.log").open("ab") as log:
+    with (data / SERVER_LOG_NAME).open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
-    _pid_file(data).write_text(f"{process.pid} {settings.api_url}\n")
-    deadline = time.monotonic() + timeout
-    while not _healthy(settings.api_url, timeout=3.0):
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.terminate()
-            _pid_file(data).unlink(missing_ok=True)
-            raise click.ClickException(
-                f"the server did not become healthy; last log lines:\n{_tail(data / 'server.log')}")
-        time.sleep(0.1)
-    target = Path(config_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data / "qcompute.conf", target)
-    target.chmod(0o600)
+    try:
+        pid_file(data).write_text(f"{process.pid} {settings.api_url}\n")
+        _wait_up(process, settings.api_url, data, timeout)
+        target = Path(config_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "qcompute.conf", target)
+        target.chmod(0o600)
+        remember(settings.api_url, data)
+    except BaseException:  # a taken port, a crash, Ctrl-C: nothing stays behind
+        _stop_group(process)
+        pid_file(data).unlink(missing_ok=True)
+        raise
     click.echo(f"qcompute is up at {settings.api_url} (pid {process.pid}); "
                f"client config written to {target}")
+    _open(settings.api_url, open_console)
+
+
+def _wait_up(process: subprocess.Popen, url: str, data: Path, timeout: float) -> None:
+    """Until ``url`` answers healthy with this data dir's instance id (another cluster's
+    /health never counts), the server exits, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = _health(url, timeout=3.0)
+        if _ours(health, data) and health.get("status") == "ok":
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            why = (f"exited with code {process.returncode}" if process.poll() is not None
+                   else f"was not healthy within {timeout:g} s")
+            if health is not None and not _ours(health, data):
+                why += f"; another cluster (instance {health.get('instance')}) answers at {url}"
+            log = data / SERVER_LOG_NAME
+            raise click.ClickException(f"the server {why}; last lines of {log}:\n{_tail(log)}")
+        time.sleep(0.1)
+
+
+def _stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the server's session (it stops SeaweedFS and its runners), SIGKILL to what
+    is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGKILL)  # a straggler of the session, if any
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    process.poll()
+
+
+def _open(api_url: str, wanted: bool) -> None:
+    if not wanted:
+        return
+    url = f"{api_url}/console"
+    if webbrowser.open(url):
+        click.echo(f"opened {url}")
+    else:
+        click.echo(f"no browser found: open {url}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -182,40 +242,56 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+_find_option = click.option(
+    "--data-dir", help="The cluster's data dir [$QCOMPUTE_SERVER_DATA_DIR, else the one of the "
+                       "cluster URL in the client config (--profile), else the default].")
+
+
+def _find(data_dir: Optional[str]) -> tuple[Path, str]:
+    """The data dir to act on (see :func:`._local.locate`), for the global ``--profile``."""
+    state = click.get_current_context().find_object(State)
+    return locate(data_dir, state.profile if state else None)
+
+
 @click.command()
-@click.option("--data-dir", help="The cluster's data dir [platformdirs data dir].")
+@_find_option
 @click.option("--timeout", default=30.0, show_default=True,
               help="Seconds to wait before killing the server.")
 def down(data_dir, timeout) -> None:
     """Stop the background cluster (server and storage); leaves no process behind."""
-    data = _data_dir(data_dir)
-    pid = _running_pid(data)
+    data, how = _find(data_dir)
+    pid = running_pid(data)
     if pid is None:
-        _pid_file(data).unlink(missing_ok=True)
-        click.echo("qcompute is not running")
+        pid_file(data).unlink(missing_ok=True)
+        click.echo(f"qcompute is not running (data dir {data}, from {how})")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _running_pid(data) == pid and time.monotonic() < deadline:
+    while running_pid(data) == pid and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _running_pid(data) == pid:
+    if running_pid(data) == pid:
         os.killpg(pid, signal.SIGKILL)  # the server's session: SeaweedFS and runners with it
         click.echo(f"the server did not stop within {timeout:.0f} s: killed")
-    _pid_file(data).unlink(missing_ok=True)
-    click.echo(f"qcompute stopped (pid {pid})")
+    pid_file(data).unlink(missing_ok=True)
+    click.echo(f"qcompute stopped (pid {pid}, data dir {data})")
 
 
 @click.command()
-@click.option("--data-dir", help="The cluster's data dir [platformdirs data dir].")
+@_find_option
 def status(data_dir) -> None:
     """Report each part's state and what runs where; exit code 1 unless every part is ok."""
-    data = _data_dir(data_dir)
-    pid = _running_pid(data)
+    data, how = _find(data_dir)
+    pid = running_pid(data)
     if pid is None:
-        click.echo(f"qcompute is down (data dir {data})")
+        click.echo(f"qcompute is down (data dir {data}, from {how})")
         raise SystemExit(1)
-    url = _recorded_url(data) or "?"
+    url = recorded_url(data) or "?"
     health = _health(url) if url != "?" else None
+    if health is not None and not _ours(health, data):
+        click.echo(f"server:    pid {pid}, API {url} (answered by another cluster, instance "
+                   f"{health.get('instance')})")
+        click.echo(f"data dir:  {data} (from {how})")
+        raise SystemExit(1)
     healthy = health is not None and health.get("status") == "ok"
     state = "not answering" if health is None else "healthy" if healthy else "DEGRADED"
     click.echo(f"server:    pid {pid}, API {url} ({state})")
@@ -234,9 +310,41 @@ def status(data_dir) -> None:
         isolation = health.get("isolation", "?")
         click.echo(f"instances: {isolation}" if health.get("sandboxed") else
                    f"instances: WARNING {isolation}: keep this cluster to one trusted user")
-    click.echo(f"data dir:  {data}")
+    click.echo(f"data dir:  {data} (from {how})")
     if not healthy:
         raise SystemExit(1)
+
+
+@click.command()
+@_find_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing lines as the server writes "
+                                                   "them, until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), metavar="N",
+              help="Print only the last N lines [all].")
+def logs(data_dir, follow, lines) -> None:
+    """Print the server's log (``<data dir>/server.log``)."""
+    data, how = _find(data_dir)
+    path = data / SERVER_LOG_NAME
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise click.ClickException(f"no server log at {path} (data dir from {how})") from None
+    out = click.get_binary_stream("stdout")
+    with handle:
+        if lines is not None:  # reads the file through once, keeping its last lines
+            out.write(b"".join(collections.deque(handle, maxlen=lines)))
+        try:
+            while True:
+                chunk = handle.read(64 * 1024)
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                elif not follow:
+                    return
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:  # the way out of --follow
+            return
 
 
 def _node_line(node: dict) -> str:

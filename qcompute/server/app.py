@@ -19,7 +19,7 @@ from qcompute._version import __version__
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .api.limits import BodyLimit
-from .bootstrap import ensure_owner, ensure_storage_keys, make_private
+from .bootstrap import ensure_instance_id, ensure_owner, ensure_storage_keys, make_private
 from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
 from .errors import install_error_handlers
@@ -103,6 +103,7 @@ def create_app(settings: ServerSettings, *, storage=None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         make_private(settings)
+        instance_id = ensure_instance_id(settings)
         sealer = load_sealer(settings)
         if settings.executor == "local":
             log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
@@ -131,7 +132,8 @@ def create_app(settings: ServerSettings, *, storage=None,
                 replica.start()
             else:
                 scheduler.start()
-            app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
+            app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store,
+                                       instance_id)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:

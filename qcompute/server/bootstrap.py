@@ -1,10 +1,11 @@
-"""Every start: the data dir made private, the owner account, and the client config file that
-`qcompute up` hands out."""
+"""Every start: the data dir made private, the cluster's instance id, the owner account, and the
+client config file that `qcompute up` hands out."""
 from __future__ import annotations
 
 import configparser
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,19 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 CLIENT_CONFIG_NAME = "qcompute.conf"
+INSTANCE_ID_NAME = "instance-id"
+
+
+def ensure_instance_id(settings: ServerSettings) -> str:
+    """The cluster's instance id: a random id made on the data dir's first start and kept there.
+    ``GET /health`` carries it, so that ``qcompute up`` tells its own server from another."""
+    path = settings.data_dir / INSTANCE_ID_NAME
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        instance = uuid.uuid4().hex
+        path.write_text(instance + "\n")
+        return instance
 
 
 def make_private(settings: ServerSettings) -> None:

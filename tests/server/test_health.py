@@ -78,3 +78,18 @@ def test_an_executor_whose_workers_cannot_start_is_named(tmp_path):
     finally:
         executor.shutdown()
     assert executor.problem() == "shut down"
+
+
+def _instance_of(data_dir) -> str:
+    settings = ServerSettings(data_dir=data_dir, storage="external")
+    app = create_app(settings, storage=StubStorage(),
+                     executor_factory=lambda on_event: LocalExecutor(on_event, capacity=1))
+    with TestClient(app) as client:
+        return client.get("/health").json()["instance"]
+
+
+def test_health_carries_the_instance_id_made_once_per_data_dir(tmp_path):
+    first = _instance_of(tmp_path / "a")
+    assert len(first) == 32 and (tmp_path / "a" / "instance-id").read_text() == first + "\n"
+    assert _instance_of(tmp_path / "a") == first  # a restart keeps it
+    assert _instance_of(tmp_path / "b") != first  # another data dir: another cluster

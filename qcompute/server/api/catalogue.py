@@ -31,10 +31,12 @@ QARNOT_SDK_AGENT = "qarnot-sdk-python"  # the official SDK: qarnot-sdk-python/v2
 def health(ctx: ContextDep):
     """``parts``: ``database``, ``storage``, ``executor`` and ``scheduler``, each ``ok`` or
     ``down: <why>``. 200 with ``status`` ``ok`` when every part is ok; else 503, ``degraded``.
-    ``role``: ``scheduler`` on the replica that runs the scheduler, else ``standby``."""
+    ``role``: ``scheduler`` on the replica that runs the scheduler, else ``standby``.
+    ``instance``: the id made once per data dir, by which ``qcompute up`` knows its server."""
     parts = check_parts(sessions=ctx.sessions, storage=ctx.storage, scheduler=ctx.scheduler)
     healthy = all(state == OK for state in parts.values())
     body = {"status": "ok" if healthy else "degraded", "parts": parts, "version": __version__,
+            "instance": ctx.instance_id,
             "storage": ctx.storage.endpoint_url, "storageProcess": ctx.storage.describe(),
             "executor": ctx.settings.executor,
             "sandboxed": ctx.scheduler.executor.sandboxed,

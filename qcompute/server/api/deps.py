@@ -22,6 +22,7 @@ class AppContext:
     scheduler: Scheduler
     outputs: OutputStore
     storage: Any  # qcompute.server.storage.StorageBackend
+    instance_id: str = ""  # made once per data dir (bootstrap.ensure_instance_id)
 
 
 # Dependencies that do no I/O are ``async``: FastAPI runs a sync one in the thread pool, and each
