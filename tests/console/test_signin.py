@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.console.test_tasks import shot
 from tests.console.conftest import foreign
 
 
@@ -19,6 +20,7 @@ def test_a_bad_token_is_refused_and_a_good_one_opens_the_task_list(signed_out_pa
     page.fill("#token", "not-a-token")
     page.click("button[type=submit]")
     assert page.locator("#signin-error").inner_text() == "invalid token"
+    shot(page, "signin.png")
     page.fill("#token", owner_token)
     page.click("button[type=submit]")
     page.wait_for_url("**/console/tasks")
