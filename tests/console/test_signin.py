@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.console.test_tasks import shot
-from tests.console.conftest import foreign
+from tests.console.conftest import foreign, shot
 
 
 def test_a_page_asks_to_sign_in_first(signed_out_page):

@@ -2,15 +2,12 @@
 with its live output, abort, delete and rerun-failed; screenshots for docs/console.rst."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from qcompute import MissingTaskException, TaskState
-from tests.console.conftest import PHONE
+from tests.console.conftest import PHONE, shot
 from tests.helpers import sh
 
-SHOTS = Path(__file__).parents[2] / "docs" / "_static" / "console"
 # Instance 2 fails; the others succeed. Each says hello.
 SWEEP = sh('echo "hello from ${INSTANCE_ID}"; echo "warning ${INSTANCE_ID}" >&2; '
            'test "${INSTANCE_ID}" -ne 2')
@@ -29,11 +26,6 @@ def submit(conn, name: str, command: str, count: int = 1, tags=()):
     task.constants["DOCKER_CMD"] = command
     task.tags = list(tags)
     return task.submit()
-
-
-def shot(page, name: str, full_page: bool = False) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name), full_page=full_page)
 
 
 def test_list_page_and_rerun_failed(conn, console_page, new_context, signed_in_state):
