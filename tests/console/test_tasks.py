@@ -2,6 +2,9 @@
 with its live output, abort, delete and rerun-failed; screenshots for docs/console.rst."""
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 
 from qcompute import MissingTaskException, TaskState
@@ -106,3 +109,24 @@ def test_a_running_tasks_log_grows_then_abort_and_delete(conn, console_page):
     assert page.locator(f'tr[data-uuid="{task.uuid}"]').count() == 0
     with pytest.raises(MissingTaskException):
         conn.retrieve_task(task.uuid)
+
+
+def test_the_output_stream_resumes_from_its_last_event_id(conn, console_server,
+                                                          signed_in_state):
+    """A reconnecting EventSource sends the id of the last event it got (the offsets it
+    reached): the stream goes on from there, then ends with the task."""
+    task = submit(conn, "console resume", sh("echo first; echo second"))
+    task.wait(timeout=60)
+    value = next(c["value"] for c in signed_in_state["cookies"]
+                 if c["name"] == "qcompute_console")
+    url = f"{console_server.url}/console/tasks/{task.uuid}/events"
+    headers = {"Cookie": f"qcompute_console={value}", "Last-Event-ID": "6-0"}
+    with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = response.read().decode()
+    events = [dict(line.split(": ", 1) for line in block.splitlines())
+              for block in body.strip().split("\n\n")]
+    assert events[0] == {"retry": "500"}
+    assert [e.get("event") for e in events[1:]] == ["stdout", "state", "end"]
+    assert json.loads(events[1]["data"]) == "second\n" and events[1]["id"] == "13-0"
+    assert json.loads(events[-1]["data"]) == "Success"

@@ -161,6 +161,7 @@ def rerun_failed(uuid: str, session: SessionDep, user: ConsoleUser, ctx: Context
 # -- live output --------------------------------------------------------------------------------
 
 TICK_SECONDS = 5.0  # without news, the page's status (telemetry) is refreshed this often
+RECONNECT_MS = 500  # how soon the browser reconnects to a stream that ended early
 
 
 def _event(name: str, data: Any, event_id: Optional[str] = None) -> str:
@@ -177,11 +178,19 @@ def _offsets(last_event_id: Optional[str]) -> dict[str, int]:
         return {"stdout": 0, "stderr": 0}
 
 
-def _task_state(ctx: AppContext, request: Request, owner: Optional[str], uuid: str) -> str:
-    """The task's state, checked in a short session of its own (nothing held between reads)."""
+def _read(ctx: AppContext, request: Request, owner: Optional[str], uuid: str,
+          offsets: dict[str, int]) -> tuple[str, dict[str, str]]:
+    """The task's state (checked in a short session of its own: a stream holds no
+    connection), then its output past ``offsets`` (moved on): read after the state, so a
+    final state means all the output."""
     with ctx.sessions() as session:
         user = signed_in_user(request, session)
-        return service.get_task(session, scoped_user(session, user, owner), uuid).state
+        state = service.get_task(session, scoped_user(session, user, owner), uuid).state
+    texts = {}
+    for stream in STREAMS:
+        texts[stream], offsets[stream] = ctx.outputs.read(uuid, TASK_LEVEL, stream,
+                                                          since=offsets[stream])
+    return state, texts
 
 
 @router.get("/tasks/{uuid}/events")
@@ -191,38 +200,47 @@ async def task_events(uuid: str, request: Request, ctx: ContextDep,
     """Server-sent events of the task's output as it arrives (``stdout``/``stderr``: the new
     text), its state changes (``state``), a ``tick`` every few quiet seconds while it runs,
     and ``end`` once it is final and all its output sent (or it is gone). Woken by the same
-    changes as the API's ``?offset&wait`` long poll."""
-    load = partial(_task_state, ctx, request, owner, uuid)
-    state = await run_in_threadpool(load)  # a bad request fails here, as a page would
+    changes as the API's ``?offset&wait`` long poll. Like a long poll, one stream lasts at
+    most ``long_poll_max_seconds`` (so the server can stop): the browser then reconnects,
+    and resumes from the offsets in its last event id."""
     offsets = _offsets(last_event_id)
+    read = partial(_read, ctx, request, owner, uuid, offsets)
+    state, texts = await run_in_threadpool(read)  # a bad request fails here, as a page would
 
     async def events() -> AsyncIterator[str]:
-        nonlocal state
-        shown = known
+        nonlocal state, texts
+        shown, sent = known, dict(offsets)  # what the browser has
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.settings.long_poll_max_seconds
+        yield f"retry: {RECONNECT_MS}\n\n"
         while True:
+            for stream in STREAMS:
+                if texts[stream]:
+                    sent[stream] = offsets[stream]
+                    yield _event(stream, texts[stream], f"{sent['stdout']}-{sent['stderr']}")
+            if state != shown:
+                yield _event("state", state)
+                shown = state
+            if TaskState(state).is_final():
+                yield _event("end", state)
+                return
+            if loop.time() >= deadline:
+                return
             with ctx.outputs.changes.watching([uuid]) as wrote, \
                     ctx.scheduler.changes.watching([uuid]) as changed:
                 try:
-                    state = await run_in_threadpool(load)
+                    state, texts = await run_in_threadpool(read)  # nothing slips in between
+                    if not (any(texts.values()) or state != shown or
+                            TaskState(state).is_final()):
+                        done, _ = await asyncio.wait(
+                            {wrote, changed}, timeout=min(TICK_SECONDS, deadline - loop.time()),
+                            return_when=asyncio.FIRST_COMPLETED)
+                        if not done:
+                            yield _event("tick", state)
+                        state, texts = await run_in_threadpool(read)
                 except (DomainError, SignInRequired):  # deleted, or signed out meanwhile
                     yield _event("end", "gone")
                     return
-                final = TaskState(state).is_final()  # read before the output: then all of it
-                for stream in STREAMS:
-                    text, offsets[stream] = ctx.outputs.read(uuid, TASK_LEVEL, stream,
-                                                             since=offsets[stream])
-                    if text:
-                        yield _event(stream, text, f"{offsets['stdout']}-{offsets['stderr']}")
-                if state != shown:
-                    yield _event("state", state)
-                    shown = state
-                if final:
-                    yield _event("end", state)
-                    return
-                done, _ = await asyncio.wait({wrote, changed}, timeout=TICK_SECONDS,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    yield _event("tick", state)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
