@@ -130,3 +130,18 @@ def test_the_output_stream_resumes_from_its_last_event_id(conn, console_server,
     assert [e.get("event") for e in events[1:]] == ["stdout", "state", "end"]
     assert json.loads(events[1]["data"]) == "second\n" and events[1]["id"] == "13-0"
     assert json.loads(events[-1]["data"]) == "Success"
+
+
+def test_a_refused_action_is_shown_in_the_page(conn, console_page, console_server):
+    """An htmx action the service refuses (abort a finished task) answers its message,
+    aimed at the page's #flash."""
+    task = submit(conn, "console done", sh("true"))
+    task.wait(timeout=60)
+    page = console_page
+    page.goto(f"/console/tasks/{task.uuid}")
+    csrf = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    response = page.request.post(f"/console/tasks/{task.uuid}/abort", headers={
+        "Origin": console_server.url, "X-CSRF-Token": csrf, "HX-Request": "true"})
+    assert response.status == 403
+    assert response.headers["hx-retarget"] == "#flash"
+    assert f"task {task.uuid} is already Success" in response.text()

@@ -22,7 +22,6 @@ from ..api.deps import AppContext, ContextDep, SessionDep
 from ..api.tasks import delete_and_stop, submit_one
 from ..db.models import Task, TaskTag, User, utcnow
 from ..errors import DomainError, validate
-from ..executors.base import InstanceKey
 from ..schemas import PageRequest
 from ..services import listing
 from ..services import tasks as service
@@ -77,7 +76,8 @@ def task_list(request: Request, session: SessionDep, user: ConsoleUser,
     return render(request, "tasks/list.html", {
         "user": user, "section": "tasks", "rows": rows, "next_token": next_token,
         "whose": whose, "owners": list_users(session) if user.is_owner else [],
-        "states": [s.value for s in TaskState if s not in _HIDDEN_STATES], "state": state or "", "tag": tag or "",
+        "states": [s.value for s in TaskState if s not in _HIDDEN_STATES],
+        "state": state or "", "tag": tag or "",
         "first_page": not token, "query": [(k, v) for k, v in (
             ("owner", owner if whose.id != user.id else None), ("state", state), ("tag", tag))
             if v],
