@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
+from . import console
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .api.limits import BodyLimit
@@ -134,6 +135,7 @@ def create_app(settings: ServerSettings, *, storage=None,
                 scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store,
                                        instance_id)
+            app.state.sealer = sealer  # the console seals its session cookie with it
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:
@@ -155,5 +157,6 @@ def create_app(settings: ServerSettings, *, storage=None,
     if settings.fault_injection:
         from .api import faults
         app.include_router(faults.router)
+    console.install(app)
     openapi.install(app)
     return app
