@@ -40,13 +40,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                            PlacementGroupSchedulingStrategy)
 
 from qcompute.server.hardware import NodeCapabilities, detect, slugify_cpu_model
 from qcompute.server.sandbox import SandboxConfig
 
 from .base import (ControlMessages, Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                   Placed)
+                   Placed, PoolSlots)
 
 __all__ = ["RayExecutor", "NODE_ENV", "node_labels", "start_ray", "use_token"]
 
@@ -166,10 +168,12 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[Executo
     from qcompute.server.sandbox import SandboxError
 
     taken_at = time.time()
-    node_id, hostname = ray.get_runtime_context().get_node_id(), socket.gethostname()
+    context = ray.get_runtime_context()
+    node_id, hostname = context.get_node_id(), socket.gethostname()
     spec = InstanceSpec.from_json(spec_json)
     spec = replace(spec, env={**spec.env, NODE_ENV: f"{hostname}/{node_id}"})
-    yield Placed(spec.key, node_id=node_id, hostname=hostname)
+    yield Placed(spec.key, node_id=node_id, hostname=hostname,
+                 placement_group=context.get_placement_group_id())
     try:
         sandbox = _worker_sandbox(sandbox_json)
     except (SandboxError, OSError) as exc:
@@ -208,10 +212,40 @@ def _box_name(key: InstanceKey) -> str:
 
 # -- the server side --------------------------------------------------------------------------
 
+class _Group:
+    """One placement group of a pool: the slots it took in one round, one bundle each."""
+
+    def __init__(self, pool_uuid: str, slots: frozenset[int], bundle: dict[str, float],
+                 selector: dict[str, str]) -> None:
+        self.slots, self.released = slots, set()  # released: given back, still reserved
+        self.retired = False  # all its slots were given back: removed once nothing runs in it
+        self.runs: set[InstanceKey] = set()
+        self.selector = selector
+        self.pg = placement_group([bundle] * len(slots), strategy="PACK",
+                                  name=f"qcompute-pool-{pool_uuid}",
+                                  bundle_label_selector=[selector] * len(slots) if selector
+                                  else None)
+
+    @property
+    def free(self) -> int:
+        return len(self.slots) - len(self.released) - len(self.runs)
+
+    def state(self) -> dict[str, Any]:
+        """Ray's view of the group: ``id``, ``state`` (PENDING until placed, CREATED) and
+        ``schedulingState`` (why a pending group waits: NO_RESOURCES, INFEASIBLE, ...)."""
+        info = placement_group_table(self.pg) or {}
+        return {"id": self.pg.id.hex(), "bundles": len(self.slots),
+                "labelSelector": self.selector,
+                "state": info.get("state", "UNKNOWN"),
+                "schedulingState": (info.get("stats") or {}).get("scheduling_state")}
+
+
 class _Run:
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
         self.stream: Any = None  # the ObjectRefGenerator
+        self.options: dict[str, Any] = {}  # what it asked Ray for
+        self.group: Optional[_Group] = None  # its pool's placement group
         self.node_id: Optional[str] = None
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
@@ -238,6 +272,7 @@ class RayExecutor(ControlMessages, Executor):
         self._accepting = True
         self._nodes: list[_Node] = []
         self._nodes_read = -math.inf
+        self._groups: dict[str, list[_Group]] = {}  # by pool uuid
         here = ray.get_runtime_context().get_node_id()
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -347,6 +382,75 @@ class RayExecutor(ControlMessages, Executor):
             options["resources"] = resources
         return options
 
+    # -- pools ----------------------------------------------------------------------------------
+
+    def hold_pool_slots(self, pools: dict[str, PoolSlots]) -> None:
+        """Each pool's slots as placement groups: the slots a pool takes in one round are one
+        group of one bundle each (``cpus_per_slot`` CPUs and the custom resources its
+        constraints name, on nodes its label constraints select). Ray cannot shrink a group:
+        one is removed once all its slots are given back (or its pool ended)."""
+        with self._lock:
+            ended = [group for uuid in list(self._groups) if uuid not in pools
+                     for group in self._groups.pop(uuid)]
+            known = {uuid: [g for g in self._groups.get(uuid, ())] for uuid in pools}
+        created: dict[str, _Group] = {}
+        for uuid, held in pools.items():
+            new = held.slots - {n for group in known[uuid] for n in group.slots}
+            if new:
+                options = self.placement(held.hardware_constraints)
+                created[uuid] = _Group(uuid, frozenset(new),
+                                       {"CPU": self._cpus, **options.get("resources", {})},
+                                       options.get("label_selector", {}))
+        with self._lock:
+            for uuid, held in pools.items():
+                groups = self._groups.setdefault(uuid, [])
+                if uuid in created:
+                    groups.append(created[uuid])
+                for group in list(groups):
+                    group.released = set(group.slots - held.slots)
+                    if group.released == group.slots:  # removed once nothing runs in it
+                        groups.remove(group)
+                        group.retired = True
+                        if not group.runs:
+                            ended.append(group)
+        for group in ended:  # a pool that ended: what still runs in it is being cancelled
+            _remove(group)
+
+    def _group_for(self, pool_uuid: Optional[str]) -> Optional[_Group]:
+        """The pool's placement group with the most free bundles (the caller holds the lock)."""
+        groups = self._groups.get(pool_uuid or "")
+        return max(groups, key=lambda group: group.free) if groups else None
+
+    def waiting(self, key: InstanceKey) -> Optional[dict[str, Any]]:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None or run.node_id is not None or run.ended or not run.options:
+                return None
+            options, group = dict(run.options), run.group
+        asks = {"CPU": options["num_cpus"], **options.get("resources", {})}
+        wants = ", ".join(f"{name} {amount:g}" for name, amount in asks.items())
+        if group is not None:
+            pg = group.state()
+            if pg["state"] == "CREATED":
+                message = f"Ray is starting it in its pool's placement group {pg['id']}"
+            else:
+                message = (f"its pool's placement group {pg['id']} ({pg['bundles']} bundles of "
+                           f"{wants}{_on(group.selector)}) is not placed: Ray says "
+                           f"{pg['state']}, {pg['schedulingState'] or 'no reason given'}")
+            return {"message": message, "resources": asks, "placementGroup": pg}
+        selector = options.get("label_selector") or {}
+        nodes = [node for node in self.describe_nodes() if _selects(node, selector, asks)]
+        where = _on(selector)
+        if not nodes:
+            found = "no live node qualifies"
+        else:
+            found = ", ".join(f"{n['hostname']} ({n['id'][:12]}) {n['freeSlots']} of "
+                              f"{n['slots']} slots free" for n in nodes)
+        return {"message": f"Ray has not given it a node yet: it asks for {wants}{where}; "
+                           f"{found}", "resources": asks, "labelSelector": selector,
+                "nodes": [{"id": n["id"], "hostname": n["hostname"], "slots": n["slots"],
+                           "freeSlots": n["freeSlots"]} for n in nodes]}
+
     # -- instances ------------------------------------------------------------------------------
 
     def running(self) -> set[InstanceKey]:
@@ -363,11 +467,21 @@ class RayExecutor(ControlMessages, Executor):
             self._runs[spec.key] = run
         try:
             options = {**self._options, **self.placement(spec.hardware_constraints)}
+            with self._lock:
+                run.group = self._group_for(spec.pool_uuid)
+                if run.group is not None:  # its bundle's labels chose the node already
+                    run.group.runs.add(spec.key)
+                    options.pop("label_selector", None)
+                    options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                        run.group.pg, placement_group_bundle_index=-1)
+            run.options = options
             run.stream = self._task.options(**options).remote(spec.to_json(), self._sandbox_json,
                                                               self._mailbox)
         except Exception:
             with self._lock:
                 self._runs.pop(spec.key, None)
+                if run.group is not None:
+                    run.group.runs.discard(spec.key)
             raise
         threading.Thread(target=self._follow, args=(run,), daemon=True,
                          name=f"ray-{spec.task_uuid[:8]}-{spec.instance_id}").start()
@@ -382,7 +496,13 @@ class RayExecutor(ControlMessages, Executor):
                                            self._force_cancel, (run,))
             run.backstop.daemon = True
             run.backstop.start()
+            unplaced = run.node_id is None
         self._post(key, {"control": "cancel"})
+        if unplaced:  # still waiting for a node: Ray drops it from its queue
+            try:
+                ray.cancel(run.stream)
+            except Exception as exc:
+                log.warning("ray.cancel of %s failed: %s", key, exc)
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         with self._lock:
@@ -438,6 +558,13 @@ class RayExecutor(ControlMessages, Executor):
             run.ended = True
             if run.backstop is not None:
                 run.backstop.cancel()
+            group = run.group
+            if group is not None:
+                group.runs.discard(run.spec.key)
+                if not (group.retired and not group.runs):
+                    group = None
+        if group is not None:  # its last run ended in a group its pool gave back
+            _remove(group)
         try:
             self._deliver(end)
         finally:
@@ -462,10 +589,35 @@ class RayExecutor(ControlMessages, Executor):
             time.sleep(0.05)
         self._silenced = True
         self._stop.set()
+        self.hold_pool_slots({})
         try:
             ray.kill(self._mailbox)
         except Exception:
             pass
+
+
+def _remove(group: _Group) -> None:
+    try:
+        remove_placement_group(group.pg)
+    except Exception as exc:
+        log.warning("cannot remove placement group %s: %s", group.pg.id.hex(), exc)
+
+
+def _on(selector: dict[str, str]) -> str:
+    return " on a node with " + ", ".join(f"{k}={v}" for k, v in selector.items()) \
+        if selector else ""
+
+
+def _selects(node: dict[str, Any], selector: dict[str, str], asks: dict[str, float]) -> bool:
+    """Whether a node (as ``describe_nodes`` lists it) has the labels and custom resources an
+    instance asks for."""
+    for name, value in selector.items():
+        if name == "ray.io/node-id":
+            if node["id"] not in value.removeprefix("in(").removesuffix(")").split(","):
+                return False
+        elif node["labels"].get(name) != value:
+            return False
+    return all(name in node["resources"] for name in asks if name != "CPU")
 
 
 def start_ray(settings) -> None:
