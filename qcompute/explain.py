@@ -35,8 +35,9 @@ _COPIED = ("profile", "poolUuid", "constants", "tags", "labels", "advancedResour
 
 @dataclass(frozen=True)
 class Reason:
-    """One reason: a ``code`` (``final``, ``aborting``, ``running``, ``dependency``,
-    ``constraint``, ``pool``, ``capacity``, ``dispatching``, ``queue_timeout``), a sentence
+    """One reason: a ``code`` (``final``, ``aborting``, ``running``, ``placing``,
+    ``dependency``, ``constraint``, ``pool``, ``capacity``, ``dispatching``,
+    ``queue_timeout``), a sentence
     for people, and the facts behind it (``details``, as the server sent them: camelCase)."""
 
     code: str

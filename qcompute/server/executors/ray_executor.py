@@ -14,12 +14,18 @@ naming a node label ``key=value`` becomes a Ray label selector, one naming a cus
 asks for a sliver of it; the other constraints pin the instance to the nodes that meet them
 (``ray.io/node-id`` selector), unless every node does.
 
+Pools: the slots a pool takes in one scheduler round are one placement group, one bundle per
+slot; its instances run in its groups. An instance handed over but not yet on a node (a full
+node it is pinned to, a pool's group Ray cannot place) says what it waits for
+(:meth:`RayExecutor.waiting`, for ``GET /tasks/{uuid}/explain``).
+
 Controls reach a running instance through a mailbox actor on this node (an async actor: the
 task's listener thread waits on it): cancel (the runner's own path: SIGTERM to the command's
 group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic snapshot, refresh. An instance
-not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``. A
-node or worker that dies ends its instances with an infrastructure failure (``error`` set): the
-scheduler re-queues them within ``max_infra_retries`` and Ray places them again. A node cut off
+not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``; one
+not yet on a node is taken out of Ray's queue at once. A node or worker that dies ends its
+instances with an infrastructure failure (``error`` set): the scheduler re-queues them within
+``max_infra_retries`` and Ray places them again. A node cut off
 from the network is declared dead by Ray's health checks, but the streams of the instances it
 ran do not end (their calls to it just hang): a watcher reads the node list every couple of
 seconds and ends the instances of a node Ray lists as dead itself.
@@ -40,7 +46,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
 import ray
-from ray.util import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                             PlacementGroupSchedulingStrategy)
 
@@ -49,6 +54,7 @@ from qcompute.server.sandbox import SandboxConfig
 
 from .base import (ControlMessages, Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                    Placed, PoolSlots)
+from .ray_placement import PoolGroup, on_nodes, remove_group, selects
 
 __all__ = ["RayExecutor", "NODE_ENV", "node_labels", "start_ray", "use_token"]
 
@@ -212,40 +218,12 @@ def _box_name(key: InstanceKey) -> str:
 
 # -- the server side --------------------------------------------------------------------------
 
-class _Group:
-    """One placement group of a pool: the slots it took in one round, one bundle each."""
-
-    def __init__(self, pool_uuid: str, slots: frozenset[int], bundle: dict[str, float],
-                 selector: dict[str, str]) -> None:
-        self.slots, self.released = slots, set()  # released: given back, still reserved
-        self.retired = False  # all its slots were given back: removed once nothing runs in it
-        self.runs: set[InstanceKey] = set()
-        self.selector = selector
-        self.pg = placement_group([bundle] * len(slots), strategy="PACK",
-                                  name=f"qcompute-pool-{pool_uuid}",
-                                  bundle_label_selector=[selector] * len(slots) if selector
-                                  else None)
-
-    @property
-    def free(self) -> int:
-        return len(self.slots) - len(self.released) - len(self.runs)
-
-    def state(self) -> dict[str, Any]:
-        """Ray's view of the group: ``id``, ``state`` (PENDING until placed, CREATED) and
-        ``schedulingState`` (why a pending group waits: NO_RESOURCES, INFEASIBLE, ...)."""
-        info = placement_group_table(self.pg) or {}
-        return {"id": self.pg.id.hex(), "bundles": len(self.slots),
-                "labelSelector": self.selector,
-                "state": info.get("state", "UNKNOWN"),
-                "schedulingState": (info.get("stats") or {}).get("scheduling_state")}
-
-
 class _Run:
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
         self.stream: Any = None  # the ObjectRefGenerator
         self.options: dict[str, Any] = {}  # what it asked Ray for
-        self.group: Optional[_Group] = None  # its pool's placement group
+        self.group: Optional[PoolGroup] = None  # its pool's placement group
         self.node_id: Optional[str] = None
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
@@ -272,7 +250,7 @@ class RayExecutor(ControlMessages, Executor):
         self._accepting = True
         self._nodes: list[_Node] = []
         self._nodes_read = -math.inf
-        self._groups: dict[str, list[_Group]] = {}  # by pool uuid
+        self._groups: dict[str, list[PoolGroup]] = {}  # by pool uuid
         here = ray.get_runtime_context().get_node_id()
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -393,12 +371,12 @@ class RayExecutor(ControlMessages, Executor):
             ended = [group for uuid in list(self._groups) if uuid not in pools
                      for group in self._groups.pop(uuid)]
             known = {uuid: [g for g in self._groups.get(uuid, ())] for uuid in pools}
-        created: dict[str, _Group] = {}
+        created: dict[str, PoolGroup] = {}
         for uuid, held in pools.items():
             new = held.slots - {n for group in known[uuid] for n in group.slots}
             if new:
                 options = self.placement(held.hardware_constraints)
-                created[uuid] = _Group(uuid, frozenset(new),
+                created[uuid] = PoolGroup(uuid, frozenset(new),
                                        {"CPU": self._cpus, **options.get("resources", {})},
                                        options.get("label_selector", {}))
         with self._lock:
@@ -414,9 +392,9 @@ class RayExecutor(ControlMessages, Executor):
                         if not group.runs:
                             ended.append(group)
         for group in ended:  # a pool that ended: what still runs in it is being cancelled
-            _remove(group)
+            remove_group(group)
 
-    def _group_for(self, pool_uuid: Optional[str]) -> Optional[_Group]:
+    def _group_for(self, pool_uuid: Optional[str]) -> Optional[PoolGroup]:
         """The pool's placement group with the most free bundles (the caller holds the lock)."""
         groups = self._groups.get(pool_uuid or "")
         return max(groups, key=lambda group: group.free) if groups else None
@@ -435,12 +413,12 @@ class RayExecutor(ControlMessages, Executor):
                 message = f"Ray is starting it in its pool's placement group {pg['id']}"
             else:
                 message = (f"its pool's placement group {pg['id']} ({pg['bundles']} bundles of "
-                           f"{wants}{_on(group.selector)}) is not placed: Ray says "
+                           f"{wants}{on_nodes(group.selector)}) is not placed: Ray says "
                            f"{pg['state']}, {pg['schedulingState'] or 'no reason given'}")
             return {"message": message, "resources": asks, "placementGroup": pg}
         selector = options.get("label_selector") or {}
-        nodes = [node for node in self.describe_nodes() if _selects(node, selector, asks)]
-        where = _on(selector)
+        nodes = [node for node in self.describe_nodes() if selects(node, selector, asks)]
+        where = on_nodes(selector)
         if not nodes:
             found = "no live node qualifies"
         else:
@@ -564,7 +542,7 @@ class RayExecutor(ControlMessages, Executor):
                 if not (group.retired and not group.runs):
                     group = None
         if group is not None:  # its last run ended in a group its pool gave back
-            _remove(group)
+            remove_group(group)
         try:
             self._deliver(end)
         finally:
@@ -594,30 +572,6 @@ class RayExecutor(ControlMessages, Executor):
             ray.kill(self._mailbox)
         except Exception:
             pass
-
-
-def _remove(group: _Group) -> None:
-    try:
-        remove_placement_group(group.pg)
-    except Exception as exc:
-        log.warning("cannot remove placement group %s: %s", group.pg.id.hex(), exc)
-
-
-def _on(selector: dict[str, str]) -> str:
-    return " on a node with " + ", ".join(f"{k}={v}" for k, v in selector.items()) \
-        if selector else ""
-
-
-def _selects(node: dict[str, Any], selector: dict[str, str], asks: dict[str, float]) -> bool:
-    """Whether a node (as ``describe_nodes`` lists it) has the labels and custom resources an
-    instance asks for."""
-    for name, value in selector.items():
-        if name == "ray.io/node-id":
-            if node["id"] not in value.removeprefix("in(").removesuffix(")").split(","):
-                return False
-        elif node["labels"].get(name) != value:
-            return False
-    return all(name in node["resources"] for name in asks if name != "CPU")
 
 
 def start_ray(settings) -> None:
