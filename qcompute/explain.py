@@ -36,8 +36,9 @@ RERUN_FIELDS = ("profile", "poolUuid", "constants", "tags", "labels", "advancedR
 
 @dataclass(frozen=True)
 class Reason:
-    """One reason: a ``code`` (``final``, ``aborting``, ``running``, ``dependency``,
-    ``constraint``, ``pool``, ``capacity``, ``dispatching``, ``queue_timeout``), a sentence
+    """One reason: a ``code`` (``final``, ``aborting``, ``running``, ``placing``,
+    ``dependency``, ``constraint``, ``pool``, ``capacity``, ``dispatching``,
+    ``queue_timeout``), a sentence
     for people, and the facts behind it (``details``, as the server sent them: camelCase)."""
 
     code: str

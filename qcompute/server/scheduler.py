@@ -117,6 +117,7 @@ class Scheduler:
         # the dispatch and hand-over times of the instances in flight, written with their end
         self._stamps: dict[InstanceKey, dict[str, float]] = {}
         self.pools = PoolKeeper(settings, self._pool_payload)
+        self._held_sent: dict = {}  # the pools' slots, as the executor was last told
         self.timers = Timers(self)
         self.controls = InstanceControls(self)  # snapshots and resource refreshes
         self._thread = threading.Thread(target=self._loop, name="qcompute-scheduler", daemon=True)
@@ -507,6 +508,9 @@ class Scheduler:
         held = self.pools.held(session)
         unheld = self.executor.capacity - held - general_busy
         specs = self.pools.plan(session, unheld, utcnow(), lambda pool: changed.add(pool.uuid))
+        if self.pools.holdings != self._held_sent:  # before anything runs in the new slots
+            self.executor.hold_pool_slots(self.pools.holdings)
+            self._held_sent = self.pools.holdings
         cancelled, stopped = self.pools.drain_cancelled()
         if cancelled:
             for task in session.scalars(select(Task).options(_NO_TAGS)
@@ -642,6 +646,7 @@ class Scheduler:
             result_upload_seconds=self.settings.result_upload_seconds,
             hardware_constraints=list((pool.document if pool is not None else doc)
                                       .get("hardwareConstraints") or ()),
+            pool_uuid=pool.uuid if pool is not None else None,
             **self.controls.spec_fields(session, task))
 
     # -- restart ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from qcompute.states import PoolState as P
 
 from .crypto import SealError
 from .db.models import Pool, PoolSlot, Task, utcnow
-from .executors.base import Finished, InstanceKey, InstanceSpec, ResourceSpec, S3Access
+from .executors.base import Finished, InstanceKey, InstanceSpec, PoolSlots, ResourceSpec, S3Access
 from .services.pools import (FAILED, PREPARING, READY, completion_deadline, derive_pool_state,
                              elastic_of, elastic_target, queued_in_pool, set_pool_state)
 from .settings import ServerSettings
@@ -58,6 +58,7 @@ class PoolKeeper:
         self._cancelled: dict[int, dict] = {}  # task id → why its pool cancels it
         self._stopped: list[InstanceKey] = []  # preparation runs of finished pools, to stop
         self.open_pools = 0  # found by the last plan(): none, and no slot is held by a pool
+        self.holdings: dict[str, PoolSlots] = {}  # by the last plan(): pool uuid → its slots
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class PoolKeeper:
         pools = list(session.scalars(select(Pool).where(Pool.state.not_in(_OPEN))
                                      .order_by(Pool.id)))
         self.open_pools = len(pools)
+        self.holdings = {}
         for pool in pools:
             slots = list(session.scalars(select(PoolSlot).where(PoolSlot.pool_id == pool.id)
                                          .order_by(PoolSlot.slot)))
@@ -125,6 +127,10 @@ class PoolKeeper:
                 capacity_left -= self._hold(session, pool, slots, capacity_left, now)
                 self._release(session, pool, slots)
                 specs += self._preparations(session, pool, slots)
+            if slots:
+                self.holdings[pool.uuid] = PoolSlots(
+                    frozenset(s.slot for s in slots),
+                    list(pool.document.get("hardwareConstraints") or ()))
             counts = Counter(s.state for s in slots)
             state = derive_pool_state(target=pool.slot_target, slots=counts,
                                       close_requested=pool.close_requested,
@@ -222,7 +228,8 @@ class PoolKeeper:
             command=doc["preparationTask"]["commandLine"], env=env, secret_env=secret_env,
             network=profile.network if profile else True, share_dir=self.share_dir(pool),
             workdir=str(workdir), s3=s3, resources=tuple(resource_specs(doc)),
-            kill_grace_seconds=self.settings.kill_grace_seconds)
+            kill_grace_seconds=self.settings.kill_grace_seconds, pool_uuid=pool.uuid,
+            hardware_constraints=list(doc.get("hardwareConstraints") or ()))
 
     def _finish(self, session: Session, pool: Pool, slots: list[PoolSlot], tasks_active: bool,
                 now: datetime, on_change: Callable[[Pool], None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 
 import pytest
@@ -168,3 +169,147 @@ def test_a_node_removed_mid_run_gives_an_infra_failure_and_a_rerun(server, ray_c
     again = _instances(server, victim)[0]
     assert again.infra_failures == 1 and again.attempt == 2
     assert again.node["id"] != doomed_id
+
+
+# -- pools hold their slots as placement groups -----------------------------------------------
+
+def _pool(server: Cluster, slots: int, **fields) -> str:
+    reply = server.post("/pools", json={"name": "p", "profile": "docker-batch",
+                                        "instanceCount": slots, **fields})
+    assert reply.status_code == 201, reply.text
+    return reply.json()["uuid"]
+
+
+def _groups(pool_uuid: str) -> list[dict]:
+    """Ray's placement groups of a pool, removed ones left out."""
+    return [pg for pg in ray.util.placement_group_table().values()
+            if pg["name"] == f"qcompute-pool-{pool_uuid}" and pg["state"] != "REMOVED"]
+
+
+def _explain(server: Cluster, uuid: str, code: str) -> dict:
+    return wait_for(lambda: next((r for r in server.get(f"/tasks/{uuid}/explain")
+                                  .json()["reasons"] if r["code"] == code), None), 30,
+                    what=f"an explain reason {code}")
+
+
+def test_a_pool_holds_its_slots_as_a_placement_group_its_instances_run_in(server):
+    pool = _pool(server, 2)
+    group = wait_for(lambda: (found := _groups(pool)) and found[0]["state"] == "CREATED"
+                     and found, 30, what="the pool's placement group")
+    assert len(group) == 1 and len(group[0]["bundles"]) == 2
+    assert all(bundle == {"CPU": 1.0} for bundle in group[0]["bundles"].values())
+    uuid = server.submit("true", instanceCount=3, poolUuid=pool, profile=None)
+    task = _wait_state(server, uuid, "Success")
+    assert {i["node"]["placementGroup"] for i in task["completedInstances"]} == \
+        {group[0]["placement_group_id"]}
+    assert server.post(f"/pools/{pool}/close").status_code == 200
+    wait_for(lambda: not _groups(pool), 30, what="the placement group removed")
+    assert ray.util.placement_group_table()[group[0]["placement_group_id"]]["state"] == "REMOVED"
+
+
+def test_a_pool_ray_cannot_place_says_so_and_closes(server):
+    # two slots on nodes labelled zone=b: Ray has one such node, of one CPU
+    pool = _pool(server, 2, hardwareConstraints=[ZONE_B])
+    wait_for(lambda: _groups(pool), 30, what="the pool's placement group")
+    uuid = server.submit("true", poolUuid=pool, profile=None)
+    placing = _explain(server, uuid, "placing")
+    waits = placing["instances"][0]
+    assert waits["instanceId"] == 0 and waits["placementGroup"]["state"] == "PENDING"
+    assert waits["placementGroup"]["bundles"] == 2 and waits["resources"] == {"CPU": 1.0}
+    assert waits["placementGroup"]["schedulingState"] in ("INFEASIBLE", "NO_RESOURCES")
+    assert waits["placementGroup"]["labelSelector"] == {"zone": "b"}
+    assert "not placed" in placing["message"] and "zone=b" in placing["message"]
+    assert waits["placementGroup"]["id"] in placing["message"]
+    assert _instances(server, uuid)[0].state == "Dispatched"
+    assert server.post(f"/pools/{pool}/close").status_code == 200  # cancels the task
+    task = _wait_state(server, uuid, "Cancelled", timeout=30)
+    assert task["errors"][0]["code"] == "pool_closed"
+    wait_for(lambda: server.get(f"/pools/{pool}").json()["state"] == "Closed", 30)
+    assert not _groups(pool) and not server.executor.running()
+
+
+# -- an instance waiting for a node says what for ---------------------------------------------
+
+def test_an_instance_waiting_for_its_full_node_is_explained_and_aborts_at_once(server):
+    filler = server.submit("sleep 120", hardwareConstraints=[ZONE_B])
+    _wait_state(server, filler, "FullyExecuting")
+    waiting = server.submit("true", hardwareConstraints=[ZONE_B])
+    placing = _explain(server, waiting, "placing")
+    node_b = _node_ids()["b"]
+    waits = placing["instances"][0]
+    assert waits["labelSelector"] == {"zone": "b"} and waits["resources"] == {"CPU": 1.0}
+    assert [(n["id"], n["freeSlots"]) for n in waits["nodes"]] == [(node_b, 0)]
+    assert "zone=b" in placing["message"] and "0 of 1 slots free" in placing["message"]
+    assert _instances(server, waiting)[0].state == "Dispatched"
+    assert server.post(f"/tasks/{waiting}/abort").status_code == 200
+    # Ray drops it from its queue at once: well before the backstop (grace 2 s + 5 s)
+    ended = _wait_state(server, waiting, "Cancelled", timeout=5)
+    assert ended["completedInstances"][0]["state"] == "Cancelled"
+    assert server.post(f"/tasks/{filler}/abort").status_code == 200
+    _wait_state(server, filler, "Cancelled", timeout=30)
+
+
+# -- abort: softly, then forcibly -------------------------------------------------------------
+
+def _command_lines() -> dict[int, bytes]:
+    """This host's processes (a sandbox's too, by their host PIDs) and their command lines."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    found[int(entry.name)] = f.read()
+            except OSError:
+                pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _ancestors(pid: int) -> list[tuple[int, str]]:
+    chain = []
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                chain.append((pid, f.read().replace(b"\0", b" ").decode(errors="replace")))
+        except OSError:
+            break
+    return chain
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["ignores-sigterm", "runner-frozen"])
+def test_abort_ends_an_instance_that_ignores_sigterm(server, frozen):
+    """The runner's own path: SIGTERM, then SIGKILL after the grace period (2 s here). With
+    its Ray worker frozen (SIGSTOP), nothing on the node acts on the cancel: the backstop
+    force-cancels the Ray task grace + 5 s after the abort."""
+    marker = f"{300 + secrets.randbelow(10**6) / 10**7:.7f}"
+    uuid = server.submit(f"sh -c \"trap '' TERM; sleep {marker}\"")
+    _wait_state(server, uuid, "FullyExecuting")
+    sleeping = f"sleep\0{marker}\0".encode()
+    pids = wait_for(lambda: sleeping in (lines := _command_lines()).values() and
+                    {pid for pid, line in lines.items() if marker.encode() in line}, 30,
+                    what="the command's processes")
+    worker = next(pid for pid, line in _ancestors(min(pids)) if line.startswith("ray::"))
+    if frozen:
+        os.kill(worker, signal.SIGSTOP)
+    try:
+        assert server.post(f"/tasks/{uuid}/abort").status_code == 200
+        grace = server.client.app.state.ctx.settings.kill_grace_seconds
+        bound = grace + (5 if frozen else 0) + 20  # the backstop's 5 s, and a margin
+        task = _wait_state(server, uuid, "Cancelled", timeout=bound)
+        wait_for(lambda: not any(map(_alive, pids)), bound, what="the command's processes gone")
+    finally:
+        if frozen and _alive(worker):
+            os.kill(worker, signal.SIGCONT)
+    assert task["completedInstances"][0]["state"] == "Cancelled"
+    assert _alive(worker) is not frozen  # force-cancelled: Ray killed its worker
+    assert not server.executor.running()

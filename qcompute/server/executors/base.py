@@ -5,7 +5,9 @@ Executors move instances, nothing else. They know nothing about HTTP or SQL. The
 :meth:`Executor.cancel` on abort. A running instance can also be asked to upload its results
 now (:meth:`Executor.snapshot`), to change its periodic snapshot
 (:meth:`Executor.set_periodic_snapshot`) or to download its resources again
-(:meth:`Executor.refresh_resources`). Everything the executor learns flows back as events through
+(:meth:`Executor.refresh_resources`). The slots open pools hold are handed over as a whole
+(:meth:`Executor.hold_pool_slots`), for an executor that reserves capacity for them; and an
+instance handed over but not yet on a node can say what it waits for (:meth:`Executor.waiting`). Everything the executor learns flows back as events through
 the ``on_event`` callback given at construction; the callback is thread-safe and never blocks for
 long.
 
@@ -23,7 +25,7 @@ from typing import Any, Callable, Literal, Optional, Union
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey",
+    "S3Access", "ResourceSpec", "SnapshotRequest", "InstanceSpec", "InstanceKey", "PoolSlots",
     "Phase", "Placed", "Output", "Telemetry", "SnapshotDone", "ResourcesRefreshed", "Finished",
     "ExecutorEvent",
     "Executor",
@@ -125,6 +127,7 @@ class InstanceSpec:
     # the task's (or its pool's) hardwareConstraints: an executor spanning several node kinds
     # places the instance on a node that meets them
     hardware_constraints: list[dict] = field(default_factory=list)
+    pool_uuid: Optional[str] = None  # the pool whose slots it runs in (its task's, or its own)
 
     @property
     def key(self) -> InstanceKey:
@@ -141,6 +144,14 @@ class InstanceSpec:
         resources = tuple(ResourceSpec(**r) for r in data.pop("resources", ()))
         periodic = SnapshotRequest.from_dict(data.pop("periodic_snapshot", None))
         return cls(s3=s3, resources=resources, periodic_snapshot=periodic, **data)
+
+
+@dataclass(frozen=True)
+class PoolSlots:
+    """The slots an open pool holds (slot numbers), and the hardware constraints they meet."""
+
+    slots: frozenset[int]
+    hardware_constraints: list[dict] = field(default_factory=list, hash=False)
 
 
 PhaseName = Literal["downloading", "running", "uploading"]
@@ -162,11 +173,15 @@ class Placed:
     key: InstanceKey
     node_id: str
     hostname: str
+    placement_group: Optional[str] = None  # the pool's reservation it runs in, if any
     kind: str = field(default="placed", init=False)
 
     def describe(self) -> dict[str, str]:
         """The node as the instance's status shows it."""
-        return {"id": self.node_id, "hostname": self.hostname}
+        node = {"id": self.node_id, "hostname": self.hostname}
+        if self.placement_group:
+            node["placementGroup"] = self.placement_group
+        return node
 
 
 @dataclass(frozen=True)
@@ -378,6 +393,18 @@ class Executor(abc.ABC):
 
     def problem(self) -> Optional[str]:
         """Why no instance can start here now, or None (for ``/health``)."""
+        return None
+
+    def hold_pool_slots(self, pools: dict[str, PoolSlots]) -> None:
+        """The slots every open pool holds now, by pool uuid (a pool missing from it holds
+        none: it ended). Called when that changes. An executor that reserves capacity reserves
+        these slots for the pool and runs the pool's instances (``InstanceSpec.pool_uuid``) in
+        them; one on a single host counts slots only: nothing to do."""
+
+    def waiting(self, key: InstanceKey) -> Optional[dict[str, Any]]:
+        """What an instance handed over but not yet given a node waits for (``message``, and
+        details for ``GET /tasks/{uuid}/explain``), or None: running, unknown, or an executor
+        that starts what it is handed at once."""
         return None
 
     def describe_nodes(self) -> Optional[list[dict]]:

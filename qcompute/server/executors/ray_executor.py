@@ -14,12 +14,18 @@ naming a node label ``key=value`` becomes a Ray label selector, one naming a cus
 asks for a sliver of it; the other constraints pin the instance to the nodes that meet them
 (``ray.io/node-id`` selector), unless every node does.
 
+Pools: the slots a pool takes in one scheduler round are one placement group, one bundle per
+slot; its instances run in its groups. An instance handed over but not yet on a node (a full
+node it is pinned to, a pool's group Ray cannot place) says what it waits for
+(:meth:`RayExecutor.waiting`, for ``GET /tasks/{uuid}/explain``).
+
 Controls reach a running instance through a mailbox actor on this node (an async actor: the
 task's listener thread waits on it): cancel (the runner's own path: SIGTERM to the command's
 group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic snapshot, refresh. An instance
-not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``. A
-node or worker that dies ends its instances with an infrastructure failure (``error`` set): the
-scheduler re-queues them within ``max_infra_retries`` and Ray places them again. A node cut off
+not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``; one
+not yet on a node is taken out of Ray's queue at once. A node or worker that dies ends its
+instances with an infrastructure failure (``error`` set): the scheduler re-queues them within
+``max_infra_retries`` and Ray places them again. A node cut off
 from the network is declared dead by Ray's health checks, but the streams of the instances it
 ran do not end (their calls to it just hang): a watcher reads the node list every couple of
 seconds and ends the instances of a node Ray lists as dead itself.
@@ -40,13 +46,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                            PlacementGroupSchedulingStrategy)
 
 from qcompute.server.hardware import NodeCapabilities, detect, slugify_cpu_model
 from qcompute.server.sandbox import SandboxConfig
 
 from .base import (ControlMessages, Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
-                   Placed)
+                   Placed, PoolSlots)
+from .ray_placement import PoolGroup, on_nodes, remove_group, selects
 
 __all__ = ["RayExecutor", "NODE_ENV", "node_labels", "start_ray", "use_token"]
 
@@ -166,10 +174,12 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[Executo
     from qcompute.server.sandbox import SandboxError
 
     taken_at = time.time()
-    node_id, hostname = ray.get_runtime_context().get_node_id(), socket.gethostname()
+    context = ray.get_runtime_context()
+    node_id, hostname = context.get_node_id(), socket.gethostname()
     spec = InstanceSpec.from_json(spec_json)
     spec = replace(spec, env={**spec.env, NODE_ENV: f"{hostname}/{node_id}"})
-    yield Placed(spec.key, node_id=node_id, hostname=hostname)
+    yield Placed(spec.key, node_id=node_id, hostname=hostname,
+                 placement_group=context.get_placement_group_id())
     try:
         sandbox = _worker_sandbox(sandbox_json)
     except (SandboxError, OSError) as exc:
@@ -212,6 +222,8 @@ class _Run:
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
         self.stream: Any = None  # the ObjectRefGenerator
+        self.options: dict[str, Any] = {}  # what it asked Ray for
+        self.group: Optional[PoolGroup] = None  # its pool's placement group
         self.node_id: Optional[str] = None
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
@@ -238,6 +250,7 @@ class RayExecutor(ControlMessages, Executor):
         self._accepting = True
         self._nodes: list[_Node] = []
         self._nodes_read = -math.inf
+        self._groups: dict[str, list[PoolGroup]] = {}  # by pool uuid
         here = ray.get_runtime_context().get_node_id()
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -347,6 +360,75 @@ class RayExecutor(ControlMessages, Executor):
             options["resources"] = resources
         return options
 
+    # -- pools ----------------------------------------------------------------------------------
+
+    def hold_pool_slots(self, pools: dict[str, PoolSlots]) -> None:
+        """Each pool's slots as placement groups: the slots a pool takes in one round are one
+        group of one bundle each (``cpus_per_slot`` CPUs and the custom resources its
+        constraints name, on nodes its label constraints select). Ray cannot shrink a group:
+        one is removed once all its slots are given back (or its pool ended)."""
+        with self._lock:
+            ended = [group for uuid in list(self._groups) if uuid not in pools
+                     for group in self._groups.pop(uuid)]
+            known = {uuid: [g for g in self._groups.get(uuid, ())] for uuid in pools}
+        created: dict[str, PoolGroup] = {}
+        for uuid, held in pools.items():
+            new = held.slots - {n for group in known[uuid] for n in group.slots}
+            if new:
+                options = self.placement(held.hardware_constraints)
+                created[uuid] = PoolGroup(uuid, frozenset(new),
+                                       {"CPU": self._cpus, **options.get("resources", {})},
+                                       options.get("label_selector", {}))
+        with self._lock:
+            for uuid, held in pools.items():
+                groups = self._groups.setdefault(uuid, [])
+                if uuid in created:
+                    groups.append(created[uuid])
+                for group in list(groups):
+                    group.released = set(group.slots - held.slots)
+                    if group.released == group.slots:  # removed once nothing runs in it
+                        groups.remove(group)
+                        group.retired = True
+                        if not group.runs:
+                            ended.append(group)
+        for group in ended:  # a pool that ended: what still runs in it is being cancelled
+            remove_group(group)
+
+    def _group_for(self, pool_uuid: Optional[str]) -> Optional[PoolGroup]:
+        """The pool's placement group with the most free bundles (the caller holds the lock)."""
+        groups = self._groups.get(pool_uuid or "")
+        return max(groups, key=lambda group: group.free) if groups else None
+
+    def waiting(self, key: InstanceKey) -> Optional[dict[str, Any]]:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None or run.node_id is not None or run.ended or not run.options:
+                return None
+            options, group = dict(run.options), run.group
+        asks = {"CPU": options["num_cpus"], **options.get("resources", {})}
+        wants = ", ".join(f"{name} {amount:g}" for name, amount in asks.items())
+        if group is not None:
+            pg = group.state()
+            if pg["state"] == "CREATED":
+                message = f"Ray is starting it in its pool's placement group {pg['id']}"
+            else:
+                message = (f"its pool's placement group {pg['id']} ({pg['bundles']} bundles of "
+                           f"{wants}{on_nodes(group.selector)}) is not placed: Ray says "
+                           f"{pg['state']}, {pg['schedulingState'] or 'no reason given'}")
+            return {"message": message, "resources": asks, "placementGroup": pg}
+        selector = options.get("label_selector") or {}
+        nodes = [node for node in self.describe_nodes() if selects(node, selector, asks)]
+        where = on_nodes(selector)
+        if not nodes:
+            found = "no live node qualifies"
+        else:
+            found = ", ".join(f"{n['hostname']} ({n['id'][:12]}) {n['freeSlots']} of "
+                              f"{n['slots']} slots free" for n in nodes)
+        return {"message": f"Ray has not given it a node yet: it asks for {wants}{where}; "
+                           f"{found}", "resources": asks, "labelSelector": selector,
+                "nodes": [{"id": n["id"], "hostname": n["hostname"], "slots": n["slots"],
+                           "freeSlots": n["freeSlots"]} for n in nodes]}
+
     # -- instances ------------------------------------------------------------------------------
 
     def running(self) -> set[InstanceKey]:
@@ -363,11 +445,21 @@ class RayExecutor(ControlMessages, Executor):
             self._runs[spec.key] = run
         try:
             options = {**self._options, **self.placement(spec.hardware_constraints)}
+            with self._lock:
+                run.group = self._group_for(spec.pool_uuid)
+                if run.group is not None:  # its bundle's labels chose the node already
+                    run.group.runs.add(spec.key)
+                    options.pop("label_selector", None)
+                    options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                        run.group.pg, placement_group_bundle_index=-1)
+            run.options = options
             run.stream = self._task.options(**options).remote(spec.to_json(), self._sandbox_json,
                                                               self._mailbox)
         except Exception:
             with self._lock:
                 self._runs.pop(spec.key, None)
+                if run.group is not None:
+                    run.group.runs.discard(spec.key)
             raise
         threading.Thread(target=self._follow, args=(run,), daemon=True,
                          name=f"ray-{spec.task_uuid[:8]}-{spec.instance_id}").start()
@@ -382,7 +474,13 @@ class RayExecutor(ControlMessages, Executor):
                                            self._force_cancel, (run,))
             run.backstop.daemon = True
             run.backstop.start()
+            unplaced = run.node_id is None
         self._post(key, {"control": "cancel"})
+        if unplaced:  # still waiting for a node: Ray drops it from its queue
+            try:
+                ray.cancel(run.stream)
+            except Exception as exc:
+                log.warning("ray.cancel of %s failed: %s", key, exc)
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         with self._lock:
@@ -438,6 +536,13 @@ class RayExecutor(ControlMessages, Executor):
             run.ended = True
             if run.backstop is not None:
                 run.backstop.cancel()
+            group = run.group
+            if group is not None:
+                group.runs.discard(run.spec.key)
+                if not (group.retired and not group.runs):
+                    group = None
+        if group is not None:  # its last run ended in a group its pool gave back
+            remove_group(group)
         try:
             self._deliver(end)
         finally:
@@ -462,6 +567,7 @@ class RayExecutor(ControlMessages, Executor):
             time.sleep(0.05)
         self._silenced = True
         self._stop.set()
+        self.hold_pool_slots({})
         try:
             ray.kill(self._mailbox)
         except Exception:

@@ -8,6 +8,10 @@ deadline. Each reason is ``{"code", "message", ...details}``; the codes are:
 ``final``          the task ended (``state``, ``failedRange``, ``errors``): nothing will run;
 ``aborting``       an abort was asked: what still runs is being stopped;
 ``running``        ``running`` of ``total`` instances run (``queued`` still wait);
+``placing``        instances handed to the executor wait for it to give them a node
+                   (``instances``: each ``instanceId`` and what the executor says it waits
+                   for: on Ray, the ``resources`` it asks for, its ``labelSelector`` and the
+                   ``nodes`` that qualify, or its pool's ``placementGroup``);
 ``dependency``     it waits for parent tasks (``parents``: each ``uuid``, ``name``, ``state``
                    and the final states it accepts, ``conditions``);
 ``constraint``     no node kind satisfies its hardware constraints (``constraints``,
@@ -34,6 +38,7 @@ from qcompute.states import PoolState as P
 from qcompute.states import TaskState as T
 
 from ..db.models import Instance, Pool, PoolSlot, Task, TaskDependency, User, utcnow
+from ..executors.base import InstanceKey
 from .lifecycle import format_ranges
 from .pools import PREPARING, READY
 from .queueing import instances_ahead, unsatisfiable
@@ -77,6 +82,8 @@ def explain_task(session: Session, user: User, task_uuid: str,
             f"{'is' if running == 1 else 'are'} running" +
             (f"; {queued} still queued" if queued else ""),
             running=running, queued=queued, total=task.instance_count))
+    if counts.get(I.DISPATCHED.value):
+        reasons.extend(_placing(session, task, scheduler))
     if task.abort_requested:
         reasons.append(_reason("aborting", "the task is being cancelled (an abort was asked): "
                                "what still runs is being stopped"))
@@ -95,6 +102,25 @@ def explain_task(session: Session, user: User, task_uuid: str,
         reasons.append(_slots(session, task, scheduler, queued))
     reasons.extend(_queue_timeout(task, session))
     return doc
+
+
+def _placing(session: Session, task: Task, scheduler: "Scheduler") -> list[dict[str, Any]]:
+    """The dispatched instances the executor has not given a node yet, and what they wait for
+    (an executor that starts what it is handed at once says nothing)."""
+    waiting = []
+    for instance_id, attempt in session.execute(
+            select(Instance.instance_id, Instance.attempt).where(
+                Instance.task_id == task.id, Instance.state == I.DISPATCHED.value)
+            .order_by(Instance.instance_id)):
+        why = scheduler.executor.waiting(InstanceKey(task.uuid, instance_id, attempt))
+        if why:
+            waiting.append({"instanceId": instance_id, **why})
+    if not waiting:
+        return []
+    ids = format_ranges([w["instanceId"] for w in waiting])
+    return [_reason("placing", f"{_plural(len(waiting), 'instance')} ({ids}) "
+                    f"{'waits' if len(waiting) == 1 else 'wait'} for a node: "
+                    f"{waiting[0]['message']}", instances=waiting)]
 
 
 def _final(task: Task, failed: list[int]) -> dict[str, Any]:
