@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
+from . import console
 from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .api.limits import BodyLimit
@@ -132,6 +133,7 @@ def create_app(settings: ServerSettings, *, storage=None,
             else:
                 scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
+            app.state.sealer = sealer  # the console seals its session cookie with it
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:
@@ -153,5 +155,6 @@ def create_app(settings: ServerSettings, *, storage=None,
     if settings.fault_injection:
         from .api import faults
         app.include_router(faults.router)
+    console.install(app)
     openapi.install(app)
     return app

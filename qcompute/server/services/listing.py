@@ -142,14 +142,17 @@ class _Compiler:
 
 
 def page(session: Session, user: User, model: Any, tag_model: Any,
-         columns: dict[str, Column], request: PageRequest) -> tuple[list[Any], Optional[str]]:
-    """One page of ``model`` rows the user owns, oldest first, and the next page's token.
+         columns: dict[str, Column], request: PageRequest, *,
+         newest_first: bool = False) -> tuple[list[Any], Optional[str]]:
+    """One page of ``model`` rows the user owns, oldest first (the console: newest first),
+    and the next page's token.
 
     Args:
         model: the ORM class (``Task``, ``Pool``, ``Job``): it has ``id`` and ``owner_id``.
         tag_model: its tag table (``TaskTag`` ...): a ``tag`` column and a foreign key to it.
         columns: the filterable fields, ``{"Name": Task.name, ...}`` (matched case-insensitively).
         request: ``{"filter", "token", "maximumResults"}``.
+        newest_first: page from the newest row back (the token is then an upper bound).
 
     Returns:
         The rows, and the token of the next page (``None`` on the last page).
@@ -163,9 +166,11 @@ def page(session: Session, user: User, model: Any, tag_model: Any,
         query = query.where(_Compiler(model, tag_model, columns).compile(request.filter))
     if request.token:  # digits within the 64-bit range (checked by PageRequest); compared as
         # a 64-bit value: ids are 32-bit on PostgreSQL, where a wider parameter is an error
-        query = query.where(model.id > literal(int(request.token), BigInteger))
+        bound = literal(int(request.token), BigInteger)
+        query = query.where(model.id < bound if newest_first else model.id > bound)
     size = request.maximum_results or DEFAULT_PAGE_SIZE
-    rows = list(session.scalars(query.order_by(model.id).limit(size + 1)))
+    order = model.id.desc() if newest_first else model.id
+    rows = list(session.scalars(query.order_by(order).limit(size + 1)))
     if len(rows) > size:
         return rows[:size], str(rows[size - 1].id)
     return rows, None
@@ -195,16 +200,16 @@ def every(pages: Pages, session: Session, user: User,
             return
 
 
-def page_tasks(session: Session, user: User,
-               request: PageRequest) -> tuple[list[Task], Optional[str]]:
-    return page(session, user, Task, TaskTag, TASK_COLUMNS, request)
+def page_tasks(session: Session, user: User, request: PageRequest, *,
+               newest_first: bool = False) -> tuple[list[Task], Optional[str]]:
+    return page(session, user, Task, TaskTag, TASK_COLUMNS, request, newest_first=newest_first)
 
 
-def page_pools(session: Session, user: User,
-               request: PageRequest) -> tuple[list[Pool], Optional[str]]:
-    return page(session, user, Pool, PoolTag, POOL_COLUMNS, request)
+def page_pools(session: Session, user: User, request: PageRequest, *,
+               newest_first: bool = False) -> tuple[list[Pool], Optional[str]]:
+    return page(session, user, Pool, PoolTag, POOL_COLUMNS, request, newest_first=newest_first)
 
 
-def page_jobs(session: Session, user: User,
-              request: PageRequest) -> tuple[list[Job], Optional[str]]:
-    return page(session, user, Job, JobTag, JOB_COLUMNS, request)
+def page_jobs(session: Session, user: User, request: PageRequest, *,
+              newest_first: bool = False) -> tuple[list[Job], Optional[str]]:
+    return page(session, user, Job, JobTag, JOB_COLUMNS, request, newest_first=newest_first)
