@@ -145,6 +145,18 @@ def test_delete_an_object_then_a_prefix(admin_access, s3_admin, bucket, prefix):
     assert [o["Key"] for o in left] == ["b/4.txt"]
 
 
+def test_a_folder_emptied_by_a_delete_is_gone_from_the_listing(admin_access, bucket, prefix):
+    """SeaweedFS keeps emptied folders; the browser removes them, and only them."""
+    browser = BucketBrowser(admin_access, prefix)
+    browser.delete(bucket, "b/4.txt")
+    browser.delete_prefix(bucket, "a/deep/")
+    assert [f.prefix for f in browser.listing(bucket).folders] == ["a/"]
+    assert [f.prefix for f in browser.listing(bucket, "a/").folders] == []
+    browser.delete_prefix(bucket, "a/")
+    assert browser.listing(bucket).folders == []
+    assert [o.key for o in browser.listing(bucket).objects] == ["top.txt"]
+
+
 def test_keys_are_checked_and_other_buckets_refused_for_every_action(admin_access, bucket,
                                                                     prefix):
     browser = BucketBrowser(admin_access, prefix)

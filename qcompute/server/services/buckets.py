@@ -160,11 +160,12 @@ class BucketBrowser:
         self._check(bucket, key)
         with _errors(bucket, key):
             _client(self._access).delete_object(Bucket=bucket, Key=key)
+        self._drop_empty_folders(bucket, set(_parents(key)))
 
     def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object whose key starts with ``prefix`` (not empty); returns how many."""
         self._check(bucket, prefix)
-        client, deleted = _client(self._access), 0
+        client, deleted, folders = _client(self._access), 0, set[str]()
         with _errors(bucket):
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                                          Prefix=prefix):
@@ -178,7 +179,18 @@ class BucketBrowser:
                     raise StorageUnavailable(f"S3 did not delete {first.get('Key')!r}: "
                                              f"{first.get('Message')}")
                 deleted += len(keys)
+                folders.update(f for k in keys for f in _parents(k["Key"]))
+        self._drop_empty_folders(bucket, folders)
         return deleted
+
+    def _drop_empty_folders(self, bucket: str, folders: set[str]) -> None:
+        """SeaweedFS keeps a folder (``a/``) once its last object is gone, where S3 keeps
+        nothing: delete ``folders``, deepest first. There, deleting a folder that still holds
+        objects does nothing; on another S3 at most a folder-marker object ``a/`` goes, and
+        the folder still shows while objects remain under it."""
+        with _errors(bucket):
+            for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+                _client(self._access).delete_object(Bucket=bucket, Key=folder)
 
     def _check(self, bucket: str, key: Optional[str] = None) -> None:
         if not self.allowed(bucket):
@@ -189,6 +201,12 @@ class BucketBrowser:
                              code="invalid_key")
 
 
+
+
+def _parents(key: str) -> list[str]:
+    """The folders above ``key``: ``a/b/c`` → ``a/``, ``a/b/``."""
+    parts = key.split("/")[:-1]
+    return ["/".join(parts[:n]) + "/" for n in range(1, len(parts) + 1)]
 
 
 @contextlib.contextmanager
