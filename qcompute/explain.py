@@ -21,16 +21,17 @@ __all__ = ["Explanation", "Reason", "RERUN_LABEL"]
 # The label a re-run carries: the uuid of the task whose failed instances it runs again.
 RERUN_LABEL = "qcompute.rerunOf"
 
-# What a re-run copies from its task's document, as submitted: everything that defines the
-# work and where its results go. Not copied: the name (suffixed), shortname (unique), the
-# instances (the failed ones instead), the job and its dependencies (the re-run stands alone:
-# the job may be over, and the parents have ended).
-_COPIED = ("profile", "poolUuid", "constants", "tags", "labels", "advancedResourceBuckets",
-           "resultBucket", "resultsWhitelist", "resultsBlacklist", "snapshotWhitelist",
-           "snapshotBlacklist", "retrySettings", "secretsAccessRights", "privileges",
-           "hardwareConstraints", "maxTimeQueueSeconds", "uploadResultsOnCancellation",
-           "waitForPoolResourcesSynchronization", "defaultResourcesCacheTTLSec",
-           "autoDeleteOnCompletion", "completionTimeToLive")
+# What a re-run copies from its task's document, as submitted (here, and on the server in
+# services.tasks.rerun_document): everything that defines the work and where its results go.
+# Not copied: the name (suffixed), shortname (unique), the instances (the failed ones
+# instead), the job and its dependencies (the re-run stands alone: the job may be over, and
+# the parents have ended).
+RERUN_FIELDS = ("profile", "poolUuid", "constants", "tags", "labels", "advancedResourceBuckets",
+                "resultBucket", "resultsWhitelist", "resultsBlacklist", "snapshotWhitelist",
+                "snapshotBlacklist", "retrySettings", "secretsAccessRights", "privileges",
+                "hardwareConstraints", "maxTimeQueueSeconds", "uploadResultsOnCancellation",
+                "waitForPoolResourcesSynchronization", "defaultResourcesCacheTTLSec",
+                "autoDeleteOnCompletion", "completionTimeToLive")
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class ExplainMethods:
             raise ResourceStateError(f"task {self.uuid} ended {state} with no failed instance: "
                                      "nothing to re-run")
         rerun = Task(self._conn, f"{self.name} (rerun of failed)", None, failed)
-        rerun._data.update({key: copy.deepcopy(self._data[key]) for key in _COPIED
+        rerun._data.update({key: copy.deepcopy(self._data[key]) for key in RERUN_FIELDS
                             if self._data.get(key) is not None})
         if rerun._data.get("poolUuid"):  # a task in a pool runs with the pool's profile
             rerun._data["profile"] = None

@@ -6,6 +6,8 @@ any request off the server's origin fails (``pytest_runtest_call`` below).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from qcompute.server.bootstrap import read_token
@@ -13,6 +15,7 @@ from qcompute.server.bootstrap import read_token
 CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright cannot download its own browsers here
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+SHOTS = Path(__file__).parents[2] / "docs" / "_static" / "console"  # used by docs/console.rst
 
 
 def pytest_collection_modifyitems(items):
@@ -26,6 +29,12 @@ def foreign(urls: list[str], origin: str) -> list[str]:
     """The URLs that left ``origin`` (``data:``/``blob:``/``about:`` stay in the page)."""
     return [u for u in urls if not (u.startswith(origin + "/") or u == origin
                                     or u.split(":", 1)[0] in ("data", "blob", "about"))]
+
+
+def shot(page, name: str, full_page: bool = False) -> None:
+    """Save a screenshot of the page for the docs (``docs/_static/console/<name>``)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=full_page)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.console.conftest import foreign
+from tests.console.conftest import foreign, shot
 
 
 def test_a_page_asks_to_sign_in_first(signed_out_page):
@@ -19,6 +19,7 @@ def test_a_bad_token_is_refused_and_a_good_one_opens_the_task_list(signed_out_pa
     page.fill("#token", "not-a-token")
     page.click("button[type=submit]")
     assert page.locator("#signin-error").inner_text() == "invalid token"
+    shot(page, "signin.png")
     page.fill("#token", owner_token)
     page.click("button[type=submit]")
     page.wait_for_url("**/console/tasks")

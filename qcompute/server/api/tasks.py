@@ -38,7 +38,7 @@ def _parse_submit(item: Any) -> TaskSubmit:
     return validate(TaskSubmit, item, code="invalid_task")
 
 
-def _submit(session, ctx: AppContext, user, item: Any) -> Task:
+def submit_one(session, ctx: AppContext, user, item: Any) -> Task:
     """Store one task; then the storage prepares its result bucket (see the storage backend)."""
     doc = _parse_submit(item)
     task = service.submit_task(session, ctx.settings, user, doc)
@@ -63,7 +63,7 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
 
     def work() -> tuple[int, Any]:
         if not isinstance(payload, list):
-            task = _submit(session, ctx, user, payload)
+            task = submit_one(session, ctx, user, payload)
             waiting.extend([task.id] if task.waiting_on else [])
             if represent:  # the whole document: the client needs no GET after its POST
                 return 201, _full(ctx, session, task)
@@ -72,7 +72,7 @@ def submit_tasks(request: Request, body: RawBody, session: SessionDep, user: Cur
         for item in payload:  # each item stands alone: one bad task does not sink the rest
             try:
                 with session.begin_nested():
-                    task = _submit(session, ctx, user, item)
+                    task = submit_one(session, ctx, user, item)
                 waiting.extend([task.id] if task.waiting_on else [])
                 results.append({"statusCode": 201, "uuid": task.uuid, "message": "created"})
             except DomainError as exc:
@@ -268,6 +268,13 @@ def update_resources(uuid: str, request: Request, body: RawBody, session: Sessio
 
 @router.delete("/tasks/{uuid}", summary="Delete a task, stopping what still runs")
 def delete_task(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextDep):
+    delete_and_stop(session, ctx, user, uuid)
+    return {"uuid": uuid, "message": "deleted"}
+
+
+def delete_and_stop(session, ctx: AppContext, user, uuid: str) -> None:
+    """Delete the task (committed), stop what still runs of it, and release its children
+    (the API's DELETE and the console's)."""
     task = service.get_task(session, user, uuid)
     running = [InstanceKey(task.uuid, i.instance_id, i.attempt)
                for i in service.task_instances(session, task) if I(i.state).is_active()]
@@ -278,7 +285,6 @@ def delete_task(uuid: str, session: SessionDep, user: CurrentUser, ctx: ContextD
     if children:
         ctx.scheduler.submitted(children)
     ctx.scheduler.discard_files(uuid)
-    return {"uuid": uuid, "message": "deleted"}
 
 
 @router.post("/tasks/{uuid}/abort", summary="Cancel a task")

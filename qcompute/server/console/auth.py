@@ -31,7 +31,7 @@ from ..services.users import find_user
 
 __all__ = ["COOKIE", "ConsoleSession", "ConsoleUser", "CsrfRefused", "SignInRequired",
            "check_csrf", "console_session", "console_user", "new_session", "scoped_user",
-           "set_session"]
+           "set_session", "signed_in_user"]
 
 COOKIE = "qcompute_console"
 MAX_AGE = 12 * 3600  # seconds a sign-in lasts
@@ -119,8 +119,9 @@ async def check_csrf(request: Request) -> None:
                           "try again")
 
 
-def console_user(request: Request, session: SessionDep) -> User:
-    """The signed-in user (as the API's bearer auth would find it); else ``SignInRequired``."""
+def signed_in_user(request: Request, session: Session) -> User:
+    """The signed-in user (as the API's bearer auth would find it); else ``SignInRequired``.
+    For a route that holds its request open (server-sent events), in a session of its own."""
     found = console_session(request)
     if found is None or not found.token:
         raise SignInRequired()
@@ -128,6 +129,11 @@ def console_user(request: Request, session: SessionDep) -> User:
         return signed_in(session, found.token)
     except Unauthorized:  # the token was rotated or the user removed
         raise SignInRequired() from None
+
+
+def console_user(request: Request, session: SessionDep) -> User:
+    """Dependency: the signed-in user; a request without one goes to the sign-in page."""
+    return signed_in_user(request, session)
 
 
 ConsoleUser = Annotated[User, Depends(console_user)]

@@ -1,21 +1,35 @@
-"""Console task pages: the list (state, progress, tags; owner and state filters; pages)."""
+"""Console task pages: the list (state, progress, tags; owner, state and tag filters; pages),
+and a task's page (its instances with their telemetry and errors, its live output by
+server-sent events; abort, delete, rerun-failed)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+import asyncio
+import json
+from functools import partial
+from typing import Annotated, Any, AsyncIterator, Optional
+from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState
 
-from ..api.deps import SessionDep
-from ..db.models import Task, TaskTag
-from ..errors import validate
+from ..api.deps import AppContext, ContextDep, SessionDep
+from ..api.tasks import delete_and_stop, submit_one
+from ..db.models import Task, TaskTag, User, utcnow
+from ..errors import DomainError, validate
+from ..executors.base import InstanceKey
 from ..schemas import PageRequest
 from ..services import listing
+from ..services import tasks as service
+from ..services.output import STREAMS, TASK_LEVEL
 from ..services.users import list_users
-from .auth import ConsoleUser, scoped_user
+from ..services.wire import task_to_json
+from .auth import ConsoleUser, SignInRequired, scoped_user, signed_in_user
 from .pages import console_router, render
 
 router = console_router()
@@ -68,3 +82,147 @@ def task_list(request: Request, session: SessionDep, user: ConsoleUser,
             ("owner", owner if whose.id != user.id else None), ("state", state), ("tag", tag))
             if v],
     })
+
+
+# -- one task ---------------------------------------------------------------------------------
+
+def _owner_query(user: User, whose: User) -> str:
+    """The ``?owner=`` that keeps the owner's view of another user's task in the links."""
+    return "" if whose.id == user.id else "?" + urlencode({"owner": whose.email})
+
+
+def _status(ctx: AppContext, session: Session, user: User, whose: User,
+            uuid: str) -> dict[str, Any]:
+    """What the status part of a task page shows: the API's document of the task (state,
+    errors, telemetry of running instances), and a row per instance."""
+    task = service.get_task(session, whose, uuid)
+    instances = service.task_instances(session, task)
+    doc = task_to_json(task, instances, utcnow(), None, ctx.scheduler.telemetry.get,
+                       ctx.settings.node_kinds[0].cpu_model)
+    running = {i["instanceId"]: i for i in doc["status"]["runningInstancesInfo"][
+        "perRunningInstanceInfo"]}
+    rows = [{"instance": i, "live": running.get(i.instance_id)} for i in instances]
+    return {"task": task, "doc": doc, "rows": rows, "done": done_count(task),
+            "final": TaskState(task.state).is_final(), "owner_q": _owner_query(user, whose),
+            "failed": bool(doc["status"]["failedRange"])}
+
+
+@router.get("/tasks/{uuid}")
+def task_page(uuid: str, request: Request, session: SessionDep, user: ConsoleUser,
+              ctx: ContextDep, owner: Optional[str] = None):
+    whose = scoped_user(session, user, owner)
+    status = _status(ctx, session, user, whose, uuid)
+    query = {"known": status["task"].state, **({"owner": whose.email} if whose.id != user.id
+                                               else {})}
+    return render(request, "tasks/page.html", {
+        "user": user, "section": "tasks", "whose": whose, **status,
+        "events_url": f"/console/tasks/{uuid}/events?{urlencode(query)}"})
+
+
+@router.get("/tasks/{uuid}/status")
+def task_status(uuid: str, request: Request, session: SessionDep, user: ConsoleUser,
+                ctx: ContextDep, owner: Optional[str] = None):
+    """The status part of the page alone: htmx reloads it when the task changes."""
+    whose = scoped_user(session, user, owner)
+    return render(request, "tasks/status.html", _status(ctx, session, user, whose, uuid))
+
+
+@router.post("/tasks/{uuid}/abort")
+def abort_task(uuid: str, request: Request, session: SessionDep, user: ConsoleUser,
+               ctx: ContextDep, owner: Optional[str] = None):
+    whose = scoped_user(session, user, owner)
+    task = service.request_abort(session, whose, uuid)
+    session.commit()
+    ctx.scheduler.abort(task.id)
+    return render(request, "tasks/status.html", _status(ctx, session, user, whose, uuid))
+
+
+@router.delete("/tasks/{uuid}")
+def delete_task(uuid: str, session: SessionDep, user: ConsoleUser, ctx: ContextDep,
+                owner: Optional[str] = None) -> Response:
+    whose = scoped_user(session, user, owner)
+    delete_and_stop(session, ctx, whose, uuid)
+    return Response(status_code=204,
+                    headers={"HX-Redirect": "/console/tasks" + _owner_query(user, whose)})
+
+
+@router.post("/tasks/{uuid}/rerun-failed")
+def rerun_failed(uuid: str, session: SessionDep, user: ConsoleUser, ctx: ContextDep,
+                 owner: Optional[str] = None) -> Response:
+    """A new task runs the failed instances again (the SDK's ``Task.rerun_failed``)."""
+    whose = scoped_user(session, user, owner)
+    rerun = submit_one(session, ctx, whose, service.rerun_document(session, whose, uuid))
+    session.commit()
+    ctx.scheduler.wake()
+    target = f"/console/tasks/{rerun.uuid}{_owner_query(user, whose)}"
+    return Response(status_code=204, headers={"HX-Redirect": target})
+
+
+# -- live output --------------------------------------------------------------------------------
+
+TICK_SECONDS = 5.0  # without news, the page's status (telemetry) is refreshed this often
+
+
+def _event(name: str, data: Any, event_id: Optional[str] = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def _offsets(last_event_id: Optional[str]) -> dict[str, int]:
+    """Where a reconnecting EventSource left off: its last event id is ``<stdout>-<stderr>``."""
+    try:
+        out, err = (int(part) for part in (last_event_id or "").split("-"))
+        return {"stdout": max(out, 0), "stderr": max(err, 0)}
+    except ValueError:
+        return {"stdout": 0, "stderr": 0}
+
+
+def _task_state(ctx: AppContext, request: Request, owner: Optional[str], uuid: str) -> str:
+    """The task's state, checked in a short session of its own (nothing held between reads)."""
+    with ctx.sessions() as session:
+        user = signed_in_user(request, session)
+        return service.get_task(session, scoped_user(session, user, owner), uuid).state
+
+
+@router.get("/tasks/{uuid}/events")
+async def task_events(uuid: str, request: Request, ctx: ContextDep,
+                      owner: Optional[str] = None, known: Optional[str] = None,
+                      last_event_id: Annotated[Optional[str], Header()] = None):
+    """Server-sent events of the task's output as it arrives (``stdout``/``stderr``: the new
+    text), its state changes (``state``), a ``tick`` every few quiet seconds while it runs,
+    and ``end`` once it is final and all its output sent (or it is gone). Woken by the same
+    changes as the API's ``?offset&wait`` long poll."""
+    load = partial(_task_state, ctx, request, owner, uuid)
+    state = await run_in_threadpool(load)  # a bad request fails here, as a page would
+    offsets = _offsets(last_event_id)
+
+    async def events() -> AsyncIterator[str]:
+        nonlocal state
+        shown = known
+        while True:
+            with ctx.outputs.changes.watching([uuid]) as wrote, \
+                    ctx.scheduler.changes.watching([uuid]) as changed:
+                try:
+                    state = await run_in_threadpool(load)
+                except (DomainError, SignInRequired):  # deleted, or signed out meanwhile
+                    yield _event("end", "gone")
+                    return
+                final = TaskState(state).is_final()  # read before the output: then all of it
+                for stream in STREAMS:
+                    text, offsets[stream] = ctx.outputs.read(uuid, TASK_LEVEL, stream,
+                                                             since=offsets[stream])
+                    if text:
+                        yield _event(stream, text, f"{offsets['stdout']}-{offsets['stderr']}")
+                if state != shown:
+                    yield _event("state", state)
+                    shown = state
+                if final:
+                    yield _event("end", state)
+                    return
+                done, _ = await asyncio.wait({wrote, changed}, timeout=TICK_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    yield _event("tick", state)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

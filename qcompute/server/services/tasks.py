@@ -12,22 +12,23 @@ from typing import Any, Optional
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from qcompute.explain import RERUN_FIELDS, RERUN_LABEL
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
 from ..db.models import Instance, Task, TaskTag, User, utcnow
-from ..errors import BadRequest, Forbidden, NotFound, validate
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, validate
 from ..schemas import PageRequest, TaskSubmit, TaskUpdate
 from ..settings import ServerSettings
 from . import listing
 from .hardware import check_constraints
 from .owned import find_owned
-from .lifecycle import derive_task_state, parse_ranges
+from .lifecycle import derive_task_state, format_ranges, parse_ranges
 from .runnable import check_command_line, check_constants, instance_variables
 
 __all__ = ["submit_task", "get_task", "task_states", "execution_seconds", "task_instances",
            "instances_of", "update_task", "request_abort",
-           "delete_task", "page_tasks", "move_instance", "refresh_task_state"]
+           "delete_task", "page_tasks", "move_instance", "refresh_task_state", "rerun_document"]
 
 def _instance_ids(doc: TaskSubmit, limit: int) -> list[int]:
     if doc.advanced_ranges:
@@ -212,6 +213,28 @@ def request_abort(session: Session, user: User, task_uuid: str) -> Task:
     task.abort_requested = True
     refresh_task_state(session, task)
     return task
+
+
+def rerun_document(session: Session, user: User, task_uuid: str) -> dict[str, Any]:
+    """The document of a task that runs this finished task's failed instances again, by the
+    SDK's rules (``Task.rerun_failed``): the same definition, the failed instances' range,
+    named ``"<name> (rerun of failed)"`` and labelled ``qcompute.rerunOf=<uuid>``."""
+    task = get_task(session, user, task_uuid)
+    if not T(task.state).is_final():
+        raise Conflict(f"task {task_uuid} is {task.state}: only a finished task's failed "
+                       "instances can run again", code="task_not_finished")
+    failed = format_ranges(session.scalars(select(Instance.instance_id).where(
+        Instance.task_id == task.id, Instance.state == I.FAILED.value)
+        .order_by(Instance.instance_id)))
+    if not failed:
+        raise Conflict(f"task {task_uuid} ended {task.state} with no failed instance: "
+                       "nothing to run again", code="nothing_failed")
+    doc = {key: task.document[key] for key in (*RERUN_FIELDS, "resourceBuckets")
+           if task.document.get(key) is not None}
+    if doc.get("poolUuid"):  # a task in a pool runs with the pool's profile
+        doc.pop("profile", None)
+    return {**doc, "name": f"{task.name} (rerun of failed)", "advancedRanges": failed,
+            "labels": {**doc.get("labels", {}), RERUN_LABEL: task.uuid}}
 
 
 def delete_task(session: Session, user: User, task_uuid: str) -> Task:

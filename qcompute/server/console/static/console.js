@@ -1,6 +1,7 @@
 /* qcompute console: live task output. The server pushes it as server-sent events
    (GET /console/tasks/<uuid>/events): "stdout"/"stderr" (a JSON string to append), "state"
-   (the task changed: htmx reloads #task-status) and "end" (the task is over: close). The
+   (the task changed) or "tick" (a few quiet seconds passed: fresh telemetry), on which htmx
+   reloads #task-status, and "end" (the task is over: close). The
    browser's EventSource resumes from the last event id if the connection drops. */
 (function () {
   "use strict";
@@ -18,9 +19,11 @@
     }
     source.addEventListener("stdout", append("stdout"));
     source.addEventListener("stderr", append("stderr"));
-    source.addEventListener("state", function () {
+    source.addEventListener("tick", refresh);
+    source.addEventListener("state", refresh);
+    function refresh() {
       if (window.htmx) { window.htmx.trigger("#task-status", "refresh"); }
-    });
+    }
     source.addEventListener("end", function () {
       source.close();
       box.setAttribute("data-ended", "true");
