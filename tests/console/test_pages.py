@@ -7,21 +7,13 @@ from __future__ import annotations
 import io
 import secrets
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.console.conftest import PHONE
+from tests.console.conftest import PHONE, shot
 from tests.helpers import wait_for
-
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "_static" / "console"
-
-
-def shoot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +83,16 @@ def test_browse_a_bucket_into_a_folder_and_back(console_page, bucket):
     page = console_page
     page.goto("/console/buckets")
     page.click(f"#bucket-list a:text-is('{name}')")
+    page.wait_for_url(f"**/console/buckets/{name}")
     assert page.locator("h1").inner_text() == f"Bucket {name}"
     assert page.locator("#objects tr[data-folder='docs/']").count() == 1
     assert page.locator("#objects tr[data-key='data.bin'] td.num").inner_text() == "195.3 KiB"
     page.click("#objects tr[data-folder='docs/'] a")
+    page.wait_for_url(lambda url: url.endswith("?prefix=docs/"))
     assert page.locator("#objects tr[data-key='docs/readme.txt']").count() == 1
     assert page.locator("#objects tr[data-folder='docs/old/']").count() == 1
     page.click(f".crumbs a:text-is('{name}')")
+    page.wait_for_url(f"**/console/buckets/{name}")
     assert page.locator("#objects tr[data-key='data.bin']").count() == 1
 
 
@@ -162,6 +157,7 @@ def test_the_job_page_draws_one_node_per_task_and_its_edges(console_page, diamon
     page = console_page
     page.goto("/console/jobs")
     page.click(f"#job-list tr[data-uuid='{job}'] a")
+    page.wait_for_url(f"**/console/jobs/{job}")
     svg = page.locator("#job-graph svg")
     assert sorted(svg.locator("a.graph-node").evaluate_all(
         "nodes => nodes.map(n => n.dataset.uuid)")) == sorted(tasks)
@@ -182,8 +178,8 @@ def test_terminate_then_delete_a_job(console_page, api):
     assert answer.status_code == 201, answer.text
     page = console_page
     page.goto(f"/console/jobs/{job}")
-    page.click("button:text-is('Terminate')")
-    page.wait_for_url(f"**/console/jobs/{job}")
+    with page.expect_navigation():
+        page.click("button:text-is('Terminate')")
     wait_for(lambda: api.get(f"/jobs/{job}").json()["state"] == "Completed", timeout=30)
     page.reload()
     assert page.locator(".facts .state").first.inner_text() == "Completed"
@@ -204,9 +200,11 @@ def test_a_pool_page_then_close_and_delete(console_page, api):
     assert row.locator(".tag").inner_text() == "render"
     assert row.locator("td.num").first.inner_text() == "1 / 1"
     row.locator("a").click()
-    assert page.locator("#pool-slots tbody tr").count() == 1
+    page.wait_for_url(f"**/console/pools/{pool}")
+    expect(page.locator("#pool-slots tbody tr")).to_have_count(1)
     assert "Not elastic" in page.locator("main").inner_text()
-    page.click("button:text-is('Close')")
+    with page.expect_navigation():
+        page.click("button:text-is('Close')")
     wait_for(lambda: api.get(f"/pools/{pool}").json()["state"] == "Closed", timeout=30)
     page.click("button:text-is('Delete')")
     page.wait_for_url("**/console/pools")
@@ -251,7 +249,7 @@ def test_every_page_fits_a_phone_and_is_shot_at_1280x800(new_context, signed_in_
                  "users": "/console/users", "nodes": "/console/nodes"}
         for name, path in shown.items():
             assert desktop.goto(path).status == 200, path
-            shoot(desktop, name)
+            shot(desktop, f"{name}.png")
             assert phone.goto(path).status == 200, path
             width = phone.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"], f"{path} is {width} px wide on a phone"
