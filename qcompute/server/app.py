@@ -149,7 +149,8 @@ def create_app(settings: ServerSettings, *, storage=None,
     app = FastAPI(title="qcompute", version=__version__, lifespan=lifespan,
                   description="A compute cluster speaking the Qarnot REST dialect.")
     # innermost: a body refused while it streams raises a 413 that the error handlers render
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       paths=console.body_limits(settings))
     install_error_handlers(app)
     app.add_middleware(_MergeSlashes)
     for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):

@@ -149,6 +149,7 @@ class ServerSettings(BaseSettings):
     # variables and command line together below max_environment_bytes, which leaves room in
     # the kernel's ARG_MAX for the runner's variables and granted secrets.
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    console_upload_max_bytes: int = Field(default=5 * 1024**3, ge=1024)  # a console upload
     max_constants: int = Field(default=1000, ge=1)  # per task or pool
     max_constant_bytes: int = Field(default=ARG_STRLEN - 1, ge=1024, le=ARG_STRLEN - 1)
     max_environment_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)

@@ -45,24 +45,33 @@ class RequestTooLarge(DomainError):
     code = "request_too_large"
 
 
-def _too_large(limit: int) -> RequestTooLarge:
+def _too_large(limit: int, setting: str = "max_request_bytes") -> RequestTooLarge:
     return RequestTooLarge(f"the request body is larger than this server's limit of {limit} "
-                           "bytes (max_request_bytes)")
+                           f"bytes ({setting})")
 
 
 class BodyLimit:
-    """ASGI middleware capping request bodies at ``max_bytes``."""
+    """ASGI middleware capping request bodies at ``max_bytes``, or at the limit of the first
+    ``(path pattern, bytes, setting name)`` of ``paths`` whose pattern matches the whole path
+    (the console's uploads)."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int,
+                 paths: tuple[tuple[str, int, str], ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = [(re.compile(pattern), limit, name) for pattern, limit, name in paths]
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        return next(((limit, name) for pattern, limit, name in self.paths
+                     if pattern.fullmatch(path)), (self.max_bytes, "max_request_bytes"))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, setting = self._limit(scope["path"])
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and (len(length) > 18 or int(length) > self.max_bytes):
-            error = _too_large(self.max_bytes)
+        if length.isdigit() and (len(length) > 18 or int(length) > limit):
+            error = _too_large(limit, setting)
             response = JSONResponse(error_body(error.message, error.code), error.status_code,
                                     headers={"Connection": "close"})
             return await response(scope, receive, send)
@@ -73,8 +82,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # a chunked body: rendered by the app's handler
-                    raise _too_large(self.max_bytes)
+                if received > limit:  # a chunked body: rendered by the app's handler
+                    raise _too_large(limit, setting)
             return message
 
         await self.app(scope, counted, send)

@@ -8,12 +8,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from . import signin, tasks
+from ..settings import ServerSettings
+from . import admin, buckets, jobs, pools, signin, tasks
 from .pages import HERE, PREFIX
 
-__all__ = ["install"]
+__all__ = ["install", "body_limits"]
 
-MODULES = (signin, tasks)
+MODULES = (signin, tasks, pools, jobs, buckets, admin)
+
+
+def body_limits(settings: ServerSettings) -> tuple[tuple[str, int, str], ...]:
+    """The request paths whose body may pass ``max_request_bytes`` (api/limits.BodyLimit)."""
+    return ((buckets.UPLOAD_PATH, settings.console_upload_max_bytes + buckets.FORM_OVERHEAD,
+             "console_upload_max_bytes"),)
 
 
 def install(app: FastAPI) -> None:
