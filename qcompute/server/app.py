@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
-from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
+from .api import admin, catalogue, docs, jobs, openapi, pools, secrets, snapshots, tasks
 from .api.deps import AppContext
 from .api.limits import BodyLimit
 from .bootstrap import ensure_owner, ensure_storage_keys, make_private
@@ -143,7 +143,8 @@ def create_app(settings: ServerSettings, *, storage=None,
             engine.dispose()
 
     app = FastAPI(title="qcompute", version=__version__, lifespan=lifespan,
-                  description="A compute cluster speaking the Qarnot REST dialect.")
+                  description="A compute cluster speaking the Qarnot REST dialect.",
+                  docs_url=None, redoc_url=None)  # docs.install: served without a CDN
     # innermost: a body refused while it streams raises a 413 that the error handlers render
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
@@ -154,4 +155,5 @@ def create_app(settings: ServerSettings, *, storage=None,
         from .api import faults
         app.include_router(faults.router)
     openapi.install(app)
+    docs.install(app)
     return app
