@@ -16,7 +16,9 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
-from .api import admin, catalogue, docs, jobs, openapi, pools, secrets, snapshots, tasks
+from . import logs, transitions
+from .api import (admin, catalogue, docs, jobs, metrics as metrics_api, openapi, pools, secrets,
+                  snapshots, tasks)
 from .api.deps import AppContext
 from .api.limits import BodyLimit
 from .bootstrap import ensure_owner, ensure_storage_keys, make_private
@@ -24,6 +26,7 @@ from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
 from .errors import install_error_handlers
 from .executors.base import Executor
+from .metrics import Metrics, RequestTimer
 from .scheduler import Scheduler
 from .services.output import OutputStore
 from .settings import ServerSettings, sandbox_config
@@ -103,12 +106,22 @@ def create_app(settings: ServerSettings, *, storage=None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         make_private(settings)
+        restore_logging = logs.configure(settings)  # access.log goes in the data dir
+        try:
+            async with _serving(app):
+                yield
+        finally:
+            restore_logging()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI):
         sealer = load_sealer(settings)
         if settings.executor == "local":
             log.info("node kinds: %s", "; ".join(n.describe() for n in settings.node_kinds))
         engine = make_engine(settings.resolved_database_url)
         migrate(engine, sealer)
         sessions = make_session_factory(engine, sealer)
+        transitions.watch(sessions)
         with sessions() as session:
             check_key(session, key_path(settings))
         if storage is None:
@@ -122,7 +135,7 @@ def create_app(settings: ServerSettings, *, storage=None,
             scheduler = Scheduler(settings=settings, sessions=sessions,
                                   executor_factory=executor_factory
                                   or _default_executor(settings, store),
-                                  outputs=outputs, storage=store)
+                                  outputs=outputs, storage=store, metrics=app.state.metrics)
             replica = None
             if engine.dialect.name == "postgresql":  # replicas may share it: one schedules
                 from .replicas import Replica
@@ -132,11 +145,13 @@ def create_app(settings: ServerSettings, *, storage=None,
             else:
                 scheduler.start()
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store)
+            app.state.metrics.watch(app.state.ctx)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:
                 yield
             finally:
+                app.state.metrics.unwatch()
                 (replica or scheduler).stop()
         finally:
             store.stop()
@@ -148,8 +163,10 @@ def create_app(settings: ServerSettings, *, storage=None,
     # innermost: a body refused while it streams raises a 413 that the error handlers render
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestTimer, metrics=app.state.metrics)  # inside _MergeSlashes' copy
     app.add_middleware(_MergeSlashes)
-    for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):
+    for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots, metrics_api):
         app.include_router(module.router)
     if settings.fault_injection:
         from .api import faults
