@@ -100,7 +100,7 @@ class _Cluster:
                                         ("jobs", Job, J)):
                 by_state = {s.value: 0 for s in states if s.name != "UNSUBMITTED"}
                 by_state.update(session.execute(
-                    select(model.state, func.count()).group_by(model.state)).tuples())
+                    select(model.state, func.count()).group_by(model.state)).tuples().all())
                 gauge = GaugeMetricFamily(f"qcompute_{name}", f"{name.title()} by state",
                                           labels=["state"])
                 for state, count in by_state.items():
