@@ -99,8 +99,8 @@ class _Cluster:
             for name, model, states in (("tasks", Task, T), ("pools", Pool, P),
                                         ("jobs", Job, J)):
                 by_state = {s.value: 0 for s in states if s.name != "UNSUBMITTED"}
-                by_state.update(session.execute(
-                    select(model.state, func.count()).group_by(model.state)).tuples().all())
+                by_state.update(tuple(row) for row in session.execute(
+                    select(model.state, func.count()).group_by(model.state)))
                 gauge = GaugeMetricFamily(f"qcompute_{name}", f"{name.title()} by state",
                                           labels=["state"])
                 for state, count in by_state.items():
