@@ -1,8 +1,9 @@
 """``create_app(settings)``: the FastAPI application, with nothing started at import time.
 
-The lifespan starts, in order: the data dir (made private), the key that seals secrets and
-tokens, the database (migrated), the storage (embedded SeaweedFS or an external S3), the owner
-account and client config, then the scheduler and its executor; it stops them in reverse order.
+The lifespan starts, in order: the data dir (made private), the logging (logs.py), the key
+that seals secrets and tokens, the database (migrated; its commits logged by transitions.py),
+the storage (embedded SeaweedFS or an external S3), the owner account and client config, then
+the scheduler and its executor, and the metrics' gauges; it stops them in reverse order.
 """
 from __future__ import annotations
 
