@@ -1,8 +1,9 @@
 """``create_app(settings)``: the FastAPI application, with nothing started at import time.
 
-The lifespan starts, in order: the data dir (made private), the key that seals secrets and
-tokens, the database (migrated), the storage (embedded SeaweedFS or an external S3), the owner
-account and client config, then the scheduler and its executor; it stops them in reverse order.
+The lifespan starts, in order: the data dir (made private), the logging (logs.py), the key
+that seals secrets and tokens, the database (migrated; its commits logged by transitions.py),
+the storage (embedded SeaweedFS or an external S3), the owner account and client config, then
+the scheduler and its executor, and the metrics' gauges; it stops them in reverse order.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from fastapi import FastAPI
 
 from qcompute._version import __version__
 
-from . import console
-from .api import admin, catalogue, jobs, openapi, pools, secrets, snapshots, tasks
+from . import console, logs, transitions
+from .api import (admin, catalogue, docs, jobs, metrics as metrics_api, openapi, pools, secrets,
+                  snapshots, tasks)
 from .api.deps import AppContext
 from .api.limits import BodyLimit
 from .bootstrap import ensure_instance_id, ensure_owner, ensure_storage_keys, make_private
@@ -25,6 +27,7 @@ from .crypto import check_key, key_path, load_sealer
 from .db import make_engine, make_session_factory, migrate
 from .errors import install_error_handlers
 from .executors.base import Executor
+from .metrics import Metrics, RequestTimer
 from .scheduler import Scheduler
 from .services.output import OutputStore
 from .settings import ServerSettings, sandbox_config
@@ -104,6 +107,15 @@ def create_app(settings: ServerSettings, *, storage=None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         make_private(settings)
+        restore_logging = logs.configure(settings)  # access.log goes in the data dir
+        try:
+            async with _serving(app):
+                yield
+        finally:
+            restore_logging()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI):
         instance_id = ensure_instance_id(settings)
         sealer = load_sealer(settings)
         if settings.executor == "local":
@@ -111,6 +123,7 @@ def create_app(settings: ServerSettings, *, storage=None,
         engine = make_engine(settings.resolved_database_url)
         migrate(engine, sealer)
         sessions = make_session_factory(engine, sealer)
+        transitions.watch(sessions)
         with sessions() as session:
             check_key(session, key_path(settings))
         if storage is None:
@@ -124,7 +137,7 @@ def create_app(settings: ServerSettings, *, storage=None,
             scheduler = Scheduler(settings=settings, sessions=sessions,
                                   executor_factory=executor_factory
                                   or _default_executor(settings, store),
-                                  outputs=outputs, storage=store)
+                                  outputs=outputs, storage=store, metrics=app.state.metrics)
             replica = None
             if engine.dialect.name == "postgresql":  # replicas may share it: one schedules
                 from .replicas import Replica
@@ -136,28 +149,34 @@ def create_app(settings: ServerSettings, *, storage=None,
             app.state.ctx = AppContext(settings, sessions, scheduler, outputs, store,
                                        instance_id)
             app.state.sealer = sealer  # the console seals its session cookie with it
+            app.state.metrics.watch(app.state.ctx)
             log.info("qcompute server ready at %s (storage %s)", settings.api_url,
                      store.endpoint_url)
             try:
                 yield
             finally:
+                app.state.metrics.unwatch()
                 (replica or scheduler).stop()
         finally:
             store.stop()
             engine.dispose()
 
     app = FastAPI(title="qcompute", version=__version__, lifespan=lifespan,
-                  description="A compute cluster speaking the Qarnot REST dialect.")
+                  description="A compute cluster speaking the Qarnot REST dialect.",
+                  docs_url=None, redoc_url=None)  # docs.install: served without a CDN
     # innermost: a body refused while it streams raises a 413 that the error handlers render
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        paths=console.body_limits(settings))
     install_error_handlers(app)
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestTimer, metrics=app.state.metrics)  # inside _MergeSlashes' copy
     app.add_middleware(_MergeSlashes)
-    for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots):
+    for module in (catalogue, tasks, admin, secrets, pools, jobs, snapshots, metrics_api):
         app.include_router(module.router)
     if settings.fault_injection:
         from .api import faults
         app.include_router(faults.router)
     console.install(app)
     openapi.install(app)
+    docs.install(app)
     return app

@@ -35,6 +35,7 @@ from .crypto import SealError
 from .db.models import IdempotencyRecord, Instance, Job, Pool, Task, User, utcnow
 from .executors.base import (Executor, ExecutorEvent, Finished, InstanceKey, InstanceSpec,
                              Output, Phase, Placed, S3Access, Telemetry, storable)
+from .metrics import Metrics
 from .schemas.common import MAX_SECONDS
 from .scheduler_pools import PoolKeeper, resource_specs
 from .scheduler_recovery import Recovery, WorkDirs
@@ -101,8 +102,10 @@ _STOP = object()
 class Scheduler:
     def __init__(self, *, settings: ServerSettings, sessions: sessionmaker[Session],
                  executor_factory: Callable[[Callable[[ExecutorEvent], None]], Executor],
-                 outputs: OutputStore, storage: "StorageBackend") -> None:
+                 outputs: OutputStore, storage: "StorageBackend",
+                 metrics: Optional[Metrics] = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()  # dispatch waits and instance outcomes
         self.sessions = sessions
         self.outputs = outputs
         self.storage = storage  # runners get their task owner's S3 identity from it
@@ -479,6 +482,7 @@ class Scheduler:
             instance.error = None if event.exit_code == 0 or instance.attempt == 1 else \
                 f"attempt {instance.attempt} exited with code {event.exit_code} (retries used up)"
             move_instance(task, instance, I.SUCCEEDED if event.exit_code == 0 else I.FAILED)
+        self.metrics.ended(I(instance.state), instance.exit_code)
 
     @staticmethod
     def _may_retry(task: Task, instance: Instance) -> bool:
@@ -539,6 +543,8 @@ class Scheduler:
                     touched[task.id] = task
             if blocked[task.id]:
                 continue
+            self.metrics.dispatched((instance.ended_at if instance.attempt else None)
+                                    or task.created_at)
             move_instance(task, instance, I.DISPATCHED)
             instance.attempt += 1
             instance.node = None  # the new attempt's node, once it is placed

@@ -105,6 +105,7 @@ class Recovery:
                 move_instance(task, instance, I.FAILED)
                 refresh_task_state(session, task)
                 session.commit()
+                scheduler.metrics.ended(I.FAILED, instance.exit_code)
                 return {task.uuid}
         except Exception:
             log.exception("recording %s as failed failed too", event.key)

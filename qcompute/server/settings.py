@@ -132,6 +132,10 @@ class ServerSettings(BaseSettings):
     # PostgreSQL: how often a standby replica tries the scheduler's lock (docs/postgresql.rst)
     leader_retry_seconds: float = Field(default=1.0, gt=0, le=5)
     fault_injection: bool = False  # tests only: POST /admin/faults makes scheduler rounds fail
+    # Logging (logs.py, docs/metrics.rst): every record as text or as one JSON object per
+    # line; uvicorn's access lines to <data_dir>/access.log, to stdout, or nowhere.
+    log_format: Literal["text", "json"] = "text"
+    access_log: Literal["file", "stdout", "off"] = "file"
 
     # Sandbox (sandbox.py): "auto" runs every instance under bubblewrap where it works, else
     # unsandboxed with a loud warning (and `user add` refused); "bubblewrap" refuses to start

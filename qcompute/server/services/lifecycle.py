@@ -5,14 +5,15 @@ Instances carry the real states. Nothing else decides what a task's state is.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 from qcompute.states import InstanceState as I
 from qcompute.states import TaskState as T
 
 from ..schemas.common import MAX_INSTANCE_ID, shown
 
-__all__ = ["derive_task_state", "format_ranges", "parse_ranges", "MAX_RANGE_PARTS"]
+__all__ = ["derive_task_state", "failure_class", "FAILURE_CLASSES", "format_ranges",
+           "parse_ranges", "MAX_RANGE_PARTS"]
 
 _PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
 
@@ -46,6 +47,27 @@ def derive_task_state(counts: Mapping[I, int], *, abort_requested: bool = False)
     if dispatched:
         return T.FULLY_DISPATCHED if not queued else T.PARTIALLY_DISPATCHED
     return T.SUBMITTED
+
+
+FAILURE_CLASSES = ("cancelled", "infrastructure", "application", "results")
+
+
+def failure_class(state: I, exit_code: Optional[int]) -> Optional[str]:
+    """Why an attempt ended as it did, from what its instance row keeps: ``state`` is the state
+    the end led to (Queued when it is run again) and ``exit_code`` the command's.
+
+    None: it succeeded. ``cancelled``: it was stopped. ``infrastructure``: no exit code (the
+    command never ran, or its runner or node was lost), or an exit code of 0 and run again
+    (the node failed after the command). ``application``: the command exited non-zero.
+    ``results``: the command exited 0 but its results could not be stored.
+    """
+    if state == I.SUCCEEDED:
+        return None
+    if state == I.CANCELLED:
+        return "cancelled"
+    if exit_code is None or (exit_code == 0 and state != I.FAILED):
+        return "infrastructure"
+    return "application" if exit_code != 0 else "results"
 
 
 MAX_RANGE_PARTS = 10_000  # comma-separated parts of one advanced range
