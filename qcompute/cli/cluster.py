@@ -321,14 +321,20 @@ def status(data_dir) -> None:
                                                    "them, until Ctrl-C.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), metavar="N",
               help="Print only the last N lines [all].")
-def logs(data_dir, follow, lines) -> None:
-    """Print the server's log (``<data dir>/server.log``)."""
+@click.option("--access", is_flag=True,
+              help="The access log (one line per HTTP request) instead of the server's.")
+def logs(data_dir, follow, lines, access) -> None:
+    """Print the server's log (``<data dir>/server.log``: its start, and one line per task,
+    pool and job transition), or with ``--access`` its access log (``access.log``)."""
+    from qcompute.server.logs import ACCESS_LOG_FILE
+
     data, how = _find(data_dir)
-    path = data / SERVER_LOG_NAME
+    path = data / (ACCESS_LOG_FILE if access else SERVER_LOG_NAME)
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise click.ClickException(f"no server log at {path} (data dir from {how})") from None
+        what = "access log" if access else "server log"
+        raise click.ClickException(f"no {what} at {path} (data dir from {how})") from None
     out = click.get_binary_stream("stdout")
     with handle:
         if lines is not None:  # reads the file through once, keeping its last lines

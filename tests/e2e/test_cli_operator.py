@@ -163,7 +163,7 @@ def test_the_active_profile_names_the_cluster(host, first):
 
 
 def test_logs_follow_prints_lines_as_they_come_until_ctrl_c(host, first):
-    follower = host.popen("logs", "-f", "-n", "0")
+    follower = host.popen("logs", "-f", "-n", "0", "--access")
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
     reader.start()
