@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -124,9 +125,16 @@ def server(data_dir, port, s3_port, workers, executor, ray_address) -> None:
     settings = _settings(data_dir, port, s3_port, workers, executor, ray_address)
     _check_ports(settings)
     os.umask(0o077)  # what the server (and SeaweedFS, the runners) create is private
+    log_config = uvicorn.config.LOGGING_CONFIG
+    if settings.log_format == "json":  # uvicorn's own lines, first and last, through the root's
+        from qcompute.server.logs import json_formatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(json_formatter())
+        log_config = None
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 timeout_keep_alive=settings.keep_alive_seconds, log_level="info",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, log_config=log_config)
 
 
 @click.command()
