@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Optional
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import Depends, Request, Response
 from sqlalchemy.orm import Session
@@ -30,8 +30,8 @@ from ..errors import DomainError, Forbidden, Unauthorized
 from ..services.users import find_user
 
 __all__ = ["COOKIE", "ConsoleSession", "ConsoleUser", "CsrfRefused", "SignInRequired",
-           "check_csrf", "console_session", "console_user", "new_session", "scoped_user",
-           "set_session", "signed_in_user"]
+           "acting_user", "check_csrf", "console_session", "console_user", "new_session",
+           "owner_query", "scoped_user", "set_session", "signed_in_user"]
 
 COOKIE = "qcompute_console"
 MAX_AGE = 12 * 3600  # seconds a sign-in lasts
@@ -148,3 +148,19 @@ def scoped_user(session: Session, user: User, owner: Optional[str]) -> User:
         raise Forbidden("only the cluster owner can look at another user's objects",
                         code="owner_only")
     return find_user(session, owner)
+
+
+def acting_user(user: User, owner: Optional[str]) -> User:
+    """Whose objects an action (abort, delete, close ...) changes: the user's own only, as in
+    the API, which has no route for the cluster owner to change another user's tasks, pools or
+    jobs. Naming another user (``?owner=``) is refused with a 403."""
+    if owner and owner != user.email:
+        raise Forbidden(f"only {owner} can change their own tasks, pools and jobs: the cluster "
+                        "owner may look at them here, but the API lets no one else abort, "
+                        "delete, rerun, close or terminate them", code="not_your_object")
+    return user
+
+
+def owner_query(user: User, whose: User) -> str:
+    """The ``?owner=`` that keeps the owner's view of another user's objects in the links."""
+    return "" if whose.id == user.id else "?" + urlencode({"owner": whose.email})

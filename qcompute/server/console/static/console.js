@@ -35,6 +35,12 @@
     });
   }
 
+  /* A form with data-confirm asks before it is sent (removing a user, rotating a token). */
+  document.addEventListener("submit", function (event) {
+    var question = event.target.getAttribute && event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     Array.prototype.forEach.call(document.querySelectorAll("[data-events]"), follow);
   });
