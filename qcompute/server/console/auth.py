@@ -7,7 +7,8 @@ keep Secure cookies on ``http://127.0.0.1``). A visitor who has not signed in ge
 without a token, so the sign-in form is CSRF-protected too.
 
 Every state-changing request (anything but GET/HEAD) must carry the session's CSRF token (the
-``X-CSRF-Token`` header, which htmx sends from ``hx-headers``, or a ``csrf_token`` form field)
+``X-CSRF-Token`` header, which htmx and console.js send, or a ``csrf_token`` field of a POSTed
+form)
 and come from this origin (``Origin``, else ``Referer``); otherwise it is refused with a 403.
 """
 from __future__ import annotations
@@ -109,9 +110,10 @@ async def check_csrf(request: Request) -> None:
         raise CsrfRefused("refused: this request did not come from the console's own origin "
                           "(no matching Origin or Referer header)")
     session = console_session(request)
-    sent = request.headers.get("x-csrf-token")
-    if sent is None and request.headers.get("content-type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data")):
+    sent = request.headers.get("x-csrf-token")  # a PUT's body (an upload) is never read here
+    if sent is None and request.method == "POST" and request.headers.get(
+            "content-type", "").startswith(("application/x-www-form-urlencoded",
+                                            "multipart/form-data")):
         sent = (await request.form()).get("csrf_token")
     if session is None or not isinstance(sent, str) \
             or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
