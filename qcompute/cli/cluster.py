@@ -348,7 +348,8 @@ def logs(data_dir, follow, lines) -> None:
 
 
 def _node_line(node: dict) -> str:
-    """``node:      vm (3f2a…) 2 cores, 23 GiB, labels zone=b, licence; 1 of 2 slots free, 1 held by pools``."""
+    """``node:      vm (3f2a…) 2 cores, 23 GiB, labels zone=b; 1 of 2 slots free, 1 held by
+    pools``."""
     name = node.get("hostname") or node.get("specificationKey", "?")
     if node.get("id"):
         name += f" ({node['id'][:12]})"
