@@ -362,7 +362,8 @@ def logs(data_dir, follow, lines, access) -> None:
 
 
 def _node_line(node: dict) -> str:
-    """``node:      vm (3f2a…) 2 cores, 23 GiB, labels zone=b, licence; 1 of 2 slots free``."""
+    """``node:      vm (3f2a…) 2 cores, 23 GiB, labels zone=b; 1 of 2 slots free, 1 held by
+    pools``."""
     name = node.get("hostname") or node.get("specificationKey", "?")
     if node.get("id"):
         name += f" ({node['id'][:12]})"
@@ -372,4 +373,5 @@ def _node_line(node: dict) -> str:
     return (f"node:      {name} {node.get('cores')} cores, "
             f"{round((node.get('memoryMB') or 0) / 1024)} GiB"
             + (f", labels {', '.join(labels)}" if labels else "")
-            + f"; {node.get('freeSlots', '?')} of {node.get('slots', '?')} slots free")
+            + f"; {node.get('freeSlots', '?')} of {node.get('slots', '?')} slots free"
+            + (f", {node['heldSlots']} held by pools" if node.get("heldSlots") else ""))

@@ -55,9 +55,21 @@ def test_a_static_pool_prepares_each_slot_then_runs_its_tasks(roomy):
 def test_a_pool_holds_its_slots_away_from_other_tasks(roomy):
     uuid = make_pool(roomy, instanceCount=3)
     wait_pool(roomy, uuid, "FullyExecuting")  # no preparation: slots are ready at once
+    assert slot_counts(roomy) == (4, 3, 1)  # idle, the pool's slots are held, not free
     other = roomy.submit("echo", instanceCount=3)
     roomy.wait_dispatched(other, 1)
     assert len(roomy.executor.keys_of(other)) == 1  # 4 slots - 3 held
+    assert slot_counts(roomy) == (4, 3, 0)
+    inside = roomy.submit("echo", poolUuid=uuid, profile=None)
+    roomy.wait_dispatched(inside, 1)
+    assert slot_counts(roomy) == (4, 3, 0)  # a pool task runs in a held slot
+
+
+def slot_counts(cluster) -> tuple[int, int, int]:
+    """(slots, held by pools, free) of the node /health lists, as /hardware-constraints."""
+    node, = cluster.client.get("/health").json()["nodes"]
+    assert cluster.get("/hardware-constraints").json()["nodes"] == [node]
+    return node["slots"], node["heldSlots"], node["freeSlots"]
 
 
 def test_closing_cancels_the_unfinished_tasks_then_gives_the_slots_back(roomy):

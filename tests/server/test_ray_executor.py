@@ -198,12 +198,16 @@ def test_a_pool_holds_its_slots_as_a_placement_group_its_instances_run_in(server
                      and found, 30, what="the pool's placement group")
     assert len(group) == 1 and len(group[0]["bundles"]) == 2
     assert all(bundle == {"CPU": 1.0} for bundle in group[0]["bundles"].values())
+    nodes = server.client.get("/health").json()["nodes"]  # idle, the bundles are not free
+    assert sum(n["heldSlots"] for n in nodes) == 2 and sum(n["freeSlots"] for n in nodes) == 0
     uuid = server.submit("true", instanceCount=3, poolUuid=pool, profile=None)
     task = _wait_state(server, uuid, "Success")
     assert {i["node"]["placementGroup"] for i in task["completedInstances"]} == \
         {group[0]["placement_group_id"]}
     assert server.post(f"/pools/{pool}/close").status_code == 200
     wait_for(lambda: not _groups(pool), 30, what="the placement group removed")
+    nodes = server.client.get("/health").json()["nodes"]
+    assert sum(n["heldSlots"] for n in nodes) == 0 and sum(n["freeSlots"] for n in nodes) == 2
     assert ray.util.placement_group_table()[group[0]["placement_group_id"]]["state"] == "REMOVED"
 
 

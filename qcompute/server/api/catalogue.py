@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from qcompute._version import __version__
 from qcompute.states import InstanceState as I
@@ -52,14 +53,20 @@ def health(ctx: ContextDep):
 
 def _nodes(ctx) -> list[dict]:
     """The cluster's nodes: the executor's live ones, else the configured node kinds with the
-    executor's slots (one host)."""
+    executor's slots (one host). ``heldSlots``: the slots open pools hold (idle or busy with
+    their tasks); ``freeSlots``: those neither held nor busy, for tasks outside pools."""
     executor = ctx.scheduler.executor
     live = executor.describe_nodes()
     if live is not None:
         return live
-    free = max(0, executor.capacity - len(executor.running()))
-    return [{**node.to_json(), "slots": executor.capacity, "freeSlots": free}
-            for node in ctx.settings.node_kinds]
+    try:
+        with ctx.sessions() as session:
+            busy, unheld = ctx.scheduler.general_slots(session)
+    except SQLAlchemyError:  # the database is down (/health says so): count without pools
+        busy, unheld = len(executor.running()), executor.capacity
+    held = executor.capacity - unheld
+    return [{**node.to_json(), "slots": executor.capacity, "heldSlots": held,
+             "freeSlots": max(0, unheld - busy)} for node in ctx.settings.node_kinds]
 
 
 @router.get("/settings", summary="Cluster settings: where the S3 storage is")

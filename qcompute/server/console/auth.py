@@ -7,7 +7,8 @@ keep Secure cookies on ``http://127.0.0.1``). A visitor who has not signed in ge
 without a token, so the sign-in form is CSRF-protected too.
 
 Every state-changing request (anything but GET/HEAD) must carry the session's CSRF token (the
-``X-CSRF-Token`` header, which htmx sends from ``hx-headers``, or a ``csrf_token`` form field)
+``X-CSRF-Token`` header, which htmx and console.js send, or a ``csrf_token`` field of a POSTed
+form)
 and come from this origin (``Origin``, else ``Referer``); otherwise it is refused with a 403.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Optional
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import Depends, Request, Response
 from sqlalchemy.orm import Session
@@ -30,8 +31,8 @@ from ..errors import DomainError, Forbidden, Unauthorized
 from ..services.users import find_user
 
 __all__ = ["COOKIE", "ConsoleSession", "ConsoleUser", "CsrfRefused", "SignInRequired",
-           "check_csrf", "console_session", "console_user", "new_session", "scoped_user",
-           "set_session", "signed_in_user"]
+           "acting_user", "check_csrf", "console_session", "console_user", "new_session",
+           "owner_query", "scoped_user", "set_session", "signed_in_user"]
 
 COOKIE = "qcompute_console"
 MAX_AGE = 12 * 3600  # seconds a sign-in lasts
@@ -109,9 +110,10 @@ async def check_csrf(request: Request) -> None:
         raise CsrfRefused("refused: this request did not come from the console's own origin "
                           "(no matching Origin or Referer header)")
     session = console_session(request)
-    sent = request.headers.get("x-csrf-token")
-    if sent is None and request.headers.get("content-type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data")):
+    sent = request.headers.get("x-csrf-token")  # a PUT's body (an upload) is never read here
+    if sent is None and request.method == "POST" and request.headers.get(
+            "content-type", "").startswith(("application/x-www-form-urlencoded",
+                                            "multipart/form-data")):
         sent = (await request.form()).get("csrf_token")
     if session is None or not isinstance(sent, str) \
             or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
@@ -148,3 +150,19 @@ def scoped_user(session: Session, user: User, owner: Optional[str]) -> User:
         raise Forbidden("only the cluster owner can look at another user's objects",
                         code="owner_only")
     return find_user(session, owner)
+
+
+def acting_user(user: User, owner: Optional[str]) -> User:
+    """Whose objects an action (abort, delete, close ...) changes: the user's own only, as in
+    the API, which has no route for the cluster owner to change another user's tasks, pools or
+    jobs. Naming another user (``?owner=``) is refused with a 403."""
+    if owner and owner != user.email:
+        raise Forbidden(f"only {owner} can change their own tasks, pools and jobs: the cluster "
+                        "owner may look at them here, but the API lets no one else abort, "
+                        "delete, rerun, close or terminate them", code="not_your_object")
+    return user
+
+
+def owner_query(user: User, whose: User) -> str:
+    """The ``?owner=`` that keeps the owner's view of another user's objects in the links."""
+    return "" if whose.id == user.id else "?" + urlencode({"owner": whose.email})

@@ -1,22 +1,27 @@
 """Console bucket pages: the user's buckets, folders and objects under a prefix (paged),
-download, upload (a form with a file input) and delete of an object or a folder.
+download, upload and delete of an object or a folder.
 
 Everything goes through :class:`~qcompute.server.services.buckets.BucketBrowser`, scoped to the
-user's buckets as its own S3 identity is. An upload is parsed by Starlette into a spooled
-temporary file (in memory up to 1 MiB, then on disk) and streamed from there to S3 (multipart
-past 8 MiB); ``console_upload_max_bytes`` caps it.
+user's buckets as its own S3 identity is. An upload is a ``PUT`` of the file's bytes (sent by
+console.js, the CSRF token in ``X-CSRF-Token``), streamed to S3 as it arrives (multipart past
+8 MiB: at most a few parts in memory), never held whole; past ``console_upload_max_bytes``
+it stops and nothing is stored. Without script, the form posts ``multipart/form-data``
+instead, which Starlette parses into a spooled temporary file first (in memory up to 1 MiB,
+then on disk), then streams to S3 the same way.
 """
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import asyncio
+from typing import Annotated, AsyncIterator, Optional
 from urllib.parse import quote, urlencode
 
 from fastapi import File, Form, Request, UploadFile
-from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from ..api.deps import ContextDep
 from ..errors import BadRequest
-from ..services.buckets import BucketBrowser
+from ..services.buckets import BucketBrowser, UploadTooLarge
 from .auth import ConsoleUser
 from .pages import PREFIX, SECURITY_HEADERS, console_router, render
 
@@ -24,6 +29,31 @@ router = console_router()
 
 UPLOAD_PATH = rf"{PREFIX}/buckets/[^/]+/upload"  # its body may pass max_request_bytes
 FORM_OVERHEAD = 64 * 1024  # the form's other fields and multipart framing, past the file
+
+
+class _Body:
+    """The request body as a blocking file, for boto3's upload in a worker thread: each read
+    takes the next chunks from the event loop, and returns ``size`` bytes unless the body ends
+    (boto3 cuts its parts from single reads)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._chunks, self._loop = chunks, loop
+        self._buffer, self._ended = bytearray(), False
+
+    def _next(self) -> bytes:
+        try:
+            return asyncio.run_coroutine_threadsafe(self._chunks.__anext__(), self._loop).result()
+        except StopAsyncIteration:
+            self._ended = True
+            return b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._ended and (size < 0 or len(self._buffer) < size):
+            self._buffer += self._next()
+        cut = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+        data = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        return data
 
 
 def _browser(ctx, user) -> BucketBrowser:
@@ -66,13 +96,35 @@ def download(bucket: str, key: str, user: ConsoleUser, ctx: ContextDep):
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"})
 
 
+def _file_name(name: Optional[str]) -> str:
+    """The file's own name (a browser may send a path)."""
+    found = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if not found:
+        raise BadRequest("choose a file to upload", code="invalid_upload")
+    return found
+
+
+@router.put("/buckets/{bucket}/upload")
+async def upload_stream(bucket: str, request: Request, user: ConsoleUser, ctx: ContextDep,
+                        name: str, prefix: str = ""):
+    """The body is the file ``name``, stored under ``prefix`` as it arrives."""
+    key, limit = prefix + _file_name(name), ctx.settings.console_upload_max_bytes
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise UploadTooLarge(f"the file is larger than the upload limit of {limit} bytes")
+    body = _Body(request.stream(), asyncio.get_running_loop())
+    size = await run_in_threadpool(
+        _browser(ctx, user).upload, bucket, key, body, max_bytes=limit,
+        content_type=request.headers.get("content-type") or None)
+    return JSONResponse({"key": key, "size": size, "listing": _listing_url(bucket, prefix)},
+                        status_code=201)
+
+
 @router.post("/buckets/{bucket}/upload")
 def upload(bucket: str, user: ConsoleUser, ctx: ContextDep,
            file: Annotated[UploadFile, File()], prefix: Annotated[str, Form()] = ""):
-    name = (file.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    if not name:
-        raise BadRequest("choose a file to upload", code="invalid_upload")
-    _browser(ctx, user).upload(bucket, prefix + name, file.file,
+    """The form without script: parsed into a temporary file first (see above)."""
+    _browser(ctx, user).upload(bucket, prefix + _file_name(file.filename), file.file,
                                max_bytes=ctx.settings.console_upload_max_bytes,
                                content_type=file.content_type)
     return RedirectResponse(_listing_url(bucket, prefix), status_code=303)

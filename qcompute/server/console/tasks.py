@@ -1,6 +1,7 @@
 """Console task pages: the list (state, progress, tags; owner, state and tag filters; pages),
 and a task's page (its instances with their telemetry and errors, its live output by
-server-sent events; abort, delete, rerun-failed)."""
+server-sent events; abort, delete, rerun-failed). The cluster owner may look at another user's
+tasks (``?owner=``) but, as in the API, act only on its own (auth.acting_user)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,8 @@ from ..services import tasks as service
 from ..services.output import STREAMS, TASK_LEVEL
 from ..services.users import list_users
 from ..services.wire import task_to_json
-from .auth import ConsoleUser, SignInRequired, scoped_user, signed_in_user
+from .auth import (ConsoleUser, SignInRequired, acting_user, owner_query, scoped_user,
+                   signed_in_user)
 from .pages import console_router, render
 
 router = console_router()
@@ -86,11 +88,6 @@ def task_list(request: Request, session: SessionDep, user: ConsoleUser,
 
 # -- one task ---------------------------------------------------------------------------------
 
-def _owner_query(user: User, whose: User) -> str:
-    """The ``?owner=`` that keeps the owner's view of another user's task in the links."""
-    return "" if whose.id == user.id else "?" + urlencode({"owner": whose.email})
-
-
 def _status(ctx: AppContext, session: Session, user: User, whose: User,
             uuid: str) -> dict[str, Any]:
     """What the status part of a task page shows: the API's document of the task (state,
@@ -103,7 +100,8 @@ def _status(ctx: AppContext, session: Session, user: User, whose: User,
         "perRunningInstanceInfo"]}
     rows = [{"instance": i, "live": running.get(i.instance_id)} for i in instances]
     return {"task": task, "doc": doc, "rows": rows, "done": done_count(task),
-            "final": TaskState(task.state).is_final(), "owner_q": _owner_query(user, whose),
+            "final": TaskState(task.state).is_final(), "owner_q": owner_query(user, whose),
+            "mine": whose.id == user.id, "whose": whose,
             "failed": bool(doc["status"]["failedRange"])}
 
 
@@ -130,32 +128,29 @@ def task_status(uuid: str, request: Request, session: SessionDep, user: ConsoleU
 @router.post("/tasks/{uuid}/abort")
 def abort_task(uuid: str, request: Request, session: SessionDep, user: ConsoleUser,
                ctx: ContextDep, owner: Optional[str] = None):
-    whose = scoped_user(session, user, owner)
-    task = service.request_abort(session, whose, uuid)
+    mine = acting_user(user, owner)
+    task = service.request_abort(session, mine, uuid)
     session.commit()
     ctx.scheduler.abort(task.id)
-    return render(request, "tasks/status.html", _status(ctx, session, user, whose, uuid))
+    return render(request, "tasks/status.html", _status(ctx, session, user, mine, uuid))
 
 
 @router.delete("/tasks/{uuid}")
 def delete_task(uuid: str, session: SessionDep, user: ConsoleUser, ctx: ContextDep,
                 owner: Optional[str] = None) -> Response:
-    whose = scoped_user(session, user, owner)
-    delete_and_stop(session, ctx, whose, uuid)
-    return Response(status_code=204,
-                    headers={"HX-Redirect": "/console/tasks" + _owner_query(user, whose)})
+    delete_and_stop(session, ctx, acting_user(user, owner), uuid)
+    return Response(status_code=204, headers={"HX-Redirect": "/console/tasks"})
 
 
 @router.post("/tasks/{uuid}/rerun-failed")
 def rerun_failed(uuid: str, session: SessionDep, user: ConsoleUser, ctx: ContextDep,
                  owner: Optional[str] = None) -> Response:
     """A new task runs the failed instances again (the SDK's ``Task.rerun_failed``)."""
-    whose = scoped_user(session, user, owner)
-    rerun = submit_one(session, ctx, whose, service.rerun_document(session, whose, uuid))
+    mine = acting_user(user, owner)
+    rerun = submit_one(session, ctx, mine, service.rerun_document(session, mine, uuid))
     session.commit()
     ctx.scheduler.wake()
-    target = f"/console/tasks/{rerun.uuid}{_owner_query(user, whose)}"
-    return Response(status_code=204, headers={"HX-Redirect": target})
+    return Response(status_code=204, headers={"HX-Redirect": f"/console/tasks/{rerun.uuid}"})
 
 
 # -- live output --------------------------------------------------------------------------------

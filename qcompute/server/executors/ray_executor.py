@@ -42,10 +42,12 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
 import ray
+from ray.util import placement_group_table
 from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                             PlacementGroupSchedulingStrategy)
 
@@ -89,12 +91,13 @@ class _Node:
     resources: dict[str, float]  # custom resources
     slots: int
 
-    def to_json(self, busy: int) -> dict[str, Any]:
+    def to_json(self, busy: int, held: int = 0) -> dict[str, Any]:
+        """``busy``: instances running outside pools; ``held``: slots pools reserve here."""
         return {"id": self.id, "hostname": self.hostname, "address": self.address,
                 "cores": self.capabilities.cores, "memoryMB": self.capabilities.memory_mb,
                 "cpuModel": self.capabilities.cpu_model, "gpu": self.capabilities.gpu,
                 "labels": self.labels, "resources": self.resources, "slots": self.slots,
-                "freeSlots": max(0, self.slots - busy)}
+                "freeSlots": max(0, self.slots - held - busy), "heldSlots": held}
 
 
 def _read_node(info: dict[str, Any], cpus_per_slot: float) -> _Node:
@@ -305,13 +308,24 @@ class RayExecutor(ControlMessages, Executor):
         return [node.capabilities for node in self.nodes()]
 
     def describe_nodes(self) -> list[dict[str, Any]]:
-        """Each live node with its cores, memory, labels and free slots (for status)."""
+        """Each live node with its cores, memory, labels, and its slots: free ones, and those
+        pools hold (the bundles of their placement groups placed there, busy or idle)."""
         with self._lock:
-            busy: dict[str, int] = {}
-            for run in self._runs.values():
-                if run.node_id:
-                    busy[run.node_id] = busy.get(run.node_id, 0) + 1
-        return [node.to_json(busy.get(node.id, 0)) for node in self.nodes()]
+            busy = Counter(run.node_id for run in self._runs.values()
+                           if run.node_id and (run.group is None or run.group.retired))
+            groups = {group.pg.id.hex() for held in self._groups.values() for group in held}
+        held: Counter[str] = Counter()
+        if groups:
+            try:
+                table = placement_group_table()
+            except Exception as exc:  # the GCS is unreachable: count what we know
+                log.warning("cannot read the placement groups: %s", exc)
+                table = {}
+            for group in groups:
+                info = table.get(group) or {}
+                if info.get("state") == "CREATED":
+                    held.update((info.get("bundles_to_node_id") or {}).values())
+        return [node.to_json(busy[node.id], held[node.id]) for node in self.nodes()]
 
     @property
     def capacity(self) -> int:
