@@ -146,3 +146,18 @@ def test_the_owner_rotating_its_own_token_stays_signed_in(console):
     assert client.get("/console/users").status_code == 200  # still signed in, by the new one
     assert client.get("/tasks", headers={"Authorization": old}).status_code == 401
     assert client.get("/tasks", headers={"Authorization": token}).status_code == 200
+
+
+def test_lists_page_newest_first_with_links_both_ways(tmp_path):
+    with serving(tmp_path) as running:
+        sign_in(running.client, running.headers["Authorization"])
+        tasks = [running.submit(name=f"t{i}") for i in range(27)]
+        jobs = [running.post("/jobs", json={"name": f"j{i}"}).json()["uuid"] for i in range(27)]
+        for kind, made in (("tasks", tasks), ("jobs", jobs)):
+            first = running.client.get(f"/console/{kind}").text
+            assert made[-1] in first and made[1] not in first and ">Newest<" not in first
+            older = re.search(r'<a rel="next" href="([^"]+)"', first).group(1)
+            second = running.client.get(older.replace("&amp;", "&")).text
+            assert made[1] in second and made[0] in second and made[-1] not in second
+            assert f'href="/console/{kind}' in second and ">Newest<" in second
+            assert 'rel="next"' not in second  # 27 in pages of 25: two pages
