@@ -14,9 +14,13 @@ naming a node label ``key=value`` becomes a Ray label selector, one naming a cus
 asks for a sliver of it; the other constraints pin the instance to the nodes that meet them
 (``ray.io/node-id`` selector), unless every node does.
 
-Controls reach a running instance through a mailbox actor on this node (an async actor: the
-task's listener thread waits on it): cancel (the runner's own path: SIGTERM to the command's
-group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic snapshot, refresh. An instance
+Controls reach a running instance through a mailbox actor on this node (an async actor), in
+one box per Ray worker process: a listener thread that the worker starts once (per executor)
+and keeps waits on it, and hands each message to the instance it names. The task's first event
+names its worker's box; a message sent before it is held here until then. An instance that gets
+no control message thus costs the mailbox nothing. The messages: cancel (the runner's own path:
+SIGTERM to the command's group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic
+snapshot, refresh. An instance
 not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``. A
 node or worker that dies ends its instances with an infrastructure failure (``error`` set): the
 scheduler re-queues them within ``max_infra_retries`` and Ray places them again. A node cut off
@@ -36,6 +40,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
 
@@ -113,22 +118,20 @@ def _read_node(info: dict[str, Any], cpus_per_slot: float) -> _Node:
 # -- the node side ----------------------------------------------------------------------------
 
 class _Mailbox:
-    """Control messages for running instances, one queue per instance (an async actor)."""
+    """Control messages for running instances (an async actor): one queue per Ray worker
+    process, whose listener takes ``(instance, message)`` pairs from it one by one."""
 
     def __init__(self) -> None:
         self._boxes: dict[str, asyncio.Queue] = {}
 
-    def _box(self, key: str) -> asyncio.Queue:
-        return self._boxes.setdefault(key, asyncio.Queue())
+    def _box(self, worker: str) -> asyncio.Queue:
+        return self._boxes.setdefault(worker, asyncio.Queue())
 
-    async def post(self, key: str, message: Optional[dict]) -> None:
-        self._box(key).put_nowait(message)
+    async def post(self, worker: str, instance: str, message: dict) -> None:
+        self._box(worker).put_nowait((instance, message))
 
-    async def take(self, key: str) -> Optional[dict]:
-        return await self._box(key).get()
-
-    async def forget(self, key: str) -> None:
-        self._boxes.pop(key, None)
+    async def take(self, worker: str) -> tuple[str, dict]:
+        return await self._box(worker).get()
 
 
 _SANDBOXES: dict[str, Any] = {}  # a Ray worker process's sandbox, started once
@@ -146,20 +149,60 @@ def _worker_sandbox(config_json: str):
     return _SANDBOXES[config_json]
 
 
-def _listen(mailbox, box: str, cancel: threading.Event, control) -> None:
-    """The instance's listener: control messages from the mailbox, until None."""
-    while (message := ray.get(mailbox.take.remote(box))) is not None:
-        if message.get("control") == "cancel":
-            cancel.set()
-            continue
-        try:
-            control.apply(message)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("bad control message %r: %s", message, exc)
+@dataclass(frozen=True)
+class _Started:
+    """The task's first event: Placed, and the mailbox box of the Ray worker running it."""
+
+    placed: Placed
+    box: str
 
 
-def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[ExecutorEvent]:
-    """The Ray task: Placed, then the runner's events, Finished last."""
+class _Listener:
+    """A Ray worker process's end of one executor's mailbox: one thread, started with the
+    first instance the worker runs for that executor and kept, hands the control messages of
+    its box to the instance they name (the one running, or none: then they are dropped).
+    An instance thus costs the mailbox no call, unless it is sent a control message."""
+
+    _all: dict[str, "_Listener"] = {}  # by executor (its mailbox)
+    _all_lock = threading.Lock()
+
+    def __init__(self, mailbox, executor: str) -> None:
+        self.mailbox, self.executor = mailbox, executor
+        self.box = ray.get_runtime_context().get_worker_id()
+        self.running: dict[str, tuple[threading.Event, Any]] = {}  # instance: (cancel, control)
+        threading.Thread(target=self._listen, daemon=True, name="qcompute-controls").start()
+
+    @classmethod
+    def of(cls, mailbox, executor: str) -> "_Listener":
+        with cls._all_lock:
+            if executor not in cls._all:
+                cls._all[executor] = cls(mailbox, executor)
+            return cls._all[executor]
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                instance, message = ray.get(self.mailbox.take.remote(self.box))
+            except Exception:  # the mailbox is gone: its executor shut down
+                with self._all_lock:
+                    self._all.pop(self.executor, None)
+                return
+            target = self.running.get(instance)
+            if target is None:
+                continue  # it ended meanwhile
+            cancel, control = target
+            if message.get("control") == "cancel":
+                cancel.set()
+                continue
+            try:
+                control.apply(message)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("bad control message %r: %s", message, exc)
+
+
+def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
+                 executor: str) -> Iterator[ExecutorEvent | _Started]:
+    """The Ray task: _Started (Placed), then the runner's events, Finished last."""
     from qcompute.server.runner import run_instance
     from qcompute.server.runner_control import InstanceControl
     from qcompute.server.runner_telemetry import InstanceCgroup
@@ -169,40 +212,38 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[Executo
     node_id, hostname = ray.get_runtime_context().get_node_id(), socket.gethostname()
     spec = InstanceSpec.from_json(spec_json)
     spec = replace(spec, env={**spec.env, NODE_ENV: f"{hostname}/{node_id}"})
-    yield Placed(spec.key, node_id=node_id, hostname=hostname)
-    try:
-        sandbox = _worker_sandbox(sandbox_json)
-    except (SandboxError, OSError) as exc:
-        yield Finished(spec.key, exit_code=None,
-                       error=f"cannot set up the instances' sandbox on {hostname}: {exc}")
-        return
-    if sandbox is not None:
-        InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
-    events: queue.SimpleQueue = queue.SimpleQueue()
     cancel, control = threading.Event(), InstanceControl()
-    box = _box_name(spec.key)
-    listener = threading.Thread(target=_listen, args=(mailbox, box, cancel, control),
-                                daemon=True, name="qcompute-controls")
-    listener.start()
-
-    def run() -> None:
+    listener, name = _Listener.of(mailbox, executor), _instance_name(spec.key)
+    listener.running[name] = (cancel, control)  # before the executor can post to it
+    try:
+        yield _Started(Placed(spec.key, node_id=node_id, hostname=hostname), listener.box)
         try:
-            run_instance(spec, events.put, cancel, control, sandbox, taken_at)
-        except BaseException as exc:  # never leave the stream without its Finished
-            events.put(Finished(spec.key, exit_code=None, error=f"runner failure: {exc!r}"))
-        finally:
-            mailbox.post.remote(box, None)  # ends the listener
+            sandbox = _worker_sandbox(sandbox_json)
+        except (SandboxError, OSError) as exc:
+            yield Finished(spec.key, exit_code=None,
+                           error=f"cannot set up the instances' sandbox on {hostname}: {exc}")
+            return
+        if sandbox is not None:
+            InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
+        events: queue.SimpleQueue = queue.SimpleQueue()
 
-    threading.Thread(target=run, daemon=True, name="qcompute-runner").start()
-    while True:
-        event = events.get()
-        yield event
-        if isinstance(event, Finished):
-            break
-    listener.join(5.0)
+        def run() -> None:
+            try:
+                run_instance(spec, events.put, cancel, control, sandbox, taken_at)
+            except BaseException as exc:  # never leave the stream without its Finished
+                events.put(Finished(spec.key, exit_code=None, error=f"runner failure: {exc!r}"))
+
+        threading.Thread(target=run, daemon=True, name="qcompute-runner").start()
+        while True:
+            event = events.get()
+            yield event
+            if isinstance(event, Finished):
+                break
+    finally:
+        listener.running.pop(name, None)
 
 
-def _box_name(key: InstanceKey) -> str:
+def _instance_name(key: InstanceKey) -> str:
     return f"{key.task_uuid}/{key.instance_id}/{key.attempt}"
 
 
@@ -213,6 +254,8 @@ class _Run:
         self.spec = spec
         self.stream: Any = None  # the ObjectRefGenerator
         self.node_id: Optional[str] = None
+        self.box: Optional[str] = None  # its Ray worker's mailbox box, once it started
+        self.unsent: list[dict[str, Any]] = []  # control messages sent before that
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
         self.ended = False  # its Finished is delivered: later events of its stream are dropped
@@ -242,6 +285,7 @@ class RayExecutor(ControlMessages, Executor):
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 here, soft=False)).remote()
+        self._mailbox_id = uuid.uuid4().hex  # names it in the workers (_Listener.of)
         self._task = ray.remote(_run_on_node)
         self._options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": cpus_per_slot}
         self._stop = threading.Event()
@@ -363,8 +407,8 @@ class RayExecutor(ControlMessages, Executor):
             self._runs[spec.key] = run
         try:
             options = {**self._options, **self.placement(spec.hardware_constraints)}
-            run.stream = self._task.options(**options).remote(spec.to_json(), self._sandbox_json,
-                                                              self._mailbox)
+            run.stream = self._task.options(**options).remote(
+                spec.to_json(), self._sandbox_json, self._mailbox, self._mailbox_id)
         except Exception:
             with self._lock:
                 self._runs.pop(spec.key, None)
@@ -382,17 +426,30 @@ class RayExecutor(ControlMessages, Executor):
                                            self._force_cancel, (run,))
             run.backstop.daemon = True
             run.backstop.start()
-        self._post(key, {"control": "cancel"})
+        self._post(run, {"control": "cancel"})
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         with self._lock:
             run = self._runs.get(key)
             if run is None or run.cancel_requested:
                 raise KeyError(f"instance {key} is not running here")
-        self._post(key, message)
+        self._post(run, message)
 
-    def _post(self, key: InstanceKey, message: Optional[dict]) -> None:
-        self._mailbox.post.remote(_box_name(key), json.loads(json.dumps(message)))
+    def _post(self, run: _Run, message: dict[str, Any]) -> None:
+        """Send a control message to the worker running ``run`` (once it started)."""
+        message = json.loads(json.dumps(message))
+        with self._lock:
+            if run.box is None:
+                run.unsent.append(message)
+                return
+        self._mailbox.post.remote(run.box, _instance_name(run.spec.key), message)
+
+    def _started(self, run: _Run, started: _Started) -> None:
+        with self._lock:
+            run.node_id, run.box = started.placed.node_id, started.box
+            unsent, run.unsent = run.unsent, []
+        for message in unsent:
+            self._mailbox.post.remote(run.box, _instance_name(run.spec.key), message)
 
     def _force_cancel(self, run: _Run) -> None:
         """The backstop: the cancelled instance did not end in time (or never started)."""
@@ -411,9 +468,9 @@ class RayExecutor(ControlMessages, Executor):
         try:
             for ref in run.stream:
                 event = ray.get(ref)
-                if isinstance(event, Placed):
-                    with self._lock:
-                        run.node_id = event.node_id
+                if isinstance(event, _Started):
+                    self._started(run, event)
+                    event = event.placed
                 if isinstance(event, Finished):
                     end = event
                     break
@@ -444,10 +501,6 @@ class RayExecutor(ControlMessages, Executor):
             with self._lock:
                 if self._runs.get(run.spec.key) is run:
                     del self._runs[run.spec.key]
-            try:
-                self._mailbox.forget.remote(_box_name(run.spec.key))
-            except Exception:
-                pass
 
     def shutdown(self) -> None:
         with self._lock:
