@@ -5,8 +5,9 @@ infrastructure failure from the command's), that asks for one slot: a bundle of
 ``cpus_per_slot`` CPUs. Ray picks the node. There the task runs the same runner as the local
 workers (:func:`qcompute.server.runner.run_instance`), in the same sandbox, which each Ray worker
 process starts once and keeps. The task is a streaming generator: it yields :class:`Placed`
-(the node), then the runner's events, Finished last; one thread here follows each instance's
-stream, blocked on the next event (no polling).
+(the node), then the runner's events, Finished last. One asyncio loop here (a thread) follows
+every instance's stream, each a coroutine awaiting its next event (no polling, and no thread
+to start per instance).
 
 Hardware constraints: each live node is a node kind (cores and memory from Ray, CPU model, SSD
 and labels from what ``qcompute node join`` labelled it with). A ``SpecificHardwareConstraint``
@@ -290,6 +291,9 @@ class RayExecutor(ControlMessages, Executor):
         self._options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": cpus_per_slot}
         self._stop = threading.Event()
         threading.Thread(target=self._watch_nodes, daemon=True, name="ray-nodes").start()
+        self._streams = asyncio.new_event_loop()  # follows every instance's stream
+        threading.Thread(target=self._streams.run_forever, daemon=True,
+                         name="ray-streams").start()
 
     # -- nodes ----------------------------------------------------------------------------------
 
@@ -413,8 +417,7 @@ class RayExecutor(ControlMessages, Executor):
             with self._lock:
                 self._runs.pop(spec.key, None)
             raise
-        threading.Thread(target=self._follow, args=(run,), daemon=True,
-                         name=f"ray-{spec.task_uuid[:8]}-{spec.instance_id}").start()
+        asyncio.run_coroutine_threadsafe(self._follow(run), self._streams)
 
     def cancel(self, key: InstanceKey) -> None:
         with self._lock:
@@ -462,12 +465,12 @@ class RayExecutor(ControlMessages, Executor):
         except Exception as exc:
             log.warning("ray.cancel of %s failed: %s", run.spec.key, exc)
 
-    def _follow(self, run: _Run) -> None:
+    async def _follow(self, run: _Run) -> None:
         """One instance's stream, until its Finished (or the error that replaces it)."""
         key, end = run.spec.key, None
         try:
-            for ref in run.stream:
-                event = ray.get(ref)
+            async for ref in run.stream:
+                event = await ref
                 if isinstance(event, _Started):
                     self._started(run, event)
                     event = event.placed
@@ -515,6 +518,7 @@ class RayExecutor(ControlMessages, Executor):
             time.sleep(0.05)
         self._silenced = True
         self._stop.set()
+        self._streams.call_soon_threadsafe(self._streams.stop)
         try:
             ray.kill(self._mailbox)
         except Exception:
