@@ -5,9 +5,10 @@ infrastructure failure from the command's), that asks for one slot: a bundle of
 ``cpus_per_slot`` CPUs. Ray picks the node. There the task runs the same runner as the local
 workers (:func:`qcompute.server.runner.run_instance`), in the same sandbox, which each Ray worker
 process starts once and keeps. The task is a streaming generator: it yields :class:`Placed`
-(the node), then the runner's events, Finished last. One asyncio loop here (a thread) follows
-every instance's stream, each a coroutine awaiting its next event (no polling, and no thread
-to start per instance).
+(the node), then the runner's events, Finished last, in batches (Placed with the runner's
+first events, if they come within 0.2 s; then whatever is queued at each yield). One asyncio
+loop here (a thread) follows every instance's stream, each a coroutine awaiting its next batch
+(no polling, and no thread to start per instance).
 
 Hardware constraints: each live node is a node kind (cores and memory from Ray, CPU model, SSD
 and labels from what ``qcompute node join`` labelled it with). A ``SpecificHardwareConstraint``
@@ -62,6 +63,7 @@ NODE_ENV = "QCOMPUTE_NODE"  # in each instance's environment: "<hostname>/<Ray n
 LABEL_PREFIX = "qcompute-"  # labels `qcompute node join` sets: qcompute-cpu, -ssd, -clock
 STANDARD_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 _BACKSTOP_EXTRA_SECONDS = 5.0
+_FIRST_EVENTS_WAIT_SECONDS = 0.2  # Placed waits this long for the runner's first events
 _NODES_TTL_SECONDS = 2.0  # the cluster's node list is read again after this long
 _RESOURCE_SLIVER = 0.001  # what an instance asks of a custom resource a constraint names
 
@@ -202,8 +204,9 @@ class _Listener:
 
 
 def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
-                 executor: str) -> Iterator[ExecutorEvent | _Started]:
-    """The Ray task: _Started (Placed), then the runner's events, Finished last."""
+                 executor: str) -> Iterator[list[Any]]:
+    """The Ray task: _Started (Placed), then the runner's events, Finished last, in batches
+    (each yield is all the events queued by then: a yield costs more than a list)."""
     from qcompute.server.runner import run_instance
     from qcompute.server.runner_control import InstanceControl
     from qcompute.server.runner_telemetry import InstanceCgroup
@@ -217,12 +220,12 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
     listener, name = _Listener.of(mailbox, executor), _instance_name(spec.key)
     listener.running[name] = (cancel, control)  # before the executor can post to it
     try:
-        yield _Started(Placed(spec.key, node_id=node_id, hostname=hostname), listener.box)
+        started = _Started(Placed(spec.key, node_id=node_id, hostname=hostname), listener.box)
         try:
-            sandbox = _worker_sandbox(sandbox_json)
+            sandbox = _worker_sandbox(sandbox_json)  # in this thread, which outlives it
         except (SandboxError, OSError) as exc:
-            yield Finished(spec.key, exit_code=None,
-                           error=f"cannot set up the instances' sandbox on {hostname}: {exc}")
+            yield [started, Finished(spec.key, exit_code=None, error=(
+                f"cannot set up the instances' sandbox on {hostname}: {exc}"))]
             return
         if sandbox is not None:
             InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
@@ -235,11 +238,19 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
                 events.put(Finished(spec.key, exit_code=None, error=f"runner failure: {exc!r}"))
 
         threading.Thread(target=run, daemon=True, name="qcompute-runner").start()
+        batch: list[Any] = [started]  # Placed goes with the runner's first events
+        wait: Optional[float] = _FIRST_EVENTS_WAIT_SECONDS
         while True:
-            event = events.get()
-            yield event
-            if isinstance(event, Finished):
+            try:
+                batch.append(events.get(timeout=wait))
+            except queue.Empty:
+                pass
+            while not events.empty():
+                batch.append(events.get())
+            yield batch
+            if isinstance(batch[-1], Finished):
                 break
+            batch, wait = [], None
     finally:
         listener.running.pop(name, None)
 
@@ -470,15 +481,17 @@ class RayExecutor(ControlMessages, Executor):
         key, end = run.spec.key, None
         try:
             async for ref in run.stream:
-                event = await ref
-                if isinstance(event, _Started):
-                    self._started(run, event)
-                    event = event.placed
-                if isinstance(event, Finished):
-                    end = event
+                for event in await ref:
+                    if isinstance(event, _Started):
+                        self._started(run, event)
+                        event = event.placed
+                    if isinstance(event, Finished):
+                        end = event
+                        break
+                    if not run.ended:
+                        self._deliver(event)
+                if end is not None:
                     break
-                if not run.ended:
-                    self._deliver(event)
         except ray.exceptions.TaskCancelledError:
             end = Finished(key, exit_code=None, cancelled=True)
         except Exception as exc:  # the node, its raylet or the worker died: not the command
