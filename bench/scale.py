@@ -20,7 +20,9 @@ contenders, in an order rotated each round, after a warm-up of one instance per 
 For each: the wall time from the submit to the last end, the slot utilisation (the commands'
 own run time over slots x wall time), the slot time per instance beyond its command, and the
 CPU time per instance of every process of the bench (the server, Ray's processes, their
-workers, the sandboxes and commands).
+workers, the sandboxes and commands), and that CPU by part (``PARTS``: the server's scheduler
+thread, its API threads, the rest of it; the Ray workers with all they start; the raylets; the
+GCS; Ray's other processes).
 
 ``sim``: an in-process server (real API over HTTP, real scheduler, the database of
 ``--database-url``, else ``QCOMPUTE_SERVER_DATABASE_URL``, else SQLite in a temporary dir) whose
