@@ -20,7 +20,9 @@ contenders, in an order rotated each round, after a warm-up of one instance per 
 For each: the wall time from the submit to the last end, the slot utilisation (the commands'
 own run time over slots x wall time), the slot time per instance beyond its command, and the
 CPU time per instance of every process of the bench (the server, Ray's processes, their
-workers, the sandboxes and commands).
+workers, the sandboxes and commands), and that CPU by part (``PARTS``: the server's scheduler
+thread, its API threads, the rest of it; the Ray workers with all they start; the raylets; the
+GCS; Ray's other processes).
 
 ``sim``: an in-process server (real API over HTTP, real scheduler, the database of
 ``--database-url``, else ``QCOMPUTE_SERVER_DATABASE_URL``, else SQLite in a temporary dir) whose
@@ -163,6 +165,60 @@ def _tree_cpu(root: int = 0) -> float:
     return total
 
 
+PARTS = ("scheduler thread", "API threads", "rest of the server process", "Ray workers",
+         "raylets", "GCS", "other Ray processes")
+
+
+def _cpu_by_part() -> dict[str, float]:
+    """CPU seconds of this process and its descendants alive now (with the children each has
+    reaped), by part: this process's threads (the scheduler's, the API's, the rest: Ray's
+    client, the streams, the threads that ended), then its descendants by kind, each process
+    counted with the kind of its nearest Ray ancestor (a Ray worker's sandboxes and commands
+    are the worker's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    times: dict[int, float] = {}
+    kinds: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parent[pid], times[pid] = int(fields[1]), sum(int(v) for v in fields[11:15]) / tick
+        program = " ".join(a.decode(errors="replace") for a in argv[:2])
+        kinds[pid] = ("raylets" if program.split(" ")[0].endswith("/raylet") else
+                      "GCS" if "gcs_server" in program else
+                      "Ray workers" if comm.startswith("ray::") or "default_worker" in program
+                      else "other Ray processes" if "/ray/" in program else "")
+    me, parts = os.getpid(), dict.fromkeys(PARTS, 0.0)
+    for pid in times:
+        up, kind = pid, ""
+        while up not in (me, 0, 1) and up in parent:
+            kind = kind or kinds.get(up, "")
+            up = parent[up]
+        if up == me and pid != me:
+            parts[kind or "other Ray processes"] += times[pid]
+    threads = {t.native_id: t.name for t in threading.enumerate()}
+    parts["rest of the server process"] = times.get(me, 0.0)
+    for task in Path("/proc/self/task").iterdir():
+        name = threads.get(int(task.name), "")
+        part = "scheduler thread" if name == "qcompute-scheduler" else \
+            "API threads" if name.startswith(("AnyIO worker", "bench-uvicorn")) else ""
+        if part:
+            try:
+                cpu = _thread_cpu(int(task.name))
+            except OSError:
+                continue
+            parts[part] += cpu
+            parts["rest of the server process"] -= cpu
+    return parts
+
+
 def _load() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -178,10 +234,16 @@ def _bare_ray(instances: int) -> dict[str, Any]:
         subprocess.run(["sleep", "1"], check=True)
         return began, time.time()
 
-    cpu, start = _tree_cpu(), time.time()
+    parts, start = _cpu_by_part(), time.time()
     spans = ray.get([sleep_one.remote() for _ in range(instances)])
     return {"wall": time.time() - start, "busy": sum(end - began for began, end in spans),
-            "cpu": _tree_cpu() - cpu}
+            **_cpu_spent(parts)}
+
+
+def _cpu_spent(before: dict[str, float]) -> dict[str, Any]:
+    """The CPU seconds spent since ``before`` (a ``_cpu_by_part``): in all, and by part."""
+    parts = {part: cpu - before[part] for part, cpu in _cpu_by_part().items()}
+    return {"cpu": sum(parts.values()), "parts": parts}
 
 
 def _qcompute_ray(server: Server, instances: int, command: str = "sleep 1") -> dict[str, Any]:
@@ -192,14 +254,14 @@ def _qcompute_ray(server: Server, instances: int, command: str = "sleep 1") -> d
 
     http = requests.Session()
     http.headers["Authorization"] = server.token
-    cpu, start = _tree_cpu(), time.time()
+    parts, start = _cpu_by_part(), time.time()
     answer = http.post(f"{server.url}/tasks", json=_task("scale", instances, command))
     answer.raise_for_status()
     uuid = answer.json()["uuid"]
     while http.get(f"{server.url}/tasks/{uuid}", params={"wait": 30}).json()["state"] not in \
             ("Success", "Failure", "Cancelled"):
         pass
-    cpu = _tree_cpu() - cpu
+    spent = _cpu_spent(parts)
     with server.app.state.ctx.sessions() as session:
         rows = session.execute(select(Instance.state, Instance.error, Instance.timeline)
                                .join(Task).where(Task.uuid == uuid)).all()
@@ -208,7 +270,7 @@ def _qcompute_ray(server: Server, instances: int, command: str = "sleep 1") -> d
         raise RuntimeError(f"the instances ended {states}: {[r.error for r in rows][:3]}")
     ends = [row.timeline["ended"] for row in rows]
     busy = sum(r.timeline["command_ended"] - r.timeline["command_started"] for r in rows)
-    return {"wall": max(ends) - start, "busy": busy, "cpu": cpu}
+    return {"wall": max(ends) - start, "busy": busy, **spent}
 
 
 @contextlib.contextmanager
@@ -288,6 +350,13 @@ def run_ray(args: argparse.Namespace) -> None:
         summary[name] = (wall, busy / (args.slots * wall), extra, cpu / args.instances)
         print(f"| {name:9} | {wall:6.1f} | {summary[name][1]:10.1%} | {extra:34.3f} | "
               f"{1000 * cpu / args.instances:15.1f} | {runs[-1]['load']:11} |")
+    print("\nWhere the CPU goes, ms per instance (median of the rounds):\n")
+    print(f"| {'part':26} | " + " | ".join(f"{name:>9}" for name in results) + " |")
+    print(f"|{'-' * 28}|" + "|".join("-" * 11 for _ in results) + "|")
+    for part in PARTS:
+        print(f"| {part:26} | " + " | ".join(
+            f"{1000 * statistics.median(r['parts'][part] for r in runs) / args.instances:9.1f}"
+            for runs in results.values()) + " |")
     ours, bare = summary["qcompute"], summary["bare Ray"]
     print(f"\ngoal: utilisation >= 80 % (qcompute: {ours[1]:.1%}, bare Ray: {bare[1]:.1%})")
     print(f"goal: added cost per instance <= 2x bare Ray's: slot time beyond the command "

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from qcompute.server.app import create_app
 from qcompute.server.bootstrap import client_config_path, read_token
 from qcompute.server.db.models import Instance, Task
-from qcompute.server.executors.ray_executor import use_token
+from qcompute.server.executors.base import Finished, InstanceSpec, Placed
+from qcompute.server.executors.ray_executor import RayExecutor, use_token
 from qcompute.server.settings import ServerSettings
 
 from .conftest import Cluster, StubStorage, wait_for
@@ -146,6 +147,26 @@ def test_abort_stops_a_running_instance(server):
     task = _wait_state(server, uuid, "Cancelled", timeout=30)
     assert task["completedInstances"][0]["state"] == "Cancelled"
     assert not server.executor.running()
+
+
+def test_a_cancel_sent_before_the_instance_started_reaches_its_runner(server, tmp_path):
+    """A second executor on the same Ray cluster (its own mailbox, the same worker processes):
+    a cancel sent right after the submit waits for the worker to start the instance, then the
+    runner stops the command (its own Finished, with a timeline: not the force-cancel)."""
+    events = []
+    executor = RayExecutor(events.append)
+    try:
+        spec = InstanceSpec(task_uuid="cancel-early", instance_id=0, attempt=1,
+                            command="sleep 60", env={}, workdir=str(tmp_path / "job"),
+                            kill_grace_seconds=2)
+        executor.submit(spec)
+        executor.cancel(spec.key)
+        end = wait_for(lambda: next((e for e in events if isinstance(e, Finished)), None), 60)
+    finally:
+        executor.shutdown()
+    assert isinstance(events[0], Placed) and events[0].node_id in _node_ids().values()
+    assert end.cancelled and end.error is None and "runner_started" in end.timeline
+    assert not executor.running()
 
 
 def test_a_node_removed_mid_run_gives_an_infra_failure_and_a_rerun(server, ray_cluster):

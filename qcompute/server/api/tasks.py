@@ -178,25 +178,30 @@ async def get_task(
     load = partial(_load, ctx, authorization, uuid)
     doc = await run_in_threadpool(load)
     known = known_state or doc["state"]
+    # while held, each change reads the task's state only: the whole document (every
+    # instance) is read again once, at the end
+    state_of = partial(_states, ctx, authorization, [uuid])
 
-    def held(doc: dict[str, Any]) -> bool:
-        return not TaskState(doc["state"]).is_final() and (until or doc["state"] == known)
+    def held(state: str) -> bool:
+        return not TaskState(state).is_final() and (until or state == known)
 
     deadline = asyncio.get_running_loop().time() + min(wait, ctx.settings.long_poll_max_seconds)
-    while held(doc):
+    state, waited = doc["state"], False
+    while held(state):
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             break
+        waited = True
         with ctx.scheduler.changes.watching([uuid]) as changed:
-            doc = await run_in_threadpool(load)  # a change may have landed before we watched
-            if not held(doc):
+            state = (await run_in_threadpool(state_of))[uuid]  # a change may have landed
+            if not held(state):  # before we watched
                 break
             try:
                 await asyncio.wait_for(changed, remaining)
             except asyncio.TimeoutError:
                 break
-        doc = await run_in_threadpool(load)
-    return doc
+        state = (await run_in_threadpool(state_of))[uuid]
+    return await run_in_threadpool(load) if waited else doc
 
 
 def _states(ctx: AppContext, authorization: Optional[str], uuids: list[str]) -> dict[str, str]:

@@ -5,8 +5,10 @@ infrastructure failure from the command's), that asks for one slot: a bundle of
 ``cpus_per_slot`` CPUs. Ray picks the node. There the task runs the same runner as the local
 workers (:func:`qcompute.server.runner.run_instance`), in the same sandbox, which each Ray worker
 process starts once and keeps. The task is a streaming generator: it yields :class:`Placed`
-(the node), then the runner's events, Finished last; one thread here follows each instance's
-stream, blocked on the next event (no polling).
+(the node), then the runner's events, Finished last, in batches (Placed with the runner's
+first events, if they come within 0.2 s; then whatever is queued at each yield). One asyncio
+loop here (a thread) follows every instance's stream, each a coroutine awaiting its next batch
+(no polling, and no thread to start per instance).
 
 Hardware constraints: each live node is a node kind (cores and memory from Ray, CPU model, SSD
 and labels from what ``qcompute node join`` labelled it with). A ``SpecificHardwareConstraint``
@@ -19,13 +21,16 @@ slot; its instances run in its groups. An instance handed over but not yet on a 
 node it is pinned to, a pool's group Ray cannot place) says what it waits for
 (:meth:`RayExecutor.waiting`, for ``GET /tasks/{uuid}/explain``).
 
-Controls reach a running instance through a mailbox actor on this node (an async actor: the
-task's listener thread waits on it): cancel (the runner's own path: SIGTERM to the command's
-group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic snapshot, refresh. An instance
-not finished ``kill_grace_seconds + 5`` s after its cancel gets ``ray.cancel(force=True)``; one
-not yet on a node is taken out of Ray's queue at once. A node or worker that dies ends its
-instances with an infrastructure failure (``error`` set): the scheduler re-queues them within
-``max_infra_retries`` and Ray places them again. A node cut off
+Controls reach a running instance through a mailbox actor on this node (an async actor), in
+one box per Ray worker process: a listener thread that the worker starts once (per executor)
+and keeps waits on it, and hands each message to the instance it names. The task's first event
+names its worker's box; a message sent before it is held here until then. An instance that gets
+no control message thus costs the mailbox nothing. The messages: cancel (the runner's own path:
+SIGTERM to the command's group, SIGKILL after ``kill_grace_seconds``), snapshot, periodic
+snapshot, refresh. An instance not finished ``kill_grace_seconds + 5`` s after its cancel gets
+``ray.cancel(force=True)``; one not yet on a node is taken out of Ray's queue at once. A node or
+worker that dies ends its instances with an infrastructure failure (``error`` set): the
+scheduler re-queues them within ``max_infra_retries`` and Ray places them again. A node cut off
 from the network is declared dead by Ray's health checks, but the streams of the instances it
 ran do not end (their calls to it just hang): a watcher reads the node list every couple of
 seconds and ends the instances of a node Ray lists as dead itself.
@@ -42,6 +47,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional
@@ -66,6 +72,7 @@ NODE_ENV = "QCOMPUTE_NODE"  # in each instance's environment: "<hostname>/<Ray n
 LABEL_PREFIX = "qcompute-"  # labels `qcompute node join` sets: qcompute-cpu, -ssd, -clock
 STANDARD_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 _BACKSTOP_EXTRA_SECONDS = 5.0
+_FIRST_EVENTS_WAIT_SECONDS = 0.2  # Placed waits this long for the runner's first events
 _NODES_TTL_SECONDS = 2.0  # the cluster's node list is read again after this long
 _RESOURCE_SLIVER = 0.001  # what an instance asks of a custom resource a constraint names
 
@@ -124,22 +131,20 @@ def _read_node(info: dict[str, Any], cpus_per_slot: float) -> _Node:
 # -- the node side ----------------------------------------------------------------------------
 
 class _Mailbox:
-    """Control messages for running instances, one queue per instance (an async actor)."""
+    """Control messages for running instances (an async actor): one queue per Ray worker
+    process, whose listener takes ``(instance, message)`` pairs from it one by one."""
 
     def __init__(self) -> None:
         self._boxes: dict[str, asyncio.Queue] = {}
 
-    def _box(self, key: str) -> asyncio.Queue:
-        return self._boxes.setdefault(key, asyncio.Queue())
+    def _box(self, worker: str) -> asyncio.Queue:
+        return self._boxes.setdefault(worker, asyncio.Queue())
 
-    async def post(self, key: str, message: Optional[dict]) -> None:
-        self._box(key).put_nowait(message)
+    async def post(self, worker: str, instance: str, message: dict) -> None:
+        self._box(worker).put_nowait((instance, message))
 
-    async def take(self, key: str) -> Optional[dict]:
-        return await self._box(key).get()
-
-    async def forget(self, key: str) -> None:
-        self._boxes.pop(key, None)
+    async def take(self, worker: str) -> tuple[str, dict]:
+        return await self._box(worker).get()
 
 
 _SANDBOXES: dict[str, Any] = {}  # a Ray worker process's sandbox, started once
@@ -157,20 +162,61 @@ def _worker_sandbox(config_json: str):
     return _SANDBOXES[config_json]
 
 
-def _listen(mailbox, box: str, cancel: threading.Event, control) -> None:
-    """The instance's listener: control messages from the mailbox, until None."""
-    while (message := ray.get(mailbox.take.remote(box))) is not None:
-        if message.get("control") == "cancel":
-            cancel.set()
-            continue
-        try:
-            control.apply(message)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("bad control message %r: %s", message, exc)
+@dataclass(frozen=True)
+class _Started:
+    """The task's first event: Placed, and the mailbox box of the Ray worker running it."""
+
+    placed: Placed
+    box: str
 
 
-def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[ExecutorEvent]:
-    """The Ray task: Placed, then the runner's events, Finished last."""
+class _Listener:
+    """A Ray worker process's end of one executor's mailbox: one thread, started with the
+    first instance the worker runs for that executor and kept, hands the control messages of
+    its box to the instance they name (the one running, or none: then they are dropped).
+    An instance thus costs the mailbox no call, unless it is sent a control message."""
+
+    _all: dict[str, "_Listener"] = {}  # by executor (its mailbox)
+    _all_lock = threading.Lock()
+
+    def __init__(self, mailbox, executor: str) -> None:
+        self.mailbox, self.executor = mailbox, executor
+        self.box = ray.get_runtime_context().get_worker_id()
+        self.running: dict[str, tuple[threading.Event, Any]] = {}  # instance: (cancel, control)
+        threading.Thread(target=self._listen, daemon=True, name="qcompute-controls").start()
+
+    @classmethod
+    def of(cls, mailbox, executor: str) -> "_Listener":
+        with cls._all_lock:
+            if executor not in cls._all:
+                cls._all[executor] = cls(mailbox, executor)
+            return cls._all[executor]
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                instance, message = ray.get(self.mailbox.take.remote(self.box))
+            except Exception:  # the mailbox is gone: its executor shut down
+                with self._all_lock:
+                    self._all.pop(self.executor, None)
+                return
+            target = self.running.get(instance)
+            if target is None:
+                continue  # it ended meanwhile
+            cancel, control = target
+            if message.get("control") == "cancel":
+                cancel.set()
+                continue
+            try:
+                control.apply(message)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("bad control message %r: %s", message, exc)
+
+
+def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
+                 executor: str) -> Iterator[list[Any]]:
+    """The Ray task: _Started (Placed), then the runner's events, Finished last, in batches
+    (each yield is all the events queued by then: a yield costs more than a list)."""
     from qcompute.server.runner import run_instance
     from qcompute.server.runner_control import InstanceControl
     from qcompute.server.runner_telemetry import InstanceCgroup
@@ -181,41 +227,48 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox) -> Iterator[Executo
     node_id, hostname = context.get_node_id(), socket.gethostname()
     spec = InstanceSpec.from_json(spec_json)
     spec = replace(spec, env={**spec.env, NODE_ENV: f"{hostname}/{node_id}"})
-    yield Placed(spec.key, node_id=node_id, hostname=hostname,
-                 placement_group=context.get_placement_group_id())
-    try:
-        sandbox = _worker_sandbox(sandbox_json)
-    except (SandboxError, OSError) as exc:
-        yield Finished(spec.key, exit_code=None,
-                       error=f"cannot set up the instances' sandbox on {hostname}: {exc}")
-        return
-    if sandbox is not None:
-        InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
-    events: queue.SimpleQueue = queue.SimpleQueue()
     cancel, control = threading.Event(), InstanceControl()
-    box = _box_name(spec.key)
-    listener = threading.Thread(target=_listen, args=(mailbox, box, cancel, control),
-                                daemon=True, name="qcompute-controls")
-    listener.start()
-
-    def run() -> None:
+    listener, name = _Listener.of(mailbox, executor), _instance_name(spec.key)
+    listener.running[name] = (cancel, control)  # before the executor can post to it
+    try:
+        placed = Placed(spec.key, node_id=node_id, hostname=hostname,
+                        placement_group=context.get_placement_group_id())
+        started = _Started(placed, listener.box)
         try:
-            run_instance(spec, events.put, cancel, control, sandbox, taken_at)
-        except BaseException as exc:  # never leave the stream without its Finished
-            events.put(Finished(spec.key, exit_code=None, error=f"runner failure: {exc!r}"))
-        finally:
-            mailbox.post.remote(box, None)  # ends the listener
+            sandbox = _worker_sandbox(sandbox_json)  # in this thread, which outlives it
+        except (SandboxError, OSError) as exc:
+            yield [started, Finished(spec.key, exit_code=None, error=(
+                f"cannot set up the instances' sandbox on {hostname}: {exc}"))]
+            return
+        if sandbox is not None:
+            InstanceCgroup.prepare(sandbox.config.memory_mb, sandbox.config.max_pids)
+        events: queue.SimpleQueue = queue.SimpleQueue()
 
-    threading.Thread(target=run, daemon=True, name="qcompute-runner").start()
-    while True:
-        event = events.get()
-        yield event
-        if isinstance(event, Finished):
-            break
-    listener.join(5.0)
+        def run() -> None:
+            try:
+                run_instance(spec, events.put, cancel, control, sandbox, taken_at)
+            except BaseException as exc:  # never leave the stream without its Finished
+                events.put(Finished(spec.key, exit_code=None, error=f"runner failure: {exc!r}"))
+
+        threading.Thread(target=run, daemon=True, name="qcompute-runner").start()
+        batch: list[Any] = [started]  # Placed goes with the runner's first events
+        wait: Optional[float] = _FIRST_EVENTS_WAIT_SECONDS
+        while True:
+            try:
+                batch.append(events.get(timeout=wait))
+            except queue.Empty:
+                pass
+            while not events.empty():
+                batch.append(events.get())
+            yield batch
+            if isinstance(batch[-1], Finished):
+                break
+            batch, wait = [], None
+    finally:
+        listener.running.pop(name, None)
 
 
-def _box_name(key: InstanceKey) -> str:
+def _instance_name(key: InstanceKey) -> str:
     return f"{key.task_uuid}/{key.instance_id}/{key.attempt}"
 
 
@@ -228,6 +281,8 @@ class _Run:
         self.options: dict[str, Any] = {}  # what it asked Ray for
         self.group: Optional[PoolGroup] = None  # its pool's placement group
         self.node_id: Optional[str] = None
+        self.box: Optional[str] = None  # its Ray worker's mailbox box, once it started
+        self.unsent: list[dict[str, Any]] = []  # control messages sent before that
         self.cancel_requested = False
         self.backstop: Optional[threading.Timer] = None
         self.ended = False  # its Finished is delivered: later events of its stream are dropped
@@ -258,10 +313,14 @@ class RayExecutor(ControlMessages, Executor):
         self._mailbox = ray.remote(_Mailbox).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 here, soft=False)).remote()
+        self._mailbox_id = uuid.uuid4().hex  # names it in the workers (_Listener.of)
         self._task = ray.remote(_run_on_node)
         self._options = {"num_returns": "streaming", "max_retries": 0, "num_cpus": cpus_per_slot}
         self._stop = threading.Event()
         threading.Thread(target=self._watch_nodes, daemon=True, name="ray-nodes").start()
+        self._streams = asyncio.new_event_loop()  # follows every instance's stream
+        threading.Thread(target=self._streams.run_forever, daemon=True,
+                         name="ray-streams").start()
 
     # -- nodes ----------------------------------------------------------------------------------
 
@@ -467,16 +526,15 @@ class RayExecutor(ControlMessages, Executor):
                     options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                         run.group.pg, placement_group_bundle_index=-1)
             run.options = options
-            run.stream = self._task.options(**options).remote(spec.to_json(), self._sandbox_json,
-                                                              self._mailbox)
+            run.stream = self._task.options(**options).remote(
+                spec.to_json(), self._sandbox_json, self._mailbox, self._mailbox_id)
         except Exception:
             with self._lock:
                 self._runs.pop(spec.key, None)
                 if run.group is not None:
                     run.group.runs.discard(spec.key)
             raise
-        threading.Thread(target=self._follow, args=(run,), daemon=True,
-                         name=f"ray-{spec.task_uuid[:8]}-{spec.instance_id}").start()
+        asyncio.run_coroutine_threadsafe(self._follow(run), self._streams)
 
     def cancel(self, key: InstanceKey) -> None:
         with self._lock:
@@ -489,7 +547,7 @@ class RayExecutor(ControlMessages, Executor):
             run.backstop.daemon = True
             run.backstop.start()
             unplaced = run.node_id is None
-        self._post(key, {"control": "cancel"})
+        self._post(run, {"control": "cancel"})
         if unplaced:  # still waiting for a node: Ray drops it from its queue
             try:
                 ray.cancel(run.stream)
@@ -501,10 +559,23 @@ class RayExecutor(ControlMessages, Executor):
             run = self._runs.get(key)
             if run is None or run.cancel_requested:
                 raise KeyError(f"instance {key} is not running here")
-        self._post(key, message)
+        self._post(run, message)
 
-    def _post(self, key: InstanceKey, message: Optional[dict]) -> None:
-        self._mailbox.post.remote(_box_name(key), json.loads(json.dumps(message)))
+    def _post(self, run: _Run, message: dict[str, Any]) -> None:
+        """Send a control message to the worker running ``run`` (once it started)."""
+        message = json.loads(json.dumps(message))
+        with self._lock:
+            if run.box is None:
+                run.unsent.append(message)
+                return
+        self._mailbox.post.remote(run.box, _instance_name(run.spec.key), message)
+
+    def _started(self, run: _Run, started: _Started) -> None:
+        with self._lock:
+            run.node_id, run.box = started.placed.node_id, started.box
+            unsent, run.unsent = run.unsent, []
+        for message in unsent:
+            self._mailbox.post.remote(run.box, _instance_name(run.spec.key), message)
 
     def _force_cancel(self, run: _Run) -> None:
         """The backstop: the cancelled instance did not end in time (or never started)."""
@@ -517,20 +588,22 @@ class RayExecutor(ControlMessages, Executor):
         except Exception as exc:
             log.warning("ray.cancel of %s failed: %s", run.spec.key, exc)
 
-    def _follow(self, run: _Run) -> None:
+    async def _follow(self, run: _Run) -> None:
         """One instance's stream, until its Finished (or the error that replaces it)."""
         key, end = run.spec.key, None
         try:
-            for ref in run.stream:
-                event = ray.get(ref)
-                if isinstance(event, Placed):
-                    with self._lock:
-                        run.node_id = event.node_id
-                if isinstance(event, Finished):
-                    end = event
+            async for ref in run.stream:
+                for event in await ref:
+                    if isinstance(event, _Started):
+                        self._started(run, event)
+                        event = event.placed
+                    if isinstance(event, Finished):
+                        end = event
+                        break
+                    if not run.ended:
+                        self._deliver(event)
+                if end is not None:
                     break
-                if not run.ended:
-                    self._deliver(event)
         except ray.exceptions.TaskCancelledError:
             end = Finished(key, exit_code=None, cancelled=True)
         except Exception as exc:  # the node, its raylet or the worker died: not the command
@@ -563,10 +636,6 @@ class RayExecutor(ControlMessages, Executor):
             with self._lock:
                 if self._runs.get(run.spec.key) is run:
                     del self._runs[run.spec.key]
-            try:
-                self._mailbox.forget.remote(_box_name(run.spec.key))
-            except Exception:
-                pass
 
     def shutdown(self) -> None:
         with self._lock:
@@ -582,6 +651,7 @@ class RayExecutor(ControlMessages, Executor):
         self._silenced = True
         self._stop.set()
         self.hold_pool_slots({})
+        self._streams.call_soon_threadsafe(self._streams.stop)
         try:
             ray.kill(self._mailbox)
         except Exception:
