@@ -72,6 +72,7 @@ NODE_ENV = "QCOMPUTE_NODE"  # in each instance's environment: "<hostname>/<Ray n
 LABEL_PREFIX = "qcompute-"  # labels `qcompute node join` sets: qcompute-cpu, -ssd, -clock
 STANDARD_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 _BACKSTOP_EXTRA_SECONDS = 5.0
+_UNPLACED_CANCEL_SECONDS = 1.5  # a started instance says where it runs well within this
 _FIRST_EVENTS_WAIT_SECONDS = 0.2  # Placed waits this long for the runner's first events
 _NODES_TTL_SECONDS = 2.0  # the cluster's node list is read again after this long
 _RESOURCE_SLIVER = 0.001  # what an instance asks of a custom resource a constraint names
@@ -258,6 +259,8 @@ def _run_on_node(spec_json: str, sandbox_json: str, mailbox,
                 batch.append(events.get(timeout=wait))
             except queue.Empty:
                 pass
+            except KeyboardInterrupt:  # ray.cancel: the runner stops the command, and ends
+                cancel.set()
             while not events.empty():
                 batch.append(events.get())
             yield batch
@@ -441,22 +444,22 @@ class RayExecutor(ControlMessages, Executor):
         constraints name, on nodes its label constraints select). Ray cannot shrink a group:
         one is removed once all its slots are given back (or its pool ended)."""
         with self._lock:
-            ended = [group for uuid in list(self._groups) if uuid not in pools
-                     for group in self._groups.pop(uuid)]
-            known = {uuid: [g for g in self._groups.get(uuid, ())] for uuid in pools}
+            ended = [group for pool in list(self._groups) if pool not in pools
+                     for group in self._groups.pop(pool)]
+            known = {pool: [g for g in self._groups.get(pool, ())] for pool in pools}
         created: dict[str, PoolGroup] = {}
-        for uuid, held in pools.items():
-            new = held.slots - {n for group in known[uuid] for n in group.slots}
+        for pool, held in pools.items():
+            new = held.slots - {n for group in known[pool] for n in group.slots}
             if new:
                 options = self.placement(held.hardware_constraints)
-                created[uuid] = PoolGroup(uuid, frozenset(new),
-                                       {"CPU": self._cpus, **options.get("resources", {})},
-                                       options.get("label_selector", {}))
+                created[pool] = PoolGroup(pool, frozenset(new),
+                                          {"CPU": self._cpus, **options.get("resources", {})},
+                                          options.get("label_selector", {}))
         with self._lock:
-            for uuid, held in pools.items():
-                groups = self._groups.setdefault(uuid, [])
-                if uuid in created:
-                    groups.append(created[uuid])
+            for pool, held in pools.items():
+                groups = self._groups.setdefault(pool, [])
+                if pool in created:
+                    groups.append(created[pool])
                 for group in list(groups):
                     group.released = set(group.slots - held.slots)
                     if group.released == group.slots:  # removed once nothing runs in it
@@ -548,11 +551,22 @@ class RayExecutor(ControlMessages, Executor):
             run.backstop.start()
             unplaced = run.node_id is None
         self._post(run, {"control": "cancel"})
-        if unplaced:  # still waiting for a node: Ray drops it from its queue
-            try:
-                ray.cancel(run.stream)
-            except Exception as exc:
-                log.warning("ray.cancel of %s failed: %s", key, exc)
+        if unplaced:
+            timer = threading.Timer(_UNPLACED_CANCEL_SECONDS, self._cancel_unplaced, (run,))
+            timer.daemon = True
+            timer.start()
+
+    def _cancel_unplaced(self, run: _Run) -> None:
+        """A cancelled instance still without a node is taken out of Ray's queue. Not at once:
+        Ray interrupts a task it has just started (KeyboardInterrupt), where the held cancel
+        message stops it as the runner does, with its own Finished."""
+        with self._lock:
+            if run.node_id is not None or run.ended:
+                return
+        try:
+            ray.cancel(run.stream)
+        except Exception as exc:
+            log.warning("ray.cancel of %s failed: %s", run.spec.key, exc)
 
     def _control(self, key: InstanceKey, message: dict[str, Any]) -> None:
         with self._lock:
