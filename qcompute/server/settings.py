@@ -111,7 +111,8 @@ class ServerSettings(BaseSettings):
     # authentication is always on: its token is in ray_token_file (default <data_dir>/ray-token,
     # made on first start), which every node and driver of the cluster must share. The head it
     # starts advertises ray_node_ip to the other nodes (empty: `host` when that is one address
-    # other than loopback, else the address Ray picks: the one of the default route).
+    # other than loopback, else the address Ray picks: the one of the default route); joining
+    # ray_address, the server is a driver on the node of this machine at that address.
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""
     ray_node_ip: str = ""
