@@ -182,6 +182,19 @@ class Replicated:
         finally:
             engine.dispose()
 
+    def explain(self, uuids: list[str]) -> str:
+        """The tasks' instances as recorded, their output, the runs logged: for a failure."""
+        lines = [f"runs logged: {dict(self.run_log.runs)}"]
+        for uuid in uuids:
+            lines += [str(row) for row in self.query(
+                "SELECT i.instance_id, i.state, i.attempt, i.infra_failures, i.error, i.node "
+                "FROM instances i JOIN tasks t ON t.id = i.task_id WHERE t.uuid = :uuid",
+                uuid=uuid)]
+            for stream in ("stdout", "stderr"):
+                lines.append(self.call(self.replicas[1], "GET", f"/tasks/{uuid}/{stream}")
+                             .text[-1500:])
+        return "\n".join(lines)
+
     def logs(self) -> str:
         log = self.root / "server" / "server.log"
         return log.read_text(errors="replace")[-6000:] if log.exists() else ""

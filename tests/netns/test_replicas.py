@@ -93,9 +93,12 @@ def test_killing_the_scheduler_holder_mid_run_ends_every_task_running_each_insta
     recorded infrastructure failure re-queued it (then once per attempt at most)."""
     one, two = replicated.replicas
     tasks = [_submit(replicated, two, 10, 3) for _ in range(2)]
-    running = wait_for(lambda: (found := {(u, i) for u in tasks for i in range(3)
-                                          if replicated.run_log.count(u, i)})
-                       and len(found) == 2 * SLOTS and found, 120, "4 instances running")
+    try:
+        running = wait_for(lambda: (found := {(u, i) for u in tasks for i in range(3)
+                                              if replicated.run_log.count(u, i)})
+                           and len(found) == 2 * SLOTS and found, 120, "4 instances running")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{replicated.explain(tasks)}") from None
     killed_at = time.monotonic()
     one.kill()
     wait_for(lambda: replicated.role(two) == "scheduler", 60, "replica 2 took the scheduler")
