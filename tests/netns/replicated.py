@@ -40,7 +40,8 @@ SLOTS = 2  # per replica host
 
 
 class RunLog:
-    """An HTTP server on host 3 counting ``GET /<task uuid>/<instance id>``: one per run."""
+    """An HTTP server on host 3 counting ``GET /start/<task uuid>/<instance id>`` (a run began)
+    and ``GET /end/...`` (its command is done)."""
 
     def __init__(self, host: Host) -> None:
         self.runs: collections.Counter = collections.Counter()
@@ -61,8 +62,12 @@ class RunLog:
         self.url = f"http://{host.address}:{RUN_LOG_PORT}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def count(self, task_uuid: str, instance_id: int) -> int:
-        return self.runs[f"{task_uuid}/{instance_id}"]
+    def count(self, task_uuid: str, instance_id: int, what: str = "start") -> int:
+        """The runs of the instance that began (or ended: ``what="end"``)."""
+        return self.runs[f"{what}/{task_uuid}/{instance_id}"]
+
+    def running(self, task_uuid: str, instance_id: int) -> bool:
+        return self.count(task_uuid, instance_id) > self.count(task_uuid, instance_id, "end")
 
     def stop(self) -> None:
         self.server.shutdown()

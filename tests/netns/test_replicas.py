@@ -18,12 +18,14 @@ from .replicated import SLOTS, Replicated
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.postgres]
 
-# Each run reports itself to the run log on host 3 before it works: a run counts if it started.
+# Each run reports to the run log on host 3 when it starts (a run counts if it started) and
+# when its work is done.
 REPORT = """
 import os, time, urllib.request
-urllib.request.urlopen("%s/" + os.environ["TASK_UUID"] + "/" + os.environ["INSTANCE_ID"],
-                       timeout=10)
+me = "/" + os.environ["TASK_UUID"] + "/" + os.environ["INSTANCE_ID"]
+urllib.request.urlopen("%(log)s/start" + me, timeout=10)
 time.sleep(float(os.environ["SECONDS"]))
+urllib.request.urlopen("%(log)s/end" + me, timeout=10)
 """
 
 
@@ -47,7 +49,8 @@ def replicated(topology, tmp_path_factory):
 
 def _submit(replicated: Replicated, replica, seconds: float, count: int) -> str:
     """A task whose instances report each run to the run log, then sleep ``seconds``."""
-    return replicated.submit(replica, f"{sys.executable} -c '{REPORT % replicated.run_log.url}'",
+    script = REPORT % {"log": replicated.run_log.url}
+    return replicated.submit(replica, f"{sys.executable} -c '{script}'",
                              constants={"SECONDS": str(seconds)}, instanceCount=count)
 
 
@@ -93,9 +96,9 @@ def test_killing_the_scheduler_holder_mid_run_ends_every_task_running_each_insta
     recorded infrastructure failure re-queued it (then once per attempt at most)."""
     one, two = replicated.replicas
     tasks = [_submit(replicated, two, 10, 3) for _ in range(2)]
-    try:
+    try:  # the 4 slots busy at once, each instance started and not done
         running = wait_for(lambda: (found := {(u, i) for u in tasks for i in range(3)
-                                              if replicated.run_log.count(u, i)})
+                                              if replicated.run_log.running(u, i)})
                            and len(found) == 2 * SLOTS and found, 120, "4 instances running")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{replicated.explain(tasks)}") from None
@@ -119,6 +122,6 @@ def test_killing_the_scheduler_holder_mid_run_ends_every_task_running_each_insta
             assert 1 <= runs <= attempt, where
         else:
             assert runs == 1, where
-        if (uuid, instance_id) in running:  # running when the holder died
+        if (uuid, instance_id) in running:  # running when the holder died: re-queued
             assert infra_failures >= 1, where
     assert any(not row[3] for row in rows)  # the 2 queued at the kill ran once, unfailed
