@@ -1,5 +1,5 @@
 """Two API replicas on two hosts, one PostgreSQL, one Ray cluster (``test_replicas.py``), as
-docs/deployment.rst "API replicas across machines" sets them up:
+docs/deployment.rst "Replicas across machines" sets them up:
 
 * host 3 (10.213.0.3): PostgreSQL bound to its address, an S3 store (SeaweedFS as separate
   processes), a standalone Ray head (``ray start --head``, no CPUs: it runs no instance), and a
