@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL server for the tests: the binaries of Debian's ``postgresql`` package,
-one cluster in a temporary directory, on 127.0.0.1 and a free port, with a random password.
+one cluster in a temporary directory, on 127.0.0.1 and a free port (or the address and port
+given: then clients of that address's subnet may connect too), with a random password.
 
 initdb and postgres refuse to run as root, so as root they run as the ``postgres`` user that the
 Debian package creates. The server is started once per test session and stopped by PID; each
@@ -51,9 +52,10 @@ class PostgresServer:
     user = "qcompute"
     template = "qcompute_template"
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.bindir = find_bindir()
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
         self.password = secrets.token_urlsafe(18)
         self.root = Path(tempfile.mkdtemp(prefix="qcompute-pg-"))
         self.process: subprocess.Popen | None = None
@@ -70,7 +72,7 @@ class PostgresServer:
                                "which creates it") from None
 
     def url(self, database: str = "postgres") -> str:
-        return (f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/"
+        return (f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/"
                 f"{database}")
 
     def start(self, timeout: float = 60.0) -> None:
@@ -83,10 +85,13 @@ class PostgresServer:
         self._run([self.bindir / "initdb", "-D", data, "-U", self.user, "--auth=scram-sha-256",
                    f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8"],
                   check=True, capture_output=True)
+        if self.host != "127.0.0.1":  # initdb lets in loopback only: add the host's subnet
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
         log = open(self.root / "server.log", "wb")
-        # no socket file, loopback TCP only; durability off: the data dies with the session
+        # no socket file, TCP on one address; durability off: the data dies with the session
         self.process = self._run(
-            [self.bindir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(self.port),
+            [self.bindir / "postgres", "-D", data, "-h", self.host, "-p", str(self.port),
              "-k", "", "-c", "fsync=off", "-c", "synchronous_commit=off",
              "-c", "full_page_writes=off", "-c", "max_connections=300"],
             popen=True, stdout=log, stderr=subprocess.STDOUT)
@@ -111,7 +116,7 @@ class PostgresServer:
         return subprocess.Popen(args, **kw) if popen else subprocess.run(args, **kw)
 
     def connect(self, database: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user,
+        return psycopg.connect(host=self.host, port=self.port, user=self.user,
                                password=self.password, dbname=database, autocommit=True,
                                connect_timeout=5)
 

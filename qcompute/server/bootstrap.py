@@ -102,7 +102,7 @@ def ensure_owner(sessions: sessionmaker[Session], settings: ServerSettings, stor
         session.commit()
         # No [storage] url: each SDK asks GET /settings, which hands the official qarnot SDK
         # the S3 front (CreateBucket of an owned bucket is a 200) and qcompute's SDK SeaweedFS.
-        write_client_config(path, cluster_url=settings.api_url, token=token, storage_url=None)
+        write_client_config(path, cluster_url=settings.advertised_url, token=token, storage_url=None)
         return token
 
 

@@ -605,7 +605,7 @@ class Scheduler:
         env, masked = payload_env(
             session, owner_id=pool.owner_id, document=pool.document,
             exported_token=token if exports_credentials(pool.document) else None,
-            api_url=self.settings.api_url, storage_url=self.storage_url,
+            api_url=self.settings.advertised_url, storage_url=self.storage_url,
             region=self.settings.s3_region, s3=s3)
         self.masks.register(key, masked)
         return env, s3
@@ -631,7 +631,7 @@ class Scheduler:
         extra, masked = payload_env(  # granted secrets (the pool's too), exported credentials
             session, owner_id=task.owner_id, document=rights,
             exported_token=token if exports_credentials(doc) else None,
-            api_url=self.settings.api_url, storage_url=self.storage_url,
+            api_url=self.settings.advertised_url, storage_url=self.storage_url,
             region=self.settings.s3_region, s3=s3)
         self.masks.register(InstanceKey(task.uuid, instance.instance_id, instance.attempt), masked)
         resources = resource_specs(pool.document) if pool is not None else []

@@ -9,6 +9,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Literal, Optional
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, Field, PrivateAttr, field_validator
@@ -66,6 +67,10 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8801
+    # The API's URL as clients and instances reach it (a load balancer in front of replicas, a
+    # DNS name); empty: http://<host>:<port>. Client configs and instances' exported
+    # credentials carry it; the server itself listens on host and port.
+    public_url: str = ""
     # Seconds an idle HTTP connection stays open: longer than any client's poll interval (the
     # official SDK sleeps 5 s, uvicorn's default keep-alive, and may reuse a connection just as
     # it is closed). 75, as common proxies use.
@@ -111,7 +116,8 @@ class ServerSettings(BaseSettings):
     # authentication is always on: its token is in ray_token_file (default <data_dir>/ray-token,
     # made on first start), which every node and driver of the cluster must share. The head it
     # starts advertises ray_node_ip to the other nodes (empty: `host` when that is one address
-    # other than loopback, else the address Ray picks: the one of the default route).
+    # other than loopback, else the address Ray picks: the one of the default route); joining
+    # ray_address, the server is a driver on the node of this machine at that address.
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""
     ray_node_ip: str = ""
@@ -179,6 +185,15 @@ class ServerSettings(BaseSettings):
     def _empty_is_default(cls, value):
         return None if value == "" else value
 
+    @field_validator("public_url")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
     @field_validator("ray_node_ip")
     @classmethod
     def _an_address(cls, value: str) -> str:
@@ -201,7 +216,13 @@ class ServerSettings(BaseSettings):
 
     @property
     def api_url(self) -> str:
+        """Where this process serves the API."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """What clients and instances are told to reach: ``public_url``, else :attr:`api_url`."""
+        return self.public_url or self.api_url
 
     @property
     def node_kinds(self) -> list[NodeCapabilities]:

@@ -1,5 +1,5 @@
-"""Two hosts on this machine (network namespaces on a bridge, ``topology.py``), one topology per
-test session, as docs/ray.rst "Several hosts" sets them up:
+"""Three hosts on this machine (network namespaces on a bridge, ``topology.py``), one topology per
+test session. ``test_hosts.py`` uses two, as docs/ray.rst "Several hosts" sets them up:
 
 * host 1 (10.213.0.1): an S3 store (SeaweedFS as separate processes, bound to host 1's address),
   and ``qcompute server --executor ray`` on host 1's address: the API, the scheduler, SQLite and
@@ -11,9 +11,10 @@ Everything runs from this checkout (same interpreter and paths: the namespaces s
 filesystem). The test process reaches the hosts by entering host 1's namespace for each call.
 Without root or ``ip netns`` the tests fail, saying why: they never skip.
 
-A test of API replicas would add a third host to the same topology (``Topology(3)``) for the
-second ``qcompute server``, and a PostgreSQL on host 1 bound to its address
-(``QCOMPUTE_SERVER_DATABASE_URL`` of both servers), with ``Deployment.database`` pointing there.
+``test_replicas.py`` uses all three, with a deployment of its own (``replicated.py``): two API
+replicas on hosts 1 and 2, PostgreSQL, S3 and the Ray head on host 3. Each deployment lives for
+its test module; when it ends, every process left in the hosts is killed, and the namespaces
+stay for the next one.
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ class Deployment:
 @pytest.fixture(scope="session")
 def topology():
     try:
-        built = Topology(2).create()
+        built = Topology(3).create()
     except TopologyError as exc:
         pytest.fail(f"cannot build the test hosts with ip netns: {exc}", pytrace=False)
     try:
@@ -186,7 +187,7 @@ def topology():
         built.destroy()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deployment(topology, tmp_path_factory):
     ray_tmp = Path(tempfile.mkdtemp(prefix="qcn-"))  # short: Ray's socket paths live under it
     started = time.monotonic()
@@ -199,5 +200,6 @@ def deployment(topology, tmp_path_factory):
         try:
             running.stop()
         finally:
-            topology.destroy()  # what is left in the hosts: Ray's processes, instances
+            for host in topology.hosts:  # what is left in them: Ray's processes, instances
+                host.kill_all()
             shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -58,8 +58,8 @@ class Host:
 
     link = "eth0"
 
-    def __init__(self, name: str, address: str) -> None:
-        self.name, self.address = name, address
+    def __init__(self, name: str, address: str, gateway: str) -> None:
+        self.name, self.address, self.gateway = name, address, gateway
 
     @contextlib.contextmanager
     def entered(self) -> Iterator["Host"]:
@@ -77,8 +77,11 @@ class Host:
             os.close(back)
 
     def set_link(self, up: bool) -> None:
-        """Plug or unplug the host's cable (its end of the veth)."""
+        """Plug or unplug the host's cable (its end of the veth). Unplugged, the kernel drops
+        the default route: plugged again, it is put back (pasta needs it)."""
         ip("-n", self.name, "link", "set", self.link, "up" if up else "down")
+        if up:
+            ip("-n", self.name, "route", "replace", "default", "via", self.gateway)
 
     def pids(self) -> set[int]:
         """The processes in the namespace (not those that made namespaces of their own)."""
@@ -124,7 +127,8 @@ class Topology:
         self.subnet = subnet
         self.switch = f"qcsw-{suffix}"
         self.gateway = f"{subnet}.254"  # the switch's own address: it forwards nothing
-        self.hosts = [Host(f"qch{n}-{suffix}", f"{subnet}.{n}") for n in range(1, size + 1)]
+        self.hosts = [Host(f"qch{n}-{suffix}", f"{subnet}.{n}", self.gateway)
+                      for n in range(1, size + 1)]
         self._made: list[str] = []
 
     def create(self) -> "Topology":
@@ -144,8 +148,7 @@ class Topology:
                    "peer", "name", f"p{n}", "netns", self.switch)
                 ip("-n", self.switch, "link", "set", f"p{n}", "master", "br0", "up")
                 ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", host.link)
-                ip("-n", host.name, "link", "set", host.link, "up")
-                ip("-n", host.name, "route", "add", "default", "via", self.gateway)
+                host.set_link(True)
         except BaseException:
             self.destroy()
             raise

@@ -3,8 +3,11 @@
 the users table; an account whose token the server does not know fails as infrastructure."""
 from __future__ import annotations
 
+import configparser
+
 from sqlalchemy import select, update
 
+from qcompute.server.bootstrap import client_config_path
 from qcompute.server.crypto import unseal
 from qcompute.server.db.models import Instance, Pool, Task, User
 from qcompute.server.executors.base import S3Access
@@ -167,3 +170,25 @@ def test_an_owner_made_before_sealing_gets_its_token_sealed_at_start(tmp_path, d
     with serving(tmp_path) as cluster:  # read back from qcompute.conf, then sealed
         with db(cluster) as session:
             assert unseal(session, sealed_token(cluster, OWNER)) == cluster.headers["Authorization"]
+
+
+def test_clients_and_instances_are_told_the_public_url_not_the_bound_address(tmp_path,
+                                                                               database_url):
+    """Behind a load balancer (replicas): the client config and the exported credentials name
+    ``public_url``; the server still serves on its own address."""
+    public = "https://qcompute.example.org"
+    with serving(tmp_path, public_url=public + "/") as cluster:
+        settings = cluster.client.app.state.ctx.settings
+        assert settings.api_url == "http://127.0.0.1:8801" and settings.advertised_url == public
+        parser = configparser.ConfigParser()
+        parser.read(client_config_path(settings))
+        assert parser.get("cluster", "url") == public
+        uuid = cluster.submit("env", **EXPORT)
+        key = cluster.wait_dispatched(uuid, 1)[0]
+        env = cluster.executor.specs[key].secret_env
+        assert env["QCOMPUTE_CLUSTER_URL"] == env["QARNOT_CLUSTER_URL"] == public
+        rotated = cluster.post(f"/admin/users/{OWNER}/token")  # the owner's config, rewritten
+        assert rotated.status_code == 200, rotated.text
+        parser.read(client_config_path(settings))
+        assert parser.get("cluster", "url") == public
+        assert parser.get("client", "token") == rotated.json()["token"]

@@ -1,5 +1,6 @@
-"""Which address the Ray head a server starts is reached at (``ray_node_ip``); the head itself
-is started on a real address in tests/netns."""
+"""Which addresses a server advertises: the one the Ray head it starts is reached at
+(``ray_node_ip``; the head itself is started on a real address in tests/netns), and the API URL
+clients and instances are told (``public_url``)."""
 from __future__ import annotations
 
 import pytest
@@ -23,3 +24,10 @@ def test_the_head_is_reached_at_the_node_ip_or_the_api_address(tmp_path, host, n
 def test_a_node_ip_that_is_no_address_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="ray_node_ip"):
         ServerSettings(data_dir=tmp_path, ray_node_ip="head.example")
+
+
+@pytest.mark.parametrize("url", ["ftp://qcompute.example.org", "qcompute.example.org:8801",
+                                 "http://"])
+def test_a_public_url_that_is_no_http_url_is_refused(tmp_path, url):
+    with pytest.raises(ValidationError, match="public_url"):
+        ServerSettings(data_dir=tmp_path, public_url=url)

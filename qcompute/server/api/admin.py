@@ -105,7 +105,7 @@ def rotate_token(email: str, session: SessionDep, _owner: OwnerUser, ctx: Contex
     if user.is_owner:  # keep the server's copy of the owner's config working across restarts
         path = client_config_path(ctx.settings)
         try:
-            write_client_config(path, cluster_url=ctx.settings.api_url, token=token,
+            write_client_config(path, cluster_url=ctx.settings.advertised_url, token=token,
                                 storage_url=None)  # asked from GET /settings (bootstrap.py)
         except OSError:  # still hand out the token: it is the only copy
             log.exception("could not write the owner's new token to %s", path)

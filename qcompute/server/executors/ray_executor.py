@@ -689,8 +689,11 @@ def start_ray(settings) -> None:
     use_token(token)
     if ray.is_initialized():
         return
+    # Joining, this process is a driver on a node of this machine: Ray finds the raylets in the
+    # process table (which network namespaces share) and prefers the head's: name ours.
     if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
+        ray.init(address=settings.ray_address, log_to_driver=False,
+                 _node_ip_address=settings.resolved_ray_node_ip)
         return
     here = detect(settings.data_dir, settings.node)
     ray.init(num_cpus=settings.max_concurrent_instances * settings.ray_cpus_per_slot,
