@@ -58,7 +58,7 @@ def owner_token(console_server) -> str:
     return read_token(console_server.config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # ended with tests/console: its event loop runs in this thread
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -89,7 +89,7 @@ def new_context(request, browser, console_server):
         context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def signed_in_state(browser, console_server, owner_token):
     """The cookies of a session signed in as the cluster owner (signed in once, by the form)."""
     context = browser.new_context(base_url=console_server.url)
