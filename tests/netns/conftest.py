@@ -115,7 +115,7 @@ class Deployment:
     # -- API and records ------------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kw) -> requests.Response:
-        headers = {"Authorization": read_token(self.server.config)}
+        headers = {"Authorization": read_token(self.server.config), **kw.pop("headers", {})}
         with self.h1.entered():
             return requests.request(method, self.server.url + path, headers=headers,
                                     timeout=60, **kw)

@@ -59,20 +59,25 @@ print(json.dumps([[c.laddr.ip, c.laddr.port, c.pid] for c in psutil.net_connecti
 
 
 def test_embedded_s3_alone_listens_beyond_loopback(deployment):
-    """On host 1, the embedded S3 port listens on the host's address (the server's relay); every
-    socket of SeaweedFS (master, volume, filer, admin, its own S3) listens on 127.0.0.1 only."""
+    """On host 1, the embedded S3 port and the official SDK's S3 front listen on the host's
+    address (the server's relay and front), and are handed out there; every socket of SeaweedFS
+    (master, volume, filer, admin, its own S3) listens on 127.0.0.1 only."""
     with deployment.h1.entered():  # a process started meanwhile sees host 1's sockets
         done = subprocess.run([sys.executable, "-c", LISTENING], capture_output=True, text=True,
                               timeout=60, check=True)
     listening = {(ip, port): pid for ip, port, pid in json.loads(done.stdout)}
     weed, server = deployment.weed_pid(), deployment.server.process.pid
     assert listening.get((deployment.h1.address, deployment.server.s3_port)) == server
+    front_port = int((deployment.server.data_dir / "s3-front.port").read_text())
+    assert listening.get((deployment.h1.address, front_port)) == server
     weed_sockets = {address for address, pid in listening.items() if pid == weed}
     ports = json.loads((deployment.server.data_dir / "s3" / "ports.json").read_text())
     assert {ports[name] for name in ("master", "volume", "filer")} <= {
         port for _, port in weed_sockets}
     assert {ip for ip, _ in weed_sockets} == {"127.0.0.1"}
     assert deployment.call("GET", "/settings").json()["storage"] == deployment.s3_url
+    official = deployment.call("GET", "/settings", headers={"User-Agent": "qarnot-sdk-python/2"})
+    assert official.json()["storage"] == f"http://{deployment.h1.address}:{front_port}"
 
 
 PROBE = """
