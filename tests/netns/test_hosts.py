@@ -40,15 +40,31 @@ def test_both_hosts_are_nodes(deployment):
     print(f"two hosts up in {deployment.started_in:.1f} s")
 
 
+REACH = """
+import os, time, urllib.request, urllib.error
+print("node=" + os.environ["QCOMPUTE_NODE"])
+print("api", urllib.request.urlopen(os.environ["QCOMPUTE_CLUSTER_URL"] + "/health").status)
+try:
+    urllib.request.urlopen(os.environ["QCOMPUTE_STORAGE_URL"], timeout=10)
+except urllib.error.HTTPError as exc:  # anonymous: refused, but by the store
+    print("s3", exc.code)
+time.sleep(3)
+"""
+
+
 def test_instances_land_on_both_hosts(deployment):
+    """Instances run on both hosts, and on either one reach the API and S3 at the URLs their
+    environment names (host 1's address: from host 1's sandboxes too)."""
     h1, h2 = deployment.node_of(deployment.h1), deployment.node_of(deployment.h2)
     # one instance per slot, each long enough that all run at once: Ray must use both nodes
-    uuid = deployment.submit("sh -c 'echo node=$QCOMPUTE_NODE; sleep 3'",
-                             instanceCount=H1_SLOTS + H2_SLOTS)
+    uuid = deployment.submit(f"{sys.executable} -c '{REACH}'", instanceCount=H1_SLOTS + H2_SLOTS,
+                             privileges={"exportApiAndStorageCredentialsInEnvironment": True})
     task = deployment.wait_state(uuid, "Success")
     recorded = [done["node"]["id"] for done in task["completedInstances"]]
     assert sorted(recorded) == sorted([h1] * H1_SLOTS + [h2] * H2_SLOTS)
     assert sorted(_nodes_in_stdout(deployment, uuid)) == sorted(recorded)
+    stdout = deployment.call("GET", f"/tasks/{uuid}/stdout").text
+    assert stdout.count("api 200") == stdout.count("s3 403") == H1_SLOTS + H2_SLOTS
 
 
 LISTENING = """
