@@ -23,8 +23,8 @@ ports (the API and S3). SeaweedFS's internal ports (master, volume, filer, admin
 host's loopback only, so no instance reaches them. The namespace has an address of its own
 (:data:`GUEST_ADDRESS`, link-local), not a copy of the host's (pasta's default): so the host's
 own addresses are outside it, and an instance reaches a server that listens on one of them
-(the API and S3 served beyond loopback) as any other machine does. A profile may turn the network off: the
-instance then gets an empty namespace (loopback only).
+(the API and S3 served beyond loopback) as any other machine does. A profile may turn the
+network off: the instance then gets an empty namespace (loopback only).
 
 **Limits.** Where cgroups are writable (:mod:`.sandbox_cgroups`), each instance gets one that
 caps its memory and process count and measures its CPU and memory.

@@ -35,7 +35,8 @@ def test_signed_requests_and_streams_pass_the_relay(seaweed, relay):
     through = _client(seaweed, url, seaweed.admin_secret_key)
     through.create_bucket(Bucket="relay-bucket")
     body = os.urandom(12 * 1024 * 1024)
-    config = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    part = 5 * 1024 * 1024
+    config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
     through.upload_fileobj(io.BytesIO(body), "relay-bucket", "big", Config=config)
     got = client.get_object(Bucket="relay-bucket", Key="big")["Body"].read()  # stored as sent
     assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
