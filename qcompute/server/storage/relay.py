@@ -70,24 +70,33 @@ class TcpRelay:
         while True:
             try:
                 client, _ = listener.accept()
-            except OSError:  # closed by stop()
+            except OSError:  # shut down by stop()
                 return
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=10)
-            except OSError as exc:
-                log.warning("S3 relay: cannot reach %s:%d: %s", *self.upstream, exc)
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pair = (client, upstream)
-            with self._lock:
-                self._open |= set(pair)
-            ended: list[int] = []  # one entry per direction that ended
-            for src, dst in (pair, pair[::-1]):
-                threading.Thread(target=self._pipe, args=(src, dst, pair, ended),
-                                 daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        """Connect to the upstream, then copy client to upstream here and back in a second
+        thread."""
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+        except OSError as exc:
+            log.warning("S3 relay: cannot reach %s:%d: %s", *self.upstream, exc)
+            client.close()
+            return
+        upstream.settimeout(None)
+        pair = (client, upstream)
+        for sock in pair:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if self._listener is None:  # stopped meanwhile
+                for sock in pair:
+                    sock.close()
+                return
+            self._open |= set(pair)
+        ended: list[int] = []  # one entry per direction that ended
+        threading.Thread(target=self._pipe, args=(upstream, client, pair, ended),
+                         daemon=True).start()
+        self._pipe(client, upstream, pair, ended)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, ...],
               ended: list[int]) -> None:
