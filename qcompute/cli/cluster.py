@@ -99,7 +99,8 @@ def _check_ports(settings) -> None:
 _options = [
     click.option("--data-dir", help="Where the cluster keeps its state [platformdirs data dir]."),
     click.option("--port", type=int, help="API port on 127.0.0.1 [8801]."),
-    click.option("--s3-port", type=int, help="Embedded S3 port on 127.0.0.1 [18333]."),
+    click.option("--s3-port", type=int, help="Embedded S3 port on 127.0.0.1, or on the server's "
+                 "host when that is not loopback [18333]."),
     click.option("--workers", type=int, help="Instances run at once [CPU count]."),
     click.option("--executor", type=click.Choice(["local", "ray"]),
                  help="Where instances run: this host, or the nodes of a Ray cluster [local]."),

@@ -51,10 +51,14 @@ def bindable(host: str, port: int) -> bool:
 def cluster_ports(settings: ServerSettings) -> list[Port]:
     ports = [Port(settings.port, "the API port", "--port", settings.host)]
     if settings.storage == "embedded":
-        ports.append(Port(settings.s3_port, "the S3 port", "--s3-port", twin=True))
+        # beyond loopback, the relay takes s3_port on `host`; SeaweedFS, a loopback port pair
+        # of its own (storage/relay.py)
+        public = settings.beyond_loopback
+        host = settings.host if public else "127.0.0.1"
+        ports.append(Port(settings.s3_port, "the S3 port", "--s3-port", host, twin=not public))
         if settings.s3_front and settings.s3_front_port:
             ports.append(Port(settings.s3_front_port, "the S3 front port",
-                              "QCOMPUTE_SERVER_S3_FRONT_PORT="))
+                              "QCOMPUTE_SERVER_S3_FRONT_PORT=", host))
     return ports
 
 

@@ -20,8 +20,11 @@ namespace's init ends and the kernel kills whatever the command left (no ``setsi
 instances it runs one after another. ``pasta`` (Debian package ``passt``) connects it to the
 outside: outbound traffic works, while the host's loopback is unreachable except the forwarded
 ports (the API and S3). SeaweedFS's internal ports (master, volume, filer, admin) listen on the
-host's loopback only, so no instance reaches them. A profile may turn the network off: the
-instance then gets an empty namespace (loopback only).
+host's loopback only, so no instance reaches them. The namespace has an address of its own
+(:data:`GUEST_ADDRESS`, link-local), not a copy of the host's (pasta's default): so the host's
+own addresses are outside it, and an instance reaches a server that listens on one of them
+(the API and S3 served beyond loopback) as any other machine does. A profile may turn the
+network off: the instance then gets an empty namespace (loopback only).
 
 **Limits.** Where cgroups are writable (:mod:`.sandbox_cgroups`), each instance gets one that
 caps its memory and process count and measures its CPU and memory.
@@ -61,6 +64,9 @@ _RESOLV = "/etc/resolv.conf"
 _ALTERNATIVES = "/etc/alternatives"  # copied into the sandbox's /etc, links and all
 _PRIVATE = shutil.ignore_patterns("private")  # /etc/ssl/private: the host's TLS keys
 _CLONE_NEWNET = 0x40000000
+# The instances' address and gateway in their namespace, a /30 (pasta answers for the gateway and
+# relays every connection through the host's sockets).
+GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX = "169.254.1.2", "169.254.1.1", "30"
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _READY_SECONDS = 10.0
 
@@ -130,6 +136,7 @@ class SlotNetwork:
         ports = ",".join(map(str, self._ports)) or "none"
         self._pasta = subprocess.Popen(
             [pasta, "-f", "-q", "--runas", str(os.geteuid()), "-4", "--config-net", "--no-map-gw",
+             "-a", GUEST_ADDRESS, "-n", GUEST_PREFIX, "-g", GUEST_GATEWAY,
              "-t", "none", "-u", "none", "-U", "none", "-T", ports,
              "--netns", f"/proc/self/fd/{self.fd}"],
             pass_fds=(self.fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

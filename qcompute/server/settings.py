@@ -84,7 +84,10 @@ class ServerSettings(BaseSettings):
     # Storage: "embedded" starts SeaweedFS `weed mini` under <data_dir>/s3; "external" uses an S3
     # store run by someone else at s3_url, with its admin keys (docs/external-s3.rst).
     storage: Literal["embedded", "external"] = "embedded"
-    s3_url: str = ""  # external only; for embedded it is http://127.0.0.1:<s3_port>
+    # External only; embedded: http://127.0.0.1:<s3_port>, or where `host` is not loopback,
+    # http://<advertised_host>:<s3_port>, served on host by a relay to SeaweedFS's loopback S3
+    # (storage/relay.py): SeaweedFS's other ports stay on loopback.
+    s3_url: str = ""
     s3_port: int = 18333
     s3_admin_access_key: str = ""  # generated and kept in <data_dir> for embedded
     s3_admin_secret_key: str = ""
@@ -223,6 +226,28 @@ class ServerSettings(BaseSettings):
     def advertised_url(self) -> str:
         """What clients and instances are told to reach: ``public_url``, else :attr:`api_url`."""
         return self.public_url or self.api_url
+
+    @property
+    def beyond_loopback(self) -> bool:
+        """Whether the server listens on more than loopback (``host`` not a loopback address)."""
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"
+
+    @property
+    def advertised_host(self) -> str:
+        """The name or address other machines reach this server at: ``public_url``'s host,
+        else ``ray_node_ip``, else ``host`` (127.0.0.1 for 0.0.0.0 or ::)."""
+        if self.public_url:
+            return urlsplit(self.public_url).hostname or self.host
+        if self.ray_node_ip:
+            return self.ray_node_ip
+        try:
+            unspecified = ipaddress.ip_address(self.host).is_unspecified
+        except ValueError:
+            unspecified = False
+        return "127.0.0.1" if unspecified else self.host
 
     @property
     def node_kinds(self) -> list[NodeCapabilities]:

@@ -1,9 +1,9 @@
 """Three hosts on this machine (network namespaces on a bridge, ``topology.py``), one topology per
-test session. ``test_hosts.py`` uses two, as docs/ray.rst "Several hosts" sets them up:
+test session. ``test_hosts.py`` uses two, as docs/deployment.rst step 2 sets them up:
 
-* host 1 (10.213.0.1): an S3 store (SeaweedFS as separate processes, bound to host 1's address),
-  and ``qcompute server --executor ray`` on host 1's address: the API, the scheduler, SQLite and
-  the Ray head it starts (``ray_node_ip`` = its host), with 2 slots;
+* host 1 (10.213.0.1): ``qcompute server --executor ray`` on host 1's address: the API, the
+  scheduler, SQLite, the embedded S3 (SeaweedFS on loopback, its S3 port relayed on host 1's
+  address) and the Ray head it starts (``ray_node_ip`` = its host), with 2 slots;
 * host 2 (10.213.0.2): a Ray node added with ``qcompute node join`` (token auth, label
   ``zone=h2``), 2 slots.
 
@@ -38,7 +38,6 @@ from qcompute.server.bootstrap import read_token
 from qcompute.server.db.models import Instance, Task
 from qcompute.server.testing import ClusterProcess
 from tests import helpers
-from tests.external_s3 import SeaweedCluster
 
 from .topology import Host, Topology, TopologyError
 
@@ -65,32 +64,26 @@ def _process_env(ray_tmp: Path, **more: str) -> dict[str, str]:
 
 
 class Deployment:
-    """The running hosts: ``h1``, ``h2``, the ``server`` on h1, the ``store``; API calls as the
-    cluster's owner; the database read as recorded."""
+    """The running hosts: ``h1``, ``h2``, the ``server`` on h1 (with its embedded S3); API calls
+    as the cluster's owner; the database read as recorded."""
 
     def __init__(self, topology: Topology, root: Path, ray_tmp: Path) -> None:
         self.topology = topology
         self.h1, self.h2 = topology.hosts[:2]
         self.root, self.ray_tmp = root, ray_tmp
-        self.store = SeaweedCluster(root / "s3", ip=self.h1.address)
         self.server = ClusterProcess(root / "server", workers=H1_SLOTS, host=self.h1.address)
         self.server.port = API_PORT
         self.database = f"sqlite:///{root / 'server' / 'qcompute.db'}"
         self._engine = None
 
     def _server_settings(self) -> dict[str, str]:
-        return {"QCOMPUTE_SERVER_EXECUTOR": "ray", "QCOMPUTE_SERVER_STORAGE": "external",
-                "QCOMPUTE_SERVER_S3_URL": self.store.url,
-                "QCOMPUTE_SERVER_S3_ADMIN_ACCESS_KEY": self.store.admin_key,
-                "QCOMPUTE_SERVER_S3_ADMIN_SECRET_KEY": self.store.admin_secret,
-                "QCOMPUTE_SERVER_KILL_GRACE_SECONDS": "2",
+        return {"QCOMPUTE_SERVER_EXECUTOR": "ray", "QCOMPUTE_SERVER_KILL_GRACE_SECONDS": "2",
                 "QCOMPUTE_SERVER_INSTANCE_RO_PATHS": json.dumps([sys.prefix]), **RAY_HEALTH}
 
     # -- bringing it up -------------------------------------------------------------------------
 
     def start(self) -> None:
         with self.h1.entered():  # the processes started meanwhile are host 1's
-            self.store.start()
             self.server.env = _process_env(self.ray_tmp / "h1", **self._server_settings(),
                                            QCOMPUTE_SERVER_HOST=self.h1.address)
             self.server.start(timeout=180)
@@ -118,12 +111,11 @@ class Deployment:
     def stop(self) -> None:
         with self.h1.entered():
             self.server.stop()
-        self.store.stop()
 
     # -- API and records ------------------------------------------------------------------------
 
     def call(self, method: str, path: str, **kw) -> requests.Response:
-        headers = {"Authorization": read_token(self.server.config)}
+        headers = {"Authorization": read_token(self.server.config), **kw.pop("headers", {})}
         with self.h1.entered():
             return requests.request(method, self.server.url + path, headers=headers,
                                     timeout=60, **kw)
@@ -168,11 +160,27 @@ class Deployment:
             return list(session.scalars(select(Instance).where(Instance.task_id == task.id)
                                         .order_by(Instance.instance_id)))
 
+    @property
+    def s3_url(self) -> str:
+        """The embedded S3 as clients and instances are told to reach it (host 1's address)."""
+        return f"http://{self.h1.address}:{self.server.s3_port}"
+
+    def weed_pid(self) -> int:
+        """The pid of the server's ``weed mini``, found among host 1's processes."""
+        for pid in self.h1.pids():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) > 1 and argv[0].endswith(b"/weed") and b"mini" in argv:
+                return pid
+        raise AssertionError("no weed mini among host 1's processes")
+
     def logs(self) -> str:
-        """The tails of what the server and the store wrote, for a failure's message."""
-        server = (self.server.data_dir / "server.log")
-        return (server.read_text(errors="replace")[-4000:] if server.exists() else "") \
-            + "\n" + self.store.log_tail()
+        """The tails of what the server and its SeaweedFS wrote, for a failure's message."""
+        return "\n".join(path.read_text(errors="replace")[-4000:] for path in (
+            self.server.data_dir / "server.log", self.server.data_dir / "s3" / "weed.log")
+            if path.exists())
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
 """qcompute across two real hosts (``conftest.py``): the API, S3 and a Ray head on host 1, a Ray
 node joined with ``qcompute node join`` on host 2, each in its own network namespace, reaching
-each other only through their addresses on the bridge. Instances run sandboxed, with the
-instance network on: those on host 2 reach host 1's API and S3 through pasta.
+each other only through their addresses on the bridge. The S3 is the server's embedded one:
+its S3 port is relayed on host 1's address, SeaweedFS's other ports stay on loopback. Instances
+run sandboxed, with the instance network on: those on host 2 reach host 1's API and S3 through
+pasta.
 
 The faults that lose host 2 come last in the file; each test joins host 2 again when done.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,15 +40,60 @@ def test_both_hosts_are_nodes(deployment):
     print(f"two hosts up in {deployment.started_in:.1f} s")
 
 
+REACH = """
+import os, time, urllib.request, urllib.error
+print("node=" + os.environ["QCOMPUTE_NODE"])
+print("api", urllib.request.urlopen(os.environ["QCOMPUTE_CLUSTER_URL"] + "/health").status)
+try:
+    urllib.request.urlopen(os.environ["QCOMPUTE_STORAGE_URL"], timeout=10)
+except urllib.error.HTTPError as exc:  # anonymous: refused, but by the store
+    print("s3", exc.code)
+time.sleep(3)
+"""
+
+
 def test_instances_land_on_both_hosts(deployment):
+    """Instances run on both hosts, and on either one reach the API and S3 at the URLs their
+    environment names (host 1's address: from host 1's sandboxes too)."""
     h1, h2 = deployment.node_of(deployment.h1), deployment.node_of(deployment.h2)
     # one instance per slot, each long enough that all run at once: Ray must use both nodes
-    uuid = deployment.submit("sh -c 'echo node=$QCOMPUTE_NODE; sleep 3'",
-                             instanceCount=H1_SLOTS + H2_SLOTS)
+    uuid = deployment.submit(f"{sys.executable} -c '{REACH}'", instanceCount=H1_SLOTS + H2_SLOTS,
+                             privileges={"exportApiAndStorageCredentialsInEnvironment": True})
     task = deployment.wait_state(uuid, "Success")
     recorded = [done["node"]["id"] for done in task["completedInstances"]]
     assert sorted(recorded) == sorted([h1] * H1_SLOTS + [h2] * H2_SLOTS)
     assert sorted(_nodes_in_stdout(deployment, uuid)) == sorted(recorded)
+    stdout = deployment.call("GET", f"/tasks/{uuid}/stdout").text
+    assert stdout.count("api 200") == stdout.count("s3 403") == H1_SLOTS + H2_SLOTS
+
+
+LISTENING = """
+import json, sys, psutil
+print(json.dumps([[c.laddr.ip, c.laddr.port, c.pid] for c in psutil.net_connections("inet")
+                  if c.status == psutil.CONN_LISTEN]))
+"""
+
+
+def test_embedded_s3_alone_listens_beyond_loopback(deployment):
+    """On host 1, the embedded S3 port and the official SDK's S3 front listen on the host's
+    address (the server's relay and front), and are handed out there; every socket of SeaweedFS
+    (master, volume, filer, admin, its own S3) listens on 127.0.0.1 only."""
+    with deployment.h1.entered():  # a process started meanwhile sees host 1's sockets
+        done = subprocess.run([sys.executable, "-c", LISTENING], capture_output=True, text=True,
+                              timeout=60, check=True)
+    listening = {(ip, port): pid for ip, port, pid in json.loads(done.stdout)}
+    weed, server = deployment.weed_pid(), deployment.server.process.pid
+    assert listening.get((deployment.h1.address, deployment.server.s3_port)) == server
+    front_port = int((deployment.server.data_dir / "s3-front.port").read_text())
+    assert listening.get((deployment.h1.address, front_port)) == server
+    weed_sockets = {address for address, pid in listening.items() if pid == weed}
+    ports = json.loads((deployment.server.data_dir / "s3" / "ports.json").read_text())
+    assert {ports[name] for name in ("master", "volume", "filer")} <= {
+        port for _, port in weed_sockets}
+    assert {ip for ip, _ in weed_sockets} == {"127.0.0.1"}
+    assert deployment.call("GET", "/settings").json()["storage"] == deployment.s3_url
+    official = deployment.call("GET", "/settings", headers={"User-Agent": "qarnot-sdk-python/2"})
+    assert official.json()["storage"] == f"http://{deployment.h1.address}:{front_port}"
 
 
 PROBE = """
@@ -61,8 +110,8 @@ open("out/read.txt", "w").write(open("in.txt").read())
 
 
 def test_a_label_constraint_selects_host_2(deployment, tmp_path):
-    """Instances asking for zone=h2 run there, download their resources from host 1's S3,
-    upload their results to it, and reach host 1's API and S3 from their sandbox."""
+    """Instances asking for zone=h2 run there, download their resources from host 1's embedded
+    S3, upload their results to it, and reach host 1's API and S3 from their sandbox."""
     h2 = deployment.node_of(deployment.h2)
     (tmp_path / "in.txt").write_text("from host 1's store")
     with deployment.h1.entered():  # the SDK's sockets are opened on host 1
@@ -72,7 +121,7 @@ def test_a_label_constraint_selects_host_2(deployment, tmp_path):
         results = conn.create_bucket("netns-out")
     uuid = deployment.submit(
         f"{sys.executable} -c '{PROBE}'", instanceCount=2, hardwareConstraints=[ZONE_H2],
-        constants={"API": deployment.server.url, "S3": deployment.store.url},
+        constants={"API": deployment.server.url, "S3": deployment.s3_url},
         resourceBuckets=["netns-in"], resultBucket="netns-out")
     task = deployment.wait_state(uuid, "Success")
     assert [done["node"]["id"] for done in task["completedInstances"]] == [h2, h2]

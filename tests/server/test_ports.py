@@ -67,6 +67,15 @@ def test_every_taken_port_is_named_and_the_suggestions_do_not_clash(tmp_path, he
     assert len({_suggested(p) for p in problems}) == 3
 
 
+def test_beyond_loopback_the_s3_port_is_the_relays_on_the_host(tmp_path, held):
+    """The relay takes s3_port on `host` (here 0.0.0.0, which a loopback holder blocks); SeaweedFS
+    takes a loopback pair of its own, so no gRPC twin is named."""
+    (problem,) = taken_ports(ServerSettings(data_dir=tmp_path, host="0.0.0.0", port=free_port(),
+                                            s3_port=held))
+    assert problem.startswith(f"the S3 port {held} is taken (by pid {os.getpid()}")
+    assert bindable("0.0.0.0", _suggested(problem))
+
+
 def test_external_storage_binds_no_s3_port(tmp_path, held):
     assert taken_ports(ServerSettings(data_dir=tmp_path, port=free_port(), s3_port=held,
                                       storage="external", s3_url="http://127.0.0.1:1")) == []

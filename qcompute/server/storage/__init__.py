@@ -36,6 +36,7 @@ from typing import Optional
 from qcompute.server.executors.base import S3Access
 from qcompute.server.settings import ServerSettings
 
+from .relay import TcpRelay
 from .s3front import S3Front
 from .seaweed import SeaweedFS, pick_free_port, port_is_free
 from .supervisor import RestartPolicy
@@ -214,10 +215,19 @@ class EmbeddedStorage(StorageBackend):
         self._settings = settings
         self._weed: Optional[SeaweedFS] = None
         self._front: Optional[S3Front] = None
+        self._relay: Optional[TcpRelay] = None  # S3 on `host`, when beyond loopback
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._settings.s3_port}"
+        """Loopback, or where the server listens beyond loopback, the advertised host (served
+        by the relay)."""
+        return self._url(self._settings.s3_port)
+
+    def _url(self, port: int) -> str:
+        if not self._settings.beyond_loopback:
+            return f"http://127.0.0.1:{port}"
+        host = self._settings.advertised_host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def qarnot_sdk_endpoint_url(self) -> str:
@@ -228,7 +238,7 @@ class EmbeddedStorage(StorageBackend):
     def create_bucket_url(self) -> Optional[str]:
         """The S3 front, which creates buckets whose names SeaweedFS refuses (``meshroomIn``)."""
         front = self._front
-        return front.endpoint_url if front is not None and front.is_running() else None
+        return self._url(front.port) if front is not None and front.is_running() else None
 
     @property
     def admin_access(self) -> S3Access:
@@ -252,22 +262,33 @@ class EmbeddedStorage(StorageBackend):
             state += f", restarted {weed.restarts} time{'s' if weed.restarts > 1 else ''}"
         front = (f"; qarnot SDK front at {self.qarnot_sdk_endpoint_url}"
                  if self._front is not None else "")
+        if self._relay is not None:
+            state += f", relayed from {weed.endpoint_url}"
         return (f"embedded SeaweedFS ({state}) at {self.endpoint_url}, data in "
                 f"{weed.data_dir if weed else '?'}{front}")
 
     def start(self) -> None:
-        self._seaweed().start()
-        if self._settings.s3_front and self._front is None:
-            front = S3Front(self.endpoint_url, port=self._front_port(),
-                            make_bucket=self._seaweed().make_bucket)
-            try:
+        weed, settings = self._seaweed(), self._settings
+        try:
+            if settings.beyond_loopback and self._relay is None:  # first: s3_port is taken
+                relay = TcpRelay(settings.host, settings.s3_port, ("127.0.0.1", weed.s3_port))
+                relay.start()
+                self._relay = relay
+            weed.start()
+            if settings.s3_front and self._front is None:
+                front = S3Front(weed.endpoint_url, port=self._front_port(),
+                                host=settings.host if settings.beyond_loopback else "127.0.0.1",
+                                make_bucket=weed.make_bucket)
                 front.start()
-            except OSError:
-                self._seaweed().stop()
-                raise
-            self._front = front
+                self._front = front
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None
         if self._front is not None:
             self._front.stop()
             self._front = None
@@ -281,6 +302,9 @@ class EmbeddedStorage(StorageBackend):
         """The supervisor's word first (restarting, down past the limit), then the S3 front,
         then the probe."""
         problem = self._weed.problem() if self._weed is not None else "SeaweedFS is not started"
+        if not problem and self._settings.beyond_loopback and not (
+                self._relay is not None and self._relay.is_running()):
+            problem = f"the S3 relay on {self._settings.host} is not running"
         if not problem and self._settings.s3_front and not (
                 self._front is not None and self._front.is_running()):
             problem = "the S3 front of the qarnot SDK is not running"
@@ -302,6 +326,25 @@ class EmbeddedStorage(StorageBackend):
         path.write_text(str(port))
         return port
 
+    def _weed_s3_port(self) -> int:
+        """``s3_port``, unless the relay serves it beyond loopback: then a loopback port of
+        SeaweedFS's own, kept in ``<data_dir>/s3-loopback.port`` (``host`` may be 0.0.0.0,
+        which takes ``s3_port`` on 127.0.0.1 too)."""
+        settings = self._settings
+        if not settings.beyond_loopback:
+            return settings.s3_port
+        path = Path(settings.data_dir) / "s3-loopback.port"
+        try:
+            saved = int(path.read_text())
+            if port_is_free(saved):
+                return saved
+        except (OSError, ValueError):
+            pass
+        port = pick_free_port(exclude={settings.s3_port, settings.s3_front_port})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(port))
+        return port
+
     def prepare_result_bucket(self, name: str) -> None:
         """SeaweedFS creates a missing bucket at a task's first upload, except when its
         CreateBucket refuses the name (``meshroomOut``): such a bucket is made now if missing."""
@@ -320,7 +363,7 @@ class EmbeddedStorage(StorageBackend):
         if self._weed is None:
             access, secret = self._admin_keys()
             settings = self._settings
-            self._weed = SeaweedFS(settings.data_dir / "s3", settings.s3_port, access, secret,
+            self._weed = SeaweedFS(settings.data_dir / "s3", self._weed_s3_port(), access, secret,
                                    restarts=RestartPolicy(
                                        settings.s3_restart_limit,
                                        settings.s3_restart_window_seconds,
