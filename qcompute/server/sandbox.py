@@ -20,10 +20,12 @@ namespace's init ends and the kernel kills whatever the command left (no ``setsi
 instances it runs one after another. ``pasta`` (Debian package ``passt``) connects it to the
 outside: outbound traffic works, while the host's loopback is unreachable except the forwarded
 ports (the API and S3). SeaweedFS's internal ports (master, volume, filer, admin) listen on the
-host's loopback only, so no instance reaches them. The namespace has an address of its own
-(:data:`GUEST_ADDRESS`, link-local), not a copy of the host's (pasta's default): so the host's
-own addresses are outside it, and an instance reaches a server that listens on one of them
-(the API and S3 served beyond loopback) as any other machine does. A profile may turn the
+host's loopback only, so no instance reaches them. By default the namespace has a copy of the
+host's addresses (pasta's way), so nothing the host serves on its own addresses is reachable
+either. When the server listens beyond loopback (``own_address``), the namespace gets an
+address of its own instead (:data:`GUEST_ADDRESS`, link-local): the host's addresses are then
+outside it, and an instance reaches the API and S3 served on one of them as an instance on
+another node does (and so whatever else the host serves there). A profile may turn the
 network off: the instance then gets an empty namespace (loopback only).
 
 **Limits.** Where cgroups are writable (:mod:`.sandbox_cgroups`), each instance gets one that
@@ -81,6 +83,7 @@ class SandboxConfig:
 
     enabled: bool = False
     network: bool = False  # instances get a network through pasta (else none at all)
+    own_address: bool = False  # an address of their own, not the host's (server beyond loopback)
     forward_ports: tuple[int, ...] = ()  # the host's loopback ports instances reach: API, S3
     memory_mb: int = 0  # cgroup memory cap per instance (0: none)
     max_pids: int = 0  # cgroup process cap per instance (0: none)
@@ -106,8 +109,10 @@ class SlotNetwork:
     thread that joins it for that moment (:meth:`entered`), which costs two system calls.
     """
 
-    def __init__(self, ports: tuple[int, ...]) -> None:
+    def __init__(self, ports: tuple[int, ...], own_address: bool = False) -> None:
         self._ports = ports
+        self._address = ["-a", GUEST_ADDRESS, "-n", GUEST_PREFIX, "-g", GUEST_GATEWAY] \
+            if own_address else []
         self._holder: Optional[subprocess.Popen] = None
         self._pasta: Optional[subprocess.Popen] = None
         self._lifeline: Optional[int] = None
@@ -136,7 +141,7 @@ class SlotNetwork:
         ports = ",".join(map(str, self._ports)) or "none"
         self._pasta = subprocess.Popen(
             [pasta, "-f", "-q", "--runas", str(os.geteuid()), "-4", "--config-net", "--no-map-gw",
-             "-a", GUEST_ADDRESS, "-n", GUEST_PREFIX, "-g", GUEST_GATEWAY,
+             *self._address,
              "-t", "none", "-u", "none", "-U", "none", "-T", ports,
              "--netns", f"/proc/self/fd/{self.fd}"],
             pass_fds=(self.fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -263,7 +268,8 @@ class Sandbox:
             self._system += ["--ro-bind-try", path, path]
             self._host_roots.append(os.path.realpath(path))
         if self.config.network:
-            self.network = SlotNetwork(self.config.forward_ports).start()
+            self.network = SlotNetwork(self.config.forward_ports,
+                                       self.config.own_address).start()
         return self
 
     def close(self) -> None:

@@ -288,6 +288,7 @@ class ServerSettings(BaseSettings):
 def sandbox_config(settings: ServerSettings, forward_ports: tuple[int, ...]) -> SandboxConfig:
     """The sandbox the settings ask for, before it is probed (``sandbox.resolve``)."""
     return SandboxConfig(enabled=settings.sandbox != "off", network=settings.instance_network,
+                         own_address=settings.beyond_loopback,
                          forward_ports=forward_ports, memory_mb=settings.instance_memory_mb,
                          max_pids=settings.instance_max_pids, ramfs_mb=settings.instance_ramfs_mb,
                          ro_paths=tuple(settings.instance_ro_paths))

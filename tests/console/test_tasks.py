@@ -76,7 +76,8 @@ def test_list_page_and_rerun_failed(conn, console_page, new_context, signed_in_s
     rerun = conn.retrieve_task(rerun_uuid)
     assert rerun.labels["qcompute.rerunOf"] == task.uuid and rerun.tags == ["console", "sweep"]
     rerun.wait(timeout=60)
-    page.wait_for_selector("#task-state:text('Failure')")  # the same command fails again
+    # the same command fails again (the server's pace: as long as the API wait above allows)
+    page.wait_for_selector("#task-state:text('Failure')", timeout=60_000)
 
 
 def test_a_running_tasks_log_grows_then_abort_and_delete(conn, console_page):
@@ -98,8 +99,8 @@ def test_a_running_tasks_log_grows_then_abort_and_delete(conn, console_page):
     assert page.evaluate("window.notReloaded") is True
 
     page.click("#abort")
-    page.wait_for_selector("#task-state:text('Cancelled')")
-    page.wait_for_selector("#task-output[data-ended=true]")
+    page.wait_for_selector("#task-state:text('Cancelled')", timeout=60_000)  # the grace period
+    page.wait_for_selector("#task-output[data-ended=true]", timeout=60_000)
     assert page.evaluate("window.notReloaded") is True
     assert conn.retrieve_task(task.uuid).state == TaskState.CANCELLED
 

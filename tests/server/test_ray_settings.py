@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from qcompute.server.settings import ServerSettings
+from qcompute.server.sandbox import SandboxConfig
+from qcompute.server.settings import ServerSettings, sandbox_config
 
 
 @pytest.mark.parametrize("host,node_ip,resolved", [
@@ -31,3 +32,13 @@ def test_a_node_ip_that_is_no_address_is_refused(tmp_path):
 def test_a_public_url_that_is_no_http_url_is_refused(tmp_path, url):
     with pytest.raises(ValidationError, match="public_url"):
         ServerSettings(data_dir=tmp_path, public_url=url)
+
+
+@pytest.mark.parametrize("host, own", [("127.0.0.1", False), ("localhost", False),
+                                       ("10.213.0.1", True), ("0.0.0.0", True)])
+def test_instances_get_an_address_of_their_own_only_beyond_loopback(tmp_path, host, own):
+    """On a loopback-only server the instances' namespace keeps pasta's copy of the host's
+    addresses, so nothing the host serves on them is reachable (docs/isolation.rst)."""
+    config = sandbox_config(ServerSettings(data_dir=tmp_path, host=host), (8801,))
+    assert config.own_address is own
+    assert SandboxConfig.from_json(config.to_json()).own_address is own  # as workers read it

@@ -85,7 +85,7 @@ def _nothing_of_a(world: World, response) -> None:
 
 CASES: dict[str, list[Case]] = {
     # public and catalogue routes
-    "GET /openapi.json": [PUBLIC], "GET /docs": [PUBLIC], "GET /docs/oauth2-redirect": [PUBLIC],
+    "GET /openapi.json": [PUBLIC], "GET /docs": [PUBLIC],
     "GET /redoc": [PUBLIC], "GET /health": [PUBLIC], "GET /settings": [PUBLIC],
     "GET /versions": [PUBLIC], "GET /info": [PUBLIC], "GET /profiles": [PUBLIC],
     "GET /profiles/{name}": [Case(200, path={"name": "profile"})],  # shared, not owned
@@ -118,6 +118,7 @@ CASES: dict[str, list[Case]] = {
         Case(404, "snapshot_not_found", {"uuid": "b_task", "snapshot_id": "snapshot"})],
     # user management: the owner's alone
     "GET /admin/users": [Case(403, "owner_only")],
+    "GET /metrics": [Case(403, "owner_only")],
     "POST /admin/users": [Case(403, "owner_only", body=lambda w: {"email": "eve@example.com"})],
     "POST /admin/users/{email}/token": [OWNER_ONLY, OWNER_ONLY_UNKNOWN],
     "DELETE /admin/users/{email}": [OWNER_ONLY, OWNER_ONLY_UNKNOWN,
