@@ -77,10 +77,10 @@ def test_polls_5_s_apart_keep_one_connection(qconn):
 
     qconn._http.hooks["response"].append(record)
     try:
-        for _ in range(7):
+        for _ in range(4):
             assert task.wait(5) is False  # GET, 5 s idle, GET: the task still runs
     finally:
         qconn._http.hooks["response"].remove(record)
         task.abort()
         task.delete()
-    assert len(ports) >= 14 and len(set(ports)) == 1, f"connections by local port: {ports}"
+    assert len(ports) >= 8 and len(set(ports)) == 1, f"connections by local port: {ports}"
