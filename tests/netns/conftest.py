@@ -18,6 +18,7 @@ stay for the next one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -195,11 +196,14 @@ def topology():
         built.destroy()
 
 
-@pytest.fixture(scope="module")
-def deployment(topology, tmp_path_factory):
-    ray_tmp = Path(tempfile.mkdtemp(prefix="qcn-"))  # short: Ray's socket paths live under it
+@contextlib.contextmanager
+def deployed(kind: type, topology: Topology, base: Path, ray_prefix: str) -> Iterator[Any]:
+    """A deployment of ``kind`` on the hosts for one module: started (its time in
+    ``started_in``), then stopped, and what is left in the hosts killed: Ray's processes,
+    instances, a replica the test killed."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix=ray_prefix))  # short: Ray's socket paths live under it
     started = time.monotonic()
-    running = Deployment(topology, tmp_path_factory.mktemp("hosts"), ray_tmp)
+    running = kind(topology, base, ray_tmp)
     try:
         running.start()
         running.started_in = time.monotonic() - started
@@ -208,6 +212,12 @@ def deployment(topology, tmp_path_factory):
         try:
             running.stop()
         finally:
-            for host in topology.hosts:  # what is left in them: Ray's processes, instances
+            for host in topology.hosts:
                 host.kill_all()
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deployment(topology, tmp_path_factory):
+    with deployed(Deployment, topology, tmp_path_factory.mktemp("hosts"), "qcn-") as running:
+        yield running

@@ -4,15 +4,12 @@ scheduler's holder mid-run loses no task and runs no instance twice, unless a re
 infrastructure failure re-queued it."""
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import wait_for
+from .conftest import deployed, wait_for
 from .replicated import SLOTS, Replicated
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.postgres]
@@ -30,20 +27,8 @@ urllib.request.urlopen("%(log)s/end" + me, timeout=10)
 
 @pytest.fixture(scope="module")
 def replicated(topology, tmp_path_factory):
-    ray_tmp = Path(tempfile.mkdtemp(prefix="qcr-"))  # short: Ray's socket paths live under it
-    started = time.monotonic()
-    running = Replicated(topology, tmp_path_factory.mktemp("replicas"), ray_tmp)
-    try:
-        running.start()
-        running.started_in = time.monotonic() - started
+    with deployed(Replicated, topology, tmp_path_factory.mktemp("replicas"), "qcr-") as running:
         yield running
-    finally:
-        try:
-            running.stop()
-        finally:
-            for host in topology.hosts:  # Ray's processes, instances, the killed replica's
-                host.kill_all()
-            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _submit(replicated: Replicated, replica, seconds: float, count: int) -> str:
