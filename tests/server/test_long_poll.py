@@ -27,7 +27,9 @@ def test_get_with_wait_returns_when_the_state_changes(cluster):
     thread.join(10)
     assert result["value"].status_code == 200
     assert result["value"].json()["state"] != known
-    assert result["at"] - changed_at < 1.0
+    # woken by the change, not by the end of its 20 s wait (how fast is bench/ territory: one
+    # full CI run saw 3.3 s here, the others well under 1 s)
+    assert result["at"] - changed_at < 10
 
 
 def test_get_with_wait_times_out_unchanged(cluster):
